@@ -1,0 +1,49 @@
+"""cbir: content-based image retrieval. Index a folder of images with a CNN, query by example.
+
+Library use::
+
+    from cbir import FeatureConfig, Embedder, update_index, open_index, query_index
+    config = FeatureConfig(model="mobilenet")
+    embedder = Embedder(config, weights="mobilenet_2_5_224_tf_no_top.h5")
+    update_index("photos/", config, weights=embedder.weights, embedder=embedder)
+    results = query_index(open_index("photos/"), embedder, ["photos/cat.jpg"], k=9)
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "FeatureConfig": "features",
+    "ORIGINAL": "features",
+    "Embedder": "embed",
+    "l2_normalize": "embed",
+    "update_index": "indexer",
+    "IndexReport": "indexer",
+    "open_index": "index",
+    "Index": "index",
+    "query_index": "query",
+    "search_index": "query",
+    "embed_queries": "query",
+    "top_k": "search",
+    "find_images": "fs",
+    "plot_results": "plot",
+    "QueryResult": "results",
+    "Match": "results",
+    "Geometry": "images",
+    "LoadLimits": "images",
+    "REGISTRY": "models",
+    "CbirError": "errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import submodules lazily, so ``import cbir`` does not load TensorFlow."""
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'cbir' has no attribute {name!r}")

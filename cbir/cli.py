@@ -1,0 +1,378 @@
+"""The command line: ``cbir index|query|models`` and the original ``run_cbir.py`` flags.
+
+Only parses arguments, calls the library and prints; every user error becomes one line on stderr
+and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import CbirError
+
+DEFAULT_OUT = "cbir_results.png"
+log = logging.getLogger("cbir")
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else (logging.INFO if verbose == 1 else logging.DEBUG)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("cbir: %(levelname)s: %(message)s"))
+    root = logging.getLogger("cbir")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(eval_scale(t)) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad scales {text!r}: use numbers like 1,0.707,1.414") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError("scales must be positive")
+    return values
+
+
+def eval_scale(token: str) -> float:
+    """Parse one scale: a number, or ``sqrt2`` / ``1/sqrt2`` for convenience."""
+    token = token.strip().lower()
+    named = {"sqrt2": 2**0.5, "1/sqrt2": 2**-0.5}
+    return named[token] if token in named else float(token)
+
+
+def _add_feature_options(p: argparse.ArgumentParser) -> None:
+    from .features import POOLINGS
+    from .images import GEOMETRY_MODES, RESAMPLERS
+
+    g = p.add_argument_group("features (an existing index decides these for queries)")
+    g.add_argument("--model", help="backbone (default resnet50; see `cbir models`)")
+    g.add_argument(
+        "--weights",
+        help="local weights file instead of the ImageNet download "
+        "('random' for untrained weights, for tests)",
+    )
+    g.add_argument("--pooling", choices=POOLINGS, help="global pooling of the last feature map")
+    g.add_argument("--gem-p", type=float, help="GeM exponent (default 3)")
+    g.add_argument("--size", type=int, help="input size (default: the backbone's)")
+    g.add_argument("--geometry", choices=GEOMETRY_MODES, help="how images are fitted to the input size")
+    g.add_argument("--resample", choices=list(RESAMPLERS), help="resampling filter for resizing")
+    g.add_argument("--scales", type=_scales, help="multi-scale factors, e.g. 1,1/sqrt2,sqrt2")
+    g.add_argument(
+        "--original",
+        action="store_true",
+        help="the original script's features: max pooling, 224x224 squash, nearest resampling",
+    )
+    r = p.add_argument_group("running")
+    r.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
+    r.add_argument("--workers", type=int, help="decoding threads (default 2 x cores, at most 8)")
+
+
+def _add_index_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("index")
+    g.add_argument("--index", metavar="DIR", help="index folder (default: DATASET/.cbir)")
+    g.add_argument("--rebuild", action="store_true", help="rebuild the index from scratch")
+    g.add_argument(
+        "--dtype", choices=["float32", "float16"], default="float32", help="storage type of feats.npy"
+    )
+    g.add_argument("--no-recursive", dest="recursive", action="store_false", help="only the top folder")
+    g.add_argument("--include-hidden", action="store_true", help="also index hidden files and folders")
+    g.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="glob of paths or names to skip (repeatable)",
+    )
+    g.add_argument("--max-pixels", type=int, help="skip images with more pixels (default 250M)")
+
+
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("output")
+    g.add_argument("-k", "--top", type=int, default=9, help="number of matches per query (default 9)")
+    g.add_argument("--out", help=f"PNG file for the plot (default {DEFAULT_OUT}; with --json only if given)")
+    g.add_argument("--no-plot", action="store_true", help="do not draw the plot")
+    g.add_argument("--show", action="store_true", help="also open the plot in a window")
+    g.add_argument("--json", action="store_true", help="print results as JSON on stdout")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cbir", description="Content-based image retrieval: index a folder, query by example."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("index", help="build or update the index of a folder")
+    p.add_argument("dataset")
+    _add_feature_options(p)
+    _add_index_options(p)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add_common(p)
+    p = sub.add_parser("query", help="find the images of a folder most similar to example images")
+    p.add_argument("dataset")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--update", action="store_true", help="bring the index up to date with the folder first")
+    _add_feature_options(p)
+    _add_index_options(p)
+    _add_output_options(p)
+    _add_common(p)
+    p = sub.add_parser("models", help="list the available backbones")
+    p.add_argument("--json", action="store_true")
+    _add_common(p)
+    return parser
+
+
+def build_legacy_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_cbir.py",
+        description="Index DATASET (reusing its index) and show the images most similar to IMG_QUERY.",
+    )
+    parser.add_argument("-dataset", "--dataset", required=True, help="folder of images")
+    parser.add_argument(
+        "-img_query", "--img-query", dest="img_query", nargs="+", required=True, help="query image(s)"
+    )
+    _add_feature_options(parser)
+    _add_index_options(parser)
+    _add_output_options(parser)
+    _add_common(parser)
+    return parser
+
+
+def _feature_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from .features import ORIGINAL
+
+    over: dict[str, Any] = {}
+    if args.original:
+        over.update(pooling=ORIGINAL.pooling, geometry=ORIGINAL.geometry, resample=ORIGINAL.resample)
+    names = {
+        "model": "model",
+        "pooling": "pooling",
+        "gem_p": "gem_p",
+        "size": "size",
+        "geometry": "geometry",
+        "resample": "resample",
+        "scales": "scales",
+    }
+    for arg, key in names.items():
+        value = getattr(args, arg, None)
+        if value is not None:
+            over[key] = value
+    return over
+
+
+def _embedder_factory(config: Any, weights: str | None, args: argparse.Namespace) -> Any:
+    from .embed import Embedder
+    from .images import LoadLimits
+
+    cache: dict[str, Any] = {}
+    limits = LoadLimits(max_pixels=args.max_pixels) if getattr(args, "max_pixels", None) else LoadLimits()
+
+    def make() -> Embedder:
+        if "e" not in cache:
+            cache["e"] = Embedder(
+                config, weights, batch_size=args.batch_size, workers=args.workers, limits=limits
+            )
+        return cache["e"]
+
+    return make
+
+
+def _index(args: argparse.Namespace, config: Any, weights: str | None, make: Any) -> Any:
+    from .indexer import update_index
+
+    return update_index(
+        args.dataset,
+        config,
+        weights=weights,
+        index_dir=args.index,
+        embedder=make,
+        rebuild=args.rebuild,
+        dtype=args.dtype,
+        recursive=args.recursive,
+        include_hidden=args.include_hidden,
+        exclude=args.exclude,
+        progress=None,
+    )
+
+
+def _summary(report: Any) -> str:
+    line = (
+        f"index: {report.total} images ({report.added} added, {report.updated} updated, {report.removed} "
+        f"removed, {report.unchanged} unchanged, {len(report.skipped) + report.known_bad} skipped) in "
+        f"{report.seconds:.1f}s"
+    )
+    if report.embedded:
+        line += f" ({report.images_per_second:.1f} img/s)"
+    if report.rebuilt:
+        line += f", rebuilt ({report.rebuilt})"
+    line += f" -> {report.index_dir}"
+    if report.skipped:
+        line += f"\nskipped {len(report.skipped)} file(s):" + "".join(
+            f"\n  {s['path']}: {s['reason']}" for s in report.skipped
+        )
+    return line
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .features import FeatureConfig
+
+    config = FeatureConfig().replace(**_feature_overrides(args))
+    weights = args.weights or "imagenet"
+    report = _index(args, config, weights, _embedder_factory(config, weights, args))
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        print(_summary(report))
+    return 0
+
+
+def _run_queries(args: argparse.Namespace, index: Any, make: Any, report: Any = None) -> int:
+    from .query import query_index
+    from .results import results_to_dict
+
+    results = query_index(index, make(), args.img_query, k=args.top)
+    if args.json:
+        print(
+            json.dumps(
+                results_to_dict(results, report.to_dict() if report else None), indent=2, ensure_ascii=False
+            )
+        )
+    else:
+        if report is not None:
+            print(_summary(report), file=sys.stderr)
+        for r in results:
+            print(f"query: {r.query}")
+            if not r.matches:
+                print("  (no matches)")
+            for rank, m in enumerate(r.matches, 1):
+                print(f"  {rank:3d}. {m.score:.4f}  {m.path}")
+    out = args.out or (None if args.json else DEFAULT_OUT)
+    if not args.no_plot and (out or args.show):
+        from .plot import plot_results
+
+        saved = plot_results(results, out, show=args.show)
+        if saved is not None:
+            print(f"plot saved to {saved}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace, update: bool) -> int:
+    """Index (or reuse the index of) DATASET, then answer the queries with the same model."""
+    from .embed import resolve_config
+    from .errors import IndexError_
+    from .features import FeatureConfig
+    from .index import default_index_dir, open_index
+    from .query import check_query_files
+    from .store import read_manifest
+
+    check_query_files(args.img_query)
+    over = _feature_overrides(args)
+    idir = args.index or default_index_dir(args.dataset)
+    manifest = None
+    if not args.rebuild and os.path.isdir(args.dataset):
+        try:
+            manifest = read_manifest(Path(idir))
+        except IndexError_:
+            manifest = None
+    if manifest is not None and not update:
+        base = FeatureConfig.from_dict(manifest.config)
+        weights = args.weights or (None if base.weights.startswith("file:") else base.weights)
+        if weights is None:
+            weights = manifest.weights_path
+            if not weights or not os.path.isfile(weights):
+                raise IndexError_(
+                    f"the index was built with weights {base.weights.split(':')[1]}; pass --weights FILE"
+                )
+        config = base.replace(**over)
+        if "model" in over or args.weights:
+            config = config.replace(alpha=None)
+        resolved = resolve_config(config, weights)
+        index = open_index(args.dataset, idir)
+        index.check_compatible(resolved)
+        return _run_queries(args, index, _embedder_factory(resolved, weights, args))
+    config = FeatureConfig().replace(**over)
+    weights = args.weights or "imagenet"
+    make = _embedder_factory(config, weights, args)
+    report = _index(args, config, weights, make)
+    return _run_queries(args, open_index(args.dataset, idir), make, report)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import REGISTRY
+
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {"name": b.name, "dim": b.dim, "input_size": b.input_size, "preprocess": b.preprocess}
+                    for b in REGISTRY.values()
+                ],
+                indent=2,
+            )
+        )
+        return 0
+    print(f"{'model':<20}{'dim':>6}{'input':>7}  preprocessing")
+    for b in REGISTRY.values():
+        print(f"{b.name:<20}{b.dim:>6}{b.input_size:>7}  {b.preprocess}")
+    print("(mobilenet/mobilenetv2 dimensions are for width 1.0; weights files set their own width)")
+    return 0
+
+
+def _dispatch(argv: Sequence[str] | None, legacy: bool) -> int:
+    _quiet_tensorflow()
+    parser = build_legacy_parser() if legacy else build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        if legacy:
+            return cmd_search(args, update=True)
+        if args.command == "index":
+            return cmd_index(args)
+        if args.command == "query":
+            args.img_query = args.images
+            return cmd_search(args, update=args.update)
+        if args.command == "models":
+            return cmd_models(args)
+        parser.error(f"unknown command {args.command}")
+    except CbirError as exc:
+        print(f"cbir: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cbir: interrupted; finished work is saved in the index", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("cbir: error: out of memory; try a smaller --batch-size", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if args.verbose:
+            raise
+        print(f"cbir: internal error: {type(exc).__name__}: {exc} (run with -v for details)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cbir`` command."""
+    return _dispatch(argv, legacy=False)
+
+
+def legacy_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``run_cbir.py``: the original flags, index-then-query in one run."""
+    return _dispatch(argv, legacy=True)

@@ -1,0 +1,217 @@
+"""Turning images into L2-normalised feature vectors with a Keras backbone.
+
+Decoding, resizing and preprocessing run in a pool of threads (Pillow and NumPy release the GIL)
+that feeds batches to the network while it runs; images whose inputs have the same shape share a
+batch. Multi-scale features are averaged before normalisation; an optional PCA-whitening follows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from .errors import BadImageError, ModelError
+from .features import FeatureConfig
+from .images import LoadLimits, load_views
+from .models import Backbone, build_backbone, file_digest, get_backbone, width_multiplier
+from .preprocess import preprocess
+
+log = logging.getLogger(__name__)
+
+
+def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Scale rows to unit length (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=axis, keepdims=True)
+    return x / np.maximum(norm, np.float32(1e-12))
+
+
+def weights_identity(weights: str | None) -> str:
+    """How a weights choice is recorded in the manifest: imagenet, random, or file:NAME:SHA."""
+    if weights in (None, "random"):
+        return "random"
+    if weights == "imagenet":
+        return "imagenet"
+    return f"file:{os.path.basename(weights)}:{file_digest(weights)}"
+
+
+def _pooling_layer(pooling: str, p: float) -> Any:
+    import keras
+    from keras import ops
+
+    if pooling == "max":
+        return keras.layers.GlobalMaxPooling2D()
+    if pooling == "avg":
+        return keras.layers.GlobalAveragePooling2D()
+
+    class GeM(keras.layers.Layer):
+        """Generalised-mean pooling: (mean x^p)^(1/p); p=1 is average, p->inf is max."""
+
+        def call(self, x: Any) -> Any:
+            x = ops.maximum(x, 1e-6)
+            return ops.power(ops.mean(ops.power(x, p), axis=(1, 2)), 1.0 / p)
+
+    return GeM(name="gem")
+
+
+def resolve_config(config: FeatureConfig, weights: str | None) -> FeatureConfig:
+    """The config as it will be recorded: canonical model name, weights identity, MobileNet alpha.
+
+    Cheap (no model is built), so an indexer can compare it with an existing index first.
+    """
+    backbone = get_backbone(config.model)
+    alpha = config.alpha
+    if alpha is None and weights not in (None, "random", "imagenet"):
+        if not os.path.isfile(weights):
+            raise ModelError(f"weights file not found: {weights}")
+        alpha = width_multiplier(backbone, weights)
+    return config.replace(model=backbone.name, weights=weights_identity(weights), alpha=alpha)
+
+
+class Embedder:
+    """A backbone plus pooling that embeds files or arrays into L2-normalised float32 vectors."""
+
+    def __init__(
+        self,
+        config: FeatureConfig,
+        weights: str | None = "imagenet",
+        *,
+        batch_size: int = 32,
+        workers: int | None = None,
+        limits: LoadLimits = LoadLimits(),
+        draft: bool = True,
+        whitening: Any = None,
+    ) -> None:
+        import keras
+
+        config = resolve_config(config, weights)
+        self.backbone: Backbone = get_backbone(config.model)
+        trunk = build_backbone(self.backbone, None if weights == "random" else weights, config.alpha)
+        pooled = _pooling_layer(config.pooling, config.gem_p)(trunk.output)
+        self.model = keras.Model(trunk.input, pooled)
+        self.config = config
+        self.weights = weights
+        self.geometry = config.geometry_for(self.backbone.input_size)
+        self.batch_size = batch_size
+        self.workers = workers or min(8, (os.cpu_count() or 2) * 2)
+        self.limits = limits
+        self.draft = draft
+        self.whitening = whitening
+        self._infer = self._compile()
+
+    def _compile(self) -> Callable[[np.ndarray], np.ndarray]:
+        import tensorflow as tf
+
+        fn = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+        return lambda x: fn(tf.constant(x)).numpy()
+
+    @property
+    def dim(self) -> int:
+        if self.whitening is not None:
+            return int(self.whitening.dim)
+        return int(self.model.output_shape[-1])
+
+    def _finish(self, raw: np.ndarray) -> np.ndarray:
+        vecs = l2_normalize(raw)
+        if self.whitening is not None:
+            vecs = self.whitening.apply(vecs)
+        return vecs
+
+    def embed_arrays(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Embed already-decoded uint8 RGB arrays (any size; each resized like a file would be)."""
+        from PIL import Image
+
+        from .images import resize
+
+        out = np.zeros((len(images), self.dim), dtype=np.float32)
+        views = [
+            [
+                resize(Image.fromarray(np.asarray(a, dtype=np.uint8)), self.geometry, s)
+                for s in self.config.scales
+            ]
+            for a in images
+        ]
+        raw = self._embed_views(list(enumerate(views)))
+        for i, v in raw.items():
+            out[i] = v
+        return self._finish(out) if len(images) else out
+
+    def _embed_views(self, items: list[tuple[int, list[np.ndarray]]]) -> dict[int, np.ndarray]:
+        buckets: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = defaultdict(list)
+        for i, views in items:
+            for v in views:
+                buckets[v.shape].append((i, v))
+        acc: dict[int, np.ndarray] = {}
+        for group in buckets.values():
+            for start in range(0, len(group), self.batch_size):
+                chunk = group[start : start + self.batch_size]
+                feats = self.run_batch(np.stack([v for _, v in chunk]))
+                for (i, _), f in zip(chunk, feats):
+                    acc[i] = acc[i] + f if i in acc else f.copy()
+        return {i: v / len(self.config.scales) for i, v in acc.items()}
+
+    def run_batch(self, batch: np.ndarray) -> np.ndarray:
+        """Run the network on a uint8 batch (N, H, W, 3); returns pooled, unnormalised features."""
+        return self._infer(preprocess(batch, self.backbone.preprocess))
+
+    def _load(self, path: str) -> list[np.ndarray]:
+        return load_views(path, self.geometry, self.config.scales, self.limits, self.draft)
+
+    def embed_files(
+        self, paths: Sequence[str | os.PathLike]
+    ) -> Iterator[tuple[int, np.ndarray | BadImageError]]:
+        """Yield ``(position, vector)`` for each path, or ``(position, BadImageError)`` for a bad file.
+
+        Results come in roughly input order (images wait for their shape's batch to fill).
+        """
+        n_scales = len(self.config.scales)
+        prefetch = max(self.batch_size * 2, self.workers * 2)
+        buckets: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = defaultdict(list)
+        acc: dict[int, np.ndarray] = {}
+        counts: dict[int, int] = defaultdict(int)
+
+        def flush(shape: tuple[int, ...]) -> Iterator[tuple[int, np.ndarray]]:
+            group = buckets.pop(shape)
+            feats = self.run_batch(np.stack([v for _, v in group]))
+            for (i, _), f in zip(group, feats):
+                acc[i] = acc[i] + f if i in acc else f.copy()
+                counts[i] += 1
+                if counts[i] == n_scales:
+                    del counts[i]
+                    yield i, self._finish(acc.pop(i)[None] / n_scales)[0]
+
+        executor = ThreadPoolExecutor(self.workers, thread_name_prefix="cbir-decode")
+        pending: deque[tuple[int, Future[list[np.ndarray]]]] = deque()
+        todo = iter(enumerate(paths))
+        try:
+            for i, p in todo:
+                pending.append((i, executor.submit(self._load, os.fspath(p))))
+                if len(pending) >= prefetch:
+                    break
+            while pending:
+                i, fut = pending.popleft()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.append((nxt[0], executor.submit(self._load, os.fspath(nxt[1]))))
+                try:
+                    views = fut.result()
+                except BadImageError as exc:
+                    yield i, exc
+                    continue
+                except Exception as exc:  # an unexpected decoder failure must not end a long run
+                    yield i, BadImageError(f"cannot decode ({type(exc).__name__}: {exc})")
+                    continue
+                for v in views:
+                    buckets[v.shape].append((i, v))
+                    if len(buckets[v.shape]) >= self.batch_size:
+                        yield from flush(v.shape)
+            for shape in list(buckets):
+                yield from flush(shape)
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)

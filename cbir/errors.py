@@ -1,0 +1,39 @@
+"""Exceptions that carry a one-line, user-facing message.
+
+The command line turns any :class:`CbirError` into that message on stderr and exit status 2;
+library users catch them like any other exception.
+"""
+
+from __future__ import annotations
+
+
+class CbirError(Exception):
+    """A problem the user can fix (bad input, missing file, incompatible index)."""
+
+
+class DatasetError(CbirError):
+    """The dataset folder is missing, empty or unreadable."""
+
+
+class QueryError(CbirError):
+    """A query image is missing or cannot be decoded."""
+
+
+class ModelError(CbirError):
+    """Unknown backbone, or weights that cannot be loaded or downloaded."""
+
+
+class IndexError_(CbirError):
+    """The index on disk is missing, corrupt, locked or built with other settings."""
+
+
+class IndexLockedError(IndexError_):
+    """Another process holds the index lock."""
+
+
+class IncompatibleIndexError(IndexError_):
+    """The index was built with other feature settings than those asked for."""
+
+
+class BadImageError(Exception):
+    """One dataset file cannot be used; the indexer skips it with a warning."""

@@ -1,0 +1,99 @@
+"""Finding the images of a dataset folder.
+
+Walking rules: recursive unless asked otherwise; extensions matched case-insensitively; names
+starting with ``.`` (hidden files and folders, our own ``.cbir`` index) skipped unless
+``include_hidden``; macOS ``._`` AppleDouble files always skipped; ``exclude`` glob patterns matched
+against the relative path and the name; symlinked folders followed, each real folder visited at most
+once (no loops); deterministic (sorted) order.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from .errors import DatasetError
+
+BASE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+OPTIONAL_EXTENSIONS = {".heic": "pillow_heif", ".heif": "pillow_heif", ".avif": "pillow_avif"}
+INDEX_DIRNAME = ".cbir"
+
+
+def supported_extensions() -> frozenset[str]:
+    """The extensions this installation can decode (HEIC/AVIF only with their Pillow plugins)."""
+    from .images import register_optional_plugins
+
+    return BASE_EXTENSIONS | frozenset(register_optional_plugins())
+
+
+def _excluded(rel: str, name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in patterns)
+
+
+def find_images(
+    root: str | os.PathLike,
+    *,
+    recursive: bool = True,
+    include_hidden: bool = False,
+    exclude: Iterable[str] = (),
+    extensions: Iterable[str] | None = None,
+    skip_dirs: Iterable[str | os.PathLike] = (),
+) -> list[str]:
+    """Return the image files under ``root`` as sorted POSIX paths relative to it."""
+    root_path = Path(root)
+    if not root_path.exists():
+        raise DatasetError(f"dataset folder not found: {root}")
+    if not root_path.is_dir():
+        raise DatasetError(f"dataset is not a folder: {root}")
+    exts = frozenset(e.lower() for e in (extensions or supported_extensions()))
+    patterns = [p.rstrip("/") for p in exclude]
+    skip_real = {os.path.realpath(p) for p in skip_dirs}
+    seen_dirs: set[str] = set()
+    found: list[str] = []
+
+    def walk(abs_dir: str, rel_dir: str) -> None:
+        real = os.path.realpath(abs_dir)
+        if real in seen_dirs or real in skip_real:
+            return
+        seen_dirs.add(real)
+        try:
+            entries = sorted(os.scandir(abs_dir), key=lambda e: e.name)
+        except OSError:
+            return
+        for entry in entries:
+            name = entry.name
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            if (
+                name == INDEX_DIRNAME
+                or name.startswith("._")
+                or (name.startswith(".") and not include_hidden)
+            ):
+                continue
+            if _excluded(rel, name, patterns):
+                continue
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:
+                continue
+            if is_dir:
+                if recursive:
+                    walk(entry.path, rel)
+            elif os.path.splitext(name)[1].lower() in exts:
+                try:
+                    if entry.is_file(follow_symlinks=True):
+                        found.append(rel)
+                except OSError:
+                    continue
+
+    walk(str(root_path), "")
+    found.sort()
+    return found
+
+
+def safe_join(root: str | os.PathLike, rel: str) -> Path:
+    """Join a manifest path to the dataset root, refusing anything that escapes it."""
+    if not rel or rel.startswith("/") or "\\" in rel or any(p in ("..", "") for p in rel.split("/")):
+        raise ValueError(f"unsafe path in index: {rel!r}")
+    return Path(root) / rel

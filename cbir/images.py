@@ -1,0 +1,224 @@
+"""Decoding image files into upright RGB arrays of the size a backbone wants.
+
+Handles what real photo folders contain: EXIF orientation, palette/grey/alpha/CMYK/16-bit modes,
+animated files (first frame), decompression bombs and oversized files, and broken files, which
+raise :class:`~cbir.errors.BadImageError` with a short reason instead of crashing a long run.
+Large JPEGs are decoded at reduced scale (``Image.draft``) when the target size allows it.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import warnings
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import BadImageError
+
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+RESAMPLERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+GEOMETRY_MODES = ("squash", "crop", "short", "long")
+
+
+@cache
+def register_optional_plugins() -> tuple[str, ...]:
+    """Register HEIC/AVIF openers when their Pillow plugins are installed; return the extra extensions."""
+    extra: list[str] = []
+    try:
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+        extra += [".heic", ".heif"]
+    except ImportError:
+        pass
+    try:
+        import pillow_avif  # noqa: F401
+
+        extra.append(".avif")
+    except ImportError:
+        pass
+    return tuple(extra)
+
+
+@dataclass(frozen=True)
+class LoadLimits:
+    """Guards against files that would exhaust memory: a pixel count and a file size limit."""
+
+    max_pixels: int = 250_000_000
+    max_bytes: int = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How an image becomes the network input.
+
+    ``squash``: resize to size x size ignoring the aspect ratio (the original script's way);
+    ``crop``: shorter side to size, then a centred square crop; ``short``/``long``: shorter/longer
+    side to size keeping the aspect ratio (the network is fully convolutional), sides rounded to a
+    multiple of ``multiple`` so that batches share few shapes.
+    """
+
+    size: int = 224
+    mode: str = "squash"
+    resample: str = "nearest"
+    multiple: int = 32
+
+    def __post_init__(self) -> None:
+        if self.mode not in GEOMETRY_MODES:
+            raise ValueError(f"unknown geometry mode {self.mode!r}; choose from {', '.join(GEOMETRY_MODES)}")
+        if self.resample not in RESAMPLERS:
+            raise ValueError(f"unknown resampling {self.resample!r}; choose from {', '.join(RESAMPLERS)}")
+        if self.size < 32:
+            raise ValueError("input size must be at least 32")
+
+    def output_size(self, width: int, height: int, scale: float = 1.0) -> tuple[int, int]:
+        """The (width, height) of the network input for an upright image of this size."""
+        s = max(32, int(round(self.size * scale)))
+        if self.mode in ("squash", "crop"):
+            return s, s
+        ratio = s / (min(width, height) if self.mode == "short" else max(width, height))
+        m = self.multiple
+
+        def snap(v: float) -> int:
+            return max(m, int(round(v / m)) * m)
+
+        return snap(width * ratio), snap(height * ratio)
+
+    def needed_size(self, width: int, height: int, scale: float = 1.0) -> tuple[int, int]:
+        """The smallest decoded (width, height) that still gives full detail for ``output_size``."""
+        if self.mode == "crop":
+            s = max(32, int(round(self.size * scale)))
+            r = s / min(width, height)
+            return int(np.ceil(width * r)), int(np.ceil(height * r))
+        return self.output_size(width, height, scale)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB; transparency is composited on white."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+        if mode == "RGB":
+            return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        peak = float(arr.max()) if arr.size else 0.0
+        if peak > 255:
+            arr = arr / (65535.0 if peak <= 65535 else peak) * 255.0
+        grey = np.clip(arr, 0, 255).astype(np.uint8)
+        return Image.fromarray(np.stack([grey] * 3, axis=-1), "RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def open_rgb(
+    path: str | os.PathLike,
+    limits: LoadLimits = LoadLimits(),
+    draft_for: tuple[int, int] | None = None,
+) -> Image.Image:
+    """Open ``path`` as an upright RGB image (first frame of animations).
+
+    ``draft_for`` is the minimum upright (width, height) needed; JPEGs are then decoded at the
+    largest power-of-two reduction that still covers it. Raises BadImageError for unusable files.
+    """
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise BadImageError(f"cannot read file ({exc.strerror or exc})") from exc
+    if size == 0:
+        raise BadImageError("empty file")
+    if size > limits.max_bytes:
+        raise BadImageError(f"file larger than the {limits.max_bytes // 2**20} MiB limit")
+    try:
+        img = Image.open(path)
+    except UnidentifiedImageError as exc:
+        raise BadImageError("not a recognised image") from exc
+    except Image.DecompressionBombError as exc:
+        raise BadImageError("image exceeds the pixel limit (decompression bomb guard)") from exc
+    except OSError as exc:
+        raise BadImageError(f"cannot open ({exc})") from exc
+    try:
+        w, h = img.size
+        if w * h > limits.max_pixels:
+            raise BadImageError(f"{w}x{h} pixels exceeds the limit of {limits.max_pixels}")
+        if draft_for is not None and img.format == "JPEG":
+            orientation = img.getexif().get(0x0112, 1)
+            need = draft_for if orientation not in (5, 6, 7, 8) else (draft_for[1], draft_for[0])
+            img.draft("RGB", need)
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return _to_rgb(img)
+    except BadImageError:
+        img.close()
+        raise
+    except Image.DecompressionBombError as exc:
+        img.close()
+        raise BadImageError("image exceeds the pixel limit (decompression bomb guard)") from exc
+    except (OSError, ValueError, SyntaxError, struct.error, EOFError) as exc:
+        img.close()
+        raise BadImageError(f"truncated or corrupt image ({exc})") from exc
+
+
+def upright_size(path: str | os.PathLike) -> tuple[int, int]:
+    """The (width, height) of an image after EXIF orientation, read from the header only."""
+    with Image.open(path) as img:
+        w, h = img.size
+        if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+            return h, w
+        return w, h
+
+
+def load_views(
+    path: str | os.PathLike,
+    geometry: Geometry,
+    scales: tuple[float, ...] = (1.0,),
+    limits: LoadLimits = LoadLimits(),
+    draft: bool = True,
+) -> list[np.ndarray]:
+    """Decode ``path`` and return one uint8 HxWx3 array per scale, resized as ``geometry`` says."""
+    draft_for = None
+    if draft:
+        try:
+            w0, h0 = upright_size(path)
+        except Exception:  # the full open below reports the real problem
+            w0 = h0 = 0
+        if w0 and h0:
+            needs = [geometry.needed_size(w0, h0, s) for s in scales]
+            draft_for = (max(n[0] for n in needs), max(n[1] for n in needs))
+    img = open_rgb(path, limits, draft_for)
+    try:
+        return [resize(img, geometry, s) for s in scales]
+    finally:
+        img.close()
+
+
+def resize(img: Image.Image, geometry: Geometry, scale: float = 1.0) -> np.ndarray:
+    """Resize an RGB image as ``geometry`` says and return it as a uint8 HxWx3 array."""
+    resample = RESAMPLERS[geometry.resample]
+    w, h = img.size
+    if geometry.mode == "crop":
+        s = max(32, int(round(geometry.size * scale)))
+        r = s / min(w, h)
+        nw, nh = max(s, round(w * r)), max(s, round(h * r))
+        out = img.resize((nw, nh), resample)
+        left, top = (nw - s) // 2, (nh - s) // 2
+        out = out.crop((left, top, left + s, top + s))
+    else:
+        out = img.resize(geometry.output_size(w, h, scale), resample)
+    return np.asarray(out, dtype=np.uint8)

@@ -1,0 +1,230 @@
+"""The registry of ``keras.applications`` backbones and the code that builds them with their weights.
+
+Each backbone has its own preprocessing, default input size and feature dimension. Weights are
+``"imagenet"`` (Keras downloads them once into its cache), a local HDF5 file, or ``None`` (random,
+for tests). When the download is impossible the error names the file and where to put it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelError
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """One ``keras.applications`` model usable as a feature extractor (``include_top=False``)."""
+
+    name: str
+    constructor: str
+    preprocess: str
+    input_size: int
+    dim: int
+    weights_file: str | None = None
+
+    def build(self, weights: str | None, alpha: float | None = None) -> Any:
+        """Build the convolutional trunk with a free input size; ``weights``: 'imagenet', a path or None."""
+        import keras
+
+        ctor = getattr(keras.applications, self.constructor)
+        kwargs: dict[str, Any] = {"include_top": False, "weights": weights, "input_shape": (None, None, 3)}
+        if alpha is not None:
+            kwargs["alpha"] = alpha
+        if self.name.startswith("mobilenetv3"):
+            kwargs["include_preprocessing"] = True
+        elif self.name.startswith("convnext"):
+            kwargs["include_preprocessing"] = True
+        return ctor(**kwargs)
+
+
+_B = Backbone
+REGISTRY: dict[str, Backbone] = {
+    b.name: b
+    for b in [
+        _B(
+            "resnet50", "ResNet50", "caffe", 224, 2048, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+        ),
+        _B(
+            "resnet101",
+            "ResNet101",
+            "caffe",
+            224,
+            2048,
+            "resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        ),
+        _B(
+            "resnet152",
+            "ResNet152",
+            "caffe",
+            224,
+            2048,
+            "resnet152_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        ),
+        _B(
+            "resnet50v2",
+            "ResNet50V2",
+            "tf",
+            224,
+            2048,
+            "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        ),
+        _B(
+            "resnet101v2",
+            "ResNet101V2",
+            "tf",
+            224,
+            2048,
+            "resnet101v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        ),
+        _B("vgg16", "VGG16", "caffe", 224, 512, "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+        _B("vgg19", "VGG19", "caffe", 224, 512, "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+        _B("xception", "Xception", "tf", 299, 2048, "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+        _B(
+            "inceptionv3",
+            "InceptionV3",
+            "tf",
+            299,
+            2048,
+            "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        ),
+        _B(
+            "inceptionresnetv2",
+            "InceptionResNetV2",
+            "tf",
+            299,
+            1536,
+            "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        ),
+        _B("mobilenet", "MobileNet", "tf", 224, 1024, "mobilenet_1_0_224_tf_no_top.h5"),
+        _B(
+            "mobilenetv2",
+            "MobileNetV2",
+            "tf",
+            224,
+            1280,
+            "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+        ),
+        _B(
+            "mobilenetv3small",
+            "MobileNetV3Small",
+            "none",
+            224,
+            576,
+            "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
+        ),
+        _B(
+            "mobilenetv3large",
+            "MobileNetV3Large",
+            "none",
+            224,
+            960,
+            "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5",
+        ),
+        _B("efficientnetb0", "EfficientNetB0", "none", 224, 1280, "efficientnetb0_notop.h5"),
+        _B("efficientnetb1", "EfficientNetB1", "none", 240, 1280, "efficientnetb1_notop.h5"),
+        _B("efficientnetb2", "EfficientNetB2", "none", 260, 1408, "efficientnetb2_notop.h5"),
+        _B("efficientnetb3", "EfficientNetB3", "none", 300, 1536, "efficientnetb3_notop.h5"),
+        _B(
+            "densenet121",
+            "DenseNet121",
+            "torch",
+            224,
+            1024,
+            "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        ),
+        _B("convnexttiny", "ConvNeXtTiny", "none", 224, 768, "convnext_tiny_notop.h5"),
+    ]
+}
+ALIASES = {"convnext_tiny": "convnexttiny", "resnet": "resnet50"}
+
+
+def get_backbone(name: str) -> Backbone:
+    """Look a backbone up by name (case-insensitive); ModelError lists the choices when unknown."""
+    key = ALIASES.get(name.lower(), name.lower())
+    try:
+        return REGISTRY[key]
+    except KeyError:
+        raise ModelError(f"unknown model {name!r}; choose from: {', '.join(REGISTRY)}") from None
+
+
+def keras_cache_dir() -> Path:
+    """Where Keras looks for (and downloads) weight files."""
+    return Path(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras"))) / "models"
+
+
+def file_digest(path: str | os.PathLike, length: int = 16) -> str:
+    """A short SHA-256 of a file, used to tell weight files apart in the index manifest."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:length]
+
+
+def _kernel_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    import h5py
+
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset):
+            shapes[name] = tuple(obj.shape)
+
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+    return shapes
+
+
+def width_multiplier(backbone: Backbone, weights_path: str | os.PathLike) -> float | None:
+    """Read MobileNet/MobileNetV2's alpha from a weights file (from its kernel shapes, else its name)."""
+    if backbone.name not in ("mobilenet", "mobilenetv2"):
+        return None
+    try:
+        shapes = _kernel_shapes(weights_path)
+    except Exception as exc:
+        raise ModelError(f"cannot read weights file {weights_path}: {exc}") from exc
+    if backbone.name == "mobilenet":
+        for name, shape in shapes.items():
+            if re.search(r"(^|/)conv1(/|_)", name) and "kernel" in name and len(shape) == 4:
+                return {8: 0.25, 16: 0.5, 24: 0.75, 32: 1.0}.get(shape[-1], shape[-1] / 32)
+    else:
+        by_width = {112: 0.35, 160: 0.5, 240: 0.75, 320: 1.0, 416: 1.3, 448: 1.4}
+        for name, shape in shapes.items():
+            if "block_16_project" in name and "kernel" in name and len(shape) == 4:
+                if shape[-1] in by_width:
+                    return by_width[shape[-1]]
+    match = re.search(r"_(\d)_(\d+)_\d+_tf|_(\d\.\d+)_\d+_no_top", os.path.basename(weights_path))
+    if match:
+        return float(f"{match.group(1)}.{match.group(2)}") if match.group(1) else float(match.group(3))
+    raise ModelError(f"cannot tell the width multiplier of {backbone.name} weights {weights_path}")
+
+
+def build_backbone(backbone: Backbone, weights: str | None, alpha: float | None = None) -> Any:
+    """Build ``backbone`` with ``weights`` ('imagenet', a file path, or None), with clear errors."""
+    if weights not in (None, "imagenet"):
+        if not os.path.isfile(weights):
+            raise ModelError(f"weights file not found: {weights}")
+        if alpha is None:
+            alpha = width_multiplier(backbone, weights)
+    try:
+        return backbone.build(weights, alpha)
+    except Exception as exc:
+        text = str(exc)
+        if weights == "imagenet" and ("URL fetch failure" in text or "Name or service" in text):
+            url = re.search(r"https?://\S+?\.h5", text)
+            fname = os.path.basename(url.group(0)) if url else (backbone.weights_file or "the weights file")
+            raise ModelError(
+                f"cannot download the ImageNet weights for {backbone.name}: put {fname} in "
+                f"{keras_cache_dir()}/ or pass --weights FILE"
+            ) from exc
+        if weights not in (None, "imagenet"):
+            raise ModelError(
+                f"weights file {weights} does not fit model {backbone.name}: {text[:200]}"
+            ) from exc
+        raise ModelError(f"cannot build model {backbone.name}: {text[:300]}") from exc

@@ -1,0 +1,78 @@
+"""Drawing queries and their matches in one matplotlib figure, saved as PNG (headless-safe)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from .results import QueryResult
+
+CELL_INCHES = 2.4
+
+
+def _thumb(path: str, size: int = 256):
+    from PIL import Image, ImageOps
+
+    from .images import LoadLimits, open_rgb
+
+    try:
+        img = open_rgb(path, LoadLimits(), draft_for=(size, size))
+    except Exception:
+        return Image.new("RGB", (size, size), (200, 200, 200))
+    return ImageOps.contain(img, (size, size))
+
+
+def plot_results(
+    results: list[QueryResult], out: str | os.PathLike | None = None, show: bool = False, columns: int = 5
+) -> Path | None:
+    """Draw each query followed by its matches; one query fills a grid, several get a row each.
+
+    Each match is titled with its file name and score; missing cells stay blank, so fewer matches
+    than cells is fine. Saves to ``out`` (PNG) when given and opens a window only when ``show``.
+    """
+    import matplotlib
+
+    if not show:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if len(results) == 1:
+        n_cells = 1 + len(results[0].matches)
+        cols = min(columns, n_cells)
+        rows = math.ceil(n_cells / cols)
+        layout = [[results[0].query] + results[0].matches]
+    else:
+        cols = 1 + max((len(r.matches) for r in results), default=0)
+        rows = len(results)
+        layout = [[r.query] + r.matches for r in results]
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(CELL_INCHES * cols, CELL_INCHES * rows + 0.3), squeeze=False
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    flat = axes.flat if len(results) == 1 else None
+    for r, cells in enumerate(layout):
+        for c, cell in enumerate(cells):
+            ax = next(flat) if flat is not None else axes[r][c]
+            if isinstance(cell, str):
+                ax.imshow(_thumb(cell))
+                ax.set_title(f"query\n{_short(os.path.basename(cell))}", fontsize=9, color="tab:blue")
+            else:
+                ax.imshow(_thumb(cell.path))
+                ax.set_title(f"{_short(os.path.basename(cell.path))}\n{cell.score:.3f}", fontsize=9)
+    fig.tight_layout()
+    saved = None
+    if out is not None:
+        saved = Path(out)
+        if saved.parent and not saved.parent.exists():
+            saved.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(saved, dpi=80, format="png")
+    if show:
+        plt.show()
+    plt.close(fig)
+    return saved
+
+
+def _short(name: str, width: int = 24) -> str:
+    return name if len(name) <= width else name[: width - 3] + "..."

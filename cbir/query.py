@@ -1,0 +1,66 @@
+"""Answering queries against an index: embed the query images, search, exclude the query itself."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .embed import Embedder
+from .errors import BadImageError, QueryError
+from .index import Index
+from .results import Match, QueryResult
+from .search import top_k
+
+
+def check_query_files(images: Sequence[str | os.PathLike]) -> None:
+    """Fail fast (before any model load) on query paths that do not exist or are not files."""
+    for image in images:
+        if not os.path.exists(image):
+            raise QueryError(f"query image not found: {image}")
+        if not os.path.isfile(image):
+            raise QueryError(f"query image is not a file: {image}")
+
+
+def embed_queries(embedder: Embedder, images: Sequence[str | os.PathLike]) -> np.ndarray:
+    """Embed query files in one batched pass; QueryError names the first unreadable one."""
+    check_query_files(images)
+    out = np.zeros((len(images), embedder.dim), dtype=np.float32)
+    for pos, result in embedder.embed_files(list(images)):
+        if isinstance(result, BadImageError):
+            raise QueryError(f"cannot read query image {images[pos]}: {result}")
+        out[pos] = result
+    return out
+
+
+def search_index(
+    index: Index,
+    query_vectors: np.ndarray,
+    queries: Sequence[str | os.PathLike],
+    k: int = 9,
+    exclude_self: bool = True,
+) -> list[QueryResult]:
+    """Rank the index for each query vector; a query that is itself indexed is left out of its list."""
+    own = [index.row_of(q) if exclude_self else None for q in queries]
+    rows, scores = top_k(index.feats, query_vectors, k, exclude=[[r] if r is not None else [] for r in own])
+    results = []
+    for qi, query in enumerate(queries):
+        matches = [
+            Match(str(Path(index.root) / index.paths[r]), float(s)) for r, s in zip(rows[qi], scores[qi])
+        ]
+        results.append(QueryResult(str(query), matches, excluded_self=own[qi] is not None))
+    return results
+
+
+def query_index(
+    index: Index,
+    embedder: Embedder,
+    images: Sequence[str | os.PathLike],
+    k: int = 9,
+    exclude_self: bool = True,
+) -> list[QueryResult]:
+    """Embed ``images`` with ``embedder`` (which must match the index) and return their top ``k``."""
+    index.check_compatible(embedder.config)
+    return search_index(index, embed_queries(embedder, images), images, k, exclude_self)

@@ -1,0 +1,37 @@
+"""Query results and their JSON form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Match:
+    """One retrieved image: its path (dataset folder joined with the indexed path) and cosine score."""
+
+    path: str
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "score": round(float(self.score), 6)}
+
+
+@dataclass
+class QueryResult:
+    """The ranked matches of one query image."""
+
+    query: str
+    matches: list[Match] = field(default_factory=list)
+    excluded_self: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"query": self.query, "matches": [m.to_dict() for m in self.matches]}
+
+
+def results_to_dict(results: list[QueryResult], index_report: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``--json`` document: ``{"results": [{query, matches: [{path, score}]}], "index": {...}}``."""
+    doc: dict[str, Any] = {"results": [r.to_dict() for r in results]}
+    if index_report is not None:
+        doc["index"] = index_report
+    return doc

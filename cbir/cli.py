@@ -27,6 +27,25 @@ def _quiet_tensorflow() -> None:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
+def _import_tensorflow_quietly(verbose: int) -> None:
+    """Import TensorFlow with its C++ start-up chatter (absl logs, CUDA probing) sent to /dev/null."""
+    if verbose or "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+        import keras  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else (logging.INFO if verbose == 1 else logging.DEBUG)
     handler = logging.StreamHandler(sys.stderr)
@@ -185,6 +204,7 @@ def _embedder_factory(config: Any, weights: str | None, args: argparse.Namespace
 
     def make() -> Embedder:
         if "e" not in cache:
+            _import_tensorflow_quietly(args.verbose)
             cache["e"] = Embedder(
                 config, weights, batch_size=args.batch_size, workers=args.workers, limits=limits
             )

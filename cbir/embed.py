@@ -95,6 +95,10 @@ class Embedder:
         trunk = build_backbone(self.backbone, None if weights == "random" else weights, config.alpha)
         pooled = _pooling_layer(config.pooling, config.gem_p)(trunk.output)
         self.model = keras.Model(trunk.input, pooled)
+        if whitening is not None:
+            config = config.replace(whitening=whitening.digest)
+        elif config.whitening is not None:
+            raise ModelError("these settings need the learned whitening; pass it to the Embedder")
         self.config = config
         self.weights = weights
         self.geometry = config.geometry_for(self.backbone.input_size)
@@ -116,6 +120,27 @@ class Embedder:
         if self.whitening is not None:
             return int(self.whitening.dim)
         return int(self.model.output_shape[-1])
+
+    def embed_all(
+        self, paths: Sequence[str | os.PathLike], progress: bool | None = None, desc: str = "embedding"
+    ) -> tuple[np.ndarray, list[int]]:
+        """Embed ``paths`` with a progress bar; return (vectors of the good files, their positions)."""
+        from .progress import progress_bar
+
+        found: dict[int, np.ndarray] = {}
+        bar = progress_bar(total=len(paths), desc=desc, unit="img", enabled=progress)
+        try:
+            for pos, result in self.embed_files(paths):
+                if isinstance(result, BadImageError):
+                    log.warning("skipped %s: %s", paths[pos], result)
+                else:
+                    found[pos] = result
+                bar.update(1)
+        finally:
+            bar.close()
+        order = sorted(found)
+        vecs = np.stack([found[i] for i in order]) if order else np.zeros((0, self.dim), np.float32)
+        return vecs, order
 
     def _finish(self, raw: np.ndarray) -> np.ndarray:
         vecs = l2_normalize(raw)

@@ -40,8 +40,15 @@ def top_k(
                 for r in rows:
                     if start <= r < start + len(block):
                         scores[qi, r - start] = -np.inf
+        scores[np.isnan(scores)] = -np.inf
         kk = min(k_eff, scores.shape[1])
-        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+        # the kk-th best score of each query; ties at it go to the lowest rows (argpartition alone
+        # would keep arbitrary ones of a tie, and the final merge could not recover the lowest rows)
+        kth = -np.partition(-scores, kk - 1, axis=1)[:, kk - 1 : kk]
+        above = scores > kth
+        tied = scores == kth
+        keep = above | (tied & (np.cumsum(tied, axis=1) <= kk - above.sum(axis=1, keepdims=True)))
+        part = np.nonzero(keep)[1].reshape(len(q), kk)
         cand_rows.append(part + start)
         cand_scores.append(np.take_along_axis(scores, part, axis=1))
     rows = np.concatenate(cand_rows, axis=1)

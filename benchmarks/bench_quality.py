@@ -1,0 +1,192 @@
+"""Retrieval quality of feature configurations on Corel-1k (Wang), with images/s for each row.
+
+Every configuration embeds the 1000 images with the same backbone and weights (Xception, real
+ImageNet weights from ../shared/weights), then scores mAP and P@10 with the standard protocol
+(every image a query, relevant = the other 99 of its class, the query excluded). The first row is
+the original script's configuration. Prints a Markdown table (docs/quality.md holds a copy).
+
+    python3 benchmarks/bench_quality.py                 # all rows (about 25 min on 2 cores)
+    python3 benchmarks/bench_quality.py --only gem-long # one row
+    python3 benchmarks/bench_quality.py --model mobilenetv2 --weights FILE
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+from cbir.evaluate import evaluate  # noqa: E402
+from cbir.groundtruth import load_ground_truth  # noqa: E402
+from machine import SHARED, describe  # noqa: E402
+
+from cbir.embed import Embedder  # noqa: E402
+from cbir.features import FeatureConfig  # noqa: E402
+from cbir.fs import find_images  # noqa: E402
+from cbir.rerank import database_augmentation, query_expansion  # noqa: E402
+from cbir.whiten import learn_whitening  # noqa: E402
+
+CORE = "--pooling {pooling} --gem-p 3 --geometry {geometry} --resample {resample} --size {size}"
+
+
+@dataclass
+class Row:
+    name: str
+    config: FeatureConfig
+    whiten: str | None = (
+        None  # None | "leak" (learned on the benchmark) | "heldout" (learned on the other half)
+    )
+    whiten_dim: int | None = None
+    qe: int = 0
+    dba: int = 0
+    note: str = ""
+    flags: list[str] = field(default_factory=list)
+
+
+def rows_for(size: int) -> list[Row]:
+    orig = FeatureConfig(pooling="max", geometry="squash", resample="nearest", size=224)
+    gem = FeatureConfig(pooling="gem", geometry="squash", resample="nearest", size=size)
+    best = FeatureConfig(pooling="gem", geometry="long", resample="bilinear", size=size)
+    ms = (1.0, 2**-0.5, 2**0.5)
+    return [
+        Row("original", orig, note="the original script: 224x224 squash, nearest, max pooling"),
+        Row("max-native", orig.replace(size=size), note="max pooling at the backbone's own input size"),
+        Row("avg", orig.replace(size=size, pooling="avg")),
+        Row("gem", gem),
+        Row("gem-antialias", gem.replace(resample="bilinear")),
+        Row("gem-crop", gem.replace(geometry="crop", resample="bilinear")),
+        Row("gem-short", gem.replace(geometry="short", resample="bilinear")),
+        Row("gem-long", best),
+        Row("gem-long-large", best.replace(size=int(size * 1.5)), note="full image, longer side 1.5x"),
+        Row("gem-long-multiscale", best.replace(scales=ms), note="scales 1, 1/sqrt2, sqrt2"),
+        Row("gem-long+qe", best, qe=5, note="alpha-QE, n=5, alpha=3"),
+        Row("gem-long+dba+qe", best, qe=5, dba=5, note="DBA n=5 then alpha-QE n=5"),
+        Row(
+            "gem-long+whiten-heldout",
+            best,
+            whiten="heldout",
+            whiten_dim=256,
+            note="whitening learned on the other half (2-fold), 256-d; halves of 500",
+        ),
+        Row(
+            "gem-long+whiten-leak",
+            best,
+            whiten="leak",
+            whiten_dim=512,
+            note="LEAKS: whitening learned on the benchmark itself, 512-d",
+        ),
+    ]
+
+
+def command(row: Row, dataset: str, weights: str, model: str) -> str:
+    c = row.config
+    cmd = (
+        f"cbir evaluate {dataset} --index /tmp/cbir-{row.name} --model {model} --weights {weights} "
+        + CORE.format(pooling=c.pooling, geometry=c.geometry, resample=c.resample, size=c.size)
+    )
+    if len(c.scales) > 1:
+        cmd += " --scales 1,1/sqrt2,sqrt2"
+    if row.qe:
+        cmd += f" --qe {row.qe}"
+    if row.dba:
+        cmd += f" --dba {row.dba}"
+    if row.whiten == "leak":
+        cmd += f" --whiten-on {dataset} --whiten-dim {row.whiten_dim}"
+    if row.whiten == "heldout":
+        cmd = f"python3 benchmarks/bench_quality.py --only {row.name}"
+    return cmd
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default=str(SHARED / "datasets" / "corel1k"))
+    ap.add_argument("--model", default="xception")
+    ap.add_argument(
+        "--weights", default=str(SHARED / "weights" / "xception_weights_tf_dim_ordering_tf_kernels_notop.h5")
+    )
+    ap.add_argument("--only", action="append", help="run only these rows")
+    ap.add_argument("--limit", type=int, help="use the first N images (quick checks)")
+    args = ap.parse_args()
+    print(describe())
+    from cbir.models import get_backbone
+
+    size = get_backbone(args.model).input_size
+    rows = [r for r in rows_for(size) if not args.only or r.name in args.only]
+    files = find_images(args.dataset)[: args.limit]
+    gt = load_ground_truth(Path(args.dataset), files)
+    paths = [os.path.join(args.dataset, f) for f in files]
+    print(
+        f"dataset: {args.dataset} ({len(files)} images), model {args.model}, "
+        f"weights {os.path.basename(args.weights)}"
+    )
+    print()
+    print("| configuration | mAP | P@10 | images/s | notes |")
+    print("|---|---|---|---|---|")
+    cache: dict[str, tuple[np.ndarray, float]] = {}
+    commands = []
+    for row in rows:
+        key = repr(row.config)
+        if key not in cache:
+            emb = Embedder(row.config.replace(model=args.model), args.weights)
+            emb.embed_all(paths[:8], progress=False)  # warm-up: graph tracing is not throughput
+            t = time.perf_counter()
+            feats, order = emb.embed_all(paths, progress=False)
+            cache[key] = (feats, len(order) / (time.perf_counter() - t))
+            assert len(order) == len(paths), "benchmark images must all decode"
+        feats, ips = cache[key]
+        rank_fn = None
+        if row.whiten == "heldout":
+            cells, base = _heldout_whitening(feats, files, args.dataset, row.whiten_dim)
+            print(f"| {row.name} | {cells} | {ips:.1f} | {row.note}; {base} |", flush=True)
+            commands.append(f"- {row.name}: `{command(row, args.dataset, args.weights, args.model)}`")
+            continue
+        if row.whiten == "leak":
+            feats = learn_whitening(feats, row.whiten_dim).apply(feats)
+        if row.dba:
+            feats = database_augmentation(feats, row.dba)
+        if row.qe:
+            db = feats
+
+            def rank_fn(q: np.ndarray, qrows: np.ndarray, db: np.ndarray = db, n: int = row.qe) -> np.ndarray:
+                return query_expansion(q, db, n, exclude=[[int(r)] for r in qrows]) @ db.T
+
+        rep = evaluate(feats, files, gt, rank_fn=rank_fn) if rank_fn else evaluate(feats, files, gt)
+        print(
+            f"| {row.name} | {rep.map:.4f} | {rep.precision[10]:.4f} | {ips:.1f} | {row.note} |", flush=True
+        )
+        commands.append(f"- {row.name}: `{command(row, args.dataset, args.weights, args.model)}`")
+    print()
+    print("\n".join(commands))
+
+
+def _heldout_whitening(feats: np.ndarray, files: list[str], dataset: str, dim: int | None) -> str:
+    """2-fold: learn on one half (even/odd files), evaluate on the other half alone; mean of both folds.
+
+    Returns the table cells; the note carries the unwhitened score under the same half-set protocol
+    (fewer relevant images per query, so its numbers differ from the full-set rows).
+    """
+    idx = np.arange(len(files))
+    halves = [idx[idx % 2 == 0], idx[idx % 2 == 1]]
+    whitened, plain = [], []
+    for learn, test in (halves, halves[::-1]):
+        sub = [files[i] for i in test]
+        gt = load_ground_truth(Path(dataset), sub)
+        w = learn_whitening(feats[learn], dim)
+        whitened.append(evaluate(w.apply(feats[test]), sub, gt))
+        plain.append(evaluate(feats[test], sub, gt))
+    m = np.mean([r.map for r in whitened])
+    p = np.mean([r.precision[10] for r in whitened])
+    m0 = np.mean([r.map for r in plain])
+    p0 = np.mean([r.precision[10] for r in plain])
+    return f"{m:.4f} | {p:.4f}", f"same halves without whitening: mAP {m0:.4f}, P@10 {p0:.4f}"
+
+
+if __name__ == "__main__":
+    main()

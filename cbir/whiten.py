@@ -1,0 +1,84 @@
+"""PCA-whitening learned on a set of features, stored beside the index.
+
+Whitening decorrelates the feature dimensions and down-weights the dominant (often uninformative)
+directions; with dimension reduction it also shrinks the index. Learned vectors stay L2-normalised
+afterwards, so dot products remain cosine similarities and the ``feats.npy`` contract holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CbirError
+
+WHITENING_FILE = "whitening.npz"
+
+
+@dataclass(frozen=True)
+class Whitening:
+    """``apply(x) = normalise((x - mean) @ projection)``; projection is (D, d)."""
+
+    mean: np.ndarray
+    projection: np.ndarray
+
+    @property
+    def dim(self) -> int:
+        return int(self.projection.shape[1])
+
+    @property
+    def digest(self) -> str:
+        h = hashlib.sha256(self.mean.astype(np.float32).tobytes())
+        h.update(self.projection.astype(np.float32).tobytes())
+        return h.hexdigest()[:16]
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        from .embed import l2_normalize
+
+        return l2_normalize((np.asarray(x, dtype=np.float32) - self.mean) @ self.projection)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically (temporary file, then rename)."""
+        from .store import staged_name
+
+        path = Path(path)
+        tmp = path.with_name(staged_name(path.name) + ".npz")
+        try:
+            np.savez(tmp, mean=self.mean.astype(np.float32), projection=self.projection.astype(np.float32))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Whitening:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return cls(mean=z["mean"], projection=z["projection"])
+        except (OSError, KeyError, ValueError) as exc:
+            raise CbirError(f"cannot read whitening file {path}: {exc}") from exc
+
+
+def learn_whitening(features: np.ndarray, dim: int | None = None, shrinkage: float = 1e-4) -> Whitening:
+    """Learn PCA-whitening from L2-normalised ``features`` (n, D).
+
+    ``dim`` keeps the leading components (at most n - 1, the rank of the centred data);
+    ``shrinkage`` (relative to the largest eigenvalue) keeps tiny eigenvalues from exploding.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    n, d_in = x.shape
+    if n < 2:
+        raise CbirError("whitening needs at least 2 images")
+    mean = x.mean(axis=0)
+    xc = x - mean
+    cov = xc.T @ xc / n
+    eigval, eigvec = np.linalg.eigh(cov)
+    order = np.argsort(eigval)[::-1]
+    eigval, eigvec = eigval[order], eigvec[:, order]
+    keep = min(dim or d_in, d_in, n - 1)
+    eigval = np.maximum(eigval[:keep], 0) + shrinkage * eigval[0]
+    projection = eigvec[:, :keep] / np.sqrt(eigval)
+    return Whitening(mean=mean.astype(np.float32), projection=projection.astype(np.float32))

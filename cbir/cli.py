@@ -117,6 +117,25 @@ def _add_index_options(p: argparse.ArgumentParser) -> None:
         help="glob of paths or names to skip (repeatable)",
     )
     g.add_argument("--max-pixels", type=int, help="skip images with more pixels (default 250M)")
+    g.add_argument(
+        "--whiten-on",
+        metavar="DIR",
+        help="learn a PCA-whitening on the images of DIR and store it with the index",
+    )
+    g.add_argument("--whiten-dim", type=int, help="dimensions kept by the whitening (default: all)")
+
+
+def _add_rerank_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("re-ranking")
+    g.add_argument("--qe", type=int, default=0, metavar="N", help="alpha query expansion with the top N")
+    g.add_argument(
+        "--dba",
+        type=int,
+        default=0,
+        metavar="N",
+        help="database-side augmentation with the top N (in memory; up to ~100k images)",
+    )
+    g.add_argument("--alpha", type=float, default=3.0, help="similarity exponent for --qe/--dba (default 3)")
 
 
 def _add_output_options(p: argparse.ArgumentParser) -> None:
@@ -150,6 +169,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_feature_options(p)
     _add_index_options(p)
     _add_output_options(p)
+    _add_common(p)
+    p = sub.add_parser("evaluate", help="measure retrieval quality (mAP, P@k, R@k) on a benchmark folder")
+    p.add_argument("dataset")
+    p.add_argument(
+        "--gt",
+        metavar="FILE",
+        help="labels.csv or gt.json (default: found in DATASET, or INRIA Holidays / UKBench file naming)",
+    )
+    _add_feature_options(p)
+    _add_index_options(p)
+    _add_rerank_options(p)
+    p.add_argument("--per-query", action="store_true", help="include every query's AP in --json output")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_common(p)
     p = sub.add_parser("models", help="list the available backbones")
     p.add_argument("--json", action="store_true")
@@ -195,7 +227,9 @@ def _feature_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return over
 
 
-def _embedder_factory(config: Any, weights: str | None, args: argparse.Namespace) -> Any:
+def _embedder_factory(
+    config: Any, weights: str | None, args: argparse.Namespace, whitening: Any = None
+) -> Any:
     from .embed import Embedder
     from .images import LoadLimits
 
@@ -213,8 +247,27 @@ def _embedder_factory(config: Any, weights: str | None, args: argparse.Namespace
     return make
 
 
+def _prepare(args: argparse.Namespace) -> tuple[Any, str, Any]:
+    """Feature config, weights and embedder factory for indexing, learning the whitening if asked."""
+    from .features import FeatureConfig
+
+    config = FeatureConfig().replace(**_feature_overrides(args))
+    weights = args.weights or "imagenet"
+    make = _embedder_factory(config, weights, args)
+    if getattr(args, "whiten_on", None):
+        from .whiten import learn_from_folder
+
+        embedder = make()
+        embedder.set_whitening(learn_from_folder(embedder, args.whiten_on, args.whiten_dim))
+    return config, weights, make
+
+
 def _index(args: argparse.Namespace, config: Any, weights: str | None, make: Any) -> Any:
     from .indexer import update_index
+
+    whitening = None
+    if getattr(args, "whiten_on", None):
+        whitening = make().whitening
 
     return update_index(
         args.dataset,
@@ -228,6 +281,7 @@ def _index(args: argparse.Namespace, config: Any, weights: str | None, make: Any
         include_hidden=args.include_hidden,
         exclude=args.exclude,
         progress=None,
+        whitening=whitening,
     )
 
 
@@ -250,11 +304,7 @@ def _summary(report: Any) -> str:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from .features import FeatureConfig
-
-    config = FeatureConfig().replace(**_feature_overrides(args))
-    weights = args.weights or "imagenet"
-    report = _index(args, config, weights, _embedder_factory(config, weights, args))
+    report = _index(args, *_prepare(args))
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
@@ -300,6 +350,7 @@ def cmd_search(args: argparse.Namespace, update: bool) -> int:
     from .index import default_index_dir, open_index
     from .query import check_query_files
     from .store import read_manifest
+    from .whiten import load_for_index
 
     check_query_files(args.img_query)
     over = _feature_overrides(args)
@@ -325,12 +376,30 @@ def cmd_search(args: argparse.Namespace, update: bool) -> int:
         resolved = resolve_config(config, weights)
         index = open_index(args.dataset, idir)
         index.check_compatible(resolved)
-        return _run_queries(args, index, _embedder_factory(resolved, weights, args))
-    config = FeatureConfig().replace(**over)
-    weights = args.weights or "imagenet"
-    make = _embedder_factory(config, weights, args)
+        whitening = load_for_index(idir, resolved.whitening)
+        return _run_queries(args, index, _embedder_factory(resolved, weights, args, whitening))
+    config, weights, make = _prepare(args)
     report = _index(args, config, weights, make)
     return _run_queries(args, open_index(args.dataset, idir), make, report)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_index
+    from .index import open_index
+
+    report = _index(args, *_prepare(args))
+    index = open_index(args.dataset, args.index)
+    result = evaluate_index(index, args.gt, qe=args.qe, dba=args.dba, alpha=args.alpha)
+    if args.json:
+        doc = result.to_dict()
+        if not args.per_query:
+            doc.pop("per_query", None)
+        doc["index"] = report.to_dict()
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
+    else:
+        print(_summary(report), file=sys.stderr)
+        print(result.format_table())
+    return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -368,6 +437,8 @@ def _dispatch(argv: Sequence[str] | None, legacy: bool) -> int:
         if args.command == "query":
             args.img_query = args.images
             return cmd_search(args, update=args.update)
+        if args.command == "evaluate":
+            return cmd_evaluate(args)
         if args.command == "models":
             return cmd_models(args)
         parser.error(f"unknown command {args.command}")

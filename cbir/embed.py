@@ -121,6 +121,11 @@ class Embedder:
             return int(self.whitening.dim)
         return int(self.model.output_shape[-1])
 
+    def set_whitening(self, whitening: Any) -> None:
+        """Apply ``whitening`` to every vector from now on (and record it in the config)."""
+        self.whitening = whitening
+        self.config = self.config.replace(whitening=None if whitening is None else whitening.digest)
+
     def embed_all(
         self, paths: Sequence[str | os.PathLike], progress: bool | None = None, desc: str = "embedding"
     ) -> tuple[np.ndarray, list[int]]:

@@ -145,6 +145,10 @@ def open_rgb(
         raise BadImageError("empty file")
     if size > limits.max_bytes:
         raise BadImageError(f"file larger than the {limits.max_bytes // 2**20} MiB limit")
+    # Pillow's own guard refuses images above 2 x Image.MAX_IMAGE_PIXELS (179M by default) at open;
+    # raise it to our limit so that limits.max_pixels decides (checked below, before decoding)
+    if Image.MAX_IMAGE_PIXELS is not None and 2 * Image.MAX_IMAGE_PIXELS < limits.max_pixels:
+        Image.MAX_IMAGE_PIXELS = limits.max_pixels // 2 + 1
     try:
         img = Image.open(path)
     except UnidentifiedImageError as exc:

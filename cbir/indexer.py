@@ -40,6 +40,7 @@ from .store import (
     staged_name,
     write_npy,
 )
+from .whiten import Whitening, whitening_filename
 
 log = logging.getLogger(__name__)
 DTYPES = ("float32", "float16")
@@ -132,12 +133,14 @@ def update_index(
     checkpoint_every: int = 500,
     checkpoint_seconds: float = 120.0,
     progress: bool | None = None,
+    whitening: Whitening | None = None,
 ) -> IndexReport:
     """Index ``root`` (or bring its index up to date) and return what was done.
 
     ``embedder`` is an Embedder or a zero-argument factory called only when something needs
     embedding, so an up-to-date index costs no model load. An index built with other settings is
-    rebuilt; ``rebuild`` forces that.
+    rebuilt; ``rebuild`` forces that. ``whitening`` (learned beforehand) is stored in the index
+    folder and applied to every vector; the embedder must have been made with it.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}")
@@ -150,6 +153,8 @@ def update_index(
     if not files:
         raise DatasetError(f"no images found in {root}")
     cfg = resolve_config(config, weights)
+    if whitening is not None:
+        cfg = cfg.replace(whitening=whitening.digest)
     try:
         idir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -176,6 +181,11 @@ def update_index(
             finish_renames(idir, old)
             cleanup_stale(idir, old)
         manifest = old or Manifest(config=cfg.to_dict(), dim=0, dtype=dtype)
+        if whitening is not None:
+            wfile = whitening_filename(whitening.digest)
+            if not (idir / wfile).exists():
+                whitening.save(idir / wfile)
+            manifest.extra["files"] = [wfile]
         manifest.root = str(root.resolve())
         if weights not in (None, "imagenet", "random"):
             manifest.weights_path = str(Path(weights).resolve())
@@ -224,6 +234,16 @@ def update_index(
                 checkpoint_seconds,
                 progress,
             )
+            # files that failed to decode are reported as skipped, not as added/updated; a file
+            # that was indexed and is now unreadable has lost its row: it counts as removed
+            failed = {s.path for s in skipped}
+            for rel, _, _ in todo:
+                if rel in failed:
+                    if rel in old_rows:
+                        report.updated -= 1
+                        report.removed += 1
+                    else:
+                        report.added -= 1
         elif changed or old is None:
             manifest.skipped = skipped
             if old is None:

@@ -199,9 +199,13 @@ def width_multiplier(backbone: Backbone, weights_path: str | os.PathLike) -> flo
             if "block_16_project" in name and "kernel" in name and len(shape) == 4:
                 if shape[-1] in by_width:
                     return by_width[shape[-1]]
-    match = re.search(r"_(\d)_(\d+)_\d+_tf|_(\d\.\d+)_\d+_no_top", os.path.basename(weights_path))
+    # Keras' file names: MobileNet mobilenet_{1_0,7_5,5_0,2_5}_224_tf (alpha 1.0/0.75/0.5/0.25),
+    # MobileNetV2 ..._{0.35,...,1.4}_224_no_top
+    match = re.search(r"_(1_0|7_5|5_0|2_5)_\d+_tf|_(\d\.\d+)_\d+_no_top", os.path.basename(weights_path))
     if match:
-        return float(f"{match.group(1)}.{match.group(2)}") if match.group(1) else float(match.group(3))
+        if match.group(1):
+            return {"1_0": 1.0, "7_5": 0.75, "5_0": 0.5, "2_5": 0.25}[match.group(1)]
+        return float(match.group(2))
     raise ModelError(f"cannot tell the width multiplier of {backbone.name} weights {weights_path}")
 
 

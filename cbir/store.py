@@ -153,7 +153,9 @@ class Manifest:
         for seg in segments:
             for key in ("file", "staged"):
                 name = seg.get(key)
-                if name is not None and (not isinstance(name, str) or "/" in name or name.startswith(".")):
+                if (name is not None or key == "file") and (
+                    not isinstance(name, str) or not name or "/" in name or name.startswith(".")
+                ):
                     raise ValueError(f"bad segment file name {name!r}")
         if sum(int(s["rows"]) for s in segments) != len(entries):
             raise ValueError("segment rows do not match the entries")
@@ -184,7 +186,7 @@ def read_manifest(index_dir: Path) -> Manifest | None:
         raise IndexError_(f"cannot read index manifest {path}: {exc.strerror}") from exc
     try:
         return Manifest.from_json(text)
-    except (ValueError, KeyError, TypeError, IndexError) as exc:
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
         raise IndexError_(f"index manifest {path} is corrupt or from another version ({exc})") from exc
 
 

@@ -82,3 +82,40 @@ def learn_whitening(features: np.ndarray, dim: int | None = None, shrinkage: flo
     eigval = np.maximum(eigval[:keep], 0) + shrinkage * eigval[0]
     projection = eigvec[:, :keep] / np.sqrt(eigval)
     return Whitening(mean=mean.astype(np.float32), projection=projection.astype(np.float32))
+
+
+def whitening_filename(digest: str) -> str:
+    """The file a whitening is stored under in an index folder (named by content: never overwritten)."""
+    return f"whitening-{digest}.npz"
+
+
+def learn_from_folder(
+    embedder: object, folder: str | os.PathLike, dim: int | None = None, progress: bool | None = None
+) -> Whitening:
+    """Embed the images of ``folder`` (no whitening) and learn a whitening from them."""
+    from .fs import find_images
+
+    files = find_images(folder)
+    if not files:
+        raise CbirError(f"no images found in {folder} to learn the whitening from")
+    vecs, _ = embedder.embed_all(
+        [Path(folder) / f for f in files],
+        progress=progress,  # type: ignore[attr-defined]
+        desc="learning whitening",
+    )
+    return learn_whitening(vecs, dim)
+
+
+def load_for_index(index_dir: str | os.PathLike, digest: str | None) -> Whitening | None:
+    """The whitening an index's features were made with (None when it has none)."""
+    if digest is None:
+        return None
+    path = Path(index_dir) / whitening_filename(digest)
+    if not path.exists():
+        raise CbirError(
+            f"the index needs its whitening file {path}, which is missing; rebuild with --rebuild"
+        )
+    w = Whitening.load(path)
+    if w.digest != digest:
+        raise CbirError(f"whitening file {path} is damaged; rebuild with --rebuild")
+    return w

@@ -1,0 +1,158 @@
+"""Indexing throughput: the original script's approach vs our indexer, and the machine's peak.
+
+Builds its own JPEGs (photo-like content: Corel-1k images upscaled when ../shared is present,
+smooth synthetic scenes otherwise): N at 4000x3000 and N at 640x480. Then, in one run, on the same
+files with the same backbone (ResNet50, random weights: identical FLOPs, no download needed):
+
+  (a) the original approach: per image ``load_img`` to 224, ``preprocess_input``, one ``predict``;
+  (b) our indexer (``update_index`` into a fresh index) with the original geometry (224x224 squash,
+      so the same network work per image), and with our default features;
+  (c) the practical peak: a large float32 matrix multiply in NumPy; and our model-inference rate
+      alone (batched, decoded inputs) as a fraction of it (ResNet50 at 224x224: 7.74 GFLOP/image).
+
+    python3 benchmarks/bench_index.py [--n 200] [--batch-size 32] [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+from machine import SHARED, describe  # noqa: E402
+from PIL import Image  # noqa: E402
+
+RESNET50_GFLOP = 7.74
+
+
+def make_images(folder: Path, n: int, size: tuple[int, int], seed: int) -> list[Path]:
+    """Write ``n`` photo-like JPEGs of ``size`` into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    corel = sorted((SHARED / "datasets" / "corel1k" / "images").glob("*.jpg"))
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        if corel:
+            src = Image.open(corel[(i * 7 + seed) % len(corel)]).convert("RGB")
+            img = src.resize(size, Image.Resampling.BICUBIC)
+        else:
+            yy, xx = np.mgrid[0 : size[1] // 8, 0 : size[0] // 8]
+            base = np.stack([np.sin(xx / (5 + c + i % 7)) * np.cos(yy / (9 + c)) for c in range(3)], -1)
+            img = Image.fromarray(((base + 1) * 110 + rng.integers(0, 30, base.shape)).astype(np.uint8))
+            img = img.resize(size, Image.Resampling.BICUBIC)
+        noise = rng.normal(0, 4, (size[1], size[0], 3))
+        arr = np.clip(np.asarray(img, dtype=np.float32) + noise, 0, 255).astype(np.uint8)
+        p = folder / f"img_{i:04d}.jpg"
+        Image.fromarray(arr).save(p, quality=90)
+        paths.append(p)
+    return paths
+
+
+def original_approach(paths: list[Path], model) -> float:
+    """The original script's loop; returns images/s."""
+    import keras
+    from keras.applications.resnet50 import preprocess_input
+
+    t = time.perf_counter()
+    for p in paths:
+        img = keras.utils.load_img(p, target_size=(224, 224))
+        x = preprocess_input(np.expand_dims(keras.utils.img_to_array(img), 0))
+        feat = model.predict(x, verbose=0)
+        feat / np.linalg.norm(feat)
+    return len(paths) / (time.perf_counter() - t)
+
+
+def our_indexer(folder: Path, config, embedder) -> float:
+    from cbir.indexer import update_index
+
+    index_dir = Path(tempfile.mkdtemp(prefix="cbir-bench-index-"))
+    try:
+        rep = update_index(
+            folder, config, weights="random", index_dir=index_dir, embedder=embedder, progress=False
+        )
+        return rep.embedded / rep.seconds
+    finally:
+        shutil.rmtree(index_dir, ignore_errors=True)
+
+
+def peak_gflops(n: int = 4096, repeats: int = 5) -> float:
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    b = a.copy()
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def inference_rate(embedder, batch_size: int, repeats: int = 4) -> float:
+    x = np.random.default_rng(1).integers(0, 255, (batch_size, 224, 224, 3), dtype=np.uint8)
+    embedder.run_batch(x)
+    t = time.perf_counter()
+    for _ in range(repeats):
+        embedder.run_batch(x)
+    return batch_size * repeats / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=200, help="images per size (default 200)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--workers", type=int)
+    args = ap.parse_args()
+    print(describe())
+    import keras
+
+    from cbir.embed import Embedder
+    from cbir.features import ORIGINAL, FeatureConfig
+
+    tmp = Path(tempfile.mkdtemp(prefix="cbir-bench-"))
+    try:
+        t = time.perf_counter()
+        sets = {
+            "large 4000x3000": make_images(tmp / "large", args.n, (4000, 3000), 1),
+            "small 640x480": make_images(tmp / "small", args.n, (640, 480), 2),
+        }
+        print(f"generated {2 * args.n} JPEGs in {time.perf_counter() - t:.0f}s")
+        original_model = keras.applications.ResNet50(include_top=False, weights=None, pooling="max")
+        orig_cfg = ORIGINAL.replace(model="resnet50")
+        ours_orig = Embedder(orig_cfg, "random", batch_size=args.batch_size, workers=args.workers)
+        default_cfg = FeatureConfig(model="resnet50")
+        ours_default = Embedder(default_cfg, "random", batch_size=args.batch_size, workers=args.workers)
+        for e in (ours_orig, ours_default):
+            e.embed_all(sets["small 640x480"][:4], progress=False)  # trace the graph before timing
+        original_approach(sets["small 640x480"][:2], original_model)
+        print(
+            f"\nResNet50, batch {args.batch_size}, {ours_orig.workers} decoding threads, "
+            f"{args.n} images per set"
+        )
+        print("| set | (a) original img/s | (b) ours, original geometry | (b)/(a) | ours, default features |")
+        print("|---|---|---|---|---|")
+        for name, paths in sets.items():
+            a = original_approach(paths, original_model)
+            b = our_indexer(paths[0].parent, orig_cfg, ours_orig)
+            d = our_indexer(paths[0].parent, default_cfg, ours_default)
+            print(f"| {name} | {a:.1f} | {b:.1f} | {b / a:.2f}x | {d:.1f} |", flush=True)
+        peak = peak_gflops()
+        rate = inference_rate(ours_orig, args.batch_size)
+        print(f"\n(c) NumPy float32 matmul peak: {peak:.0f} GFLOP/s")
+        print(
+            f"    model inference alone: {rate:.1f} img/s = {rate * RESNET50_GFLOP:.0f} GFLOP/s "
+            f"= {rate * RESNET50_GFLOP / peak:.0%} of peak"
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

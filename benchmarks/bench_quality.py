@@ -114,6 +114,9 @@ def main() -> None:
     ap.add_argument("--only", action="append", help="run only these rows")
     ap.add_argument("--limit", type=int, help="use the first N images (quick checks)")
     args = ap.parse_args()
+    import logging
+
+    logging.getLogger("cbir.groundtruth").setLevel(logging.ERROR)  # halves leave labelled files out
     print(describe())
     from cbir.models import get_backbone
 

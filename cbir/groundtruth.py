@@ -100,8 +100,19 @@ class _Resolver:
                 self.by_suffix["/".join(parts[i:])].append(f)
         self.source = source
         self.name = str(source) if source is not None else "ground truth"
+        self.missing: list[str] = []
 
-    def __call__(self, entry: str) -> str:
+    def warn_missing(self) -> None:
+        """Log (once) the ground-truth images that are not in the index, e.g. skipped bad files."""
+        if self.missing:
+            log.warning(
+                "%s: %d listed image(s) are not in the index and are left out (first: %s)",
+                self.name,
+                len(self.missing),
+                self.missing[0],
+            )
+
+    def __call__(self, entry: str) -> str | None:
         key = str(entry).strip().replace("\\", "/")
         while key.startswith("./"):
             key = key[2:]
@@ -124,7 +135,8 @@ class _Resolver:
                 f"{self.name}: {entry!r} matches {len(candidates)} indexed images "
                 f"({candidates[0]}, {candidates[1]}, ...); write its path relative to the dataset folder"
             )
-        raise DatasetError(f"{self.name}: {entry!r} is not among the indexed images of {self.root}")
+        self.missing.append(str(entry))
+        return None
 
 
 def _by_label(
@@ -162,6 +174,8 @@ def _read_labels(root: Path, files: list[str], path: Path) -> GroundTruth:
                 if not entry or not label:
                     raise DatasetError(f"{path}:{line}: every row needs a file and a label")
                 rel = resolve(entry)
+                if rel is None:
+                    continue
                 if labels.get(rel, label) != label:
                     raise DatasetError(f"{path}:{line}: {rel} is listed with two labels")
                 labels[rel] = label
@@ -172,8 +186,9 @@ def _read_labels(root: Path, files: list[str], path: Path) -> GroundTruth:
         raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except (csv.Error, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: not a readable CSV file: {exc}") from exc
+    resolve.warn_missing()
     if not labels:
-        raise DatasetError(f"{path}: no labelled images")
+        raise DatasetError(f"{path}: no labelled images among the indexed images of {root}")
     # Readable names only when each label has exactly one, and no two labels share it.
     class_names = {label: next(iter(n)) for label, n in names.items() if len(n) == 1}
     if len(set(class_names.values())) != len(class_names):
@@ -198,9 +213,14 @@ def _read_json(root: Path, files: list[str], path: Path) -> GroundTruth:
     relevant: dict[str, set[str]] = {}
     for entry, rel_entries in doc.items():
         query = resolve(entry)
+        if query is None:
+            continue
         if query in relevant:
             raise DatasetError(f"{path}: query {query} is listed twice")
-        relevant[query] = {resolve(r) for r in rel_entries} - {query}
+        relevant[query] = {r for r in map(resolve, rel_entries) if r is not None} - {query}
+    resolve.warn_missing()
+    if not relevant:
+        raise DatasetError(f"{path}: none of its queries is among the indexed images of {root}")
     return GroundTruth(queries=list(relevant), relevant=relevant, labels=None, kind="gt.json")
 
 

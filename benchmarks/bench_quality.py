@@ -23,13 +23,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
-from cbir.evaluate import evaluate  # noqa: E402
-from cbir.groundtruth import load_ground_truth  # noqa: E402
 from machine import SHARED, describe  # noqa: E402
 
 from cbir.embed import Embedder  # noqa: E402
+from cbir.evaluate import evaluate  # noqa: E402
 from cbir.features import FeatureConfig  # noqa: E402
 from cbir.fs import find_images  # noqa: E402
+from cbir.groundtruth import load_ground_truth  # noqa: E402
 from cbir.rerank import database_augmentation, query_expansion  # noqa: E402
 from cbir.whiten import learn_whitening  # noqa: E402
 

@@ -117,6 +117,14 @@ def _add_index_options(p: argparse.ArgumentParser) -> None:
         help="glob of paths or names to skip (repeatable)",
     )
     g.add_argument("--max-pixels", type=int, help="skip images with more pixels (default 250M)")
+    g.add_argument("--max-file-mb", type=float, help="skip files larger than this (default 512 MiB)")
+    g.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=500,
+        metavar="N",
+        help="commit progress every N images (and every 2 minutes; default 500)",
+    )
     g.add_argument(
         "--whiten-on",
         metavar="DIR",
@@ -168,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--update", action="store_true", help="bring the index up to date with the folder first")
     _add_feature_options(p)
     _add_index_options(p)
+    _add_rerank_options(p)
     _add_output_options(p)
     _add_common(p)
     p = sub.add_parser("evaluate", help="measure retrieval quality (mAP, P@k, R@k) on a benchmark folder")
@@ -200,6 +209,7 @@ def build_legacy_parser() -> argparse.ArgumentParser:
     )
     _add_feature_options(parser)
     _add_index_options(parser)
+    _add_rerank_options(parser)
     _add_output_options(parser)
     _add_common(parser)
     return parser
@@ -234,7 +244,12 @@ def _embedder_factory(
     from .images import LoadLimits
 
     cache: dict[str, Any] = {}
-    limits = LoadLimits(max_pixels=args.max_pixels) if getattr(args, "max_pixels", None) else LoadLimits()
+    limit_args = {}
+    if getattr(args, "max_pixels", None):
+        limit_args["max_pixels"] = args.max_pixels
+    if getattr(args, "max_file_mb", None):
+        limit_args["max_bytes"] = int(args.max_file_mb * 2**20)
+    limits = LoadLimits(**limit_args)
 
     def make() -> Embedder:
         if "e" not in cache:
@@ -282,6 +297,7 @@ def _index(args: argparse.Namespace, config: Any, weights: str | None, make: Any
         exclude=args.exclude,
         progress=None,
         whitening=whitening,
+        checkpoint_every=args.checkpoint_every,
     )
 
 
@@ -316,7 +332,9 @@ def _run_queries(args: argparse.Namespace, index: Any, make: Any, report: Any = 
     from .query import query_index
     from .results import results_to_dict
 
-    results = query_index(index, make(), args.img_query, k=args.top)
+    results = query_index(
+        index, make(), args.img_query, k=args.top, qe=args.qe, dba=args.dba, alpha=args.alpha
+    )
     if args.json:
         print(
             json.dumps(

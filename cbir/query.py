@@ -41,10 +41,26 @@ def search_index(
     queries: Sequence[str | os.PathLike],
     k: int = 9,
     exclude_self: bool = True,
+    qe: int = 0,
+    dba: int = 0,
+    alpha: float = 3.0,
 ) -> list[QueryResult]:
-    """Rank the index for each query vector; a query that is itself indexed is left out of its list."""
+    """Rank the index for each query vector; a query that is itself indexed is left out of its list.
+
+    ``qe``/``dba`` > 0 turn on alpha query expansion / database-side augmentation (see rerank.py).
+    """
     own = [index.row_of(q) if exclude_self else None for q in queries]
-    rows, scores = top_k(index.feats, query_vectors, k, exclude=[[r] if r is not None else [] for r in own])
+    exclude = [[r] if r is not None else [] for r in own]
+    feats = index.feats
+    if dba:
+        from .rerank import database_augmentation
+
+        feats = database_augmentation(feats, dba, alpha)
+    if qe:
+        from .rerank import query_expansion
+
+        query_vectors = query_expansion(query_vectors, feats, qe, alpha, exclude=exclude)
+    rows, scores = top_k(feats, query_vectors, k, exclude=exclude)
     results = []
     for qi, query in enumerate(queries):
         matches = [
@@ -60,7 +76,11 @@ def query_index(
     images: Sequence[str | os.PathLike],
     k: int = 9,
     exclude_self: bool = True,
+    **rerank: float,
 ) -> list[QueryResult]:
-    """Embed ``images`` with ``embedder`` (which must match the index) and return their top ``k``."""
+    """Embed ``images`` with ``embedder`` (which must match the index) and return their top ``k``.
+
+    ``rerank``: ``qe``, ``dba``, ``alpha`` as in :func:`search_index`.
+    """
     index.check_compatible(embedder.config)
-    return search_index(index, embed_queries(embedder, images), images, k, exclude_self)
+    return search_index(index, embed_queries(embedder, images), images, k, exclude_self, **rerank)

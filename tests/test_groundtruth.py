@@ -21,8 +21,15 @@ def touch(root: Path, *names: str) -> list[str]:
 
 
 def test_labels_csv_matches_basenames_into_a_subfolder(tmp_path):
-    files = touch(tmp_path, "images/a1.jpg", "images/a2.jpg", "images/a3.jpg", "images/b1.jpg",
-                  "images/b2.jpg", "images/unlabelled.jpg")
+    files = touch(
+        tmp_path,
+        "images/a1.jpg",
+        "images/a2.jpg",
+        "images/a3.jpg",
+        "images/b1.jpg",
+        "images/b2.jpg",
+        "images/unlabelled.jpg",
+    )
     (tmp_path / "labels.csv").write_text(
         "file,label,label_name\na1.jpg,0,cats\na2.jpg,0,cats\na3.jpg,0,cats\nb1.jpg,1,dogs\nb2.jpg,1,dogs\n"
     )
@@ -102,8 +109,9 @@ def test_labels_csv_wins_over_gt_json(tmp_path):
 
 
 def test_holidays_naming(tmp_path):
-    files = touch(tmp_path, "jpg/100000.jpg", "jpg/100001.jpg", "jpg/100002.jpg", "jpg/100100.jpg",
-                  "jpg/100101.jpg")
+    files = touch(
+        tmp_path, "jpg/100000.jpg", "jpg/100001.jpg", "jpg/100002.jpg", "jpg/100100.jpg", "jpg/100101.jpg"
+    )
     gt = load_ground_truth(tmp_path, files)
     assert gt.kind == "holidays" and not gt.ukbench
     assert gt.queries == ["jpg/100000.jpg", "jpg/100100.jpg"]

@@ -1,0 +1,284 @@
+"""The command line end to end: ``run_cbir.py`` and ``cbir`` in subprocesses, as a user runs them.
+
+The runs that load the real MobileNet 0.25 weights (a few seconds each) are marked ``slow``; they
+share one copy of the 60-image Corel subset and build on each other's index. The error cases fail
+before any model is loaded and are fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_CBIR = REPO / "run_cbir.py"
+
+
+def cli(*args, cwd: Path, script: Path | None = RUN_CBIR) -> subprocess.CompletedProcess:
+    """Run ``run_cbir.py ARGS`` (or ``python -m cbir ARGS`` with script=None) and capture its output."""
+    command = [sys.executable, str(script)] if script else [sys.executable, "-m", "cbir"]
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=str(REPO))
+    env.pop("DISPLAY", None)
+    return subprocess.run(
+        command + [str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def cbir(*args, cwd: Path) -> subprocess.CompletedProcess:
+    return cli(*args, cwd=cwd, script=None)
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr
+    return proc
+
+
+def one_line_error(proc: subprocess.CompletedProcess, *words: str) -> str:
+    assert proc.returncode == 2, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("cbir: error: ")
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    for w in words:
+        assert w in lines[0]
+    return lines[0]
+
+
+def corel_class(path: str) -> int:
+    return int(Path(path).stem) // 100
+
+
+def same_class(result: dict) -> int:
+    return sum(corel_class(m["path"]) == corel_class(result["query"]) for m in result["matches"])
+
+
+def check_result(result: dict, dataset: Path, k: int = 9) -> None:
+    matches = result["matches"]
+    assert len(matches) == k
+    assert all(set(m) == {"path", "score"} for m in matches)
+    scores = [m["score"] for m in matches]
+    assert scores == sorted(scores, reverse=True)
+    assert all(-1.0 <= s <= 1.0001 for s in scores)
+    paths = [m["path"] for m in matches]
+    assert len(set(paths)) == k
+    assert os.path.realpath(result["query"]) not in {os.path.realpath(p) for p in paths}
+    for p in paths:
+        assert Path(p).is_file() and Path(p).resolve().parent == dataset.resolve()
+
+
+# ----------------------------------------------------------------------------------------------
+# with the real trained model
+
+
+@pytest.fixture(scope="module")
+def first_run(corel_subset_module, mobilenet_weights, tmp_path_factory):
+    """``run_cbir.py -dataset DIR -img_query DIR/0.jpg --model mobilenet --weights W --json``."""
+    cwd = tmp_path_factory.mktemp("cwd")
+    data = corel_subset_module
+    proc = ok(
+        cli(
+            "-dataset",
+            data,
+            "-img_query",
+            data / "0.jpg",
+            "--model",
+            "mobilenet",
+            "--weights",
+            mobilenet_weights,
+            "--json",
+            cwd=cwd,
+        )
+    )
+    return data, cwd, json.loads(proc.stdout)
+
+
+@pytest.mark.slow
+def test_first_run_json(first_run):
+    data, cwd, doc = first_run
+    (result,) = doc["results"]
+    assert result["query"] == str(data / "0.jpg")
+    check_result(result, data)
+    assert same_class(result) >= 3  # chance is 1.4 of 9
+    report = doc["index"]
+    assert (report["added"], report["unchanged"], report["total"], report["skipped"]) == (60, 0, 60, [])
+    assert report["index_dir"] == str(data / ".cbir")
+    assert not (cwd / "cbir_results.png").exists()  # --json: no plot unless --out is given
+    assert sorted(p.name for p in (data / ".cbir").iterdir()) == ["feats.npy", "lock", "manifest.json"]
+
+
+@pytest.mark.slow
+def test_second_run_reuses_index_and_retrieves_the_right_class(first_run, mobilenet_weights):
+    data, cwd, _ = first_run
+    queries = [data / "305.jpg", data / "401.jpg", data / "506.jpg"]  # buses, dinosaurs, elephants
+    proc = ok(
+        cli(
+            "-dataset",
+            data,
+            "-img_query",
+            *queries,
+            "--model",
+            "mobilenet",
+            "--weights",
+            mobilenet_weights,
+            "--json",
+            cwd=cwd,
+        )
+    )
+    doc = json.loads(proc.stdout)
+    report = doc["index"]
+    assert (report["added"], report["updated"], report["removed"], report["unchanged"]) == (0, 0, 0, 60)
+    assert report["embedded"] == 0
+    assert [r["query"] for r in doc["results"]] == [str(q) for q in queries]
+    for result in doc["results"]:
+        check_result(result, data)
+        assert same_class(result) >= 6, result
+
+
+@pytest.mark.slow
+def test_cbir_query_several_images_with_plot(first_run, tmp_path):
+    data, _, _ = first_run
+    outside = tmp_path / "copy of 7.jpg"
+    shutil.copy(data / "7.jpg", outside)
+    queries = [data / "302.jpg", data / "409.jpg", outside]
+    # no --model/--weights: an existing index decides the features and names its weights file
+    proc = ok(
+        cbir("query", data, *queries, "-k", "5", "--json", "--out", tmp_path / "plot.png", cwd=tmp_path)
+    )
+    doc = json.loads(proc.stdout)
+    assert "index" not in doc
+    assert [r["query"] for r in doc["results"]] == [str(q) for q in queries]
+    for result in doc["results"][:2]:
+        check_result(result, data, k=5)
+        assert same_class(result) >= 4
+    copy_result = doc["results"][2]
+    assert copy_result["matches"][0]["path"] == str(data / "7.jpg")  # a copy outside is not excluded
+    assert copy_result["matches"][0]["score"] > 0.999
+    with Image.open(tmp_path / "plot.png") as img:
+        assert img.format == "PNG" and img.size[0] > 100 and img.size[1] > 100
+    assert "plot saved to" in proc.stderr
+
+
+@pytest.mark.slow
+def test_rebuild_text_output_and_default_plot(first_run, mobilenet_weights, tmp_path):
+    data, _, _ = first_run
+    proc = ok(
+        cli(
+            "-dataset",
+            data,
+            "-img_query",
+            data / "200.jpg",
+            "--model",
+            "mobilenet",
+            "--weights",
+            mobilenet_weights,
+            "--rebuild",
+            cwd=tmp_path,
+        )
+    )
+    assert "60 added" in proc.stderr and "rebuilt (asked)" in proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"query: {data / '200.jpg'}"
+    ranked = [line for line in lines if line.strip()[:2].rstrip(".").isdigit()]
+    assert len(ranked) == 9
+    assert "plot saved to cbir_results.png" in proc.stdout
+    with Image.open(tmp_path / "cbir_results.png") as img:
+        assert img.format == "PNG"
+    manifest = json.loads((data / ".cbir" / "manifest.json").read_text())
+    assert len(manifest["entries"]) == 60 and manifest["config"]["model"] == "mobilenet"
+
+
+@pytest.mark.slow
+def test_unreadable_query(first_run, tmp_path):
+    data, _, _ = first_run
+    (tmp_path / "q.jpg").write_text("this is a text file")
+    one_line_error(cbir("query", data, tmp_path / "q.jpg", "--no-plot", cwd=tmp_path), "q.jpg")
+
+
+# ----------------------------------------------------------------------------------------------
+# errors caught before any model is loaded
+
+
+@pytest.fixture
+def small_dataset(image_folder):
+    return image_folder(3)
+
+
+def test_missing_dataset(tmp_path, small_dataset):
+    proc = cli("-dataset", tmp_path / "nope", "-img_query", small_dataset / "img00.jpg", cwd=tmp_path)
+    one_line_error(proc, "not found", "nope")
+
+
+def test_empty_dataset(tmp_path, small_dataset):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("nothing to see")
+    proc = cli("-dataset", tmp_path / "empty", "-img_query", small_dataset / "img00.jpg", cwd=tmp_path)
+    one_line_error(proc, "no images")
+    proc = cbir("index", tmp_path / "empty", cwd=tmp_path)
+    one_line_error(proc, "no images")
+
+
+def test_missing_query(tmp_path, small_dataset):
+    proc = cli("-dataset", small_dataset, "-img_query", tmp_path / "missing.jpg", cwd=tmp_path)
+    one_line_error(proc, "missing.jpg", "not found")
+    proc = cbir("query", small_dataset, small_dataset / "img00.jpg", tmp_path / "missing.jpg", cwd=tmp_path)
+    one_line_error(proc, "missing.jpg")
+    assert not (small_dataset / ".cbir").exists()  # failed before indexing anything
+
+
+def test_unknown_model(tmp_path, small_dataset):
+    proc = cli(
+        "-dataset",
+        small_dataset,
+        "-img_query",
+        small_dataset / "img00.jpg",
+        "--model",
+        "alexnet",
+        cwd=tmp_path,
+    )
+    message = one_line_error(proc, "alexnet")
+    assert "resnet50" in message and "mobilenet" in message
+
+
+def test_weights_file_not_found(tmp_path, small_dataset):
+    proc = cli(
+        "-dataset",
+        small_dataset,
+        "-img_query",
+        small_dataset / "img00.jpg",
+        "--model",
+        "mobilenet",
+        "--weights",
+        tmp_path / "nope.h5",
+        cwd=tmp_path,
+    )
+    one_line_error(proc, "weights file not found", "nope.h5")
+
+
+def test_usage_errors_exit_2(tmp_path):
+    proc = cli("-dataset", tmp_path, cwd=tmp_path)  # -img_query is required
+    assert proc.returncode == 2 and "img_query" in proc.stderr and "Traceback" not in proc.stderr
+    proc = cbir("frobnicate", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_models_lists_backbones(tmp_path):
+    proc = ok(cbir("models", cwd=tmp_path))
+    names = [line.split()[0] for line in proc.stdout.splitlines()[1:] if line.strip()]
+    assert "resnet50" in names and "mobilenet" in names and "xception" in names
+    resnet = next(line.split() for line in proc.stdout.splitlines() if line.startswith("resnet50 "))
+    assert resnet[1:] == ["2048", "224", "caffe"]
+    doc = json.loads(ok(cbir("models", "--json", cwd=tmp_path)).stdout)
+    assert {"name": "resnet50", "dim": 2048, "input_size": 224, "preprocess": "caffe"} in doc
+
+
+def test_help(tmp_path):
+    assert "-img_query" in ok(cli("--help", cwd=tmp_path)).stdout
+    assert "query" in ok(cbir("--help", cwd=tmp_path)).stdout

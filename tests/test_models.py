@@ -1,0 +1,177 @@
+"""The backbone registry, weights files and their errors (cbir.models)."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from cbir.errors import ModelError
+from cbir.models import (
+    ALIASES,
+    REGISTRY,
+    build_backbone,
+    file_digest,
+    get_backbone,
+    keras_cache_dir,
+    width_multiplier,
+)
+
+DOWNLOAD_FAILURE = (
+    "URL fetch failure on https://storage.googleapis.com/x/"
+    "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5: None -- [Errno -2] Name or service not known"
+)
+
+
+def test_registry_lookup():
+    b = get_backbone("resnet50")
+    assert (b.name, b.constructor, b.preprocess, b.input_size, b.dim) == (
+        "resnet50",
+        "ResNet50",
+        "caffe",
+        224,
+        2048,
+    )
+    assert get_backbone("ResNet50") is b
+    assert get_backbone("resnet") is b
+    assert get_backbone("convnext_tiny") is REGISTRY["convnexttiny"]
+    for alias, target in ALIASES.items():
+        assert target in REGISTRY, alias
+
+
+def test_registry_entries_exist_in_keras():
+    keras = pytest.importorskip("keras")
+    for b in REGISTRY.values():
+        assert hasattr(keras.applications, b.constructor), b.name
+        assert b.input_size >= 32 and b.dim > 0
+
+
+def test_unknown_model_lists_choices():
+    with pytest.raises(ModelError) as info:
+        get_backbone("resnet9000")
+    message = str(info.value)
+    assert "resnet9000" in message
+    for name in ("resnet50", "mobilenet", "xception", "efficientnetb0"):
+        assert name in message
+    assert "\n" not in message
+
+
+def test_width_multiplier_mobilenet_025(mobilenet_weights):
+    assert width_multiplier(REGISTRY["mobilenet"], mobilenet_weights) == 0.25
+
+
+def test_width_multiplier_mobilenetv2_035(mobilenetv2_weights):
+    assert width_multiplier(REGISTRY["mobilenetv2"], mobilenetv2_weights) == 0.35
+
+
+def test_width_multiplier_other_models_none(mobilenet_weights):
+    assert width_multiplier(REGISTRY["resnet50"], mobilenet_weights) is None
+
+
+def write_h5(path, datasets: dict[str, tuple[int, ...]]) -> None:
+    with h5py.File(path, "w") as f:
+        for name, shape in datasets.items():
+            f.create_dataset(name, data=np.zeros(shape, np.float32))
+
+
+@pytest.mark.parametrize("channels,alpha", [(8, 0.25), (16, 0.5), (24, 0.75), (32, 1.0)])
+def test_width_multiplier_from_kernel_shapes(tmp_path, channels, alpha):
+    path = tmp_path / "renamed_weights.h5"
+    write_h5(path, {"conv1/conv1/kernel:0": (3, 3, 3, channels), "conv1_bn/conv1_bn/beta:0": (channels,)})
+    assert width_multiplier(REGISTRY["mobilenet"], path) == alpha
+
+
+@pytest.mark.parametrize("width,alpha", [(112, 0.35), (160, 0.5), (320, 1.0), (448, 1.4)])
+def test_width_multiplier_v2_from_kernel_shapes(tmp_path, width, alpha):
+    path = tmp_path / "weights.h5"
+    write_h5(path, {"block_16_project/block_16_project/kernel": (1, 1, 8, width)})
+    assert width_multiplier(REGISTRY["mobilenetv2"], path) == alpha
+
+
+@pytest.mark.parametrize(
+    "model,name,alpha",
+    [
+        ("mobilenet", "mobilenet_1_0_224_tf_no_top.h5", 1.0),
+        ("mobilenet", "mobilenet_7_5_224_tf_no_top.h5", 0.75),
+        ("mobilenet", "mobilenet_5_0_224_tf_no_top.h5", 0.5),
+        ("mobilenet", "mobilenet_2_5_224_tf_no_top.h5", 0.25),
+        ("mobilenetv2", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.75_224_no_top.h5", 0.75),
+        ("mobilenetv2", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.3_224_no_top.h5", 1.3),
+    ],
+)
+def test_width_multiplier_from_keras_file_name(tmp_path, model, name, alpha):
+    path = tmp_path / name
+    write_h5(path, {"some/other/layer": (2, 2)})  # no recognisable kernel: the name decides
+    assert width_multiplier(REGISTRY[model], path) == alpha
+
+
+def test_width_multiplier_unknown(tmp_path):
+    path = tmp_path / "weights.h5"
+    write_h5(path, {"x": (1,)})
+    with pytest.raises(ModelError, match="width multiplier"):
+        width_multiplier(REGISTRY["mobilenet"], path)
+    (tmp_path / "broken.h5").write_bytes(b"not hdf5")
+    with pytest.raises(ModelError, match="cannot read weights file"):
+        width_multiplier(REGISTRY["mobilenet"], tmp_path / "broken.h5")
+
+
+def test_file_digest(tmp_path):
+    (tmp_path / "a").write_bytes(b"abc")
+    (tmp_path / "b").write_bytes(b"abd")
+    assert file_digest(tmp_path / "a") == "ba7816bf8f01cfea"  # sha256("abc")
+    assert file_digest(tmp_path / "a") != file_digest(tmp_path / "b")
+
+
+def test_keras_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "kh"))
+    assert keras_cache_dir() == tmp_path / "kh" / "models"
+
+
+@pytest.mark.parametrize("text", [DOWNLOAD_FAILURE, "Name or service not known"])
+def test_imagenet_download_failure_names_file_and_cache(monkeypatch, tmp_path, text):
+    keras = pytest.importorskip("keras")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
+    calls = []
+
+    def offline(**kwargs):
+        calls.append(kwargs)
+        raise Exception(text)
+
+    monkeypatch.setattr(keras.applications, "ResNet50", offline)
+    with pytest.raises(ModelError) as info:
+        build_backbone(REGISTRY["resnet50"], "imagenet")
+    message = str(info.value)
+    assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
+    assert str(tmp_path / "keras-home" / "models") in message
+    assert "--weights" in message
+    assert calls and calls[0]["weights"] == "imagenet" and calls[0]["include_top"] is False
+
+
+def test_other_build_failure_is_a_model_error(monkeypatch):
+    keras = pytest.importorskip("keras")
+
+    def broken(**kwargs):
+        raise RuntimeError("out of cheese")
+
+    monkeypatch.setattr(keras.applications, "VGG16", broken)
+    with pytest.raises(ModelError, match="cannot build model vgg16: out of cheese"):
+        build_backbone(REGISTRY["vgg16"], None)
+
+
+def test_missing_weights_file(tmp_path):
+    with pytest.raises(ModelError, match="weights file not found"):
+        build_backbone(REGISTRY["resnet50"], str(tmp_path / "missing.h5"))
+
+
+def test_weights_that_do_not_fit(mobilenetv2_weights):
+    pytest.importorskip("keras")
+    with pytest.raises(ModelError, match="does not fit model mobilenet"):
+        build_backbone(REGISTRY["mobilenet"], str(mobilenetv2_weights))
+
+
+def test_build_with_local_weights(mobilenet_weights):
+    pytest.importorskip("keras")
+    model = build_backbone(REGISTRY["mobilenet"], str(mobilenet_weights))
+    assert model.output_shape[-1] == 256  # alpha 0.25 read from the file
+    out = model(np.zeros((1, 64, 96, 3), np.float32))
+    assert tuple(out.shape) == (1, 2, 3, 256)  # free input size

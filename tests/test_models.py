@@ -175,3 +175,29 @@ def test_build_with_local_weights(mobilenet_weights):
     assert model.output_shape[-1] == 256  # alpha 0.25 read from the file
     out = model(np.zeros((1, 64, 96, 3), np.float32))
     assert tuple(out.shape) == (1, 2, 3, 256)  # free input size
+
+
+def test_every_registry_entry_names_a_keras_constructor_and_a_preprocessing_mode():
+    import keras
+
+    from cbir.models import REGISTRY
+    from cbir.preprocess import MODES
+
+    for backbone in REGISTRY.values():
+        assert callable(getattr(keras.applications, backbone.constructor)), backbone.name
+        assert backbone.preprocess in MODES, backbone.name
+        assert backbone.input_size >= 75 and backbone.dim > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vgg16", "mobilenetv3small", "efficientnetb0", "convnexttiny"])
+def test_registry_dimension_matches_the_built_network(name):
+    import numpy as np
+
+    from cbir.models import REGISTRY
+    from cbir.preprocess import preprocess
+
+    backbone = REGISTRY[name]
+    model = backbone.build(None)
+    x = preprocess(np.random.default_rng(0).integers(0, 255, (1, 96, 128, 3)), backbone.preprocess)
+    assert model(x, training=False).shape[-1] == backbone.dim

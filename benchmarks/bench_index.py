@@ -109,6 +109,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200, help="images per size (default 200)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int)
+    ap.add_argument(
+        "--sweep", action="store_true", help="also time (b) for several thread counts and batch sizes"
+    )
     args = ap.parse_args()
     print(describe())
     import keras
@@ -143,6 +146,21 @@ def main() -> None:
             b = our_indexer(paths[0].parent, orig_cfg, ours_orig)
             d = our_indexer(paths[0].parent, default_cfg, ours_default)
             print(f"| {name} | {a:.1f} | {b:.1f} | {b / a:.2f}x | {d:.1f} |", flush=True)
+        if args.sweep:
+            print("\nour indexer on the large set, original geometry (img/s):")
+            for workers in (1, 2, 4, 8):
+                e = Embedder(orig_cfg, "random", batch_size=args.batch_size, workers=workers)
+                e.embed_all(sets["small 640x480"][:4], progress=False)
+                print(
+                    f"  workers {workers}, batch {args.batch_size}: "
+                    f"{our_indexer(tmp / 'large', orig_cfg, e):.1f}",
+                    flush=True,
+                )
+            for batch in (8, 16, 64):
+                print(
+                    f"  model inference alone, batch {batch}: {inference_rate(ours_orig, batch):.1f}",
+                    flush=True,
+                )
         peak = peak_gflops()
         rate = inference_rate(ours_orig, args.batch_size)
         print(f"\n(c) NumPy float32 matmul peak: {peak:.0f} GFLOP/s")

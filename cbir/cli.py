@@ -131,6 +131,12 @@ def _add_index_options(p: argparse.ArgumentParser) -> None:
         help="learn a PCA-whitening on the images of DIR and store it with the index",
     )
     g.add_argument("--whiten-dim", type=int, help="dimensions kept by the whitening (default: all)")
+    g.add_argument(
+        "--whiten-power",
+        type=float,
+        default=0.5,
+        help="eigenvalue exponent: 0.5 classic PCA-whitening, 0.25 softened (default 0.5)",
+    )
 
 
 def _add_rerank_options(p: argparse.ArgumentParser) -> None:
@@ -273,7 +279,9 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, str, Any]:
         from .whiten import learn_from_folder
 
         embedder = make()
-        embedder.set_whitening(learn_from_folder(embedder, args.whiten_on, args.whiten_dim))
+        embedder.set_whitening(
+            learn_from_folder(embedder, args.whiten_on, args.whiten_dim, power=args.whiten_power)
+        )
     return config, weights, make
 
 

@@ -249,6 +249,8 @@ def _embedder_factory(
     from .embed import Embedder
     from .images import LoadLimits
 
+    config = config.replace(whitening=None)
+
     cache: dict[str, Any] = {}
     limit_args = {}
     if getattr(args, "max_pixels", None):
@@ -261,26 +263,78 @@ def _embedder_factory(
         if "e" not in cache:
             _import_tensorflow_quietly(args.verbose)
             cache["e"] = Embedder(
-                config, weights, batch_size=args.batch_size, workers=args.workers, limits=limits
+                config,
+                weights,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                limits=limits,
+                whitening=whitening,
             )
         return cache["e"]
 
+    make.whitening = whitening  # type: ignore[attr-defined]
     return make
 
 
-def _prepare(args: argparse.Namespace) -> tuple[Any, str, Any]:
-    """Feature config, weights and embedder factory for indexing, learning the whitening if asked."""
-    from .features import FeatureConfig
+def _existing_manifest(args: argparse.Namespace) -> Any:
+    """The committed manifest of the dataset's index, or None (absent, unreadable, or --rebuild)."""
+    from .errors import IndexError_
+    from .index import default_index_dir
+    from .store import read_manifest
 
-    config = FeatureConfig().replace(**_feature_overrides(args))
-    weights = args.weights or "imagenet"
-    make = _embedder_factory(config, weights, args)
-    if getattr(args, "whiten_on", None):
+    if args.rebuild or not os.path.isdir(args.dataset):
+        return None
+    try:
+        return read_manifest(Path(args.index or default_index_dir(args.dataset)))
+    except IndexError_:
+        return None
+
+
+def _prepare(args: argparse.Namespace, manifest: Any = None) -> tuple[Any, str, Any]:
+    """Feature config, weights and embedder factory.
+
+    An existing index's settings (and weights file) are the starting point, so a re-run without
+    options never silently rebuilds with the defaults; options given change just those settings
+    (which rebuilds the index when indexing, and is refused when querying). ``--whiten-on`` learns
+    a whitening first; an index's own whitening is kept only while nothing else changes.
+    """
+    from .errors import IndexError_
+    from .features import FeatureConfig
+    from .whiten import load_for_index
+
+    over = _feature_overrides(args)
+    whiten_on = getattr(args, "whiten_on", None)
+    whitening = None
+    if manifest is None:
+        config = FeatureConfig().replace(**over)
+        weights = args.weights or "imagenet"
+    else:
+        base = FeatureConfig.from_dict(manifest.config)
+        config = base.replace(**over)
+        weights = base.weights
+        if weights.startswith("file:"):
+            weights = manifest.weights_path
+        if args.weights or config.model != base.model:
+            weights = args.weights or "imagenet"
+            config = config.replace(alpha=None)
+        elif not weights or not os.path.isfile(weights):
+            name = base.weights.split(":")[1]
+            raise IndexError_(f"the index was built with the weights file {name}; pass --weights FILE")
+        if (
+            config.replace(whitening=None) == base.replace(whitening=None)
+            and not whiten_on
+            and not args.weights
+        ):
+            idir = args.index or Path(args.dataset) / ".cbir"
+            whitening = load_for_index(idir, base.whitening)
+        config = config.replace(whitening=None)
+    make = _embedder_factory(config, weights, args, whitening)
+    if whiten_on:
         from .whiten import learn_from_folder
 
         embedder = make()
         embedder.set_whitening(
-            learn_from_folder(embedder, args.whiten_on, args.whiten_dim, power=args.whiten_power)
+            learn_from_folder(embedder, whiten_on, args.whiten_dim, power=args.whiten_power)
         )
     return config, weights, make
 
@@ -288,7 +342,7 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, str, Any]:
 def _index(args: argparse.Namespace, config: Any, weights: str | None, make: Any) -> Any:
     from .indexer import update_index
 
-    whitening = None
+    whitening = make.whitening
     if getattr(args, "whiten_on", None):
         whitening = make().whitening
 
@@ -328,7 +382,7 @@ def _summary(report: Any) -> str:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    report = _index(args, *_prepare(args))
+    report = _index(args, *_prepare(args, _existing_manifest(args)))
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
@@ -371,40 +425,19 @@ def _run_queries(args: argparse.Namespace, index: Any, make: Any, report: Any = 
 def cmd_search(args: argparse.Namespace, update: bool) -> int:
     """Index (or reuse the index of) DATASET, then answer the queries with the same model."""
     from .embed import resolve_config
-    from .errors import IndexError_
-    from .features import FeatureConfig
     from .index import default_index_dir, open_index
     from .query import check_query_files
-    from .store import read_manifest
-    from .whiten import load_for_index
 
     check_query_files(args.img_query)
-    over = _feature_overrides(args)
     idir = args.index or default_index_dir(args.dataset)
-    manifest = None
-    if not args.rebuild and os.path.isdir(args.dataset):
-        try:
-            manifest = read_manifest(Path(idir))
-        except IndexError_:
-            manifest = None
+    manifest = _existing_manifest(args)
+    config, weights, make = _prepare(args, manifest)
     if manifest is not None and not update:
-        base = FeatureConfig.from_dict(manifest.config)
-        weights = args.weights or (None if base.weights.startswith("file:") else base.weights)
-        if weights is None:
-            weights = manifest.weights_path
-            if not weights or not os.path.isfile(weights):
-                raise IndexError_(
-                    f"the index was built with weights {base.weights.split(':')[1]}; pass --weights FILE"
-                )
-        config = base.replace(**over)
-        if "model" in over or args.weights:
-            config = config.replace(alpha=None)
-        resolved = resolve_config(config, weights)
         index = open_index(args.dataset, idir)
-        index.check_compatible(resolved)
-        whitening = load_for_index(idir, resolved.whitening)
-        return _run_queries(args, index, _embedder_factory(resolved, weights, args, whitening))
-    config, weights, make = _prepare(args)
+        whitening = make().whitening if getattr(args, "whiten_on", None) else make.whitening
+        wanted = resolve_config(config, weights).replace(whitening=whitening.digest if whitening else None)
+        index.check_compatible(wanted)
+        return _run_queries(args, index, make)
     report = _index(args, config, weights, make)
     return _run_queries(args, open_index(args.dataset, idir), make, report)
 
@@ -413,7 +446,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_index
     from .index import open_index
 
-    report = _index(args, *_prepare(args))
+    report = _index(args, *_prepare(args, _existing_manifest(args)))
     index = open_index(args.dataset, args.index)
     result = evaluate_index(index, args.gt, qe=args.qe, dba=args.dba, alpha=args.alpha)
     if args.json:
@@ -471,6 +504,9 @@ def _dispatch(argv: Sequence[str] | None, legacy: bool) -> int:
     except CbirError as exc:
         print(f"cbir: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("cbir: interrupted; finished work is saved in the index", file=sys.stderr)
         return 130

@@ -13,6 +13,8 @@ from .features import FeatureConfig
 from .fs import INDEX_DIRNAME, safe_join
 from .store import Manifest, load_matrix, read_manifest
 
+RESOLVE_ALL_LIMIT = 20_000
+
 
 def default_index_dir(root: str | os.PathLike) -> Path:
     """The index lives with its dataset, in a hidden folder the image scan skips."""
@@ -53,7 +55,10 @@ class Index:
         lookup = self._lookup()
         if rel is not None and rel in lookup:
             return lookup[rel]
-        # the indexed path itself may be a symlink: fall back to resolving every indexed file once
+        # an indexed path may itself be a symlink: resolve every indexed file (once per Index), which
+        # costs a stat per file, so only for indexes small enough for that to stay well under a second
+        if len(self.paths) > RESOLVE_ALL_LIMIT:
+            return None
         return self._resolved_lookup().get(real)
 
     def _lookup(self) -> dict[str, int]:

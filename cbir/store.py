@@ -275,5 +275,5 @@ def cleanup_stale(index_dir: Path, manifest: Manifest | None) -> None:
     for p in index_dir.iterdir():
         if p.name in keep or not p.is_file():
             continue
-        if p.name.startswith("part-") or ".tmp-" in p.name or p.name == FEATS:
+        if p.name.startswith(("part-", "whitening-")) or ".tmp-" in p.name or p.name == FEATS:
             p.unlink(missing_ok=True)

@@ -34,7 +34,7 @@ from cbir.groundtruth import load_ground_truth  # noqa: E402
 from cbir.rerank import database_augmentation, query_expansion  # noqa: E402
 from cbir.whiten import learn_whitening  # noqa: E402
 
-CORE = "--pooling {pooling} --gem-p 3 --geometry {geometry} --resample {resample} --size {size}"
+CORE = "--pooling {pooling} --gem-p {gem_p:g} --geometry {geometry} --resample {resample} --size {size}"
 
 
 @dataclass
@@ -52,55 +52,73 @@ class Row:
     flags: list[str] = field(default_factory=list)
 
 
-def rows_for(size: int) -> list[Row]:
+def rows_for(size: int, base: str) -> list[Row]:
+    """The configurations; re-ranking and whitening rows are built on the ``base`` row."""
     orig = FeatureConfig(pooling="max", geometry="squash", resample="nearest", size=224)
     gem = FeatureConfig(pooling="gem", geometry="squash", resample="nearest", size=size)
-    best = FeatureConfig(pooling="gem", geometry="long", resample="bilinear", size=size)
+    long = FeatureConfig(pooling="gem", geometry="long", resample="bilinear", size=size)
     ms = (1.0, 2**-0.5, 2**0.5)
-    return [
+    rows = [
         Row("original", orig, note="the original script: 224x224 squash, nearest, max pooling"),
         Row("max-native", orig.replace(size=size), note="max pooling at the backbone's own input size"),
         Row("avg", orig.replace(size=size, pooling="avg")),
         Row("gem", gem),
+        Row("gem2", gem.replace(gem_p=2.0), note="GeM with p=2"),
         Row("gem-antialias", gem.replace(resample="bilinear")),
+        Row("avg-antialias", gem.replace(pooling="avg", resample="bilinear")),
         Row("gem-crop", gem.replace(geometry="crop", resample="bilinear")),
-        Row("gem-short", gem.replace(geometry="short", resample="bilinear")),
-        Row("gem-long", best),
-        Row("gem-long-large", best.replace(size=int(size * 1.5)), note="full image, longer side 1.5x"),
-        Row("gem-long-multiscale", best.replace(scales=ms), note="scales 1, 1/sqrt2, sqrt2"),
-        Row("gem-long+qe", best, qe=5, note="alpha-QE, n=5, alpha=3"),
-        Row("gem-long+dba+qe", best, qe=5, dba=5, note="DBA n=5 then alpha-QE n=5"),
+        Row("gem-short", gem.replace(geometry="short", resample="bilinear"), note="shorter side to the size"),
+        Row("gem-long", long, note="longer side to the size (whole image, fewer pixels)"),
+        Row("gem-long-large", long.replace(size=int(size * 1.5)), note="full image, longer side 1.5x"),
+        Row("avg-short", gem.replace(pooling="avg", geometry="short", resample="bilinear")),
         Row(
-            "gem-long+whiten-heldout-soft",
-            best,
+            "gem-antialias-multiscale",
+            gem.replace(resample="bilinear", scales=ms),
+            note="scales 1, 1/sqrt2, sqrt2",
+        ),
+        Row(
+            "avg-antialias-multiscale",
+            gem.replace(pooling="avg", resample="bilinear", scales=ms),
+            note="scales 1, 1/sqrt2, sqrt2",
+        ),
+    ]
+    by_name = {r.name: r.config for r in rows}
+    b = by_name[base]
+    rows += [
+        Row(f"{base}+qe", b, qe=5, note="alpha-QE, n=5, alpha=3"),
+        Row(f"{base}+dba+qe", b, qe=5, dba=5, note="DBA n=5 then alpha-QE n=5"),
+        Row(
+            f"{base}+whiten-heldout",
+            b,
+            whiten="heldout",
+            whiten_dim=256,
+            note="PCA-whitening (power 0.5) learned on the other half (2-fold), 256-d; halves of 500",
+        ),
+        Row(
+            f"{base}+whiten-heldout-soft",
+            b,
             whiten="heldout",
             whiten_dim=64,
             whiten_power=0.25,
             note="softened whitening (power 0.25) learned on the other half, 64-d; halves of 500",
         ),
         Row(
-            "gem-long+whiten-heldout",
-            best,
-            whiten="heldout",
-            whiten_dim=256,
-            note="whitening learned on the other half (2-fold), 256-d; halves of 500",
-        ),
-        Row(
-            "gem-long+whiten-leak",
-            best,
+            f"{base}+whiten-leak",
+            b,
             whiten="leak",
             whiten_dim=64,
             whiten_power=0.25,
             note="LEAKS: softened whitening learned on the benchmark itself, 64-d",
         ),
     ]
+    return rows
 
 
 def command(row: Row, dataset: str, weights: str, model: str) -> str:
     c = row.config
     cmd = (
         f"cbir evaluate {dataset} --index /tmp/cbir-{row.name} --model {model} --weights {weights} "
-        + CORE.format(pooling=c.pooling, geometry=c.geometry, resample=c.resample, size=c.size)
+        + CORE.format(pooling=c.pooling, gem_p=c.gem_p, geometry=c.geometry, resample=c.resample, size=c.size)
     )
     if len(c.scales) > 1:
         cmd += " --scales 1,1/sqrt2,sqrt2"
@@ -111,7 +129,7 @@ def command(row: Row, dataset: str, weights: str, model: str) -> str:
     if row.whiten == "leak":
         cmd += f" --whiten-on {dataset} --whiten-dim {row.whiten_dim} --whiten-power {row.whiten_power}"
     if row.whiten == "heldout":
-        cmd = f"python3 benchmarks/bench_quality.py --only {row.name}"
+        cmd = f"python3 benchmarks/bench_quality.py --model {model} --weights {weights} --only {row.name}"
     return cmd
 
 
@@ -123,6 +141,7 @@ def main() -> None:
         "--weights", default=str(SHARED / "weights" / "xception_weights_tf_dim_ordering_tf_kernels_notop.h5")
     )
     ap.add_argument("--only", action="append", help="run only these rows")
+    ap.add_argument("--base", default="gem-antialias", help="row that re-ranking and whitening rows build on")
     ap.add_argument("--limit", type=int, help="use the first N images (quick checks)")
     ap.add_argument(
         "--cache", help="folder to keep embeddings between runs (re-scoring rows is then instant)"
@@ -135,7 +154,7 @@ def main() -> None:
     from cbir.models import get_backbone
 
     size = get_backbone(args.model).input_size
-    rows = [r for r in rows_for(size) if not args.only or r.name in args.only]
+    rows = [r for r in rows_for(size, args.base) if not args.only or r.name in args.only]
     files = find_images(args.dataset)[: args.limit]
     gt = load_ground_truth(Path(args.dataset), files)
     paths = [os.path.join(args.dataset, f) for f in files]

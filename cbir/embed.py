@@ -159,32 +159,49 @@ class Embedder:
 
         from .images import resize
 
-        out = np.zeros((len(images), self.dim), dtype=np.float32)
-        views = [
-            [
-                resize(Image.fromarray(np.asarray(a, dtype=np.uint8)), self.geometry, s)
-                for s in self.config.scales
-            ]
-            for a in images
-        ]
-        raw = self._embed_views(list(enumerate(views)))
-        for i, v in raw.items():
-            out[i] = v
-        return self._finish(out) if len(images) else out
+        def views() -> Iterator[tuple[int, list[np.ndarray] | BadImageError]]:
+            for i, a in enumerate(images):
+                img = Image.fromarray(np.asarray(a, dtype=np.uint8))
+                yield i, [resize(img, self.geometry, s) for s in self.config.scales]
 
-    def _embed_views(self, items: list[tuple[int, list[np.ndarray]]]) -> dict[int, np.ndarray]:
+        out = np.zeros((len(images), self.dim), dtype=np.float32)
+        for i, vec in self._batched(views()):
+            out[i] = vec
+        return out
+
+    def _batched(
+        self, items: Iterator[tuple[int, list[np.ndarray] | BadImageError]]
+    ) -> Iterator[tuple[int, np.ndarray | BadImageError]]:
+        """Group views of equal shape into batches, run them, and yield each finished vector.
+
+        A vector is finished when all its scales have been through the network; bad items pass
+        straight through.
+        """
+        n_scales = len(self.config.scales)
         buckets: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = defaultdict(list)
+        acc: dict[int, np.ndarray] = {}
+        counts: dict[int, int] = defaultdict(int)
+
+        def flush(shape: tuple[int, ...]) -> Iterator[tuple[int, np.ndarray]]:
+            group = buckets.pop(shape)
+            feats = self.run_batch(np.stack([v for _, v in group]))
+            for (i, _), f in zip(group, feats):
+                acc[i] = acc[i] + f if i in acc else f.copy()
+                counts[i] += 1
+                if counts[i] == n_scales:
+                    del counts[i]
+                    yield i, self._finish(acc.pop(i)[None] / n_scales)[0]
+
         for i, views in items:
+            if isinstance(views, BadImageError):
+                yield i, views
+                continue
             for v in views:
                 buckets[v.shape].append((i, v))
-        acc: dict[int, np.ndarray] = {}
-        for group in buckets.values():
-            for start in range(0, len(group), self.batch_size):
-                chunk = group[start : start + self.batch_size]
-                feats = self.run_batch(np.stack([v for _, v in chunk]))
-                for (i, _), f in zip(chunk, feats):
-                    acc[i] = acc[i] + f if i in acc else f.copy()
-        return {i: v / len(self.config.scales) for i, v in acc.items()}
+                if len(buckets[v.shape]) >= self.batch_size:
+                    yield from flush(v.shape)
+        for shape in list(buckets):
+            yield from flush(shape)
 
     def run_batch(self, batch: np.ndarray) -> np.ndarray:
         """Run the network on a uint8 batch (N, H, W, 3); returns pooled, unnormalised features."""
@@ -200,26 +217,12 @@ class Embedder:
 
         Results come in roughly input order (images wait for their shape's batch to fill).
         """
-        n_scales = len(self.config.scales)
         prefetch = max(self.batch_size * 2, self.workers * 2)
-        buckets: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = defaultdict(list)
-        acc: dict[int, np.ndarray] = {}
-        counts: dict[int, int] = defaultdict(int)
-
-        def flush(shape: tuple[int, ...]) -> Iterator[tuple[int, np.ndarray]]:
-            group = buckets.pop(shape)
-            feats = self.run_batch(np.stack([v for _, v in group]))
-            for (i, _), f in zip(group, feats):
-                acc[i] = acc[i] + f if i in acc else f.copy()
-                counts[i] += 1
-                if counts[i] == n_scales:
-                    del counts[i]
-                    yield i, self._finish(acc.pop(i)[None] / n_scales)[0]
-
         executor = ThreadPoolExecutor(self.workers, thread_name_prefix="cbir-decode")
-        pending: deque[tuple[int, Future[list[np.ndarray]]]] = deque()
-        todo = iter(enumerate(paths))
-        try:
+
+        def decoded() -> Iterator[tuple[int, list[np.ndarray] | BadImageError]]:
+            pending: deque[tuple[int, Future[list[np.ndarray]]]] = deque()
+            todo = iter(enumerate(paths))
             for i, p in todo:
                 pending.append((i, executor.submit(self._load, os.fspath(p))))
                 if len(pending) >= prefetch:
@@ -230,18 +233,13 @@ class Embedder:
                 if nxt is not None:
                     pending.append((nxt[0], executor.submit(self._load, os.fspath(nxt[1]))))
                 try:
-                    views = fut.result()
+                    yield i, fut.result()
                 except BadImageError as exc:
                     yield i, exc
-                    continue
                 except Exception as exc:  # an unexpected decoder failure must not end a long run
                     yield i, BadImageError(f"cannot decode ({type(exc).__name__}: {exc})")
-                    continue
-                for v in views:
-                    buckets[v.shape].append((i, v))
-                    if len(buckets[v.shape]) >= self.batch_size:
-                        yield from flush(v.shape)
-            for shape in list(buckets):
-                yield from flush(shape)
+
+        try:
+            yield from self._batched(decoded())
         finally:
             executor.shutdown(wait=True, cancel_futures=True)

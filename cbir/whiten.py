@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +59,7 @@ class Whitening:
         try:
             with np.load(path, allow_pickle=False) as z:
                 return cls(mean=z["mean"], projection=z["projection"])
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise CbirError(f"cannot read whitening file {path}: {exc}") from exc
 
 

@@ -14,6 +14,9 @@ POOLINGS = ("max", "avg", "gem")
 class FeatureConfig:
     """Everything that changes the numbers in ``feats.npy``; stored in the index manifest.
 
+    The defaults (average pooling, antialiased resize to the backbone's own input size) won on
+    Corel-1k against the original script's settings (see docs/quality.md).
+
     ``weights`` is ``"imagenet"``, ``"random"`` or ``"file:NAME:SHA"`` (a local file's identity).
     ``size`` None means the backbone's default input size. ``scales`` > 1 entry: multi-scale,
     pooled features averaged before L2 normalisation. ``whitening`` is the digest of a learned
@@ -22,10 +25,10 @@ class FeatureConfig:
 
     model: str = "resnet50"
     weights: str = "imagenet"
-    pooling: str = "gem"
+    pooling: str = "avg"
     gem_p: float = 3.0
     size: int | None = None
-    geometry: str = "long"
+    geometry: str = "squash"
     resample: str = "bilinear"
     scales: tuple[float, ...] = (1.0,)
     alpha: float | None = None

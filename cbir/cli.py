@@ -101,11 +101,20 @@ def _add_feature_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_index_options(p: argparse.ArgumentParser) -> None:
+    from .ann import AUTO_MIN_ROWS, MODES
+
     g = p.add_argument_group("index")
     g.add_argument("--index", metavar="DIR", help="index folder (default: DATASET/.cbir)")
     g.add_argument("--rebuild", action="store_true", help="rebuild the index from scratch")
     g.add_argument(
         "--dtype", choices=["float32", "float16"], default="float32", help="storage type of feats.npy"
+    )
+    g.add_argument(
+        "--ann",
+        choices=MODES,
+        default="auto",
+        help=f"approximate index for fast search: auto (from {AUTO_MIN_ROWS} images), none, or a kind "
+        "(default auto)",
     )
     g.add_argument("--no-recursive", dest="recursive", action="store_false", help="only the top folder")
     g.add_argument("--include-hidden", action="store_true", help="also index hidden files and folders")
@@ -180,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--update", action="store_true", help="bring the index up to date with the folder first")
+    p.add_argument("--exact", action="store_true", help="exact search even if an approximate index exists")
     _add_feature_options(p)
     _add_index_options(p)
     _add_rerank_options(p)
@@ -317,7 +327,7 @@ def _prepare(args: argparse.Namespace, manifest: Any = None) -> tuple[Any, str, 
         if args.weights or config.model != base.model:
             weights = args.weights or "imagenet"
             config = config.replace(alpha=None)
-        elif not weights or not os.path.isfile(weights):
+        elif base.weights.startswith("file:") and (not weights or not os.path.isfile(weights)):
             name = base.weights.split(":")[1]
             raise IndexError_(f"the index was built with the weights file {name}; pass --weights FILE")
         if (
@@ -360,6 +370,7 @@ def _index(args: argparse.Namespace, config: Any, weights: str | None, make: Any
         progress=None,
         whitening=whitening,
         checkpoint_every=args.checkpoint_every,
+        ann=args.ann,
     )
 
 
@@ -373,6 +384,8 @@ def _summary(report: Any) -> str:
         line += f" ({report.images_per_second:.1f} img/s)"
     if report.rebuilt:
         line += f", rebuilt ({report.rebuilt})"
+    if getattr(report, "ann", None) not in (None, "none"):
+        line += f", approximate index: {report.ann}"
     line += f" -> {report.index_dir}"
     if report.skipped:
         line += f"\nskipped {len(report.skipped)} file(s):" + "".join(
@@ -394,8 +407,9 @@ def _run_queries(args: argparse.Namespace, index: Any, make: Any, report: Any = 
     from .query import query_index
     from .results import results_to_dict
 
+    exact = getattr(args, "exact", False) or args.ann == "none"
     results = query_index(
-        index, make(), args.img_query, k=args.top, qe=args.qe, dba=args.dba, alpha=args.alpha
+        index, make(), args.img_query, k=args.top, exact=exact, qe=args.qe, dba=args.dba, alpha=args.alpha
     )
     if args.json:
         print(
@@ -452,7 +466,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         doc = result.to_dict()
         if not args.per_query:
-            doc.pop("per_query", None)
+            doc.pop("per_query_ap", None)
         doc["index"] = report.to_dict()
         print(json.dumps(doc, indent=2, ensure_ascii=False))
     else:

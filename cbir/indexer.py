@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from .ann import MODES as ANN_MODES
+from .ann import update_ann
 from .embed import Embedder, resolve_config
 from .errors import BadImageError, DatasetError, IndexError_
 from .features import FeatureConfig
@@ -60,6 +62,7 @@ class IndexReport:
     known_bad: int = 0
     total: int = 0
     rebuilt: str | None = None
+    ann: str | None = None
     embedded: int = 0
     seconds: float = 0.0
 
@@ -110,6 +113,7 @@ def consolidate(index_dir: Path, manifest: Manifest, dtype: str, block_rows: int
     with open(index_dir / staged, "rb+") as f:
         os.fsync(f.fileno())
     del out, source
+    manifest.generation = uuid.uuid4().hex  # new feature rows: an ANN built from the old ones is stale
     manifest.entries = [manifest.entries[i] for i in live]
     manifest.segments = [{"file": FEATS, "rows": len(live), "staged": staged}]
     manifest.dtype = dtype
@@ -134,16 +138,21 @@ def update_index(
     checkpoint_seconds: float = 120.0,
     progress: bool | None = None,
     whitening: Whitening | None = None,
+    ann: str | None = "auto",
 ) -> IndexReport:
     """Index ``root`` (or bring its index up to date) and return what was done.
 
     ``embedder`` is an Embedder or a zero-argument factory called only when something needs
     embedding, so an up-to-date index costs no model load. An index built with other settings is
     rebuilt; ``rebuild`` forces that. ``whitening`` (learned beforehand) is stored in the index
-    folder and applied to every vector; the embedder must have been made with it.
+    folder and applied to every vector; the embedder must have been made with it. ``ann`` decides the
+    approximate index for large collections (see ``cbir.ann.update_ann``): ``"auto"`` builds or
+    refreshes one from ``cbir.ann.AUTO_MIN_ROWS`` rows, ``"none"`` removes it, a kind forces that kind.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}")
+    if (ann or "none") not in ANN_MODES:
+        raise ValueError(f"ann must be one of {ANN_MODES}")
     t0 = time.perf_counter()
     root = Path(root)
     idir = Path(index_dir) if index_dir is not None else default_index_dir(root)
@@ -253,6 +262,7 @@ def update_index(
             commit_manifest(idir, manifest)
         consolidate(idir, manifest, dtype)
         report.total = sum(1 for e in manifest.entries if e is not None)
+        report.ann = update_ann(idir, manifest, load_matrix(idir, manifest, mmap=True), ann)
     report.seconds = time.perf_counter() - t0
     return report
 

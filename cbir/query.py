@@ -1,4 +1,8 @@
-"""Answering queries against an index: embed the query images, search, exclude the query itself."""
+"""Answering queries against an index: embed the query images, search, exclude the query itself.
+
+Search is exact (``search.top_k``) unless the index has a fresh approximate index (``cbir.ann``, built
+by the indexer for large collections) and ``exact`` is not asked.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .ann import ann_for, ann_search
 from .embed import Embedder
 from .errors import BadImageError, QueryError
 from .index import Index
@@ -44,10 +49,12 @@ def search_index(
     qe: int = 0,
     dba: int = 0,
     alpha: float = 3.0,
+    exact: bool = False,
 ) -> list[QueryResult]:
     """Rank the index for each query vector; a query that is itself indexed is left out of its list.
 
     ``qe``/``dba`` > 0 turn on alpha query expansion / database-side augmentation (see rerank.py).
+    The index's fresh approximate index is used unless ``exact`` (or ``dba``, which changes the rows).
     """
     own = [index.row_of(q) if exclude_self else None for q in queries]
     exclude = [[r] if r is not None else [] for r in own]
@@ -60,7 +67,11 @@ def search_index(
         from .rerank import query_expansion
 
         query_vectors = query_expansion(query_vectors, feats, qe, alpha, exclude=exclude)
-    rows, scores = top_k(feats, query_vectors, k, exclude=exclude)
+    ann = None if exact or dba else ann_for(index)
+    if ann is not None:
+        rows, scores = ann_search(ann, query_vectors, k, exclude=exclude, feats=feats)
+    else:
+        rows, scores = top_k(feats, query_vectors, k, exclude=exclude)
     results = []
     for qi, query in enumerate(queries):
         matches = [
@@ -76,11 +87,14 @@ def query_index(
     images: Sequence[str | os.PathLike],
     k: int = 9,
     exclude_self: bool = True,
+    exact: bool = False,
     **rerank: float,
 ) -> list[QueryResult]:
     """Embed ``images`` with ``embedder`` (which must match the index) and return their top ``k``.
 
-    ``rerank``: ``qe``, ``dba``, ``alpha`` as in :func:`search_index`.
+    ``rerank``: ``qe``, ``dba``, ``alpha`` as in :func:`search_index`; ``exact`` as there.
     """
     index.check_compatible(embedder.config)
-    return search_index(index, embed_queries(embedder, images), images, k, exclude_self, **rerank)
+    return search_index(
+        index, embed_queries(embedder, images), images, k, exclude_self, exact=exact, **rerank
+    )

@@ -5,6 +5,7 @@ Layout of an index folder (by default ``DATASET/.cbir/``)::
     manifest.json   format, version, feature config, row -> file map, skipped files, segments
     feats.npy       float32 (or float16) matrix, one L2-normalised row per image
     part-*.npy      checkpoint segments of an unfinished run (merged into feats.npy at its end)
+    ann.faiss       approximate index of a large collection (cbir.ann; described in extra["ann"])
     lock            held while an indexer runs
 
 ``manifest.json`` is the commit point: every other file is first written under a unique temporary
@@ -34,6 +35,7 @@ FORMAT = "cbir-index"
 VERSION = 1
 MANIFEST = "manifest.json"
 FEATS = "feats.npy"
+ANN = "ann.faiss"  # the approximate index of large collections (cbir.ann), named in extra["ann"]
 LOCK = "lock"
 
 
@@ -272,8 +274,10 @@ def cleanup_stale(index_dir: Path, manifest: Manifest | None) -> None:
             if seg.get("staged"):
                 keep.add(seg["staged"])
         keep.update(manifest.extra.get("files", []))
+        if "ann" in manifest.extra:
+            keep.add(ANN)
     for p in index_dir.iterdir():
         if p.name in keep or not p.is_file():
             continue
-        if p.name.startswith(("part-", "whitening-")) or ".tmp-" in p.name or p.name == FEATS:
+        if p.name.startswith(("part-", "whitening-")) or ".tmp-" in p.name or p.name in (FEATS, ANN):
             p.unlink(missing_ok=True)

@@ -282,3 +282,20 @@ def test_models_lists_backbones(tmp_path):
 def test_help(tmp_path):
     assert "-img_query" in ok(cli("--help", cwd=tmp_path)).stdout
     assert "query" in ok(cbir("--help", cwd=tmp_path)).stdout
+
+
+@pytest.mark.slow
+def test_rerun_without_options_keeps_the_index_settings(tmp_path, small_dataset):
+    # an index built with explicit settings (here random weights) is reused as it is by a plain
+    # re-run and a plain query: no silent rebuild with the defaults, no need to repeat the options
+    tiny = ("--model", "mobilenetv2", "--weights", "random", "--size", "64")
+    ok(cbir("index", small_dataset, *tiny, cwd=tmp_path))
+    again = json.loads(ok(cbir("index", small_dataset, "--json", cwd=tmp_path)).stdout)
+    assert again["added"] == 0 and again["unchanged"] == again["total"] > 0 and again["rebuilt"] is None
+    query = small_dataset / sorted(os.listdir(small_dataset))[1]
+    doc = json.loads(ok(cbir("query", small_dataset, query, "-k", "5", "--json", cwd=tmp_path)).stdout)
+    # three images, the query itself excluded
+    assert [m["path"] for m in doc["results"][0]["matches"]].count(str(query)) == 0
+    assert len(doc["results"][0]["matches"]) == 2
+    refused = cbir("query", small_dataset, query, "--pooling", "max", "--no-plot", cwd=tmp_path)
+    assert "pooling" in one_line_error(refused, "--rebuild")

@@ -97,7 +97,7 @@ def _add_feature_options(p: argparse.ArgumentParser) -> None:
     )
     r = p.add_argument_group("running")
     r.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
-    r.add_argument("--workers", type=int, help="decoding threads (default 2 x cores, at most 8)")
+    r.add_argument("--workers", type=int, help="decoding threads (default: one per core, at most 8)")
 
 
 def _add_index_options(p: argparse.ArgumentParser) -> None:

@@ -103,7 +103,9 @@ class Embedder:
         self.weights = weights
         self.geometry = config.geometry_for(self.backbone.input_size)
         self.batch_size = batch_size
-        self.workers = workers or min(8, (os.cpu_count() or 2) * 2)
+        self.workers = workers or min(
+            8, os.cpu_count() or 2
+        )  # measured: more threads than cores only add contention (docs/speed.md)
         self.limits = limits
         self.draft = draft
         self.whitening = whitening

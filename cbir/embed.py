@@ -103,9 +103,8 @@ class Embedder:
         self.weights = weights
         self.geometry = config.geometry_for(self.backbone.input_size)
         self.batch_size = batch_size
-        self.workers = workers or min(
-            8, os.cpu_count() or 2
-        )  # measured: more threads than cores only add contention (docs/speed.md)
+        # one decoding thread per core: more only add contention with the network (docs/speed.md)
+        self.workers = workers or min(8, os.cpu_count() or 2)
         self.limits = limits
         self.draft = draft
         self.whitening = whitening

@@ -1,6 +1,6 @@
 """Query latency: where the time of one query goes, and the cost per query in a shared process.
 
-Indexes the sample ``dataset/`` into a temporary index, then:
+Indexes the sample ``dataset/`` into a temporary index (timed), then:
   * a cold query in a new process, broken down into: import TensorFlow/Keras, build the model and
     load its weights, open the index (memory-mapped), embed the query, search, plot;
   * the same through the command line, with 1 and with 20 query images in one process: the
@@ -66,7 +66,21 @@ def main() -> None:
     try:
         idx = tmp / "index"
         common = ["--index", str(idx), "--model", args.model, "--weights", args.weights]
-        subprocess.run(cli + ["index", args.dataset] + common, check=True, env=env, capture_output=True)
+        t = time.perf_counter()
+        done = subprocess.run(
+            cli + ["index", args.dataset, "--json"] + common,
+            check=True,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        wall_index = time.perf_counter() - t
+        rep = json.loads(done.stdout)
+        print(
+            f"\nindexing {args.dataset} ({rep['total']} images) with {args.model}: whole process "
+            f"{wall_index:.1f}s, of which indexing {rep['seconds']:.1f}s "
+            f"({rep['images_per_second']:.1f} img/s, model load included)"
+        )
         images = sorted(str(p) for p in Path(args.dataset).glob("*.jpg"))
         query = images[0]
         runs = []

@@ -24,6 +24,9 @@ from .preprocess import preprocess
 
 log = logging.getLogger(__name__)
 
+EAGER_MAX_IMAGES = 2
+"""Jobs this small run the network eagerly: tracing costs more than it saves (docs/speed.md)."""
+
 
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """Scale rows to unit length (zero rows stay zero)."""
@@ -171,7 +174,7 @@ class Embedder:
         return out
 
     def _batched(
-        self, items: Iterator[tuple[int, list[np.ndarray] | BadImageError]]
+        self, items: Iterator[tuple[int, list[np.ndarray] | BadImageError]], eager: bool = False
     ) -> Iterator[tuple[int, np.ndarray | BadImageError]]:
         """Group views of equal shape into batches, run them, and yield each finished vector.
 
@@ -185,7 +188,7 @@ class Embedder:
 
         def flush(shape: tuple[int, ...]) -> Iterator[tuple[int, np.ndarray]]:
             group = buckets.pop(shape)
-            feats = self.run_batch(np.stack([v for _, v in group]))
+            feats = self.run_batch(np.stack([v for _, v in group]), eager=eager)
             for (i, _), f in zip(group, feats):
                 acc[i] = acc[i] + f if i in acc else f.copy()
                 counts[i] += 1
@@ -204,9 +207,16 @@ class Embedder:
         for shape in list(buckets):
             yield from flush(shape)
 
-    def run_batch(self, batch: np.ndarray) -> np.ndarray:
-        """Run the network on a uint8 batch (N, H, W, 3); returns pooled, unnormalised features."""
-        return self._infer(preprocess(batch, self.backbone.preprocess))
+    def run_batch(self, batch: np.ndarray, eager: bool = False) -> np.ndarray:
+        """Run the network on a uint8 batch (N, H, W, 3); returns pooled, unnormalised features.
+
+        ``eager`` skips tracing the graph: about half the cost of a first traced call, but slower on
+        every later one, so it is used for tiny jobs only (a single query in a fresh process).
+        """
+        x = preprocess(batch, self.backbone.preprocess)
+        if eager:
+            return np.asarray(self.model(x, training=False))
+        return self._infer(x)
 
     def _load(self, path: str) -> list[np.ndarray]:
         return load_views(path, self.geometry, self.config.scales, self.limits, self.draft)
@@ -241,6 +251,8 @@ class Embedder:
                     yield i, BadImageError(f"cannot decode ({type(exc).__name__}: {exc})")
 
         try:
-            yield from self._batched(decoded())
+            yield from self._batched(
+                decoded(), eager=len(paths) * len(self.config.scales) <= EAGER_MAX_IMAGES
+            )
         finally:
             executor.shutdown(wait=True, cancel_futures=True)

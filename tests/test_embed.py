@@ -77,3 +77,13 @@ def test_embed_all_returns_good_rows_and_their_positions(tmp_path, tiny_embedder
     vecs, order = tiny_embedder.embed_all([paths[0], tmp_path / "empty.jpg", paths[1]], progress=False)
     assert order == [0, 2]
     assert vecs.shape == (2, tiny_embedder.dim)
+
+
+def test_eager_and_traced_runs_give_the_same_features(tmp_path, tiny_embedder):
+    # tiny jobs (a single query) skip graph tracing; the numbers must not depend on it
+    paths = _pngs(tmp_path, [(96, 72)] * 3)
+    single = dict(tiny_embedder.embed_files(paths[:1]))[0]
+    batch = dict(tiny_embedder.embed_files(paths))[0]
+    np.testing.assert_allclose(single, batch, atol=2e-5)
+    x = np.stack(tiny_embedder._load(str(paths[1])))
+    np.testing.assert_allclose(tiny_embedder.run_batch(x, eager=True), tiny_embedder.run_batch(x), atol=2e-5)

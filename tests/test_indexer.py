@@ -367,9 +367,9 @@ keras.utils.set_random_seed(1234)
 embedder = Embedder(config, weights="random", workers=2, batch_size=1)
 run_batch = embedder.run_batch
 
-def slow(batch):
+def slow(batch, **kwargs):
     time.sleep(0.15)  # leaves time to kill it in the middle of the run
-    return run_batch(batch)
+    return run_batch(batch, **kwargs)
 
 embedder.run_batch = slow
 update_index(sys.argv[1], config, weights="random", embedder=embedder, checkpoint_every=5, progress=False)

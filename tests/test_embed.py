@@ -87,3 +87,19 @@ def test_eager_and_traced_runs_give_the_same_features(tmp_path, tiny_embedder):
     np.testing.assert_allclose(single, batch, atol=2e-5)
     x = np.stack(tiny_embedder._load(str(paths[1])))
     np.testing.assert_allclose(tiny_embedder.run_batch(x, eager=True), tiny_embedder.run_batch(x), atol=2e-5)
+
+
+def test_exif_rotated_photo_and_its_upright_twin_get_the_same_features(tmp_path, tiny_embedder):
+    from PIL import Image
+
+    upright = Image.fromarray(smooth_image(7, 120, 80))
+    upright.save(tmp_path / "upright.jpg", quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: the viewer must turn it 90 degrees clockwise
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "sideways.jpg", quality=95)
+    got = dict(
+        tiny_embedder.embed_files([tmp_path / n for n in ("upright.jpg", "phone.jpg", "sideways.jpg")])
+    )
+    assert float(got[0] @ got[1]) > 0.999
+    assert float(got[0] @ got[2]) < float(got[0] @ got[1]) - 1e-3  # without EXIF it would differ

@@ -430,3 +430,48 @@ def test_killed_indexer_subprocess(image_folder, tiny_config, tiny_embedder, sig
     assert report.total == 40
     assert index_files(idir) == [FEATS, "lock", MANIFEST]  # stale segments and temporaries gone
     assert len(open_index(root)) == 40
+
+
+def test_messy_photo_folder(tmp_path, tiny_config, tiny_embedder, caplog):
+    """A real-life folder in one go: every format and mode, broken files, junk, odd names, a loop."""
+    from conftest import smooth_image
+    from PIL import Image
+
+    root = tmp_path / "photos"
+    (root / "2024" / "été").mkdir(parents=True)
+    (root / ".thumbnails").mkdir()
+    rgb = Image.fromarray(smooth_image(1, 90, 60))
+    good = {
+        "a.JPG": lambda p: rgb.save(p, "JPEG"),
+        "b.jpeg": lambda p: rgb.rotate(90, expand=True).save(p, "JPEG"),
+        "c.png": lambda p: rgb.convert("RGBA").save(p),
+        "d.bmp": lambda p: rgb.save(p),
+        "e.gif": lambda p: rgb.convert("P").save(p),
+        "f.webp": lambda p: rgb.save(p),
+        "g.TIFF": lambda p: rgb.convert("CMYK").save(p),
+        "2024/grey scale.png": lambda p: rgb.convert("L").save(p),
+        "2024/été/plage ünïcode.png": lambda p: rgb.convert("LA").save(p),
+        "2024/sixteen.png": lambda p: Image.fromarray(
+            smooth_image(2, 90, 60)[..., 0].astype(np.uint16) * 257
+        ).save(p),
+    }
+    for name, save in good.items():
+        save(root / name)
+    bad = {"empty.jpg": b"", "notes.jpg": b"just text, not a picture"}
+    for name, data in bad.items():
+        (root / name).write_bytes(data)
+    jpeg = (root / "a.JPG").read_bytes()
+    (root / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 3])
+    (root / "._a.JPG").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    rgb.save(root / ".thumbnails" / "t.jpg")
+    (root / "2024" / "loop").symlink_to(root, target_is_directory=True)
+
+    rep = run(root, tiny_config, tiny_embedder)
+    index = open_index(root)
+    assert sorted(index.paths) == sorted(good)
+    assert sorted(s["path"] for s in rep.skipped) == ["empty.jpg", "notes.jpg", "truncated.jpg"]
+    assert (rep.added, rep.total, rep.embedded) == (len(good), len(good), len(good))
+    assert all(name in caplog.text for name in ("empty.jpg", "notes.jpg", "truncated.jpg"))
+    assert np.allclose(np.linalg.norm(np.asarray(index.feats), axis=1), 1, atol=1e-5)
+    again = run(root, tiny_config, tiny_embedder)
+    assert (again.added, again.unchanged, again.known_bad, again.embedded) == (0, len(good), 3, 0)

@@ -104,11 +104,27 @@ def inference_rate(embedder, batch_size: int, repeats: int = 4) -> float:
     return batch_size * repeats / (time.perf_counter() - t)
 
 
+def decode_times(paths: list[Path], size: int = 224) -> tuple[float, float]:
+    """Seconds per image: full decode + resize (as load_img does) vs our reduced-scale decode."""
+    from cbir.images import Geometry, load_views
+
+    geometry = Geometry(size, "squash", "nearest")
+    t = time.perf_counter()
+    for p in paths:
+        Image.open(p).convert("RGB").resize((size, size), Image.Resampling.NEAREST)
+    full = (time.perf_counter() - t) / len(paths)
+    t = time.perf_counter()
+    for p in paths:
+        load_views(p, geometry)
+    return full, (time.perf_counter() - t) / len(paths)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200, help="images per size (default 200)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int)
+    ap.add_argument("--decode-only", action="store_true", help="only time decoding the large photos")
     ap.add_argument(
         "--sweep", action="store_true", help="also time (b) for several thread counts and batch sizes"
     )
@@ -124,9 +140,16 @@ def main() -> None:
         t = time.perf_counter()
         sets = {
             "large 4000x3000": make_images(tmp / "large", args.n, (4000, 3000), 1),
-            "small 640x480": make_images(tmp / "small", args.n, (640, 480), 2),
+            "small 640x480": make_images(tmp / "small", 0 if args.decode_only else args.n, (640, 480), 2),
         }
-        print(f"generated {2 * args.n} JPEGs in {time.perf_counter() - t:.0f}s")
+        print(f"generated {sum(map(len, sets.values()))} JPEGs in {time.perf_counter() - t:.0f}s")
+        full, ours = decode_times(sets["large 4000x3000"])
+        print(
+            f"decoding a 4000x3000 JPEG for a 224x224 input: full decode {full * 1000:.0f} ms, "
+            f"ours (Image.draft) {ours * 1000:.0f} ms ({full / ours:.1f}x)"
+        )
+        if args.decode_only:
+            return
         original_model = keras.applications.ResNet50(include_top=False, weights=None, pooling="max")
         orig_cfg = ORIGINAL.replace(model="resnet50")
         ours_orig = Embedder(orig_cfg, "random", batch_size=args.batch_size, workers=args.workers)

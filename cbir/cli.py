@@ -58,7 +58,7 @@ def _setup_logging(verbose: int) -> None:
 
 def _scales(text: str) -> tuple[float, ...]:
     try:
-        values = tuple(float(eval_scale(t)) for t in text.split(","))
+        values = tuple(_scale_value(t) for t in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"bad scales {text!r}: use numbers like 1,0.707,1.414") from None
     if not values or any(v <= 0 for v in values):
@@ -66,7 +66,7 @@ def _scales(text: str) -> tuple[float, ...]:
     return values
 
 
-def eval_scale(token: str) -> float:
+def _scale_value(token: str) -> float:
     """Parse one scale: a number, or ``sqrt2`` / ``1/sqrt2`` for convenience."""
     token = token.strip().lower()
     named = {"sqrt2": 2**0.5, "1/sqrt2": 2**-0.5}
@@ -310,6 +310,7 @@ def _prepare(args: argparse.Namespace, manifest: Any = None) -> tuple[Any, str, 
     """
     from .errors import IndexError_
     from .features import FeatureConfig
+    from .index import default_index_dir
     from .whiten import load_for_index
 
     over = _feature_overrides(args)
@@ -335,8 +336,7 @@ def _prepare(args: argparse.Namespace, manifest: Any = None) -> tuple[Any, str, 
             and not whiten_on
             and not args.weights
         ):
-            idir = args.index or Path(args.dataset) / ".cbir"
-            whitening = load_for_index(idir, base.whitening)
+            whitening = load_for_index(args.index or default_index_dir(args.dataset), base.whitening)
         config = config.replace(whitening=None)
     make = _embedder_factory(config, weights, args, whitening)
     if whiten_on:
@@ -346,15 +346,12 @@ def _prepare(args: argparse.Namespace, manifest: Any = None) -> tuple[Any, str, 
         embedder.set_whitening(
             learn_from_folder(embedder, whiten_on, args.whiten_dim, power=args.whiten_power)
         )
+        make.whitening = embedder.whitening
     return config, weights, make
 
 
 def _index(args: argparse.Namespace, config: Any, weights: str | None, make: Any) -> Any:
     from .indexer import update_index
-
-    whitening = make.whitening
-    if getattr(args, "whiten_on", None):
-        whitening = make().whitening
 
     return update_index(
         args.dataset,
@@ -368,7 +365,7 @@ def _index(args: argparse.Namespace, config: Any, weights: str | None, make: Any
         include_hidden=args.include_hidden,
         exclude=args.exclude,
         progress=None,
-        whitening=whitening,
+        whitening=make.whitening,
         checkpoint_every=args.checkpoint_every,
         ann=args.ann,
     )
@@ -448,8 +445,8 @@ def cmd_search(args: argparse.Namespace, update: bool) -> int:
     config, weights, make = _prepare(args, manifest)
     if manifest is not None and not update:
         index = open_index(args.dataset, idir)
-        whitening = make().whitening if getattr(args, "whiten_on", None) else make.whitening
-        wanted = resolve_config(config, weights).replace(whitening=whitening.digest if whitening else None)
+        digest = make.whitening.digest if make.whitening is not None else None
+        wanted = resolve_config(config, weights).replace(whitening=digest)
         index.check_compatible(wanted)
         return _run_queries(args, index, make)
     report = _index(args, config, weights, make)

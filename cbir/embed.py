@@ -98,9 +98,7 @@ class Embedder:
         trunk = build_backbone(self.backbone, None if weights == "random" else weights, config.alpha)
         pooled = _pooling_layer(config.pooling, config.gem_p)(trunk.output)
         self.model = keras.Model(trunk.input, pooled)
-        if whitening is not None:
-            config = config.replace(whitening=whitening.digest)
-        elif config.whitening is not None:
+        if whitening is None and config.whitening is not None:
             raise ModelError("these settings need the learned whitening; pass it to the Embedder")
         self.config = config
         self.weights = weights
@@ -110,7 +108,7 @@ class Embedder:
         self.workers = workers or min(8, os.cpu_count() or 2)
         self.limits = limits
         self.draft = draft
-        self.whitening = whitening
+        self.set_whitening(whitening)
         self._infer = self._compile()
 
     def _compile(self) -> Callable[[np.ndarray], np.ndarray]:

@@ -229,7 +229,7 @@ def load_matrix(index_dir: Path, manifest: Manifest, mmap: bool = True) -> np.nd
         try:
             arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
         except FileNotFoundError:
-            raise
+            raise  # replaced by an indexer under our feet: open_index reads the manifest again
         except (OSError, ValueError) as exc:
             raise IndexError_(f"index file {path} is unreadable ({exc}); rebuild with --rebuild") from exc
         if arr.ndim != 2 or arr.shape[0] != int(seg["rows"]) or arr.shape[1] != manifest.dim:

@@ -71,7 +71,7 @@ def original_approach(paths: list[Path], model) -> float:
 
 
 def our_indexer(folder: Path, config, embedder) -> float:
-    from cbir.indexer import update_index
+    from cbir.index.indexer import update_index
 
     index_dir = Path(tempfile.mkdtemp(prefix="cbir-bench-index-"))
     try:
@@ -106,7 +106,7 @@ def inference_rate(embedder, batch_size: int, repeats: int = 4) -> float:
 
 def decode_times(paths: list[Path], size: int = 224) -> tuple[float, float]:
     """Seconds per image: full decode + resize (as load_img does) vs our reduced-scale decode."""
-    from cbir.images import Geometry, load_views
+    from cbir.ingest.decode import Geometry, load_views
 
     geometry = Geometry(size, "squash", "nearest")
     t = time.perf_counter()
@@ -132,8 +132,8 @@ def main() -> None:
     print(describe())
     import keras
 
-    from cbir.embed import Embedder
-    from cbir.features import ORIGINAL, FeatureConfig
+    from cbir.embedding.embedder import Embedder
+    from cbir.embedding.features import ORIGINAL, FeatureConfig
 
     tmp = Path(tempfile.mkdtemp(prefix="cbir-bench-"))
     try:

@@ -26,13 +26,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from machine import SHARED, describe  # noqa: E402
 
-from cbir.embed import Embedder  # noqa: E402
-from cbir.evaluate import evaluate  # noqa: E402
-from cbir.features import FeatureConfig  # noqa: E402
-from cbir.fs import find_images  # noqa: E402
-from cbir.groundtruth import load_ground_truth  # noqa: E402
-from cbir.rerank import database_augmentation, query_expansion  # noqa: E402
-from cbir.whiten import learn_whitening  # noqa: E402
+from cbir.embedding.embedder import Embedder  # noqa: E402
+from cbir.evaluation.evaluate import evaluate  # noqa: E402
+from cbir.embedding.features import FeatureConfig  # noqa: E402
+from cbir.ingest.files import find_images  # noqa: E402
+from cbir.evaluation.groundtruth import load_ground_truth  # noqa: E402
+from cbir.search.rerank import database_augmentation, query_expansion  # noqa: E402
+from cbir.embedding.whiten import learn_whitening  # noqa: E402
 
 CORE = "--pooling {pooling} --gem-p {gem_p:g} --geometry {geometry} --resample {resample} --size {size}"
 
@@ -151,7 +151,7 @@ def main() -> None:
 
     logging.getLogger("cbir.groundtruth").setLevel(logging.ERROR)  # halves leave labelled files out
     print(describe())
-    from cbir.models import get_backbone
+    from cbir.embedding.backbones import get_backbone
 
     size = get_backbone(args.model).input_size
     rows = [r for r in rows_for(size, args.base) if not args.only or r.name in args.only]

@@ -36,10 +36,10 @@ t = {}
 t0 = time.perf_counter()
 import numpy as np
 import tensorflow, keras
-from cbir.index import open_index
-from cbir.embed import Embedder
-from cbir.query import embed_queries, search_index
-from cbir.plot import plot_results
+from cbir.index.snapshot import open_index
+from cbir.embedding.embedder import Embedder
+from cbir.search.query import embed_queries, search_index
+from cbir.output.plot import plot_results
 t["import"] = time.perf_counter() - t0
 dataset, index_dir, query, weights, out = sys.argv[1:6]
 t0 = time.perf_counter(); index = open_index(dataset, index_dir); t["index load"] = time.perf_counter() - t0

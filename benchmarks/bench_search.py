@@ -44,8 +44,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from machine import describe  # noqa: E402
 
-from cbir import ann as ann_mod  # noqa: E402
-from cbir.search import top_k  # noqa: E402
+import cbir.index.ann as ann_mod  # noqa: E402
+from cbir.search.exact import top_k  # noqa: E402
 
 DIM = 2048
 LATENT = 512

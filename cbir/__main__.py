@@ -1,5 +1,5 @@
 """``python -m cbir``: the same as the ``cbir`` command."""
 
-from .cli import main
+from cbir.cli import main
 
 raise SystemExit(main())

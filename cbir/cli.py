@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import CbirError
+from cbir.errors import CbirError
 
 DEFAULT_OUT = "cbir_results.png"
 log = logging.getLogger("cbir")
@@ -74,8 +74,8 @@ def _scale_value(token: str) -> float:
 
 
 def _add_feature_options(p: argparse.ArgumentParser) -> None:
-    from .features import POOLINGS
-    from .images import GEOMETRY_MODES, RESAMPLERS
+    from cbir.embedding.features import POOLINGS
+    from cbir.ingest.decode import GEOMETRY_MODES, RESAMPLERS
 
     g = p.add_argument_group("features (an existing index decides these for queries)")
     g.add_argument("--model", help="backbone (default resnet50; see `cbir models`)")
@@ -101,7 +101,7 @@ def _add_feature_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_index_options(p: argparse.ArgumentParser) -> None:
-    from .ann import AUTO_MIN_ROWS, MODES
+    from cbir.index.ann import AUTO_MIN_ROWS, MODES
 
     g = p.add_argument_group("index")
     g.add_argument("--index", metavar="DIR", help="index folder (default: DATASET/.cbir)")
@@ -232,7 +232,7 @@ def build_legacy_parser() -> argparse.ArgumentParser:
 
 
 def _feature_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from .features import ORIGINAL
+    from cbir.embedding.features import ORIGINAL
 
     over: dict[str, Any] = {}
     if args.original:
@@ -256,8 +256,8 @@ def _feature_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _embedder_factory(
     config: Any, weights: str | None, args: argparse.Namespace, whitening: Any = None
 ) -> Any:
-    from .embed import Embedder
-    from .images import LoadLimits
+    from cbir.embedding.embedder import Embedder
+    from cbir.ingest.decode import LoadLimits
 
     config = config.replace(whitening=None)
 
@@ -288,9 +288,9 @@ def _embedder_factory(
 
 def _existing_manifest(args: argparse.Namespace) -> Any:
     """The committed manifest of the dataset's index, or None (absent, unreadable, or --rebuild)."""
-    from .errors import IndexError_
-    from .index import default_index_dir
-    from .store import read_manifest
+    from cbir.errors import IndexError_
+    from cbir.index.snapshot import default_index_dir
+    from cbir.index.store import read_manifest
 
     if args.rebuild or not os.path.isdir(args.dataset):
         return None
@@ -308,10 +308,10 @@ def _prepare(args: argparse.Namespace, manifest: Any = None) -> tuple[Any, str, 
     (which rebuilds the index when indexing, and is refused when querying). ``--whiten-on`` learns
     a whitening first; an index's own whitening is kept only while nothing else changes.
     """
-    from .errors import IndexError_
-    from .features import FeatureConfig
-    from .index import default_index_dir
-    from .whiten import load_for_index
+    from cbir.errors import IndexError_
+    from cbir.embedding.features import FeatureConfig
+    from cbir.index.snapshot import default_index_dir
+    from cbir.embedding.whiten import load_for_index
 
     over = _feature_overrides(args)
     whiten_on = getattr(args, "whiten_on", None)
@@ -340,7 +340,7 @@ def _prepare(args: argparse.Namespace, manifest: Any = None) -> tuple[Any, str, 
         config = config.replace(whitening=None)
     make = _embedder_factory(config, weights, args, whitening)
     if whiten_on:
-        from .whiten import learn_from_folder
+        from cbir.embedding.whiten import learn_from_folder
 
         embedder = make()
         embedder.set_whitening(
@@ -351,7 +351,7 @@ def _prepare(args: argparse.Namespace, manifest: Any = None) -> tuple[Any, str, 
 
 
 def _index(args: argparse.Namespace, config: Any, weights: str | None, make: Any) -> Any:
-    from .indexer import update_index
+    from cbir.index.indexer import update_index
 
     return update_index(
         args.dataset,
@@ -401,8 +401,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def _run_queries(args: argparse.Namespace, index: Any, make: Any, report: Any = None) -> int:
-    from .query import query_index
-    from .results import results_to_dict
+    from cbir.search.query import query_index
+    from cbir.output.results import results_to_dict
 
     exact = getattr(args, "exact", False) or args.ann == "none"
     results = query_index(
@@ -425,7 +425,7 @@ def _run_queries(args: argparse.Namespace, index: Any, make: Any, report: Any = 
                 print(f"  {rank:3d}. {m.score:.4f}  {m.path}")
     out = args.out or (None if args.json else DEFAULT_OUT)
     if not args.no_plot and (out or args.show):
-        from .plot import plot_results
+        from cbir.output.plot import plot_results
 
         saved = plot_results(results, out, show=args.show)
         if saved is not None:
@@ -435,9 +435,9 @@ def _run_queries(args: argparse.Namespace, index: Any, make: Any, report: Any = 
 
 def cmd_search(args: argparse.Namespace, update: bool) -> int:
     """Index (or reuse the index of) DATASET, then answer the queries with the same model."""
-    from .embed import resolve_config
-    from .index import default_index_dir, open_index
-    from .query import check_query_files
+    from cbir.embedding.embedder import resolve_config
+    from cbir.index.snapshot import default_index_dir, open_index
+    from cbir.search.query import check_query_files
 
     check_query_files(args.img_query)
     idir = args.index or default_index_dir(args.dataset)
@@ -454,8 +454,8 @@ def cmd_search(args: argparse.Namespace, update: bool) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_index
-    from .index import open_index
+    from cbir.evaluation.evaluate import evaluate_index
+    from cbir.index.snapshot import open_index
 
     report = _index(args, *_prepare(args, _existing_manifest(args)))
     index = open_index(args.dataset, args.index)
@@ -473,7 +473,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import REGISTRY
+    from cbir.embedding.backbones import REGISTRY
 
     if args.json:
         print(

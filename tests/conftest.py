@@ -68,7 +68,7 @@ def tiny_config():
     MobileNetV2 0.35 with average pooling: random-weights MobileNet v1 has dead (all-zero) final
     activations, which makes every image embed to the same vector and would hide bugs.
     """
-    from cbir.features import FeatureConfig
+    from cbir.embedding.features import FeatureConfig
 
     return FeatureConfig(model="mobilenetv2", alpha=0.35, pooling="avg", size=64, geometry="squash")
 
@@ -88,7 +88,7 @@ def build_embedder():
 def build_tiny_embedder(config, seed: int = 1234, **kwargs):
     import keras
 
-    from cbir.embed import Embedder
+    from cbir.embedding.embedder import Embedder
 
     keras.utils.set_random_seed(seed)
     return Embedder(config, weights="random", workers=2, **kwargs)

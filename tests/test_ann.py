@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import cbir.ann as ann_mod
-import cbir.query as query_mod
-from cbir.ann import (
+import cbir.index.ann as ann_mod
+import cbir.search.query as query_mod
+from cbir.index.ann import (
     ANN_FILE,
     KINDS,
     Ann,
@@ -22,11 +22,11 @@ from cbir.ann import (
     save_ann,
     update_ann,
 )
-from cbir.index import open_index
-from cbir.indexer import consolidate, update_index
-from cbir.query import search_index
-from cbir.search import top_k
-from cbir.store import (
+from cbir.index.snapshot import open_index
+from cbir.index.indexer import consolidate, update_index
+from cbir.search.query import search_index
+from cbir.search.exact import top_k
+from cbir.index.store import (
     FEATS,
     Entry,
     Manifest,

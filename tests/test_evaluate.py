@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-import cbir.evaluate as ev
+import cbir.evaluation.evaluate as ev
 from cbir.errors import DatasetError
-from cbir.evaluate import evaluate
-from cbir.groundtruth import GroundTruth, LabelRelevance
+from cbir.evaluation.evaluate import evaluate
+from cbir.evaluation.groundtruth import GroundTruth, LabelRelevance
 
 
 def labelled(labels: dict[str, str], kind: str = "labels", **kw) -> GroundTruth:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from test_cli import cbir, check_result, ok, one_line_error, same_class
 
-from cbir.whiten import Whitening
+from cbir.embedding.whiten import Whitening
 
 CHANCE_MAP = 9 / 59  # a random ranking: 9 relevant images among the 59 others
 

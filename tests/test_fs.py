@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cbir.errors import DatasetError
-from cbir.fs import find_images, safe_join
+from cbir.ingest.files import find_images, safe_join
 
 
 def touch(root: Path, *rels: str) -> None:

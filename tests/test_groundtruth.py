@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cbir.errors import DatasetError
-from cbir.groundtruth import load_ground_truth
+from cbir.evaluation.groundtruth import load_ground_truth
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 COREL = SHARED / "datasets" / "corel1k"

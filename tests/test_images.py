@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, features
 
 from cbir.errors import BadImageError
-from cbir.images import Geometry, LoadLimits, load_views, open_rgb, resize, upright_size
+from cbir.ingest.decode import Geometry, LoadLimits, load_views, open_rgb, resize, upright_size
 
 
 def decode(path, **kwargs) -> np.ndarray:

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from cbir.errors import DatasetError, IndexLockedError
-from cbir.index import open_index
-from cbir.indexer import update_index
-from cbir.store import FEATS, MANIFEST, Lock, commit_manifest, read_manifest, write_npy
+from cbir.index.snapshot import open_index
+from cbir.index.indexer import update_index
+from cbir.index.store import FEATS, MANIFEST, Lock, commit_manifest, read_manifest, write_npy
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -358,9 +358,9 @@ def test_crash_between_the_two_renames(image_folder, tiny_config, tiny_embedder)
 CRASH_SCRIPT = """
 import json, sys, time
 import keras
-from cbir.embed import Embedder
-from cbir.features import FeatureConfig
-from cbir.indexer import update_index
+from cbir.embedding.embedder import Embedder
+from cbir.embedding.features import FeatureConfig
+from cbir.index.indexer import update_index
 
 config = FeatureConfig.from_dict(json.loads(sys.argv[2]))
 keras.utils.set_random_seed(1234)

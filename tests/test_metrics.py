@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cbir.metrics import (
+from cbir.evaluation.metrics import (
     average_precision,
     average_precisions,
     hits_at_k,

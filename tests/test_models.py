@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cbir.errors import ModelError
-from cbir.models import (
+from cbir.embedding.backbones import (
     ALIASES,
     REGISTRY,
     build_backbone,
@@ -180,8 +180,8 @@ def test_build_with_local_weights(mobilenet_weights):
 def test_every_registry_entry_names_a_keras_constructor_and_a_preprocessing_mode():
     import keras
 
-    from cbir.models import REGISTRY
-    from cbir.preprocess import MODES
+    from cbir.embedding.backbones import REGISTRY
+    from cbir.embedding.preprocess import MODES
 
     for backbone in REGISTRY.values():
         assert callable(getattr(keras.applications, backbone.constructor)), backbone.name
@@ -194,8 +194,8 @@ def test_every_registry_entry_names_a_keras_constructor_and_a_preprocessing_mode
 def test_registry_dimension_matches_the_built_network(name):
     import numpy as np
 
-    from cbir.models import REGISTRY
-    from cbir.preprocess import preprocess
+    from cbir.embedding.backbones import REGISTRY
+    from cbir.embedding.preprocess import preprocess
 
     backbone = REGISTRY[name]
     model = backbone.build(None)

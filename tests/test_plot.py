@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from cbir.plot import plot_results
-from cbir.results import Match, QueryResult
+from cbir.output.plot import plot_results
+from cbir.output.results import Match, QueryResult
 
 pytest.importorskip("matplotlib")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cbir.images import Geometry, load_views
-from cbir.models import REGISTRY
-from cbir.preprocess import MODES, preprocess
+from cbir.ingest.decode import Geometry, load_views
+from cbir.embedding.backbones import REGISTRY
+from cbir.embedding.preprocess import MODES, preprocess
 
 keras = pytest.importorskip("keras")
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from cbir.errors import IncompatibleIndexError, IndexError_, QueryError
-from cbir.index import open_index
-from cbir.indexer import update_index
-from cbir.query import embed_queries, query_index, search_index
-from cbir.results import results_to_dict
+from cbir.index.snapshot import open_index
+from cbir.index.indexer import update_index
+from cbir.search.query import embed_queries, query_index, search_index
+from cbir.output.results import results_to_dict
 
 needs_symlinks = pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
 

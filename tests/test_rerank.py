@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cbir.rerank import database_augmentation, query_expansion
+from cbir.search.rerank import database_augmentation, query_expansion
 
 D = 8
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cbir.embed import l2_normalize
-from cbir.search import top_k
+from cbir.embedding.embedder import l2_normalize
+from cbir.search.exact import top_k
 
 
 def brute_force(feats, queries, k, exclude=None):

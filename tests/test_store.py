@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cbir.errors import IndexError_, IndexLockedError
-from cbir.store import (
+from cbir.index.store import (
     FEATS,
     MANIFEST,
     Entry,
@@ -266,7 +266,7 @@ def test_lock_is_exclusive(tmp_path):
 
 def test_lock_held_by_another_process_and_released_when_it_dies(tmp_path):
     script = (
-        "import sys, time; from pathlib import Path; from cbir.store import Lock\n"
+        "import sys, time; from pathlib import Path; from cbir.index.store import Lock\n"
         "with Lock(Path(sys.argv[1])):\n"
         "    print('locked', flush=True); time.sleep(60)\n"
     )

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from cbir.errors import CbirError
-from cbir.fs import find_images
-from cbir.whiten import (
+from cbir.ingest.files import find_images
+from cbir.embedding.whiten import (
     Whitening,
     learn_from_folder,
     learn_whitening,

@@ -6,7 +6,7 @@ import math
 import os
 from pathlib import Path
 
-from .results import QueryResult
+from cbir.output.results import QueryResult
 
 CELL_INCHES = 2.4
 
@@ -14,7 +14,7 @@ CELL_INCHES = 2.4
 def _thumb(path: str, size: int = 256):
     from PIL import Image, ImageOps
 
-    from .images import LoadLimits, open_rgb
+    from cbir.ingest.decode import LoadLimits, open_rgb
 
     try:
         img = open_rgb(path, LoadLimits(), draft_for=(size, size))

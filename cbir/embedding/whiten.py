@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CbirError
+from cbir.errors import CbirError
 
 WHITENING_FILE = "whitening.npz"
 
@@ -38,13 +38,13 @@ class Whitening:
         return h.hexdigest()[:16]
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        from .embed import l2_normalize
+        from cbir.embedding.embedder import l2_normalize
 
         return l2_normalize((np.asarray(x, dtype=np.float32) - self.mean) @ self.projection)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically (temporary file, then rename)."""
-        from .store import staged_name
+        from cbir.index.store import staged_name
 
         path = Path(path)
         tmp = path.with_name(staged_name(path.name) + ".npz")
@@ -102,7 +102,7 @@ def learn_from_folder(
     power: float = 0.5,
 ) -> Whitening:
     """Embed the images of ``folder`` (no whitening) and learn a whitening from them."""
-    from .fs import find_images
+    from cbir.ingest.files import find_images
 
     files = find_images(folder)
     if not files:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelError
+from cbir.errors import ModelError
 
 
 @dataclass(frozen=True)

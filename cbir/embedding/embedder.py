@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BadImageError, ModelError
-from .features import FeatureConfig
-from .images import LoadLimits, load_views
-from .models import Backbone, build_backbone, file_digest, get_backbone, width_multiplier
-from .preprocess import preprocess
+from cbir.errors import BadImageError, ModelError
+from cbir.embedding.features import FeatureConfig
+from cbir.ingest.decode import LoadLimits, load_views
+from cbir.embedding.backbones import Backbone, build_backbone, file_digest, get_backbone, width_multiplier
+from cbir.embedding.preprocess import preprocess
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class Embedder:
         self, paths: Sequence[str | os.PathLike], progress: bool | None = None, desc: str = "embedding"
     ) -> tuple[np.ndarray, list[int]]:
         """Embed ``paths`` with a progress bar; return (vectors of the good files, their positions)."""
-        from .progress import progress_bar
+        from cbir.progress import progress_bar
 
         found: dict[int, np.ndarray] = {}
         bar = progress_bar(total=len(paths), desc=desc, unit="img", enabled=progress)
@@ -159,7 +159,7 @@ class Embedder:
         """Embed already-decoded uint8 RGB arrays (any size; each resized like a file would be)."""
         from PIL import Image
 
-        from .images import resize
+        from cbir.ingest.decode import resize
 
         def views() -> Iterator[tuple[int, list[np.ndarray] | BadImageError]]:
             for i, a in enumerate(images):

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DatasetError
-from .groundtruth import GroundTruth, LabelRelevance
-from .metrics import average_precisions, hits_at_k
+from cbir.errors import DatasetError
+from cbir.evaluation.groundtruth import GroundTruth, LabelRelevance
+from cbir.evaluation.metrics import average_precisions, hits_at_k
 
 log = logging.getLogger(__name__)
 
@@ -313,8 +313,8 @@ def evaluate_index(
     """
     from pathlib import Path
 
-    from .groundtruth import load_ground_truth
-    from .rerank import database_augmentation, query_expansion
+    from cbir.evaluation.groundtruth import load_ground_truth
+    from cbir.search.rerank import database_augmentation, query_expansion
 
     gt = load_ground_truth(Path(index.root), list(index.paths), path=gt_path)
     feats = np.asarray(index.feats, dtype=np.float32)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import IncompatibleIndexError, IndexError_
-from .features import FeatureConfig
-from .fs import INDEX_DIRNAME, safe_join
-from .store import Manifest, load_matrix, read_manifest
+from cbir.errors import IncompatibleIndexError, IndexError_
+from cbir.embedding.features import FeatureConfig
+from cbir.ingest.files import INDEX_DIRNAME, safe_join
+from cbir.index.store import Manifest, load_matrix, read_manifest
 
 RESOLVE_ALL_LIMIT = 20_000
 

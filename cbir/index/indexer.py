@@ -20,15 +20,15 @@ from typing import Any
 
 import numpy as np
 
-from .ann import MODES as ANN_MODES
-from .ann import update_ann
-from .embed import Embedder, resolve_config
-from .errors import BadImageError, DatasetError, IndexError_
-from .features import FeatureConfig
-from .fs import find_images
-from .index import default_index_dir
-from .progress import progress_bar
-from .store import (
+from cbir.index.ann import MODES as ANN_MODES
+from cbir.index.ann import update_ann
+from cbir.embedding.embedder import Embedder, resolve_config
+from cbir.errors import BadImageError, DatasetError, IndexError_
+from cbir.embedding.features import FeatureConfig
+from cbir.ingest.files import find_images
+from cbir.index.snapshot import default_index_dir
+from cbir.progress import progress_bar
+from cbir.index.store import (
     FEATS,
     Entry,
     Lock,
@@ -42,7 +42,7 @@ from .store import (
     staged_name,
     write_npy,
 )
-from .whiten import Whitening, whitening_filename
+from cbir.embedding.whiten import Whitening, whitening_filename
 
 log = logging.getLogger(__name__)
 DTYPES = ("float32", "float16")

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .ann import ann_for, ann_search
-from .embed import Embedder
-from .errors import BadImageError, QueryError
-from .index import Index
-from .results import Match, QueryResult
-from .search import top_k
+from cbir.index.ann import ann_for, ann_search
+from cbir.embedding.embedder import Embedder
+from cbir.errors import BadImageError, QueryError
+from cbir.index.snapshot import Index
+from cbir.output.results import Match, QueryResult
+from cbir.search.exact import top_k
 
 
 def check_query_files(images: Sequence[str | os.PathLike]) -> None:
@@ -60,11 +60,11 @@ def search_index(
     exclude = [[r] if r is not None else [] for r in own]
     feats = index.feats
     if dba:
-        from .rerank import database_augmentation
+        from cbir.search.rerank import database_augmentation
 
         feats = database_augmentation(feats, dba, alpha)
     if qe:
-        from .rerank import query_expansion
+        from cbir.search.rerank import query_expansion
 
         query_vectors = query_expansion(query_vectors, feats, qe, alpha, exclude=exclude)
     ann = None if exact or dba else ann_for(index)

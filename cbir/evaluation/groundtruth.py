@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DatasetError
+from cbir.errors import DatasetError
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from functools import cache
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import BadImageError
+from cbir.errors import BadImageError
 
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import IndexError_, IndexLockedError
-from .fs import safe_join
+from cbir.errors import IndexError_, IndexLockedError
+from cbir.ingest.files import safe_join
 
 FORMAT = "cbir-index"
 VERSION = 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from .images import Geometry
+from cbir.ingest.decode import Geometry
 
 POOLINGS = ("max", "avg", "gem")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .embed import l2_normalize
-from .search import top_k
+from cbir.embedding.embedder import l2_normalize
+from cbir.search.exact import top_k
 
 
 def _augment(

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .errors import DatasetError
+from cbir.errors import DatasetError
 
 BASE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 OPTIONAL_EXTENSIONS = {".heic": "pillow_heif", ".heif": "pillow_heif", ".avif": "pillow_avif"}
@@ -23,7 +23,7 @@ INDEX_DIRNAME = ".cbir"
 
 def supported_extensions() -> frozenset[str]:
     """The extensions this installation can decode (HEIC/AVIF only with their Pillow plugins)."""
-    from .images import register_optional_plugins
+    from cbir.ingest.decode import register_optional_plugins
 
     return BASE_EXTENSIONS | frozenset(register_optional_plugins())
 

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from .store import ANN as ANN_FILE
-from .store import Manifest, _fsync_dir, commit_manifest, staged_name
+from cbir.index.store import ANN as ANN_FILE
+from cbir.index.store import Manifest, _fsync_dir, commit_manifest, staged_name
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ def ann_search(
     dot products, so scores equal those of exact search; ties go to the lower row. A query left with
     fewer than k' candidates (a sparse IVF probe) is answered exactly.
     """
-    from .search import top_k
+    from cbir.search.exact import top_k
 
     index = ann.index if isinstance(ann, Ann) else ann
     meta = ann.meta if isinstance(ann, Ann) else {}

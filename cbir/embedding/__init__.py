@@ -1,0 +1,1 @@
+"""Images -> vectors: feature settings, weights, backbones, the embedder and whitening."""

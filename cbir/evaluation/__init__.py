@@ -1,0 +1,1 @@
+"""Retrieval quality: ground truth, metrics, and the evaluation of an index."""

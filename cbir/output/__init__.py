@@ -1,0 +1,1 @@
+"""Results -> people and programs: result records, JSON, text listings and plots."""

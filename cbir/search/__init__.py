@@ -1,0 +1,1 @@
+"""Index -> results: the searcher interface, exact and approximate search, re-ranking, queries."""

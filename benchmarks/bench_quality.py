@@ -27,12 +27,12 @@ import numpy as np  # noqa: E402
 from machine import SHARED, describe  # noqa: E402
 
 from cbir.embedding.embedder import Embedder  # noqa: E402
-from cbir.evaluation.evaluate import evaluate  # noqa: E402
 from cbir.embedding.features import FeatureConfig  # noqa: E402
-from cbir.ingest.files import find_images  # noqa: E402
-from cbir.evaluation.groundtruth import load_ground_truth  # noqa: E402
-from cbir.search.rerank import database_augmentation, query_expansion  # noqa: E402
 from cbir.embedding.whiten import learn_whitening  # noqa: E402
+from cbir.evaluation.evaluate import evaluate  # noqa: E402
+from cbir.evaluation.groundtruth import load_ground_truth  # noqa: E402
+from cbir.ingest.files import find_images  # noqa: E402
+from cbir.search.rerank import database_augmentation, query_expansion  # noqa: E402
 
 CORE = "--pooling {pooling} --gem-p {gem_p:g} --geometry {geometry} --resample {resample} --size {size}"
 

@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from machine import describe  # noqa: E402
 
-from cbir.ingest.decode import Geometry, load_views  # noqa: E402
 from cbir.embedding.preprocess import preprocess  # noqa: E402
+from cbir.ingest.decode import Geometry, load_views  # noqa: E402
 
 
 def rate(fn, x: np.ndarray, repeats: int) -> tuple[float, np.ndarray]:

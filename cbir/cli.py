@@ -288,7 +288,7 @@ def _embedder_factory(
 
 def _existing_manifest(args: argparse.Namespace) -> Any:
     """The committed manifest of the dataset's index, or None (absent, unreadable, or --rebuild)."""
-    from cbir.errors import IndexError_
+    from cbir.errors import IndexFolderError
     from cbir.index.snapshot import default_index_dir
     from cbir.index.store import read_manifest
 
@@ -296,7 +296,7 @@ def _existing_manifest(args: argparse.Namespace) -> Any:
         return None
     try:
         return read_manifest(Path(args.index or default_index_dir(args.dataset)))
-    except IndexError_:
+    except IndexFolderError:
         return None
 
 
@@ -308,10 +308,10 @@ def _prepare(args: argparse.Namespace, manifest: Any = None) -> tuple[Any, str, 
     (which rebuilds the index when indexing, and is refused when querying). ``--whiten-on`` learns
     a whitening first; an index's own whitening is kept only while nothing else changes.
     """
-    from cbir.errors import IndexError_
     from cbir.embedding.features import FeatureConfig
-    from cbir.index.snapshot import default_index_dir
     from cbir.embedding.whiten import load_for_index
+    from cbir.errors import IndexFolderError
+    from cbir.index.snapshot import default_index_dir
 
     over = _feature_overrides(args)
     whiten_on = getattr(args, "whiten_on", None)
@@ -330,7 +330,7 @@ def _prepare(args: argparse.Namespace, manifest: Any = None) -> tuple[Any, str, 
             config = config.replace(alpha=None)
         elif base.weights.startswith("file:") and (not weights or not os.path.isfile(weights)):
             name = base.weights.split(":")[1]
-            raise IndexError_(f"the index was built with the weights file {name}; pass --weights FILE")
+            raise IndexFolderError(f"the index was built with the weights file {name}; pass --weights FILE")
         if (
             config.replace(whitening=None) == base.replace(whitening=None)
             and not whiten_on
@@ -401,8 +401,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def _run_queries(args: argparse.Namespace, index: Any, make: Any, report: Any = None) -> int:
-    from cbir.search.query import query_index
     from cbir.output.results import results_to_dict
+    from cbir.search.query import query_index
 
     exact = getattr(args, "exact", False) or args.ann == "none"
     results = query_index(

@@ -23,15 +23,15 @@ class ModelError(CbirError):
     """Unknown backbone, or weights that cannot be loaded or downloaded."""
 
 
-class IndexError_(CbirError):
+class IndexFolderError(CbirError):
     """The index on disk is missing, corrupt, locked or built with other settings."""
 
 
-class IndexLockedError(IndexError_):
+class IndexLockedError(IndexFolderError):
     """Another process holds the index lock."""
 
 
-class IncompatibleIndexError(IndexError_):
+class IncompatibleIndexError(IndexFolderError):
     """The index was built with other feature settings than those asked for."""
 
 

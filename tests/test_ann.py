@@ -22,10 +22,8 @@ from cbir.index.ann import (
     save_ann,
     update_ann,
 )
-from cbir.index.snapshot import open_index
 from cbir.index.indexer import consolidate, update_index
-from cbir.search.query import search_index
-from cbir.search.exact import top_k
+from cbir.index.snapshot import open_index
 from cbir.index.store import (
     FEATS,
     Entry,
@@ -36,6 +34,8 @@ from cbir.index.store import (
     read_manifest,
     write_npy,
 )
+from cbir.search.exact import top_k
+from cbir.search.query import search_index
 
 
 def clustered(n: int, dim: int = 32, centres: int = 40, seed: int = 0) -> np.ndarray:

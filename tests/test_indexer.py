@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from cbir.errors import DatasetError, IndexLockedError
-from cbir.index.snapshot import open_index
 from cbir.index.indexer import update_index
+from cbir.index.snapshot import open_index
 from cbir.index.store import FEATS, MANIFEST, Lock, commit_manifest, read_manifest, write_npy
 
 REPO = Path(__file__).resolve().parents[1]

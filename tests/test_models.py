@@ -6,7 +6,6 @@ import h5py
 import numpy as np
 import pytest
 
-from cbir.errors import ModelError
 from cbir.embedding.backbones import (
     ALIASES,
     REGISTRY,
@@ -16,6 +15,7 @@ from cbir.embedding.backbones import (
     keras_cache_dir,
     width_multiplier,
 )
+from cbir.errors import ModelError
 
 DOWNLOAD_FAILURE = (
     "URL fetch failure on https://storage.googleapis.com/x/"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cbir.ingest.decode import Geometry, load_views
 from cbir.embedding.backbones import REGISTRY
 from cbir.embedding.preprocess import MODES, preprocess
+from cbir.ingest.decode import Geometry, load_views
 
 keras = pytest.importorskip("keras")
 

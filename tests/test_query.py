@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cbir.errors import IncompatibleIndexError, IndexError_, QueryError
-from cbir.index.snapshot import open_index
+from cbir.errors import IncompatibleIndexError, IndexFolderError, QueryError
 from cbir.index.indexer import update_index
-from cbir.search.query import embed_queries, query_index, search_index
+from cbir.index.snapshot import open_index
 from cbir.output.results import results_to_dict
+from cbir.search.query import embed_queries, query_index, search_index
 
 needs_symlinks = pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
 
@@ -173,7 +173,7 @@ def test_incompatible_embedder(indexed, tiny_embedder):
 
 
 def test_no_index(tmp_path):
-    with pytest.raises(IndexError_, match="no index"):
+    with pytest.raises(IndexFolderError, match="no index"):
         open_index(tmp_path)
 
 

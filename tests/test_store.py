@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from cbir.errors import IndexError_, IndexLockedError
+from cbir.errors import IndexFolderError, IndexLockedError
 from cbir.index.store import (
     FEATS,
     MANIFEST,
@@ -122,7 +122,7 @@ def test_manifest_refuses_inconsistent(changes, message):
 )
 def test_read_manifest_corrupt_is_index_error(tmp_path, text):
     (tmp_path / MANIFEST).write_text(text)
-    with pytest.raises(IndexError_, match="corrupt"):
+    with pytest.raises(IndexFolderError, match="corrupt"):
         read_manifest(tmp_path)
 
 
@@ -130,7 +130,7 @@ def test_read_manifest_with_escaping_path_is_index_error(tmp_path):
     (tmp_path / MANIFEST).write_text(
         edit(sample_manifest(), entries=[["../../etc/passwd", 1, 1], None, None])
     )
-    with pytest.raises(IndexError_):
+    with pytest.raises(IndexFolderError):
         read_manifest(tmp_path)
 
 
@@ -179,24 +179,24 @@ def test_load_matrix_empty(tmp_path):
 def test_load_matrix_shape_mismatch(tmp_path):
     idir, m = make_index_dir(tmp_path, [np.zeros((3, 4), np.float32)])
     write_npy(idir / "part-0.npy", np.zeros((2, 4), np.float32))
-    with pytest.raises(IndexError_, match="does not match its manifest"):
+    with pytest.raises(IndexFolderError, match="does not match its manifest"):
         load_matrix(idir, m)
     write_npy(idir / "part-0.npy", np.zeros((3, 5), np.float32))
-    with pytest.raises(IndexError_, match="does not match its manifest"):
+    with pytest.raises(IndexFolderError, match="does not match its manifest"):
         load_matrix(idir, m)
 
 
 def test_load_matrix_garbage_file(tmp_path):
     idir, m = make_index_dir(tmp_path, [np.zeros((3, 4), np.float32)])
     (idir / "part-0.npy").write_bytes(b"garbage, not npy")
-    with pytest.raises(IndexError_, match="unreadable"):
+    with pytest.raises(IndexFolderError, match="unreadable"):
         load_matrix(idir, m)
 
 
 def test_load_matrix_refuses_pickles(tmp_path):
     idir, m = make_index_dir(tmp_path, [np.zeros((1, 4), np.float32)])
     np.save(idir / "part-0.npy", np.array([{"evil": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(IndexError_):
+    with pytest.raises(IndexFolderError):
         load_matrix(idir, m)
 
 

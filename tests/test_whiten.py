@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cbir.errors import CbirError
-from cbir.ingest.files import find_images
 from cbir.embedding.whiten import (
     Whitening,
     learn_from_folder,
@@ -14,6 +12,8 @@ from cbir.embedding.whiten import (
     load_for_index,
     whitening_filename,
 )
+from cbir.errors import CbirError
+from cbir.ingest.files import find_images
 
 
 def correlated(n: int = 2000, d: int = 8, seed: int = 0) -> np.ndarray:

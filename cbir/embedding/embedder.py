@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from cbir.errors import BadImageError, ModelError
-from cbir.embedding.features import FeatureConfig
-from cbir.ingest.decode import LoadLimits, load_views
 from cbir.embedding.backbones import Backbone, build_backbone, file_digest, get_backbone, width_multiplier
+from cbir.embedding.features import FeatureConfig
 from cbir.embedding.preprocess import preprocess
+from cbir.errors import BadImageError, ModelError
+from cbir.ingest.decode import LoadLimits, load_views
 
 log = logging.getLogger(__name__)
 

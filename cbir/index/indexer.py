@@ -20,14 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from cbir.embedding.embedder import Embedder, resolve_config
+from cbir.embedding.features import FeatureConfig
+from cbir.embedding.whiten import Whitening, whitening_filename
+from cbir.errors import BadImageError, DatasetError, IndexFolderError
 from cbir.index.ann import MODES as ANN_MODES
 from cbir.index.ann import update_ann
-from cbir.embedding.embedder import Embedder, resolve_config
-from cbir.errors import BadImageError, DatasetError, IndexError_
-from cbir.embedding.features import FeatureConfig
-from cbir.ingest.files import find_images
 from cbir.index.snapshot import default_index_dir
-from cbir.progress import progress_bar
 from cbir.index.store import (
     FEATS,
     Entry,
@@ -42,7 +41,8 @@ from cbir.index.store import (
     staged_name,
     write_npy,
 )
-from cbir.embedding.whiten import Whitening, whitening_filename
+from cbir.ingest.files import find_images
+from cbir.progress import progress_bar
 
 log = logging.getLogger(__name__)
 DTYPES = ("float32", "float16")
@@ -167,7 +167,7 @@ def update_index(
     try:
         idir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise IndexError_(
+        raise IndexFolderError(
             f"cannot create the index folder {idir} ({exc.strerror}); pass --index DIR"
         ) from exc
     report = IndexReport(dataset=str(root), index_dir=str(idir))
@@ -179,7 +179,7 @@ def update_index(
         else:
             try:
                 old = read_manifest(idir)
-            except IndexError_ as exc:
+            except IndexFolderError as exc:
                 log.warning("%s; rebuilding", exc)
                 report.rebuilt = "damaged"
             if old is not None and old.config != cfg.to_dict():

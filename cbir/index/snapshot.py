@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cbir.errors import IncompatibleIndexError, IndexError_
 from cbir.embedding.features import FeatureConfig
-from cbir.ingest.files import INDEX_DIRNAME, safe_join
+from cbir.errors import IncompatibleIndexError, IndexFolderError
 from cbir.index.store import Manifest, load_matrix, read_manifest
+from cbir.ingest.files import INDEX_DIRNAME, safe_join
 
 RESOLVE_ALL_LIMIT = 20_000
 
@@ -86,13 +86,13 @@ class Index:
 def open_index(
     root: str | os.PathLike, index_dir: str | os.PathLike | None = None, mmap: bool = True
 ) -> Index:
-    """Open the committed index of ``root``; IndexError_ when there is none or it is damaged."""
+    """Open the committed index of ``root``; IndexFolderError when there is none or it is damaged."""
     root = Path(root)
     idir = Path(index_dir) if index_dir is not None else default_index_dir(root)
     for _attempt in range(5):
         manifest = read_manifest(idir)
         if manifest is None:
-            raise IndexError_(f"no index in {idir}; build one with: cbir index {root}")
+            raise IndexFolderError(f"no index in {idir}; build one with: cbir index {root}")
         try:
             feats = load_matrix(idir, manifest, mmap=mmap)
         except FileNotFoundError:
@@ -102,4 +102,4 @@ def open_index(
         if len(live) != len(manifest.entries):
             feats = np.asarray(feats[np.array(live, dtype=np.int64)]) if live else feats[:0]
         return Index(root=root, dir=idir, manifest=manifest, feats=feats, paths=paths)
-    raise IndexError_(f"the index in {idir} keeps changing under us; try again")
+    raise IndexFolderError(f"the index in {idir} keeps changing under us; try again")

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from cbir.errors import IndexError_, IndexLockedError
+from cbir.errors import IndexFolderError, IndexLockedError
 from cbir.ingest.files import safe_join
 
 FORMAT = "cbir-index"
@@ -178,18 +178,18 @@ class Manifest:
 
 
 def read_manifest(index_dir: Path) -> Manifest | None:
-    """The committed manifest of ``index_dir``, None if there is none; IndexError_ if unreadable."""
+    """The committed manifest of ``index_dir``, None if there is none; IndexFolderError if unreadable."""
     path = index_dir / MANIFEST
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise IndexError_(f"cannot read index manifest {path}: {exc.strerror}") from exc
+        raise IndexFolderError(f"cannot read index manifest {path}: {exc.strerror}") from exc
     try:
         return Manifest.from_json(text)
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
-        raise IndexError_(f"index manifest {path} is corrupt or from another version ({exc})") from exc
+        raise IndexFolderError(f"index manifest {path} is corrupt or from another version ({exc})") from exc
 
 
 def commit_manifest(index_dir: Path, manifest: Manifest) -> None:
@@ -231,9 +231,9 @@ def load_matrix(index_dir: Path, manifest: Manifest, mmap: bool = True) -> np.nd
         except FileNotFoundError:
             raise  # replaced by an indexer under our feet: open_index reads the manifest again
         except (OSError, ValueError) as exc:
-            raise IndexError_(f"index file {path} is unreadable ({exc}); rebuild with --rebuild") from exc
+            raise IndexFolderError(f"index file {path} is unreadable ({exc}); rebuild with --rebuild") from exc
         if arr.ndim != 2 or arr.shape[0] != int(seg["rows"]) or arr.shape[1] != manifest.dim:
-            raise IndexError_(f"index file {path} does not match its manifest; rebuild with --rebuild")
+            raise IndexFolderError(f"index file {path} does not match its manifest; rebuild with --rebuild")
         arrays.append(arr)
     if not arrays:
         return np.zeros((0, manifest.dim), dtype=manifest.dtype)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cbir.index.ann import ann_for, ann_search
 from cbir.embedding.embedder import Embedder
 from cbir.errors import BadImageError, QueryError
+from cbir.index.ann import ann_for, ann_search
 from cbir.index.snapshot import Index
 from cbir.output.results import Match, QueryResult
 from cbir.search.exact import top_k

@@ -133,7 +133,8 @@ def main() -> None:
     import keras
 
     from cbir.embedding.embedder import Embedder
-    from cbir.embedding.features import ORIGINAL, FeatureConfig
+    from cbir.embedding.features import ORIGINAL, FeatureConfig, resolve_config
+    from cbir.embedding.weights import Weights
 
     tmp = Path(tempfile.mkdtemp(prefix="cbir-bench-"))
     try:
@@ -151,10 +152,11 @@ def main() -> None:
         if args.decode_only:
             return
         original_model = keras.applications.ResNet50(include_top=False, weights=None, pooling="max")
-        orig_cfg = ORIGINAL.replace(model="resnet50")
-        ours_orig = Embedder(orig_cfg, "random", batch_size=args.batch_size, workers=args.workers)
-        default_cfg = FeatureConfig(model="resnet50")
-        ours_default = Embedder(default_cfg, "random", batch_size=args.batch_size, workers=args.workers)
+        random_weights = Weights.random()
+        orig_cfg = resolve_config(ORIGINAL.replace(model="resnet50"), random_weights)
+        ours_orig = Embedder(orig_cfg, random_weights, batch_size=args.batch_size, workers=args.workers)
+        default_cfg = resolve_config(FeatureConfig(model="resnet50"), random_weights)
+        ours_default = Embedder(default_cfg, random_weights, batch_size=args.batch_size, workers=args.workers)
         for e in (ours_orig, ours_default):
             e.embed_all(sets["small 640x480"][:4], progress=False)  # trace the graph before timing
         original_approach(sets["small 640x480"][:2], original_model)
@@ -172,7 +174,7 @@ def main() -> None:
         if args.sweep:
             print("\nour indexer on the large set, original geometry (img/s):")
             for workers in (1, 2, 4, 8):
-                e = Embedder(orig_cfg, "random", batch_size=args.batch_size, workers=workers)
+                e = Embedder(orig_cfg, random_weights, batch_size=args.batch_size, workers=workers)
                 e.embed_all(sets["small 640x480"][:4], progress=False)
                 print(
                     f"  workers {workers}, batch {args.batch_size}: "

@@ -32,7 +32,8 @@ from cbir.embedding.whiten import learn_whitening  # noqa: E402
 from cbir.evaluation.evaluate import evaluate  # noqa: E402
 from cbir.evaluation.groundtruth import load_ground_truth  # noqa: E402
 from cbir.ingest.files import find_images  # noqa: E402
-from cbir.search.rerank import database_augmentation, query_expansion  # noqa: E402
+from cbir.search.exact import ExactSearcher  # noqa: E402
+from cbir.search.rerank import Reranking, rerank  # noqa: E402
 
 CORE = "--pooling {pooling} --gem-p {gem_p:g} --geometry {geometry} --resample {resample} --size {size}"
 
@@ -187,7 +188,6 @@ def main() -> None:
                 np.save(disk.with_suffix(".npy"), cache[key][0])
                 disk.with_suffix(".ips").write_text(str(cache[key][1]))
         feats, ips = cache[key]
-        rank_fn = None
         if row.whiten == "heldout":
             cells, base = _heldout_whitening(feats, files, args.dataset, row.whiten_dim, row.whiten_power)
             print(f"| {row.name} | {cells} | {ips:.1f} | {row.note}; {base} |", flush=True)
@@ -195,15 +195,8 @@ def main() -> None:
             continue
         if row.whiten == "leak":
             feats = learn_whitening(feats, row.whiten_dim, power=row.whiten_power).apply(feats)
-        if row.dba:
-            feats = database_augmentation(feats, row.dba)
-        if row.qe:
-            db = feats
-
-            def rank_fn(q: np.ndarray, qrows: np.ndarray, db: np.ndarray = db, n: int = row.qe) -> np.ndarray:
-                return query_expansion(q, db, n, exclude=[[int(r)] for r in qrows]) @ db.T
-
-        rep = evaluate(feats, files, gt, rank_fn=rank_fn) if rank_fn else evaluate(feats, files, gt)
+        searcher = rerank(ExactSearcher(feats), Reranking(qe=row.qe, dba=row.dba))
+        rep = evaluate(searcher, files, gt)
         print(
             f"| {row.name} | {rep.map:.4f} | {rep.precision[10]:.4f} | {ips:.1f} | {row.note} |", flush=True
         )

@@ -38,12 +38,13 @@ import numpy as np
 import tensorflow, keras
 from cbir.index.snapshot import open_index
 from cbir.embedding.embedder import Embedder
+from cbir.embedding.weights import Weights
 from cbir.search.query import embed_queries, search_index
 from cbir.output.plot import plot_results
 t["import"] = time.perf_counter() - t0
 dataset, index_dir, query, weights, out = sys.argv[1:6]
 t0 = time.perf_counter(); index = open_index(dataset, index_dir); t["index load"] = time.perf_counter() - t0
-t0 = time.perf_counter(); emb = Embedder(index.config, weights)
+t0 = time.perf_counter(); emb = Embedder(index.config, Weights.parse(weights))
 t["model+weights"] = time.perf_counter() - t0
 t0 = time.perf_counter(); q = embed_queries(emb, [query]); t["embed"] = time.perf_counter() - t0
 t0 = time.perf_counter(); res = search_index(index, q, [query], 9); t["search"] = time.perf_counter() - t0

@@ -36,6 +36,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -45,6 +47,7 @@ import numpy as np  # noqa: E402
 from machine import describe  # noqa: E402
 
 import cbir.index.ann as ann_mod  # noqa: E402
+from cbir.search.approximate import ApproximateSearcher  # noqa: E402
 from cbir.search.exact import top_k  # noqa: E402
 
 DIM = 2048
@@ -55,6 +58,8 @@ WITHIN = 0.5
 ISO = 0.02
 CHUNK = 65536
 K = 10
+
+SearchFn = Callable[[np.ndarray], np.ndarray]  # queries -> the rows found for each
 
 
 class Space:
@@ -107,7 +112,7 @@ def copy_bandwidth(nbytes: int = 1 << 30) -> float:
     return 2 * nbytes / best
 
 
-def _timed(fn) -> float:
+def _timed(fn: Callable[[], object]) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
@@ -128,18 +133,18 @@ def recall(rows: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(a[:K]) & set(b[:K])) / K for a, b in zip(rows, truth)]))
 
 
-def time_single(search, queries: np.ndarray, n: int, budget_s: float) -> tuple[float, float, int]:
+def time_single(search: SearchFn, queries: np.ndarray, n: int, budget_s: float) -> tuple[float, float, int]:
     """Median and p95 ms of one-query calls (at most ``n`` calls or ``budget_s`` seconds, at least 3)."""
     times = []
     start = time.perf_counter()
     for i in range(min(n, len(queries))):
-        times.append(_timed(lambda i=i: search(queries[i : i + 1])))
+        times.append(_timed(partial(search, queries[i : i + 1])))
         if i >= 2 and time.perf_counter() - start > budget_s:
             break
     return float(np.median(times) * 1e3), float(np.percentile(times, 95) * 1e3), len(times)
 
 
-def time_batched(search, queries: np.ndarray, batch: int) -> tuple[float, np.ndarray]:
+def time_batched(search: SearchFn, queries: np.ndarray, batch: int) -> tuple[float, np.ndarray]:
     """ms per query when searching ``batch`` queries per call; and the rows found for all queries."""
     out = []
     t = time.perf_counter()
@@ -149,7 +154,15 @@ def time_batched(search, queries: np.ndarray, batch: int) -> tuple[float, np.nda
 
 
 def print_row(
-    name: str, params: str, build: str, size: str, load: str, mem: str, single, batched, rec
+    name: str,
+    params: str,
+    build: str,
+    size: str,
+    load: str,
+    mem: str,
+    single: tuple[float, float, int],
+    batched: float,
+    rec: float,
 ) -> None:
     med, p95, n = single
     print(
@@ -195,7 +208,7 @@ def bench_size(rows: int, args: argparse.Namespace, bandwidth: float) -> None:
         ratios = {}
         for name, feats, bound in (("exact-f32", f32, bound32), ("exact-f16", f16, bound16)):
 
-            def search(q, feats=feats):
+            def search(q: np.ndarray, feats: np.ndarray = feats) -> np.ndarray:
                 return top_k(feats, q, K)[0]
 
             single = time_single(search, queries, args.single, args.exact_budget)
@@ -234,7 +247,9 @@ def sweep(kind: str, params: dict) -> list[dict]:
     return [{**params, "nprobe": v} for v in values]
 
 
-def bench_ann(kind: str, f32: np.ndarray, queries: np.ndarray, truth: np.ndarray, tmp: Path, args) -> None:
+def bench_ann(
+    kind: str, f32: np.ndarray, queries: np.ndarray, truth: np.ndarray, tmp: Path, args: argparse.Namespace
+) -> None:
     import faiss
 
     rows = f32.shape[0]
@@ -242,7 +257,7 @@ def bench_ann(kind: str, f32: np.ndarray, queries: np.ndarray, truth: np.ndarray
     t = time.perf_counter()
     index = ann_mod.build_ann(f32, kind, **params)
     build_s = time.perf_counter() - t
-    path = tmp / ann_mod.ANN_FILE
+    path = tmp / "ann.faiss"
     ann_mod.save_ann(index, path)
     del index
     size_mb = path.stat().st_size / 1e6
@@ -252,10 +267,10 @@ def bench_ann(kind: str, f32: np.ndarray, queries: np.ndarray, truth: np.ndarray
     anon = rss_mb()[0]
     for p in sweep(kind, params):
         ann_mod.set_search_params(index, kind, p)
-        ann = ann_mod.Ann(index, {"kind": kind, "params": p})
+        searcher = ApproximateSearcher(index, f32, int(p["candidates"]))
 
-        def search(q, ann=ann):
-            return ann_mod.ann_search(ann, q, K, feats=f32)[0]
+        def search(q: np.ndarray, searcher: ApproximateSearcher = searcher) -> np.ndarray:
+            return searcher.search(q, K)[0]
 
         search(queries[:1])
         single = time_single(search, queries, args.single, 120.0)

@@ -20,7 +20,7 @@ _EXPORTS = {
     "FeatureConfig": "embedding.features",
     "ORIGINAL": "embedding.features",
     "Embedder": "embedding.embedder",
-    "l2_normalize": "embedding.embedder",
+    "l2_normalize": "vectors",
     "update_index": "index.indexer",
     "IndexReport": "index.indexer",
     "open_index": "index.snapshot",

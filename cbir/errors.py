@@ -35,5 +35,17 @@ class IncompatibleIndexError(IndexFolderError):
     """The index was built with other feature settings than those asked for."""
 
 
+class IndexWriteError(IndexFolderError):
+    """The index folder cannot be written (disk full, read-only, permissions); nothing was committed."""
+
+
 class BadImageError(Exception):
-    """One dataset file cannot be used; the indexer skips it with a warning."""
+    """One dataset file cannot be used; the indexer skips it with a warning.
+
+    ``transient`` is True when the cause was access to the file (permission denied while stat-ing,
+    opening or reading it): that can go away without the file changing, so it is worth retrying.
+    """
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient

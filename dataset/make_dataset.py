@@ -19,7 +19,8 @@ def variants(img: Image.Image) -> dict[str, Image.Image]:
     w, h = img.size
     crop = img.crop((int(w * 0.15), int(h * 0.15), int(w * 0.85), int(h * 0.85)))
     rotated = img.rotate(12, resample=Image.Resampling.BICUBIC, expand=False).crop(
-        (int(w * 0.1), int(h * 0.1), int(w * 0.9), int(h * 0.9)))
+        (int(w * 0.1), int(h * 0.1), int(w * 0.9), int(h * 0.9))
+    )
     return {
         "a": img,
         "b_crop": crop,

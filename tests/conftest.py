@@ -70,7 +70,9 @@ def tiny_config():
     """
     from cbir.embedding.features import FeatureConfig
 
-    return FeatureConfig(model="mobilenetv2", alpha=0.35, pooling="avg", size=64, geometry="squash")
+    return FeatureConfig(
+        model="mobilenetv2", width_multiplier=0.35, pooling="avg", size=64, geometry="squash"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -86,12 +88,16 @@ def build_embedder():
 
 
 def build_tiny_embedder(config, seed: int = 1234, **kwargs):
+    """A random-weights Embedder of ``config`` (resolved here, as every caller of Embedder does)."""
     import keras
 
     from cbir.embedding.embedder import Embedder
+    from cbir.embedding.features import resolve_config
+    from cbir.embedding.weights import Weights
 
     keras.utils.set_random_seed(seed)
-    return Embedder(config, weights="random", workers=2, **kwargs)
+    weights = Weights.random()
+    return Embedder(resolve_config(config, weights), weights, workers=2, **kwargs)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,7 @@
-"""The approximate index for large collections: recall, exclusion, files, freshness (cbir.ann)."""
+"""The approximate index file of large collections: build, save/load, freshness, the indexer's use.
+
+Search-side behaviour (recall, exclusion, float16) is in test_approximate.py.
+"""
 
 from __future__ import annotations
 
@@ -7,35 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_index
 
 import cbir.index.ann as ann_mod
-import cbir.search.query as query_mod
-from cbir.index.ann import (
-    ANN_FILE,
-    KINDS,
-    Ann,
-    ann_search,
-    build_ann,
-    is_fresh,
-    load_ann,
-    open_ann,
-    save_ann,
-    update_ann,
-)
-from cbir.index.indexer import consolidate, update_index
+from cbir.embedding.features import FeatureConfig
+from cbir.index.ann import build_ann, is_fresh, load_ann, open_file, save_ann
+from cbir.index.manifest import Entry
 from cbir.index.snapshot import open_index
-from cbir.index.store import (
-    FEATS,
-    Entry,
-    Manifest,
-    cleanup_stale,
-    commit_manifest,
-    load_matrix,
-    read_manifest,
-    write_npy,
-)
-from cbir.search.exact import top_k
+from cbir.index.store import FolderWriter, read_manifest
+from cbir.search.approximate import ApproximateSearcher
+from cbir.search.exact import ExactSearcher, top_k
 from cbir.search.query import search_index
+
+CONFIG = FeatureConfig(model="mobilenet", weights="random", width_multiplier=0.25)
 
 
 def clustered(n: int, dim: int = 32, centres: int = 40, seed: int = 0) -> np.ndarray:
@@ -55,132 +42,82 @@ def data() -> tuple[np.ndarray, np.ndarray]:
     return x, q / np.linalg.norm(q, axis=1, keepdims=True)
 
 
-def recall(rows: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(rows, truth)]))
-
-
-def make_index_dir(tmp_path: Path, feats: np.ndarray, dtype: str = "float32") -> tuple[Path, Path]:
+def make_index_dir(
+    tmp_path: Path, feats: np.ndarray, dtype: str = "float32", ann: str = "none"
+) -> tuple[Path, Path]:
     """A committed index folder holding ``feats`` (no images needed to search it)."""
     root = tmp_path / "data"
     idir = root / ".cbir"
-    idir.mkdir(parents=True)
-    write_npy(idir / FEATS, feats.astype(dtype))
-    entries = [Entry(f"img{i:05d}.jpg", 1, 1) for i in range(len(feats))]
-    manifest = Manifest(
-        config={},
-        dim=feats.shape[1],
-        dtype=dtype,
-        entries=entries,
-        segments=[{"file": FEATS, "rows": len(feats)}],
-    )
-    commit_manifest(idir, manifest)
+    with FolderWriter(idir, CONFIG, dtype=dtype) as w:
+        w.set_dim(feats.shape[1])
+        w.put([Entry(f"img{i:05d}.jpg", 1, 1) for i in range(len(feats))], feats)
+        w.commit()
+        w.finish(ann)
     return root, idir
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_recall_against_exact(data, kind):
-    x, q = data
-    truth, _ = top_k(x, q, 10)
-    index = build_ann(x, kind)
-    assert index.ntotal == len(x)
-    params = ann_mod.default_params(kind, len(x), x.shape[1])
-    rows, scores = ann_search(Ann(index, {"kind": kind, "params": params}), q, 10, feats=x)
-    assert rows.shape == scores.shape == (len(q), 10)
-    assert recall(rows, truth) >= 0.95
-    # re-ranked scores are the exact dot products, best first
-    np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", q, x[rows]), atol=1e-5)
-    assert np.all(np.diff(scores, axis=1) <= 1e-7)
+def finish(idir: Path, mode: str, drop: list[str] = ()) -> str:  # type: ignore[assignment]
+    """Another indexer run that only drops rows (if asked) and brings the ANN in line with ``mode``."""
+    with FolderWriter(idir, CONFIG, dtype=read_manifest(idir).dtype) as w:
+        if drop:
+            w.drop(drop)
+            w.commit()
+        return w.finish(mode)
 
 
-def test_float16_features(data):
-    x, q = data
-    x16 = x.astype(np.float16)
-    truth, _ = top_k(x16, q, 10)
-    index = build_ann(x16, "hnsw")
-    rows, _ = ann_search(Ann(index, {"params": {"candidates": 64}}), q, 10, feats=x16)
-    assert recall(rows, truth) >= 0.95
-
-
-def test_excluded_rows_never_returned(data):
-    x, q = data
-    index = build_ann(x, "hnsw")
-    truth, _ = top_k(x, q, 5)
-    exclude = [list(t[:3]) for t in truth]  # the best three of every query
-    exclude[0] = []
-    for feats in (x, None):
-        rows, _ = ann_search(Ann(index, {"params": {"candidates": 64}}), q, 5, exclude=exclude, feats=feats)
-        assert rows.shape == (len(q), 5)
-        for r, ex in zip(rows, exclude):
-            assert not set(r) & set(ex) and len(set(r)) == 5
-    exact, _ = top_k(x, q, 5, exclude=exclude)
-    rows, _ = ann_search(Ann(index, {"params": {"candidates": 64}}), q, 5, exclude=exclude, feats=x)
-    assert recall(rows, exact) >= 0.95
-
-
-def test_small_and_degenerate_requests(data):
-    x, q = data
-    small = x[:7]
-    index = build_ann(small, "hnsw")
-    rows, scores = ann_search(index, q[:2], 10, exclude=[[0], [1, 2]], feats=small)
-    assert rows.shape == (2, 5)  # like top_k: k' = rows - the longest exclusion list
-    assert 0 not in rows[0] and not {1, 2} & set(rows[1])
-    expected, _ = top_k(small, q[:2], 10, exclude=[[0], [1, 2]])
-    np.testing.assert_array_equal(rows, expected)
-    rows, scores = ann_search(index, q[:2], 0)
-    assert rows.shape == scores.shape == (2, 0)
+def ann_files(idir: Path) -> list[str]:
+    return sorted(p.name for p in idir.iterdir() if p.suffix == ".faiss")
 
 
 def test_save_load_round_trip(data, tmp_path):
     x, q = data
     index = build_ann(x, "ivfsq8")
-    path = tmp_path / ANN_FILE
+    path = tmp_path / "a.faiss"
     save_ann(index, path)
-    assert [p.name for p in tmp_path.iterdir()] == [ANN_FILE]  # no temporary file left behind
-    meta = {"kind": "ivfsq8", "params": ann_mod.default_params("ivfsq8", len(x), x.shape[1])}
-    before = ann_search(Ann(index, meta), q, 10, feats=x)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.faiss"]  # no temporary file left behind
+    params = ann_mod.default_params("ivfsq8", len(x), x.shape[1])
+    before = ApproximateSearcher(index, x, int(params["candidates"])).search(q, 10)
     for mmap in (True, False):
         loaded = load_ann(path, mmap=mmap)
-        ann_mod.set_search_params(loaded, "ivfsq8", meta["params"])
-        after = ann_search(Ann(loaded, meta), q, 10, feats=x)
+        ann_mod.set_search_params(loaded, "ivfsq8", params)
+        after = ApproximateSearcher(loaded, x, int(params["candidates"])).search(q, 10)
         np.testing.assert_array_equal(before[0], after[0])
         np.testing.assert_array_equal(before[1], after[1])
 
 
-def test_update_ann_auto_threshold_and_forced_kind(data, tmp_path, monkeypatch):
+def test_auto_threshold_and_forced_kind(data, tmp_path, monkeypatch):
     x, _ = data
     root, idir = make_index_dir(tmp_path, x[:500])
-    manifest = read_manifest(idir)
-    assert update_ann(idir, manifest, load_matrix(idir, manifest), "auto") == "none"
-    assert not (idir / ANN_FILE).exists() and "ann" not in read_manifest(idir).extra
+    assert finish(idir, "auto") == "none"
+    assert ann_files(idir) == [] and read_manifest(idir).ann is None
     monkeypatch.setattr(ann_mod, "AUTO_MIN_ROWS", 400)
-    assert update_ann(idir, manifest, load_matrix(idir, manifest), "auto").startswith("built hnsw")
+    assert finish(idir, "auto").startswith("built hnsw")
     committed = read_manifest(idir)
-    assert committed.extra["ann"]["kind"] == "hnsw" and committed.extra["ann"]["rows"] == 500
-    assert ANN_FILE in committed.extra["files"] and (idir / ANN_FILE).exists()
-    assert is_fresh(committed.extra["ann"], committed)
-    assert update_ann(idir, committed, load_matrix(idir, committed), "auto") == "hnsw up to date"
-    assert update_ann(idir, committed, load_matrix(idir, committed), "ivfflat").startswith("built ivfflat")
-    assert read_manifest(idir).extra["ann"]["kind"] == "ivfflat"
-    assert update_ann(idir, committed, load_matrix(idir, committed), "none") == "removed"
-    assert not (idir / ANN_FILE).exists() and "ann" not in read_manifest(idir).extra
+    assert committed.ann is not None and (committed.ann.kind, committed.ann.rows) == ("hnsw", 500)
+    assert ann_files(idir) == [committed.ann.file] and is_fresh(committed.ann, committed)
+    assert finish(idir, "auto") == "hnsw up to date"
+    assert finish(idir, "ivfflat").startswith("built ivfflat")
+    assert read_manifest(idir).ann.kind == "ivfflat" and len(ann_files(idir)) == 1  # the old file is gone
+    assert finish(idir, "none") == "removed"
+    assert ann_files(idir) == [] and read_manifest(idir).ann is None
     with pytest.raises(ValueError, match="ann must be one of"):
-        update_ann(idir, committed, load_matrix(idir, committed), "annoy")
+        finish(idir, "annoy")
 
 
 def test_query_uses_ann_unless_exact(data, tmp_path, monkeypatch):
     x, q = data
-    root, idir = make_index_dir(tmp_path, x, dtype="float16")
-    manifest = read_manifest(idir)
-    update_ann(idir, manifest, load_matrix(idir, manifest), "hnsw")
+    root, idir = make_index_dir(tmp_path, x, dtype="float16", ann="hnsw")
     index = open_index(root)
+    assert isinstance(index.searcher(), ApproximateSearcher)
+    assert isinstance(index.searcher(exact=True), ExactSearcher)
     calls = []
-    real = query_mod.ann_search
+    real = ApproximateSearcher.search
 
-    def spy(*args, **kwargs):
+    def spy(self, *args, **kwargs):
         calls.append(1)
-        return real(*args, **kwargs)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(query_mod, "ann_search", spy)
+    monkeypatch.setattr(ApproximateSearcher, "search", spy)
     names = [root / index.paths[3], "elsewhere.jpg"]
     vecs = np.stack([np.asarray(index.feats[3], np.float32), q[0]])
     approx = search_index(index, vecs, names, k=10)
@@ -189,25 +126,24 @@ def test_query_uses_ann_unless_exact(data, tmp_path, monkeypatch):
     exact = search_index(index, vecs, names, k=10, exact=True)
     assert calls == [1]  # exact search did not touch the ANN
     for a, e in zip(approx, exact):
-        assert len(set(m.path for m in a.matches) & set(m.path for m in e.matches)) >= 9
+        assert len({m.path for m in a.matches} & {m.path for m in e.matches}) >= 9
 
 
 def test_changed_features_make_the_ann_stale(data, tmp_path, monkeypatch, caplog):
     x, q = data
-    root, idir = make_index_dir(tmp_path, x[:600])
+    root, idir = make_index_dir(tmp_path, x[:600], ann="hnsw")
+    assert open_file(idir, read_manifest(idir)) is not None
+    old = read_manifest(idir)
+    with FolderWriter(idir, CONFIG) as w:  # a deleted image: the matrix is compacted, new generation
+        w.drop(["img00005.jpg"])
+        w.commit()
+        assert not is_fresh(w.manifest.ann, w.manifest)  # dead rows: stale even before compaction
+        w._compact()  # the end of the run, without its ANN refresh
     manifest = read_manifest(idir)
-    update_ann(idir, manifest, load_matrix(idir, manifest), "hnsw")
-    assert open_ann(idir, read_manifest(idir)) is not None
-    # the indexer drops a row (a deleted image): consolidation rewrites feats.npy, new generation
-    manifest = read_manifest(idir)
-    manifest.entries[5] = None
-    commit_manifest(idir, manifest)
-    assert not is_fresh(manifest.extra["ann"], manifest)  # dead rows: stale even before consolidation
-    consolidate(idir, manifest, "float32")
-    manifest = read_manifest(idir)
-    assert len(manifest.entries) == 599 and not is_fresh(manifest.extra["ann"], manifest)
+    assert len(manifest.entries) == 599 and manifest.generation != old.generation
+    assert not is_fresh(manifest.ann, manifest)
     index = open_index(root)
-    monkeypatch.setattr(query_mod, "ann_search", lambda *a, **k: pytest.fail("a stale ANN was used"))
+    monkeypatch.setattr(ApproximateSearcher, "search", lambda *a, **k: pytest.fail("a stale ANN was used"))
     with caplog.at_level(logging.WARNING, logger="cbir"):
         results = search_index(index, q[:3], ["a.jpg", "b.jpg", "c.jpg"], k=5)
     assert "out of date" in caplog.text
@@ -215,92 +151,74 @@ def test_changed_features_make_the_ann_stale(data, tmp_path, monkeypatch, caplog
     assert [[m.path for m in r.matches] for r in results] == [
         [str(root / index.paths[i]) for i in t] for t in truth
     ]
-    # the same number of rows but another generation is stale too
-    meta = dict(manifest.extra["ann"], rows=599)
-    assert not is_fresh(meta, manifest)
-    assert is_fresh(dict(meta, generation=manifest.generation), manifest)
+    monkeypatch.undo()
     # the indexer's next run rebuilds it (a forced kind) or drops it (auto, below the threshold)
-    monkeypatch.setattr(query_mod, "ann_search", ann_search)
-    assert update_ann(idir, manifest, load_matrix(idir, manifest), "hnsw").startswith("built hnsw")
-    assert open_ann(idir, read_manifest(idir)) is not None
-    manifest = read_manifest(idir)
-    manifest.generation = "0" * 32
-    assert update_ann(idir, manifest, load_matrix(idir, manifest), "auto").startswith("removed")
-    assert not (idir / ANN_FILE).exists()
+    assert finish(idir, "hnsw").startswith("built hnsw")
+    assert open_file(idir, read_manifest(idir)) is not None
+    assert finish(idir, "auto", drop=["img00006.jpg"]).startswith("removed")
+    assert ann_files(idir) == []
 
 
 def test_unreadable_ann_falls_back_to_exact(data, tmp_path, caplog):
     x, _ = data
-    root, idir = make_index_dir(tmp_path, x[:300])
-    manifest = read_manifest(idir)
-    update_ann(idir, manifest, load_matrix(idir, manifest), "hnsw")
-    (idir / ANN_FILE).write_bytes(b"garbage")
+    root, idir = make_index_dir(tmp_path, x[:300], ann="hnsw")
+    path = idir / read_manifest(idir).ann.file
+    path.write_bytes(b"garbage")
     with caplog.at_level(logging.WARNING, logger="cbir"):
-        assert open_ann(idir, read_manifest(idir)) is None
+        assert open_file(idir, read_manifest(idir)) is None
+        assert isinstance(open_index(root).searcher(), ExactSearcher)
     assert "cannot use the approximate index" in caplog.text
     caplog.clear()
-    save_ann(build_ann(x[:300], "ivfflat"), idir / ANN_FILE)  # another kind than the manifest says
+    save_ann(build_ann(x[:200], "ivfflat"), path)  # not the rows the manifest says
     with caplog.at_level(logging.WARNING, logger="cbir"):
-        assert open_ann(idir, read_manifest(idir)) is None
+        assert open_file(idir, read_manifest(idir)) is None
     assert "cannot use the approximate index" in caplog.text
-    # a missing file is not up to date: the indexer builds it again
-    (idir / ANN_FILE).unlink()
-    manifest = read_manifest(idir)
-    assert update_ann(idir, manifest, load_matrix(idir, manifest), "hnsw").startswith("built hnsw")
-    assert open_ann(idir, read_manifest(idir)) is not None
+    path.unlink()  # a missing file is not up to date: the indexer builds it again
+    assert finish(idir, "hnsw").startswith("built hnsw")
+    assert open_file(idir, read_manifest(idir)) is not None
 
 
-def test_cleanup_keeps_a_referenced_ann_and_removes_an_orphan(data, tmp_path):
+def test_cleanup_removes_an_orphan_ann(data, tmp_path):
     x, _ = data
-    root, idir = make_index_dir(tmp_path, x[:300])
-    manifest = read_manifest(idir)
-    update_ann(idir, manifest, load_matrix(idir, manifest), "hnsw")
-    cleanup_stale(idir, read_manifest(idir))
-    assert (idir / ANN_FILE).exists()
-    manifest = read_manifest(idir)
-    del manifest.extra["ann"], manifest.extra["files"]  # e.g. a crash after the rename, before the commit
-    commit_manifest(idir, manifest)
-    cleanup_stale(idir, manifest)
-    assert not (idir / ANN_FILE).exists()
+    root, idir = make_index_dir(tmp_path, x[:300], ann="hnsw")
+    kept = read_manifest(idir).ann.file
+    save_ann(build_ann(x[:300], "hnsw"), idir / "ann-orphan-hnsw.faiss")  # a crash before its commit
+    assert finish(idir, "hnsw") == "hnsw up to date"
+    assert ann_files(idir) == [kept]
 
 
-def test_indexer_builds_refreshes_and_skips(
-    image_folder, make_image, tiny_config, tiny_embedder, monkeypatch
-):
+def test_indexer_builds_refreshes_and_skips(image_folder, make_image, tiny_config, tiny_embedder):
     root = image_folder(6)
 
     def run(**kwargs):
-        return update_index(
-            root, tiny_config, weights="random", embedder=tiny_embedder, progress=False, **kwargs
-        )
+        return run_index(root, tiny_config, tiny_embedder, **kwargs)
 
     report = run()  # auto, far below the threshold: no ANN, no faiss file
-    assert report.ann == "none" and not (root / ".cbir" / ANN_FILE).exists()
-    report = run(ann="hnsw")
-    assert report.ann.startswith("built hnsw")
+    assert report.ann == "none" and ann_files(root / ".cbir") == []
+    assert run(ann="hnsw").ann.startswith("built hnsw")
     generation = read_manifest(root / ".cbir").generation
     assert run(ann="hnsw").ann == "hnsw up to date"
     make_image(root / "img02.jpg", seed=99, quality=92)  # a changed image: new rows, new generation
     report = run(ann="hnsw")
     assert report.updated == 1 and report.ann.startswith("built hnsw")
     manifest = read_manifest(root / ".cbir")
-    assert manifest.generation != generation and is_fresh(manifest.extra["ann"], manifest)
+    assert manifest.generation != generation and is_fresh(manifest.ann, manifest)
     index = open_index(root)
     (result,) = search_index(index, np.asarray(index.feats[:1], np.float32), [root / index.paths[0]], k=3)
     assert len(result.matches) == 3 and result.excluded_self
     make_image(root / "img03.jpg", seed=98, quality=92)
     assert run().ann.startswith("removed")  # auto: a stale ANN of a small index is dropped
-    assert not (root / ".cbir" / ANN_FILE).exists()
+    assert ann_files(root / ".cbir") == []
     with pytest.raises(ValueError, match="ann must be one of"):
         run(ann="annoy")
 
 
 def test_cli_options():
-    from cbir.cli import build_parser
+    from cbir.cli_options import build_parser
 
-    args = build_parser().parse_args(["query", "data", "q.jpg", "--exact", "--ann", "ivfpq"])
-    assert args.exact and args.ann == "ivfpq"
-    args = build_parser().parse_args(["index", "data"])
-    assert args.ann == "auto"
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["index", "data", "--ann", "annoy"])
+    args = build_parser().parse_args(["query", "data", "q.jpg", "--exact", "--ann", "hnsw"])
+    assert args.exact and args.ann == "hnsw"
+    assert build_parser().parse_args(["index", "data"]).ann == "auto"
+    for hidden in ("annoy", "ivfpq"):  # the IVF kinds stay for the benchmark and the library
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["index", "data", "--ann", hidden])

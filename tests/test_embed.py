@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from conftest import build_tiny_embedder, save_image, smooth_image
 
+from cbir.embedding import backbones, features
+from cbir.embedding.embedder import Embedder
+from cbir.embedding.features import resolve_config
+from cbir.embedding.weights import Weights
 from cbir.errors import BadImageError
 
 
@@ -50,7 +55,7 @@ def test_multiscale_is_the_normalised_mean_of_the_scales(tmp_path, tiny_config):
     per_scale = [build_tiny_embedder(tiny_config.replace(size=int(64 * s) if s != 1 else 64)) for s in scales]
     got = dict(multi.embed_files(paths))
     for i, p in enumerate(paths):
-        raws = [e.run_batch(np.stack(e._load(str(p))))[0] for e in per_scale]
+        raws = [e.run_batch(np.stack(e.pipeline.load(p)))[0] for e in per_scale]
         expected = np.mean(raws, axis=0)
         expected /= np.linalg.norm(expected)
         np.testing.assert_allclose(got[i], expected, atol=2e-5)
@@ -85,7 +90,7 @@ def test_eager_and_traced_runs_give_the_same_features(tmp_path, tiny_embedder):
     single = dict(tiny_embedder.embed_files(paths[:1]))[0]
     batch = dict(tiny_embedder.embed_files(paths))[0]
     np.testing.assert_allclose(single, batch, atol=2e-5)
-    x = np.stack(tiny_embedder._load(str(paths[1])))
+    x = np.stack(tiny_embedder.pipeline.load(paths[1]))
     np.testing.assert_allclose(tiny_embedder.run_batch(x, eager=True), tiny_embedder.run_batch(x), atol=2e-5)
 
 
@@ -103,3 +108,103 @@ def test_exif_rotated_photo_and_its_upright_twin_get_the_same_features(tmp_path,
     )
     assert float(got[0] @ got[1]) > 0.999
     assert float(got[0] @ got[2]) < float(got[0] @ got[1]) - 1e-3  # without EXIF it would differ
+
+
+def test_non_finite_features_are_a_bad_image_never_a_vector(tmp_path, tiny_config, monkeypatch):
+    # a pathological image or broken weights can give NaN/inf: such a vector must never be stored
+    embedder = build_tiny_embedder(tiny_config.replace(scales=(1.0, 0.5)))
+    paths = _pngs(tmp_path, [(96, 72)] * 4)
+    clean = dict(embedder.embed_files(paths))
+    run_batch = embedder.run_batch
+    poisoned = {1: np.nan, 3: np.inf}  # one value of one scale of images 1 and 3
+    full_views = {i: embedder.pipeline.load(paths[i])[0] for i in poisoned}
+
+    def broken(batch, eager=False):
+        feats = run_batch(batch, eager=eager)
+        for row, view in enumerate(batch):
+            for i, value in poisoned.items():
+                if view.shape == full_views[i].shape and np.array_equal(view, full_views[i]):
+                    feats[row, 0] = value
+        return feats
+
+    monkeypatch.setattr(embedder, "run_batch", broken)
+    got = dict(embedder.embed_files(paths))
+    assert sorted(got) == [0, 1, 2, 3]
+    for i in poisoned:
+        assert isinstance(got[i], BadImageError) and str(got[i]) == "non-finite features"
+        assert not got[i].transient
+    for i in (0, 2):
+        np.testing.assert_allclose(got[i], clean[i], atol=2e-5)
+    vecs, order = embedder.embed_all(paths, progress=False)
+    assert order == [0, 2] and np.isfinite(vecs).all()
+    with pytest.raises(BadImageError, match="image 1: non-finite features"):
+        embedder.embed_arrays([smooth_image(0), smooth_image(1)])  # files 0, 1 hold these pixels
+
+
+def test_embed_files_drives_a_progress_bar(tmp_path, tiny_embedder, monkeypatch):
+    from cbir.embedding import embedder as embedder_module
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total, desc, unit, enabled):
+            self.args, self.updates, self.closed = (total, desc, unit, enabled), 0, False
+            bars.append(self)
+
+        def update(self, n):
+            self.updates += n
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(embedder_module, "progress_bar", Bar)
+    paths = _pngs(tmp_path, [(96, 72)] * 3)
+    assert len(list(tiny_embedder.embed_files(paths))) == 3
+    assert bars == []  # no bar unless asked for
+    list(tiny_embedder.embed_files(paths, progress=True, desc="indexing"))
+    (bar,) = bars
+    assert bar.args == (3, "indexing", "img", True) and bar.updates == 3 and bar.closed
+    tiny_embedder.embed_all(paths[:2], progress=None, desc="learning whitening")
+    assert bars[1].args == (2, "learning whitening", "img", None) and bars[1].closed
+
+
+def test_stopping_early_closes_the_bar(tmp_path, tiny_embedder, monkeypatch):
+    from cbir.embedding import embedder as embedder_module
+
+    closed = []
+
+    class Bar:
+        def __init__(self, **kwargs):
+            pass
+
+        def update(self, n):
+            pass
+
+        def close(self):
+            closed.append(True)
+
+    monkeypatch.setattr(embedder_module, "progress_bar", Bar)
+    results = tiny_embedder.embed_files(_pngs(tmp_path, [(96, 72)] * 5), progress=True)
+    next(results)
+    results.close()
+    assert closed == [True]
+
+
+def test_embedder_takes_a_resolved_config_and_does_not_resolve_again(tiny_config, monkeypatch):
+    weights = Weights.random()
+    resolved = resolve_config(tiny_config, weights)
+    assert resolved.weights == "random" and resolved.width_multiplier == 0.35
+
+    def never(*args, **kwargs):
+        raise AssertionError("resolved twice")
+
+    monkeypatch.setattr(features, "resolve_config", never)
+    monkeypatch.setattr(backbones, "width_multiplier", never)
+    embedder = Embedder(resolved, weights, workers=2)
+    assert embedder.config == resolved and embedder.weights is weights
+    assert embedder.embedder() is embedder and embedder.whitening is None
+    assert embedder.dim == 1280
+    with pytest.raises(ValueError, match="resolve_config"):
+        Embedder(tiny_config, weights)  # recorded for ImageNet weights, built with random ones
+    with pytest.raises(TypeError, match="Weights"):
+        Embedder(resolved, "random")

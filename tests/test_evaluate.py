@@ -1,14 +1,17 @@
 """Evaluation on synthetic features whose rankings are known."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import cbir.evaluation.evaluate as ev
-from cbir.errors import DatasetError
-from cbir.evaluation.evaluate import evaluate
+from cbir.errors import DatasetError, IndexFolderError
+from cbir.evaluation.evaluate import evaluate, evaluate_index
 from cbir.evaluation.groundtruth import GroundTruth, LabelRelevance
+from cbir.search.exact import ExactSearcher
+from cbir.search.rerank import Reranking, database_augmentation, query_expansion, rerank
 
 
 def labelled(labels: dict[str, str], kind: str = "labels", **kw) -> GroundTruth:
@@ -118,20 +121,99 @@ def test_ukbench_ns_score_counts_the_query_itself():
     assert "N-S score" in report.format_table()
 
 
-def test_rank_fn_hook_replaces_the_dot_product():
+def test_searcher_replaces_the_exact_scan():
     feats, paths, labels = clusters()
     calls = []
 
-    def reversed_scores(q, rows):
-        calls.append(rows.copy())
-        return -(q @ feats.T)  # worst-first ranking
+    class WorstFirst(ExactSearcher):
+        def search(self, queries, k, exclude=None):
+            calls.append(exclude)
+            return super().search(-np.asarray(queries), k, exclude)
 
-    report = evaluate(feats, paths, labelled(labels), rank_fn=reversed_scores, block=4)
-    assert np.concatenate(calls).tolist() == list(range(len(paths)))
+    report = evaluate(WorstFirst(feats), paths, labelled(labels), block=4)
+    # every query searched once, its own row excluded
+    assert [r for block in calls for r in block] == [[i] for i in range(len(paths))]
     # 4 relevant (of 14 others) ranked last: ranks 11..14 -> AP = (1/11 + 2/12 + 3/13 + 4/14) / 4
     assert report.map == pytest.approx((1 / 11 + 2 / 12 + 3 / 13 + 4 / 14) / 4, rel=1e-6)
-    with pytest.raises(ValueError, match="rank_fn"):
-        evaluate(feats, paths, labelled(labels), rank_fn=lambda q, rows: q @ feats[:3].T)
+
+    class Short(ExactSearcher):
+        def search(self, queries, k, exclude=None):
+            return super().search(queries, k - 1, exclude)
+
+    with pytest.raises(ValueError, match="searcher returned shape"):
+        evaluate(Short(feats), paths, labelled(labels))
+    with pytest.raises(ValueError, match="15 feature rows but 3 paths"):
+        evaluate(ExactSearcher(feats), paths[:3], labelled(labels))
+
+
+def test_damaged_features_are_an_error():
+    feats, paths, labels = clusters()
+    feats[4, 0] = np.inf
+    with pytest.raises(IndexFolderError, match="non-finite"):
+        evaluate(feats, paths, labelled(labels))
+    # a damaged row that is not a query is found by the scan
+    gt = GroundTruth(paths[:2], {paths[0]: {paths[1]}, paths[1]: {paths[0]}}, None, "gt.json")
+    with pytest.raises(IndexFolderError, match="non-finite"):
+        evaluate(feats, paths, gt)
+
+
+def reference(feats, paths, gt, qe=0, dba=0, alpha=3.0):
+    """The evaluation as it was computed before searchers: DBA'd matrix, QE excluding the query,
+    a full stable sort of the scores with the query left out; returns the per-query APs."""
+    db = database_augmentation(feats, dba, alpha) if dba else feats
+    aps = {}
+    for q in gt.queries:
+        row = paths.index(q)
+        vec = db[row : row + 1]
+        if qe:
+            vec = query_expansion(vec, ExactSearcher(db), qe, alpha, exclude=[[row]])
+        order = [r for r in np.argsort(-(vec @ db.T)[0], kind="stable") if r != row]
+        relevant = [paths[r] in gt.relevant[q] for r in order]
+        hits = np.cumsum(relevant)
+        aps[q] = float(np.sum(hits[relevant] / (np.flatnonzero(relevant) + 1)) / len(gt.relevant[q]))
+    return aps
+
+
+@pytest.mark.parametrize("qe, dba", [(0, 0), (3, 0), (0, 3), (2, 4)])
+def test_reranked_evaluation_matches_the_reference(qe, dba):
+    feats, paths, labels = clusters(n_classes=4, per_class=6, seed=3)
+    feats = (feats + 0.4 * np.random.default_rng(4).standard_normal(feats.shape)).astype(np.float32)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    gt = labelled(labels)
+    report = evaluate(rerank(ExactSearcher(feats), Reranking(qe=qe, dba=dba)), paths, gt, block=5)
+    assert report.per_query == pytest.approx(reference(feats, paths, gt, qe, dba), abs=1e-6)
+    if qe or dba:
+        assert report.map != pytest.approx(evaluate(feats, paths, gt).map, abs=1e-6)
+
+
+class FakeIndex:
+    """root, paths and searcher(exact): what evaluate_index needs of an opened index."""
+
+    def __init__(self, root: Path, feats: np.ndarray, paths: list[str]) -> None:
+        self.root, self.feats, self.paths = root, feats, paths
+        self.asked: list[bool] = []
+
+    def row_of(self, image: object) -> int | None:
+        return None
+
+    def searcher(self, exact: bool = False) -> ExactSearcher:
+        self.asked.append(exact)
+        return ExactSearcher(self.feats)
+
+
+def test_evaluate_index_ranks_exactly_with_reranking(tmp_path):
+    feats, paths, labels = clusters(n_classes=3, per_class=4, seed=5)
+    feats = (feats + 0.5 * np.random.default_rng(6).standard_normal(feats.shape)).astype(np.float32)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    (tmp_path / "labels.csv").write_text("file,label\n" + "".join(f"{p},{labels[p]}\n" for p in paths))
+    index = FakeIndex(tmp_path, feats, paths)
+    report = evaluate_index(index, reranking=Reranking(qe=2, dba=2, alpha=2.0), ks=(1, 3))
+    assert index.asked == [True]
+    assert report.kind == "labels" and list(report.precision) == [1, 3]
+    gt = labelled(labels)
+    assert report.per_query == pytest.approx(reference(feats, paths, gt, 2, 2, 2.0), abs=1e-6)
+    plain = evaluate_index(index, str(tmp_path / "labels.csv"))
+    assert plain.per_query == pytest.approx(evaluate(feats, paths, gt).per_query)
 
 
 def test_queries_without_relevant_images_are_skipped():

@@ -24,6 +24,12 @@ def index_dir(data: Path) -> Path:
     return data / ".cbir"
 
 
+def feats_file(data):
+    """The matrix file the committed manifest names."""
+    (segment,) = manifest(data)["segments"]
+    return index_dir(data) / segment[0]
+
+
 def manifest(data: Path) -> dict:
     return json.loads((index_dir(data) / "manifest.json").read_text())
 
@@ -122,10 +128,10 @@ def test_index_stores_the_whitening(whitened):
     m = manifest(data)
     digest = m["config"]["whitening"]
     assert digest and wfile.name == f"whitening-{digest}.npz"
-    assert m["extra"]["files"] == [wfile.name]
+    assert m["whitening"] == wfile.name
     w = Whitening.load(wfile)
     assert w.digest == digest and w.dim == 16 and m["dim"] == 16
-    feats = np.load(index_dir(data) / "feats.npy")
+    feats = np.load(feats_file(data))
     assert feats.shape == (60, 16)
     np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-4)
 
@@ -139,7 +145,7 @@ def test_query_uses_the_stored_whitening(whitened, tmp_path):
     assert same_class(result) >= 2, result  # chance is 1.4 of 9; 3 measured (16 dims learned on 60 images)
     # the query was embedded and whitened exactly like the indexed 0.jpg: its scores are that row's
     m = manifest(data)
-    feats = np.load(index_dir(data) / "feats.npy")
+    feats = np.load(feats_file(data))
     rows = {e[0]: i for i, e in enumerate(m["entries"])}  # entries: [path, size, mtime_ns]
     expected = feats @ feats[rows["0.jpg"]]
     for match in result["matches"]:
@@ -150,13 +156,13 @@ def test_query_uses_the_stored_whitening(whitened, tmp_path):
 def test_index_without_options_keeps_the_whitened_index(whitened, tmp_path):
     data, _, _ = whitened
     before = manifest(data)
-    feats_before = (index_dir(data) / "feats.npy").read_bytes()
+    feats_before = (feats_file(data)).read_bytes()
     (wfile,) = whitening_files(data)
     report = json.loads(ok(cbir("index", data, "--json", cwd=tmp_path)).stdout)
     assert (report["added"], report["updated"], report["removed"], report["unchanged"]) == (0, 0, 0, 60)
     assert report["rebuilt"] is None and report["embedded"] == 0
     assert manifest(data)["config"] == before["config"]
-    assert (index_dir(data) / "feats.npy").read_bytes() == feats_before
+    assert (feats_file(data)).read_bytes() == feats_before
     assert whitening_files(data) == [wfile]
 
 
@@ -180,7 +186,8 @@ def test_reindex_with_other_features_drops_the_whitening(whitened, tmp_path):
     assert m["config"]["pooling"] == "max" and m["config"]["whitening"] is None
     assert m["config"]["model"] == "mobilenet" and m["dim"] == 256
     assert whitening_files(data) == []
-    assert sorted(p.name for p in index_dir(data).iterdir()) == ["feats.npy", "lock", "manifest.json"]
+    files = sorted(p.name for p in index_dir(data).iterdir())
+    assert files == sorted([feats_file(data).name, "lock", "manifest.json"]) and files[0].startswith("feats-")
 
 
 # ----------------------------------------------------------------------------------------------

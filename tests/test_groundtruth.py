@@ -38,7 +38,7 @@ def test_labels_csv_matches_basenames_into_a_subfolder(tmp_path):
     assert gt.queries == ["images/a1.jpg", "images/a2.jpg", "images/a3.jpg", "images/b1.jpg", "images/b2.jpg"]
     assert gt.relevant["images/a1.jpg"] == {"images/a2.jpg", "images/a3.jpg"}  # never the query itself
     assert gt.relevant["images/b2.jpg"] == {"images/b1.jpg"}
-    assert gt.n_relevant("images/a2.jpg") == 2
+    assert len(gt.relevant["images/a2.jpg"]) == 2
     assert "images/unlabelled.jpg" not in gt.relevant  # a distractor, not a query
     assert gt.labels["images/b1.jpg"] == "1"
     assert gt.class_names == {"0": "cats", "1": "dogs"}
@@ -163,6 +163,6 @@ def test_corel1k_labels_resolve():
     gt = load_ground_truth(COREL, files)
     assert gt.kind == "labels"
     assert len(gt.queries) == 1000
-    assert all(gt.n_relevant(q) == 99 for q in gt.queries)
+    assert all(len(gt.relevant[q]) == 99 for q in gt.queries)
     assert len(gt.relevant["images/0.jpg"]) == 99 and "images/0.jpg" not in gt.relevant["images/0.jpg"]
     assert gt.class_names["0"] == "africa"

@@ -1,13 +1,25 @@
-"""Decoding real-world image files into upright RGB arrays (cbir.images)."""
+"""Decoding real-world image files into upright RGB arrays (cbir.ingest.decode)."""
 
 from __future__ import annotations
 
+import errno
+import os
+
 import numpy as np
 import pytest
-from PIL import Image, features
+from PIL import Image, ImageFile, features
 
 from cbir.errors import BadImageError
-from cbir.ingest.decode import Geometry, LoadLimits, load_views, open_rgb, resize, upright_size
+from cbir.ingest import decode as decode_module
+from cbir.ingest.decode import (
+    Geometry,
+    LoadLimits,
+    is_access_error,
+    load_views,
+    open_rgb,
+    resize,
+    upright_size,
+)
 
 
 def decode(path, **kwargs) -> np.ndarray:
@@ -314,3 +326,89 @@ def test_multi_scale_views(tmp_path, make_image):
     path = make_image(tmp_path / "x.jpg", width=400, height=300)
     views = load_views(path, Geometry(64, "squash"), scales=(1.0, 0.5, 2.0))
     assert [v.shape for v in views] == [(64, 64, 3), (32, 32, 3), (128, 128, 3)]
+
+
+# --- transient failures: permission problems may be fixed without the file changing ------------------
+
+
+def test_unreadable_file_is_a_transient_failure(tmp_path, make_image):
+    path = make_image(tmp_path / "locked.jpg")
+    os.chmod(path, 0)
+    try:
+        if os.access(path, os.R_OK):
+            pytest.skip("this user reads files whatever their mode (root)")
+        with pytest.raises(BadImageError, match="Permission denied") as info:
+            open_rgb(path)
+        assert info.value.transient
+        with pytest.raises(BadImageError) as info:
+            load_views(path, Geometry(64))
+        assert info.value.transient
+    finally:
+        os.chmod(path, 0o644)
+    assert load_views(path, Geometry(64))[0].shape == (64, 64, 3)  # fixed: usable again
+
+
+def test_unreadable_folder_is_a_transient_failure(tmp_path, make_image):
+    path = make_image(tmp_path / "locked" / "a.png")
+    os.chmod(path.parent, 0)
+    try:
+        if os.access(path.parent, os.X_OK):
+            pytest.skip("this user opens folders whatever their mode (root)")
+        with pytest.raises(BadImageError, match="cannot read file") as info:
+            load_views(path, Geometry(64))
+        assert info.value.transient
+    finally:
+        os.chmod(path.parent, 0o755)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        PermissionError(errno.EACCES, "Permission denied"),
+        OSError(errno.EPERM, "Operation not permitted"),
+        OSError(errno.EACCES, "Permission denied"),
+    ],
+)
+@pytest.mark.parametrize("where", ["stat", "open", "read"])
+def test_access_errors_are_transient_wherever_they_happen(tmp_path, make_image, monkeypatch, exc, where):
+    # the same as a chmod, for users (root) the kernel never refuses
+    path = make_image(tmp_path / "x.jpg")
+
+    def fail(*args, **kwargs):
+        raise exc
+
+    if where == "stat":
+        monkeypatch.setattr(decode_module.os.path, "getsize", fail)
+    elif where == "open":
+        monkeypatch.setattr(decode_module.Image, "open", fail)
+    else:
+        monkeypatch.setattr(ImageFile.ImageFile, "load", fail)
+    with pytest.raises(BadImageError) as info:
+        open_rgb(path)
+    assert info.value.transient and "corrupt" not in str(info.value), str(info.value)
+    with pytest.raises(BadImageError) as info:
+        load_views(path, Geometry(64))
+    assert info.value.transient
+
+
+def test_other_failures_are_not_transient(tmp_path, make_image):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("not an image")
+    path = make_image(tmp_path / "full.jpg", width=400, height=300)
+    (tmp_path / "cut.jpg").write_bytes(path.read_bytes()[:2000])
+    for name in ("empty.jpg", "text.jpg", "cut.jpg", "missing.jpg"):
+        with pytest.raises(BadImageError) as info:
+            load_views(tmp_path / name, Geometry(64))
+        assert not info.value.transient, name
+    with pytest.raises(BadImageError) as info:
+        open_rgb(path, LoadLimits(max_pixels=10))
+    assert not info.value.transient
+    assert BadImageError("x").transient is False and str(BadImageError("x", transient=True)) == "x"
+
+
+def test_is_access_error():
+    assert is_access_error(PermissionError("no"))
+    assert is_access_error(OSError(errno.EPERM, "no"))
+    assert not is_access_error(OSError(errno.ENOENT, "gone"))
+    assert not is_access_error(FileNotFoundError(errno.ENOENT, "gone"))
+    assert not is_access_error(ValueError("bad"))

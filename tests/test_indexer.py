@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import REPO, never
+from helpers import run_index as run
 
 from cbir.errors import DatasetError, IndexLockedError
-from cbir.index.indexer import update_index
+from cbir.index.files import write_matrix
 from cbir.index.snapshot import open_index
-from cbir.index.store import FEATS, MANIFEST, Lock, commit_manifest, read_manifest, write_npy
-
-REPO = Path(__file__).resolve().parents[1]
+from cbir.index.store import MANIFEST, Lock, read_manifest
 
 
 def vectors(root: Path, index_dir: Path | None = None) -> dict[str, np.ndarray]:
@@ -35,17 +36,19 @@ def embed_one(embedder, path: Path) -> np.ndarray:
     return vec
 
 
-def never(*_args):
-    raise AssertionError("the embedder was needed although nothing had to be embedded")
-
-
 def index_files(idir: Path) -> list[str]:
-    return sorted(p.name for p in idir.iterdir())
+    """The files of an index folder, the matrix under its generic name ``feats-*.npy``."""
+    return sorted(
+        "feats-*.npy" if re.fullmatch(r"feats-[0-9a-f]+\.npy", p.name) else p.name for p in idir.iterdir()
+    )
 
 
-def run(root, config, embedder, **kwargs):
-    kwargs.setdefault("progress", False)
-    return update_index(root, config, weights="random", embedder=embedder, **kwargs)
+FEATS = "feats-*.npy"
+
+
+def feats_file(idir: Path) -> Path:
+    (segment,) = read_manifest(idir).segments
+    return idir / segment.file
 
 
 def test_first_run_indexes_everything(image_folder, tiny_config, tiny_embedder):
@@ -63,7 +66,7 @@ def test_first_run_indexes_everything(image_folder, tiny_config, tiny_embedder):
     np.testing.assert_allclose(np.linalg.norm(index.feats, axis=1), 1.0, atol=1e-5)
     for row, rel in enumerate(index.paths):  # every row belongs to its path
         np.testing.assert_allclose(index.feats[row], embed_one(tiny_embedder, root / rel), atol=1e-5)
-    assert index.manifest.config == tiny_embedder.config.to_dict()
+    assert index.manifest.config == tiny_embedder.config
     assert index.manifest.root == str(root.resolve())
     d = report.to_dict()
     assert d["added"] == 6 and "images_per_second" in d
@@ -72,11 +75,11 @@ def test_first_run_indexes_everything(image_folder, tiny_config, tiny_embedder):
 def test_up_to_date_run_loads_no_model_and_changes_nothing(image_folder, tiny_config, tiny_embedder):
     root = image_folder(4)
     run(root, tiny_config, tiny_embedder)
-    before = (root / ".cbir" / MANIFEST).read_bytes(), (root / ".cbir" / FEATS).read_bytes()
+    before = (root / ".cbir" / MANIFEST).read_bytes(), feats_file(root / ".cbir").read_bytes()
     report = run(root, tiny_config, never)
     assert (report.added, report.updated, report.removed, report.unchanged, report.total) == (0, 0, 0, 4, 4)
     assert report.embedded == 0
-    assert ((root / ".cbir" / MANIFEST).read_bytes(), (root / ".cbir" / FEATS).read_bytes()) == before
+    assert ((root / ".cbir" / MANIFEST).read_bytes(), feats_file(root / ".cbir").read_bytes()) == before
 
 
 def test_incremental_add_modify_delete(image_folder, make_image, tiny_config, tiny_embedder):
@@ -112,7 +115,7 @@ def test_incremental_add_modify_delete(image_folder, make_image, tiny_config, ti
     stats = {e.path: (e.size, e.mtime_ns) for e in manifest.entries}
     st = modified.stat()
     assert stats["img03.jpg"] == (st.st_size, st.st_mtime_ns)
-    assert len(manifest.segments) == 1 and manifest.segments[0]["file"] == FEATS
+    assert len(manifest.segments) == 1 and manifest.segments[0].file.startswith("feats-")
 
 
 def test_only_deletions(image_folder, tiny_config, tiny_embedder):
@@ -209,7 +212,7 @@ def test_config_change_rebuilds(image_folder, tiny_config, tiny_embedder, build_
     assert report.rebuilt == "settings changed"
     assert (report.added, report.unchanged, report.total) == (4, 0, 4)
     index = open_index(root)
-    assert index.manifest.config["pooling"] == "max"
+    assert index.manifest.config.pooling == "max"
     after = vectors(root)
     assert not np.allclose(after["img00.jpg"], before["img00.jpg"], atol=1e-3)
     # back to the first settings: rebuilt again, with the first model's vectors
@@ -261,7 +264,7 @@ def test_dtype_float16(image_folder, tiny_config, tiny_embedder):
     assert report.added == 5
     half = open_index(root, root / "idx16")
     assert half.feats.dtype == np.float16 and half.manifest.dtype == "float16"
-    assert np.load(root / "idx16" / FEATS, mmap_mode="r").dtype == np.float16
+    assert np.load(feats_file(root / "idx16"), mmap_mode="r").dtype == np.float16
     full = vectors(root, root / "idx32")
     for rel, vec in vectors(root, root / "idx16").items():
         np.testing.assert_allclose(vec, full[rel], atol=2e-3)
@@ -306,8 +309,8 @@ class FailingEmbedder:
         self.inner, self.after, self.exc = inner, after, exc
         self.config, self.dim = inner.config, inner.dim
 
-    def embed_files(self, paths):
-        for n, item in enumerate(self.inner.embed_files(paths)):
+    def embed_files(self, paths, **kwargs):
+        for n, item in enumerate(self.inner.embed_files(paths, **kwargs)):
             if n == self.after:
                 raise self.exc
             yield item
@@ -329,28 +332,26 @@ def test_error_mid_run_keeps_finished_work(image_folder, tiny_config, tiny_embed
     assert index_files(root / ".cbir") == [FEATS, "lock", MANIFEST]
 
 
-def test_crash_between_the_two_renames(image_folder, tiny_config, tiny_embedder):
+def test_crash_after_writing_a_matrix_before_committing_it(image_folder, tiny_config, tiny_embedder):
     root = image_folder(4)
     run(root, tiny_config, tiny_embedder)
     idir = root / ".cbir"
     good = vectors(root)
-    manifest = read_manifest(idir)
-    # the state a crash leaves after committing a manifest that names the staged file, before the
-    # rename: the new rows are in the staged file, the previous generation still in feats.npy
-    staged = "feats.npy.tmp-123-abcdef01"
-    os.replace(idir / FEATS, idir / staged)
-    write_npy(idir / FEATS, np.zeros((7, tiny_embedder.dim), np.float32))
-    manifest.segments[0]["staged"] = staged
-    commit_manifest(idir, manifest)
-
-    assert vectors(root).keys() == good.keys()
+    # the state a crash leaves after writing a new matrix (and a temporary) but before the commit
+    write_matrix(
+        idir / "feats-0123abcd.npy",
+        [np.zeros((7, tiny_embedder.dim), np.float32)],
+        7,
+        tiny_embedder.dim,
+        "float32",
+    )
+    (idir / "part-0123.npy.tmp-1-ab").write_bytes(b"half a file")
+    assert vectors(root).keys() == good.keys()  # readers go by the committed manifest
     for rel, vec in vectors(root).items():
         np.testing.assert_array_equal(vec, good[rel])
-
-    report = run(root, tiny_config, never)  # nothing to embed: the writer only finishes the rename
+    report = run(root, tiny_config, never)  # nothing to embed: the writer only cleans up
     assert report.unchanged == 4
     assert index_files(idir) == [FEATS, "lock", MANIFEST]
-    assert "staged" not in read_manifest(idir).segments[0]
     for rel, vec in vectors(root).items():
         np.testing.assert_array_equal(vec, good[rel])
 
@@ -359,12 +360,13 @@ CRASH_SCRIPT = """
 import json, sys, time
 import keras
 from cbir.embedding.embedder import Embedder
-from cbir.embedding.features import FeatureConfig
-from cbir.index.indexer import update_index
+from cbir.embedding.features import FeatureConfig, resolve_config
+from cbir.embedding.weights import Weights
+from cbir.index.indexer import IndexOptions, update_index
 
 config = FeatureConfig.from_dict(json.loads(sys.argv[2]))
 keras.utils.set_random_seed(1234)
-embedder = Embedder(config, weights="random", workers=2, batch_size=1)
+embedder = Embedder(resolve_config(config, Weights.random()), Weights.random(), workers=2, batch_size=1)
 run_batch = embedder.run_batch
 
 def slow(batch, **kwargs):
@@ -372,7 +374,8 @@ def slow(batch, **kwargs):
     return run_batch(batch, **kwargs)
 
 embedder.run_batch = slow
-update_index(sys.argv[1], config, weights="random", embedder=embedder, checkpoint_every=5, progress=False)
+embedder.embedder = lambda: embedder  # the Embedder is its own EmbedderSource
+update_index(sys.argv[1], embedder, options=IndexOptions(checkpoint_every=5, progress=False))
 print("finished", flush=True)
 """
 

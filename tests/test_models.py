@@ -1,4 +1,4 @@
-"""The backbone registry, weights files and their errors (cbir.models)."""
+"""The backbone registry, weights files and their errors (cbir.embedding.backbones)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from cbir.embedding.backbones import (
     ALIASES,
     REGISTRY,
     build_backbone,
-    file_digest,
     get_backbone,
     keras_cache_dir,
     width_multiplier,
 )
+from cbir.embedding.features import FeatureConfig, resolve_config
+from cbir.embedding.weights import Weights
 from cbir.errors import ModelError
 
 DOWNLOAD_FAILURE = (
@@ -115,13 +116,6 @@ def test_width_multiplier_unknown(tmp_path):
         width_multiplier(REGISTRY["mobilenet"], tmp_path / "broken.h5")
 
 
-def test_file_digest(tmp_path):
-    (tmp_path / "a").write_bytes(b"abc")
-    (tmp_path / "b").write_bytes(b"abd")
-    assert file_digest(tmp_path / "a") == "ba7816bf8f01cfea"  # sha256("abc")
-    assert file_digest(tmp_path / "a") != file_digest(tmp_path / "b")
-
-
 def test_keras_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "kh"))
     assert keras_cache_dir() == tmp_path / "kh" / "models"
@@ -139,7 +133,7 @@ def test_imagenet_download_failure_names_file_and_cache(monkeypatch, tmp_path, t
 
     monkeypatch.setattr(keras.applications, "ResNet50", offline)
     with pytest.raises(ModelError) as info:
-        build_backbone(REGISTRY["resnet50"], "imagenet")
+        build_backbone(REGISTRY["resnet50"], Weights.imagenet())
     message = str(info.value)
     assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
     assert str(tmp_path / "keras-home" / "models") in message
@@ -155,24 +149,38 @@ def test_other_build_failure_is_a_model_error(monkeypatch):
 
     monkeypatch.setattr(keras.applications, "VGG16", broken)
     with pytest.raises(ModelError, match="cannot build model vgg16: out of cheese"):
-        build_backbone(REGISTRY["vgg16"], None)
+        build_backbone(REGISTRY["vgg16"], Weights.random())
 
 
-def test_missing_weights_file(tmp_path):
-    with pytest.raises(ModelError, match="weights file not found"):
-        build_backbone(REGISTRY["resnet50"], str(tmp_path / "missing.h5"))
+@pytest.mark.parametrize("name", ["mobilenetv3small", "mobilenetv3large", "convnexttiny", "resnet50"])
+def test_build_passes_the_keras_arguments(monkeypatch, name):
+    keras = pytest.importorskip("keras")
+    backbone = REGISTRY[name]
+    calls = []
+    monkeypatch.setattr(keras.applications, backbone.constructor, lambda **kwargs: calls.append(kwargs))
+    backbone.build("some.h5", 0.5)
+    (kwargs,) = calls
+    assert kwargs["weights"] == "some.h5" and kwargs["alpha"] == 0.5 and kwargs["include_top"] is False
+    assert kwargs["input_shape"] == (None, None, 3)
+    # MobileNetV3 and ConvNeXt normalise their input themselves only when asked to
+    assert kwargs.get("include_preprocessing") is (True if name != "resnet50" else None)
+    backbone.build(None)
+    assert "alpha" not in calls[1] and calls[1]["weights"] is None
 
 
 def test_weights_that_do_not_fit(mobilenetv2_weights):
     pytest.importorskip("keras")
     with pytest.raises(ModelError, match="does not fit model mobilenet"):
-        build_backbone(REGISTRY["mobilenet"], str(mobilenetv2_weights))
+        build_backbone(REGISTRY["mobilenet"], Weights.from_file(mobilenetv2_weights))
 
 
 def test_build_with_local_weights(mobilenet_weights):
     pytest.importorskip("keras")
-    model = build_backbone(REGISTRY["mobilenet"], str(mobilenet_weights))
-    assert model.output_shape[-1] == 256  # alpha 0.25 read from the file
+    weights = Weights.from_file(mobilenet_weights)
+    config = resolve_config(FeatureConfig(model="mobilenet"), weights)
+    assert config.width_multiplier == 0.25  # read from the file, once, when resolving
+    model = build_backbone(REGISTRY["mobilenet"], weights, config.width_multiplier)
+    assert model.output_shape[-1] == 256
     out = model(np.zeros((1, 64, 96, 3), np.float32))
     assert tuple(out.shape) == (1, 2, 3, 256)  # free input size
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_index
 
 from cbir.errors import IncompatibleIndexError, IndexFolderError, QueryError
-from cbir.index.indexer import update_index
 from cbir.index.snapshot import open_index
 from cbir.output.results import results_to_dict
 from cbir.search.query import embed_queries, query_index, search_index
@@ -22,7 +22,7 @@ needs_symlinks = pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs sy
 @pytest.fixture
 def indexed(image_folder, tiny_config, tiny_embedder):
     root = image_folder(6)
-    update_index(root, tiny_config, weights="random", embedder=tiny_embedder, progress=False)
+    run_index(root, tiny_config, tiny_embedder)
     return root, open_index(root)
 
 
@@ -74,7 +74,7 @@ def test_row_of_indexed_symlink(image_folder, make_image, tmp_path, tiny_config,
     root = image_folder(2)
     target = make_image(tmp_path / "store" / "photo.jpg", seed=40)
     (root / "linked.jpg").symlink_to(target)
-    update_index(root, tiny_config, weights="random", embedder=tiny_embedder, progress=False)
+    run_index(root, tiny_config, tiny_embedder)
     index = open_index(root)
     assert index.row_of(target) == index.paths.index("linked.jpg")
 

@@ -1,11 +1,21 @@
-"""alpha query expansion and database-side augmentation on constructed vectors with known neighbours."""
+"""alpha query expansion and database-side augmentation on constructed vectors with known neighbours,
+and re-ranking any searcher (cbir.search.rerank)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
 
-from cbir.search.rerank import database_augmentation, query_expansion
+from cbir.search.exact import ExactSearcher, top_k
+from cbir.search.rerank import (
+    QueryExpandingSearcher,
+    Reranking,
+    database_augmentation,
+    query_expansion,
+    rerank,
+)
 
 D = 8
 
@@ -36,9 +46,13 @@ def cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(unit(a) @ unit(b))
 
 
+def over(database: np.ndarray) -> ExactSearcher:
+    return ExactSearcher(database)
+
+
 def test_n_zero_is_the_identity():
     queries = random_unit(4, seed=1)
-    out = query_expansion(queries, DATABASE, n=0)
+    out = query_expansion(queries, over(DATABASE), n=0)
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out, queries)
 
@@ -47,7 +61,7 @@ def test_query_moves_toward_its_true_neighbours():
     sims = DATABASE @ QUERY
     assert set(np.argsort(-sims)[:3]) == {2, 3, 4}  # the construction: the cluster is the top 3
     centre = CLUSTER.mean(axis=0)
-    expanded = query_expansion(QUERY[None], DATABASE, n=3, alpha=3.0)
+    expanded = query_expansion(QUERY[None], over(DATABASE), n=3, alpha=3.0)
     assert expanded.shape == (1, D)
     assert np.linalg.norm(expanded[0]) == pytest.approx(1.0, abs=1e-5)
     assert cos(expanded[0], centre) > cos(QUERY, centre) + 0.05
@@ -55,14 +69,14 @@ def test_query_moves_toward_its_true_neighbours():
     manual = QUERY + sum(max(float(DATABASE[r] @ QUERY), 0.0) ** 3.0 * DATABASE[r] for r in (2, 3, 4))
     np.testing.assert_allclose(expanded[0], unit(manual), atol=1e-5)
     # a 1-D query works too and gives the same vector
-    np.testing.assert_allclose(query_expansion(QUERY, DATABASE, n=3)[0], expanded[0], atol=1e-6)
+    np.testing.assert_allclose(query_expansion(QUERY, over(DATABASE), n=3)[0], expanded[0], atol=1e-6)
 
 
 def test_alpha_weights_the_neighbours():
     # a larger alpha favours the best neighbour more: the expanded query is closer to it
     best = int(np.argmax(DATABASE @ QUERY))
-    flat = query_expansion(QUERY, DATABASE, n=3, alpha=0.0)[0]
-    sharp = query_expansion(QUERY, DATABASE, n=3, alpha=10.0)[0]
+    flat = query_expansion(QUERY, over(DATABASE), n=3, alpha=0.0)[0]
+    sharp = query_expansion(QUERY, over(DATABASE), n=3, alpha=10.0)[0]
     others = [r for r in (2, 3, 4) if r != best]
     assert cos(sharp, DATABASE[best]) - max(cos(sharp, DATABASE[r]) for r in others) > (
         cos(flat, DATABASE[best]) - max(cos(flat, DATABASE[r]) for r in others)
@@ -74,14 +88,14 @@ def test_excluded_rows_are_not_used_for_expansion():
     database = np.concatenate([decoy[None], DATABASE])
     assert int(np.argmax(database @ QUERY)) == 0
     queries = np.stack([QUERY, unit(e(5) + e(6, 0.1))])
-    excluded = query_expansion(queries, database, n=3, exclude=[[0], []])
+    excluded = query_expansion(queries, over(database), n=3, exclude=[[0], []])
     # query 0 without row 0 is expanded as if that row did not exist
-    without = query_expansion(QUERY, database[1:], n=3)[0]
+    without = query_expansion(QUERY, over(database[1:]), n=3)[0]
     np.testing.assert_allclose(excluded[0], without, atol=1e-6)
-    included = query_expansion(QUERY, database, n=3)[0]
+    included = query_expansion(QUERY, over(database), n=3)[0]
     assert np.abs(included - excluded[0]).max() > 1e-2
     # query 1 excludes nothing: same as expanding it alone
-    np.testing.assert_allclose(excluded[1], query_expansion(queries[1], database, n=3)[0], atol=1e-6)
+    np.testing.assert_allclose(excluded[1], query_expansion(queries[1], over(database), n=3)[0], atol=1e-6)
 
 
 def test_dba_keeps_unit_norms_and_n_zero_is_the_identity():
@@ -119,3 +133,63 @@ def test_blocked_dba_equals_unblocked():
         database_augmentation(db, n=5, alpha=1.0, block=4096),
         atol=1e-6,
     )
+
+
+class CountingSearcher(ExactSearcher):
+    """An exact searcher that records its calls (stands in for an approximate index)."""
+
+    def __init__(self, feats: np.ndarray) -> None:
+        super().__init__(feats)
+        self.calls: list[tuple[int, object]] = []
+        self.read: list[list[int]] = []
+
+    def search(self, queries, k, exclude=None):
+        self.calls.append((k, exclude))
+        return super().search(queries, k, exclude)
+
+    def vectors(self, rows):
+        self.read.append(np.asarray(rows).tolist())
+        return super().vectors(rows)
+
+
+def test_reranking_value():
+    assert not Reranking().active and Reranking() == Reranking(0, 0, 3.0)
+    assert Reranking(qe=2).active and Reranking(dba=1).active and not Reranking(qe=0, alpha=1.0).active
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Reranking().qe = 3  # type: ignore[misc]
+
+
+def test_no_reranking_is_the_searcher_itself():
+    base = over(DATABASE)
+    assert rerank(base, Reranking()) is base
+
+
+def test_query_expansion_goes_through_the_given_searcher():
+    # with an approximate index, QE finds its neighbours there and reads their vectors from it
+    base = CountingSearcher(DATABASE)
+    searcher = rerank(base, Reranking(qe=3, alpha=3.0))
+    assert isinstance(searcher, QueryExpandingSearcher)
+    assert len(searcher) == len(DATABASE) and searcher.dim == D
+    rows, scores = searcher.search(QUERY, 4, exclude=[[2]])
+    assert base.calls == [(3, [[2]]), (4, [[2]])]  # expansion and final search exclude the same rows
+    assert base.read == [top_k(DATABASE, QUERY, 3, exclude=[[2]])[0].ravel().tolist()]
+    expanded = query_expansion(QUERY, over(DATABASE), n=3, alpha=3.0, exclude=[[2]])
+    ref_rows, ref_scores = top_k(DATABASE, expanded, 4, exclude=[[2]])
+    np.testing.assert_array_equal(rows, ref_rows)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-6)
+    assert 2 not in rows[0]
+    np.testing.assert_array_equal(searcher.vectors(np.array([4])), DATABASE[[4]])
+
+
+def test_dba_makes_an_exact_searcher_over_the_augmented_rows():
+    db = random_unit(23, 16, seed=6)
+    base = CountingSearcher(db.astype(np.float16))
+    searcher = rerank(base, Reranking(dba=3, alpha=2.0))
+    assert isinstance(searcher, ExactSearcher) and base.calls == []  # the approximate index is left
+    augmented = database_augmentation(db.astype(np.float16).astype(np.float32), n=3, alpha=2.0)
+    np.testing.assert_array_equal(searcher.vectors(np.arange(23)), augmented)
+    both = rerank(base, Reranking(qe=2, dba=3, alpha=2.0))
+    assert isinstance(both, QueryExpandingSearcher) and isinstance(both.base, ExactSearcher)
+    expanded = query_expansion(augmented[:2], ExactSearcher(augmented), n=2, alpha=2.0, exclude=[[0], [1]])
+    rows, _ = both.search(augmented[:2], 5, exclude=[[0], [1]])
+    np.testing.assert_array_equal(rows, top_k(augmented, expanded, 5, exclude=[[0], [1]])[0])

@@ -1,12 +1,22 @@
-"""Exact blocked top-k search (cbir.search) against a brute-force full sort."""
+"""Exact search (cbir.search.exact: blocked top-k, ExactSearcher) against a brute-force full sort,
+and search_index (cbir.search.query) on a stand-in for an opened index."""
 
 from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cbir.embedding.embedder import l2_normalize
-from cbir.search.exact import top_k
+from cbir.errors import IndexFolderError
+from cbir.output.results import Match, QueryResult, results_to_dict
+from cbir.search.base import Searcher
+from cbir.search.exact import ExactSearcher, top_k
+from cbir.search.query import search_index
+from cbir.search.rerank import Reranking
+from cbir.vectors import l2_normalize
 
 
 def brute_force(feats, queries, k, exclude=None):
@@ -109,11 +119,23 @@ def test_ties_among_distinct_scores():
     assert again[0] == again[1] == again[2]
 
 
-def test_nan_rows_never_win():
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("k", [1, 4])  # the blocked scan and the full sort
+@pytest.mark.parametrize("block_rows", [2, 100])
+def test_non_finite_rows_are_never_ranked(bad, k, block_rows):
+    # a damaged matrix (the indexer never stores non-finite rows) is an error, never a silent ranking,
+    # even when the bad row would not make the top k
     feats = np.eye(4, dtype=np.float32)
-    feats[1] = np.nan
-    rows, scores = top_k(feats, np.ones(4), 4, block_rows=2)
-    assert rows[0, :3].tolist() == [0, 2, 3]
+    feats[1, 1] = bad
+    with pytest.raises(IndexFolderError, match="non-finite feature values; rebuild it with --rebuild"):
+        top_k(feats, np.array([1.0, 0.1, 0, 0]), k, block_rows=block_rows)
+    with pytest.raises(IndexFolderError, match="non-finite"):
+        ExactSearcher(feats, block_rows=block_rows).search(np.ones(4), k, exclude=[[1]])
+
+
+def test_non_finite_queries_are_a_value_error():
+    with pytest.raises(ValueError, match="query vectors must be finite"):
+        top_k(np.eye(4, dtype=np.float32), np.array([np.nan, 0, 0, 1]), 2)
 
 
 def test_float16_memmap(tmp_path, data):
@@ -132,3 +154,126 @@ def test_float16_memmap(tmp_path, data):
     assert scores.dtype == np.float32
     # and close to the float32 answer
     np.testing.assert_allclose(scores, brute_force(feats, queries, 10)[1], atol=2e-3)
+
+
+@pytest.mark.parametrize("block_rows", [1, 7, 64, 100_000])
+@pytest.mark.parametrize("k", [128, 250, 257, 1000])
+def test_full_ranking_matches_brute_force(data, block_rows, k):
+    # k of half the rows or more takes the whole-sort path: same rows, scores, ties and exclusions
+    feats, queries = data
+    feats = feats.copy()
+    feats[[30, 31, 200]] = feats[5]  # ties
+    exclude = [[5], [], [0, 256], [31, 30, 5], [100]]
+    rows, scores = top_k(feats, queries, k, exclude=exclude, block_rows=block_rows)
+    ref_rows, ref_scores = brute_force(feats, queries, min(k, 257 - 3), exclude)
+    assert rows.dtype == np.int64 and scores.dtype == np.float32
+    np.testing.assert_array_equal(rows, ref_rows)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-6)
+    assert np.isfinite(scores).all()
+
+
+def test_both_paths_agree_on_ties():
+    feats = np.ones((40, 4), np.float32)
+    for k in (5, 20, 39):  # blocked, full, full
+        rows, _ = top_k(feats, np.ones(4), k, exclude=[[1, 3]], block_rows=6)
+        assert rows[0].tolist() == [r for r in range(40) if r not in (1, 3)][:k]
+
+
+def test_exact_searcher_is_a_searcher(tmp_path, data):
+    feats, queries = data
+    path = tmp_path / "feats.npy"
+    np.save(path, feats.astype(np.float16))
+    stored = np.load(path, mmap_mode="r")
+    searcher: Searcher = ExactSearcher(stored, block_rows=50)
+    assert len(searcher) == 257 and searcher.dim == 16
+    rows, scores = searcher.search(queries, 7, exclude=[[1]] * 5)
+    ref_rows, ref_scores = top_k(stored, queries, 7, exclude=[[1]] * 5, block_rows=50)
+    np.testing.assert_array_equal(rows, ref_rows)
+    np.testing.assert_array_equal(scores, ref_scores)
+    picked = searcher.vectors(np.array([3, 3, 0]))
+    assert picked.dtype == np.float32 and picked.shape == (3, 16)
+    np.testing.assert_array_equal(picked, np.asarray(stored[[3, 3, 0]], np.float32))
+    with pytest.raises(ValueError, match="matrix"):
+        ExactSearcher(feats[0])
+
+
+# --- search_index on a stand-in for cbir.index.snapshot.Index -------------------------------------
+
+
+class FakeIndex:
+    """root, paths, row_of() and searcher(exact): what search_index needs of an opened index."""
+
+    def __init__(self, root: Path, feats: np.ndarray, approximate: Searcher | None = None) -> None:
+        self.root = root
+        self.paths = [f"img{i:03d}.jpg" for i in range(len(feats))]
+        self.feats = feats
+        self.approximate = approximate
+        self.asked: list[bool] = []
+
+    def row_of(self, image: object) -> int | None:
+        name = Path(str(image))
+        return self.paths.index(name.name) if name.parent == self.root and name.name in self.paths else None
+
+    def searcher(self, exact: bool = False) -> Searcher:
+        self.asked.append(exact)
+        if self.approximate is not None and not exact:
+            return self.approximate
+        return ExactSearcher(self.feats)
+
+
+def test_search_index_excludes_the_query_itself(tmp_path, data):
+    feats, queries = data
+    index = FakeIndex(tmp_path, feats)
+    names = [tmp_path / "img010.jpg", "elsewhere/q.jpg"]
+    vecs = np.stack([feats[10], queries[0]])
+    results = search_index(index, vecs, names, k=4)
+    assert [r.query for r in results] == [str(n) for n in names]
+    assert results[0].excluded_self and not results[1].excluded_self
+    ref_rows, ref_scores = brute_force(feats, vecs, 4, [[10], []])
+    for r, rows, scores in zip(results, ref_rows, ref_scores):
+        assert [m.path for m in r.matches] == [str(tmp_path / f"img{i:03d}.jpg") for i in rows]
+        np.testing.assert_allclose([m.score for m in r.matches], scores, atol=1e-6)
+    (kept,) = search_index(index, feats[10], [tmp_path / "img010.jpg"], k=1, exclude_self=False)
+    assert not kept.excluded_self and kept.matches[0].path == str(tmp_path / "img010.jpg")
+    assert index.asked == [False, False]
+
+
+def test_search_index_uses_the_searcher_the_index_gives(tmp_path, data):
+    feats, queries = data
+
+    class Reversed(ExactSearcher):
+        def search(self, queries, k, exclude=None):
+            return super().search(-np.asarray(queries), k, exclude)
+
+    index = FakeIndex(tmp_path, feats, approximate=Reversed(feats))
+    (approx,) = search_index(index, queries[0], ["q.jpg"], k=3)
+    (exact,) = search_index(index, queries[0], ["q.jpg"], k=3, exact=True)
+    assert index.asked == [False, True]
+    worst = brute_force(feats, -queries[:1], 3)[0][0]
+    assert [m.path for m in approx.matches] == [str(tmp_path / index.paths[i]) for i in worst]
+    assert [m.path for m in exact.matches] != [m.path for m in approx.matches]
+
+
+def test_search_index_reranks(tmp_path, data):
+    feats, queries = data
+    index = FakeIndex(tmp_path, feats)
+    plain = search_index(index, feats[[3]], [tmp_path / "img003.jpg"], k=5)
+    expanded = search_index(index, feats[[3]], [tmp_path / "img003.jpg"], k=5, reranking=Reranking(qe=3))
+    augmented = search_index(index, feats[[3]], [tmp_path / "img003.jpg"], k=5, reranking=Reranking(dba=3))
+    for results in (expanded, augmented):
+        assert str(tmp_path / "img003.jpg") not in [m.path for m in results[0].matches]
+        assert [m.score for m in results[0].matches] != [m.score for m in plain[0].matches]
+
+
+def test_results_are_strict_json(tmp_path, data):
+    feats, queries = data
+    results = search_index(FakeIndex(tmp_path, feats), queries, [f"q{i}.jpg" for i in range(5)], k=3)
+    results.append(QueryResult("none.jpg", []))
+    text = json.dumps(results_to_dict(results, {"added": 0}), allow_nan=False)
+    doc = json.loads(text)
+    assert [set(m) for m in doc["results"][0]["matches"]] == [{"path", "score"}] * 3
+    assert doc["results"][-1] == {"query": "none.jpg", "matches": []}
+    assert doc["index"] == {"added": 0}
+    for bad in (math.nan, math.inf, -math.inf, np.float32("nan")):
+        with pytest.raises(ValueError, match="not finite"):
+            Match("a.jpg", bad)

@@ -1,258 +1,175 @@
-"""The on-disk index format: manifest, segments, atomic commits, staged renames, lock (cbir.store)."""
+"""The index folder: atomic writes, matrices read once, the lock, the writer's commits and cleanup."""
 
 from __future__ import annotations
 
-import json
+import errno
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cbir.errors import IndexFolderError, IndexLockedError
-from cbir.index.store import (
-    FEATS,
-    MANIFEST,
-    Entry,
-    Lock,
-    Manifest,
-    Skipped,
-    cleanup_stale,
-    commit_manifest,
-    finish_renames,
-    load_matrix,
-    read_manifest,
-    segment_path,
-    write_bytes_atomic,
-    write_npy,
-)
+import cbir.index.files as files_mod
+from cbir.embedding.features import FeatureConfig
+from cbir.errors import IndexFolderError, IndexLockedError, IndexWriteError
+from cbir.index.files import read_matrix, write_bytes, write_matrix
+from cbir.index.manifest import Entry, Manifest, Segment
+from cbir.index.store import MANIFEST, FolderWriter, Lock, load_matrix, read_manifest
+
+CONFIG = FeatureConfig(model="mobilenet", weights="random", width_multiplier=0.25)
 
 
-def sample_manifest() -> Manifest:
-    return Manifest(
-        config={"model": "mobilenet", "scales": [1.0], "alpha": 0.25},
-        dim=4,
-        dtype="float16",
-        entries=[Entry("a.jpg", 10, 111), None, Entry("sub/été b.png", 20, 222)],
-        segments=[
-            {"file": "part-1.npy", "rows": 2},
-            {"file": FEATS, "rows": 1, "staged": "feats.npy.tmp-1-ab"},
-        ],
-        skipped=[Skipped("bad.jpg", 3, 333, "not a recognised image")],
-        weights_path="/w/m.h5",
-        root="/data",
-        extra={"files": ["whiten.npz"]},
-    )
+def names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
 
 
-def test_manifest_round_trip():
-    m = sample_manifest()
-    back = Manifest.from_json(m.to_json())
-    assert back == m
-    assert back.entries[1] is None
-    assert back.entries[2] == Entry("sub/été b.png", 20, 222)
-    assert back.skipped[0].reason == "not a recognised image"
-    assert json.loads(m.to_json())["format"] == "cbir-index"
-
-
-def test_commit_and_read_manifest(tmp_path):
-    assert read_manifest(tmp_path) is None
-    m = sample_manifest()
-    commit_manifest(tmp_path, m)
-    back = read_manifest(tmp_path)
-    assert back == m
-    assert [p.name for p in tmp_path.iterdir()] == [MANIFEST]  # no temporary file left
-
-
-def edit(m: Manifest, **changes) -> str:
-    d = json.loads(m.to_json())
-    d.update(changes)
-    return json.dumps(d)
-
-
-@pytest.mark.parametrize("bad", ["../x.jpg", "/etc/passwd", "a/../../x.jpg", "", "a//b.jpg"])
-def test_manifest_refuses_escaping_entry_paths(bad):
-    m = sample_manifest()
-    with pytest.raises(ValueError, match="unsafe path"):
-        Manifest.from_json(edit(m, entries=[["a.jpg", 1, 1], None, [bad, 1, 1]]))
-    with pytest.raises(ValueError, match="unsafe path"):
-        Manifest.from_json(edit(m, skipped=[[bad, 1, 1, "x"]]))
-
-
-@pytest.mark.parametrize("name", ["../feats.npy", "/tmp/feats.npy", "sub/part.npy", ".hidden.npy", "..", 7])
-@pytest.mark.parametrize("key", ["file", "staged"])
-def test_manifest_refuses_bad_segment_names(name, key):
-    m = sample_manifest()
-    segments = [{"file": "part-1.npy", "rows": 2}, {"file": FEATS, "rows": 1, key: name}]
-    with pytest.raises(ValueError, match="bad segment file name"):
-        Manifest.from_json(edit(m, segments=segments))
-
-
-@pytest.mark.parametrize("segment", [{"rows": 1}, {"file": None, "rows": 1}, {"file": "", "rows": 1}])
-def test_manifest_refuses_segment_without_file(segment):
-    segments = [{"file": "part-1.npy", "rows": 2}, segment]
-    with pytest.raises(ValueError, match="bad segment file name"):
-        Manifest.from_json(edit(sample_manifest(), segments=segments))
-
-
-@pytest.mark.parametrize(
-    "changes,message",
-    [
-        ({"format": "something-else"}, "not a cbir index"),
-        ({"version": 99}, "version 99"),
-        ({"segments": [{"file": FEATS, "rows": 2}]}, "rows do not match"),
-    ],
-)
-def test_manifest_refuses_inconsistent(changes, message):
-    with pytest.raises(ValueError, match=message):
-        Manifest.from_json(edit(sample_manifest(), **changes))
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "{not json",
-        "[]",
-        "",
-        '{"format": "cbir-index", "version": 1}',
-        '{"format": "cbir-index", "version": 1, "config": {}, "dim": 1, "entries": [], "segments": ["x"]}',
-        '{"format": "cbir-index", "version": 1, "config": {}, "dim": 1, "entries": [7], "segments": []}',
-    ],
-)
-def test_read_manifest_corrupt_is_index_error(tmp_path, text):
-    (tmp_path / MANIFEST).write_text(text)
-    with pytest.raises(IndexFolderError, match="corrupt"):
-        read_manifest(tmp_path)
-
-
-def test_read_manifest_with_escaping_path_is_index_error(tmp_path):
-    (tmp_path / MANIFEST).write_text(
-        edit(sample_manifest(), entries=[["../../etc/passwd", 1, 1], None, None])
-    )
-    with pytest.raises(IndexFolderError):
-        read_manifest(tmp_path)
-
-
-def test_write_bytes_atomic_replaces(tmp_path):
+def test_write_bytes_replaces_and_leaves_no_temporary(tmp_path):
     target = tmp_path / "f.json"
     target.write_text("old")
-    write_bytes_atomic(target, b"new")
+    write_bytes(target, b"new")
     assert target.read_bytes() == b"new"
-    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+    assert names(tmp_path) == ["f.json"]
 
 
-def make_index_dir(tmp_path, arrays: list[np.ndarray]) -> tuple:
-    segments = []
-    for i, a in enumerate(arrays):
-        name = f"part-{i}.npy"
-        write_npy(tmp_path / name, a)
-        segments.append({"file": name, "rows": len(a)})
-    n = sum(len(a) for a in arrays)
-    m = Manifest(config={}, dim=arrays[0].shape[1], entries=[Entry(f"{i}.jpg", 1, 1) for i in range(n)])
-    m.segments = segments
-    commit_manifest(tmp_path, m)
-    return tmp_path, m
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EIO])
+def test_write_errors_are_one_line_and_leave_nothing(tmp_path, monkeypatch, code):
+    target = tmp_path / "f.json"
+    target.write_text("old")
+
+    def fail(fd: int) -> None:
+        raise OSError(code, "injected")
+
+    monkeypatch.setattr(files_mod.os, "fsync", fail)
+    with pytest.raises(IndexWriteError) as caught:
+        write_bytes(target, b"new")
+    message = str(caught.value)
+    assert "\n" not in message and str(tmp_path) in message and "injected" in message
+    if code == errno.ENOSPC:
+        assert "disk is full" in message
+    assert target.read_text() == "old" and names(tmp_path) == ["f.json"]
 
 
-def test_load_matrix_single_segment_is_memory_mapped(tmp_path):
-    a = np.arange(12, dtype=np.float32).reshape(3, 4)
-    idir, m = make_index_dir(tmp_path, [a])
-    got = load_matrix(idir, m)
+def test_matrix_round_trip_in_blocks(tmp_path):
+    a = np.random.default_rng(0).random((7, 3)).astype(np.float32)
+    write_matrix(tmp_path / "m.npy", [a[:2], a[2:5], a[5:]], 7, 3, "float32")
+    got = read_matrix(tmp_path / "m.npy", 7, 3)
     assert isinstance(got, np.memmap)
     np.testing.assert_array_equal(got, a)
-    assert not isinstance(load_matrix(idir, m, mmap=False), np.memmap)
+    np.testing.assert_array_equal(np.load(tmp_path / "m.npy"), a)  # a plain .npy file
+    write_matrix(tmp_path / "h.npy", [a], 7, 3, "float16")
+    half = read_matrix(tmp_path / "h.npy", 7, 3, mmap=False)
+    assert half.dtype == np.float16 and not isinstance(half, np.memmap)
+    np.testing.assert_allclose(half, a, atol=1e-3)
+    with pytest.raises(ValueError, match="7 rows of a 8-row"):
+        write_matrix(tmp_path / "bad.npy", [a], 8, 3, "float32")  # a caller's bug: nothing written
+    assert names(tmp_path) == ["h.npy", "m.npy"]
+
+
+def test_read_matrix_checks_shape_and_content(tmp_path):
+    path = tmp_path / "m.npy"
+    np.save(path, np.zeros((2, 4), np.float32))
+    with pytest.raises(IndexFolderError, match="does not match its manifest"):
+        read_matrix(path, 3, 4)
+    with pytest.raises(IndexFolderError, match="does not match its manifest"):
+        read_matrix(path, 2, 5)
+    path.write_bytes(b"garbage, not npy")
+    with pytest.raises(IndexFolderError, match="unreadable"):
+        read_matrix(path, 2, 4)
+    path.write_bytes(b"")
+    with pytest.raises(IndexFolderError, match="is empty; rebuild with --rebuild"):
+        read_matrix(path, 2, 4)
+    np.save(path, np.zeros((2, 4), np.float32))
+    path.write_bytes(path.read_bytes()[:-8])  # truncated
+    with pytest.raises(IndexFolderError, match="shorter"):
+        read_matrix(path, 2, 4)
+    np.save(path, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(IndexFolderError):
+        read_matrix(path, 1, 1)
+    with pytest.raises(FileNotFoundError):
+        read_matrix(tmp_path / "gone.npy", 1, 1)
 
 
 def test_load_matrix_concatenates_segments(tmp_path):
     a = np.arange(12, dtype=np.float32).reshape(3, 4)
     b = -np.arange(8, dtype=np.float32).reshape(2, 4)
-    idir, m = make_index_dir(tmp_path, [a, b])
-    np.testing.assert_array_equal(load_matrix(idir, m), np.concatenate([a, b]))
+    np.save(tmp_path / "part-a.npy", a)
+    np.save(tmp_path / "part-b.npy", b)
+    m = Manifest(config=CONFIG, dim=4, entries=[Entry(f"{i}.jpg", 1, 1) for i in range(5)])
+    m.segments = [Segment("part-a.npy", 3), Segment("part-b.npy", 2)]
+    np.testing.assert_array_equal(load_matrix(tmp_path, m), np.concatenate([a, b]))
+    assert load_matrix(tmp_path, Manifest(config=CONFIG, dim=5)).shape == (0, 5)
 
 
-def test_load_matrix_empty(tmp_path):
-    m = Manifest(config={}, dim=5)
-    assert load_matrix(tmp_path, m).shape == (0, 5)
+def writer(idir: Path, **kwargs: object) -> FolderWriter:
+    return FolderWriter(idir, CONFIG, **kwargs)  # type: ignore[arg-type]
 
 
-def test_load_matrix_shape_mismatch(tmp_path):
-    idir, m = make_index_dir(tmp_path, [np.zeros((3, 4), np.float32)])
-    write_npy(idir / "part-0.npy", np.zeros((2, 4), np.float32))
-    with pytest.raises(IndexFolderError, match="does not match its manifest"):
-        load_matrix(idir, m)
-    write_npy(idir / "part-0.npy", np.zeros((3, 5), np.float32))
-    with pytest.raises(IndexFolderError, match="does not match its manifest"):
-        load_matrix(idir, m)
+def test_writer_commits_checkpoints_and_compacts(tmp_path):
+    idir = tmp_path / "idx"
+    vecs = np.eye(4, dtype=np.float32)
+    with writer(idir) as w:
+        assert w.is_new and w.held() == {}
+        w.set_dim(4)
+        w.put([Entry("a.jpg", 1, 1), Entry("b.jpg", 2, 2)], vecs[:2])
+        w.commit()
+        first = read_manifest(idir)
+        assert [s.rows for s in first.segments] == [2] and first.segments[0].file.startswith("part-")
+        w.put([Entry("c.jpg", 3, 3)], vecs[2:3])
+        w.drop(["a.jpg"])
+        w.commit()
+        assert w.finish("auto") == "none"
+    m = read_manifest(idir)
+    assert [e.path for e in m.entries] == ["b.jpg", "c.jpg"]
+    assert len(m.segments) == 1 and m.segments[0].file.startswith("feats-")
+    assert names(idir) == sorted([m.segments[0].file, "lock", MANIFEST])  # parts removed
+    np.testing.assert_array_equal(load_matrix(idir, m), vecs[1:3])
+    with writer(idir) as w:  # an unchanged re-run writes nothing
+        assert not w.is_new and set(w.held()) == {"b.jpg", "c.jpg"}
+        assert w.unchanged_since_commit()
+        w.drop(["b.jpg"])
+        assert not w.unchanged_since_commit()
 
 
-def test_load_matrix_garbage_file(tmp_path):
-    idir, m = make_index_dir(tmp_path, [np.zeros((3, 4), np.float32)])
-    (idir / "part-0.npy").write_bytes(b"garbage, not npy")
-    with pytest.raises(IndexFolderError, match="unreadable"):
-        load_matrix(idir, m)
+def test_writer_keeps_the_committed_index_until_a_rebuild_commits(tmp_path):
+    idir = tmp_path / "idx"
+    with writer(idir) as w:
+        w.set_dim(2)
+        w.put([Entry("a.jpg", 1, 1)], np.ones((1, 2), np.float32))
+        w.commit()
+        w.finish("none")
+    old = read_manifest(idir)
+    (idir / "part-stale.npy").write_bytes(b"x")
+    (idir / "manifest.json.tmp-1-aa").write_bytes(b"x")
+    (idir / "notes.txt").write_bytes(b"the user's")
+    with writer(idir, rebuild=True) as w:
+        assert w.is_new and w.rebuilt == "asked"
+        assert names(idir) == sorted([old.segments[0].file, "lock", MANIFEST, "notes.txt"])
+        assert read_manifest(idir) == old  # still whole and readable during the rebuild
+        w.set_dim(2)
+        w.put([Entry("b.jpg", 1, 1)], np.zeros((1, 2), np.float32))
+        w.commit()
+        assert old.segments[0].file not in names(idir)
+    assert "notes.txt" in names(idir)  # nothing a user owns is deleted
 
 
-def test_load_matrix_refuses_pickles(tmp_path):
-    idir, m = make_index_dir(tmp_path, [np.zeros((1, 4), np.float32)])
-    np.save(idir / "part-0.npy", np.array([{"evil": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(IndexFolderError):
-        load_matrix(idir, m)
-
-
-def test_staged_segment_is_read_until_renamed(tmp_path):
-    old = np.zeros((2, 3), np.float32)
-    new = np.ones((2, 3), np.float32)
-    write_npy(tmp_path / FEATS, old)  # the previous generation, still under the final name
-    write_npy(tmp_path / "feats.npy.tmp-9-x", new)
-    m = Manifest(config={}, dim=3, entries=[Entry("a.jpg", 1, 1), Entry("b.jpg", 1, 1)])
-    m.segments = [{"file": FEATS, "rows": 2, "staged": "feats.npy.tmp-9-x"}]
-    commit_manifest(tmp_path, m)
-
-    m = read_manifest(tmp_path)
-    assert segment_path(tmp_path, m.segments[0]) == tmp_path / "feats.npy.tmp-9-x"
-    np.testing.assert_array_equal(load_matrix(tmp_path, m), new)
-
-    finish_renames(tmp_path, m)
-    assert not (tmp_path / "feats.npy.tmp-9-x").exists()
-    m2 = read_manifest(tmp_path)
-    assert "staged" not in m2.segments[0]
-    assert segment_path(tmp_path, m2.segments[0]) == tmp_path / FEATS
-    np.testing.assert_array_equal(load_matrix(tmp_path, m2), new)
-
-
-def test_staged_already_renamed(tmp_path):
-    # crash after the rename but before the manifest forgot the staged name
-    write_npy(tmp_path / FEATS, np.ones((1, 3), np.float32))
-    m = Manifest(config={}, dim=3, entries=[Entry("a.jpg", 1, 1)])
-    m.segments = [{"file": FEATS, "rows": 1, "staged": "feats.npy.tmp-1-y"}]
-    commit_manifest(tmp_path, m)
-    m = read_manifest(tmp_path)
-    assert segment_path(tmp_path, m.segments[0]) == tmp_path / FEATS
-    finish_renames(tmp_path, m)
-    assert read_manifest(tmp_path).segments == [{"file": FEATS, "rows": 1}]
-    np.testing.assert_array_equal(load_matrix(tmp_path, m), np.ones((1, 3), np.float32))
-
-
-def test_cleanup_stale(tmp_path):
-    keep = ["part-a.npy", "whiten.npz", "notes.txt"]
-    drop = ["part-old.npy", "feats.npy", "manifest.json.tmp-1-aa", "feats.npy.tmp-2-bb"]
-    for name in keep + drop:
-        (tmp_path / name).write_bytes(b"x")
-    (tmp_path / "part-dir").mkdir()
-    m = Manifest(config={}, dim=1, entries=[], segments=[], extra={"files": ["whiten.npz"]})
-    m.segments = [{"file": "part-a.npy", "rows": 0}]
-    commit_manifest(tmp_path, m)
-    cleanup_stale(tmp_path, m)
-    left = sorted(p.name for p in tmp_path.iterdir())
-    assert left == sorted(keep + ["manifest.json", "part-dir"])
-
-
-def test_cleanup_keeps_staged_file(tmp_path):
-    (tmp_path / "feats.npy.tmp-3-cc").write_bytes(b"x")
-    m = Manifest(config={}, dim=1, segments=[{"file": FEATS, "rows": 0, "staged": "feats.npy.tmp-3-cc"}])
-    cleanup_stale(tmp_path, m)
-    assert (tmp_path / "feats.npy.tmp-3-cc").exists()
+def test_writer_refuses_to_build_on_a_missing_or_empty_matrix(tmp_path):
+    idir = tmp_path / "idx"
+    with writer(idir) as w:
+        w.set_dim(2)
+        w.put([Entry("a.jpg", 1, 1)], np.ones((1, 2), np.float32))
+        w.commit()
+        w.finish("none")
+    feats = idir / read_manifest(idir).segments[0].file
+    feats.write_bytes(b"")
+    with pytest.raises(IndexFolderError, match="empty; rebuild with --rebuild"):
+        writer(idir).__enter__()
+    feats.unlink()
+    with pytest.raises(IndexFolderError, match="missing; rebuild with --rebuild"):
+        writer(idir).__enter__()
+    with writer(idir, rebuild=True) as w:  # --rebuild gets out of it
+        assert w.is_new
 
 
 def test_lock_is_exclusive(tmp_path):
@@ -264,6 +181,18 @@ def test_lock_is_exclusive(tmp_path):
         pass
 
 
+def test_lock_in_a_folder_that_cannot_be_written(tmp_path, monkeypatch):
+    from filelock import FileLock
+
+    def refuse(self: object, *args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(FileLock, "acquire", refuse)
+    with pytest.raises(IndexWriteError, match="read-only; pass --index DIR"):
+        with Lock(tmp_path):
+            pass
+
+
 def test_lock_held_by_another_process_and_released_when_it_dies(tmp_path):
     script = (
         "import sys, time; from pathlib import Path; from cbir.index.store import Lock\n"
@@ -272,7 +201,7 @@ def test_lock_held_by_another_process_and_released_when_it_dies(tmp_path):
     )
     proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
-        assert proc.stdout.readline().strip() == "locked"
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
         with pytest.raises(IndexLockedError):
             with Lock(tmp_path):
                 pass

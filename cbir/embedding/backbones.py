@@ -1,19 +1,20 @@
 """The registry of ``keras.applications`` backbones and the code that builds them with their weights.
 
-Each backbone has its own preprocessing, default input size and feature dimension. Weights are
-``"imagenet"`` (Keras downloads them once into its cache), a local HDF5 file, or ``None`` (random,
-for tests). When the download is impossible the error names the file and where to put it.
+Each backbone has its own preprocessing, default input size and feature dimension. The weights
+come as a resolved :class:`~cbir.embedding.weights.Weights` value (ImageNet's, which Keras downloads
+once into its cache, a local HDF5 file, or random for tests). When the download is impossible the
+error names the file and where to put it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cbir.embedding.weights import Weights
 from cbir.errors import ModelError
 
 
@@ -28,17 +29,24 @@ class Backbone:
     dim: int
     weights_file: str | None = None
 
-    def build(self, weights: str | None, alpha: float | None = None) -> Any:
-        """Build the convolutional trunk with a free input size; ``weights``: 'imagenet', a path or None."""
+    def build(self, keras_weights: str | None, width_multiplier: float | None = None) -> Any:
+        """Build the convolutional trunk with a free input size (a ``keras.Model``, hence ``Any``:
+        Keras is imported lazily).
+
+        ``keras_weights`` is what ``keras.applications`` takes ('imagenet', a path or None);
+        ``width_multiplier`` is MobileNet's ``alpha`` (None: the constructor's default).
+        """
         import keras
 
         ctor = getattr(keras.applications, self.constructor)
-        kwargs: dict[str, Any] = {"include_top": False, "weights": weights, "input_shape": (None, None, 3)}
-        if alpha is not None:
-            kwargs["alpha"] = alpha
-        if self.name.startswith("mobilenetv3"):
-            kwargs["include_preprocessing"] = True
-        elif self.name.startswith("convnext"):
+        kwargs: dict[str, Any] = {
+            "include_top": False,
+            "weights": keras_weights,
+            "input_shape": (None, None, 3),
+        }
+        if width_multiplier is not None:
+            kwargs["alpha"] = width_multiplier
+        if self.name.startswith(("mobilenetv3", "convnext")):
             kwargs["include_preprocessing"] = True
         return ctor(**kwargs)
 
@@ -158,21 +166,13 @@ def keras_cache_dir() -> Path:
     return Path(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras"))) / "models"
 
 
-def file_digest(path: str | os.PathLike, length: int = 16) -> str:
-    """A short SHA-256 of a file, used to tell weight files apart in the index manifest."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:length]
-
-
-def _kernel_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+def _kernel_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
+    """The shape of every dataset of an HDF5 weights file, by its path in the file."""
     import h5py
 
     shapes: dict[str, tuple[int, ...]] = {}
 
-    def visit(name: str, obj: Any) -> None:
+    def visit(name: str, obj: object) -> None:
         if isinstance(obj, h5py.Dataset):
             shapes[name] = tuple(obj.shape)
 
@@ -181,8 +181,11 @@ def _kernel_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def width_multiplier(backbone: Backbone, weights_path: str | os.PathLike) -> float | None:
-    """Read MobileNet/MobileNetV2's alpha from a weights file (from its kernel shapes, else its name)."""
+def width_multiplier(backbone: Backbone, weights_path: str | os.PathLike[str]) -> float | None:
+    """Read MobileNet/MobileNetV2's width multiplier (Keras' ``alpha``) from a weights file.
+
+    Read from its kernel shapes, else from Keras' file name; None for the other backbones.
+    """
     if backbone.name not in ("mobilenet", "mobilenetv2"):
         return None
     try:
@@ -209,26 +212,25 @@ def width_multiplier(backbone: Backbone, weights_path: str | os.PathLike) -> flo
     raise ModelError(f"cannot tell the width multiplier of {backbone.name} weights {weights_path}")
 
 
-def build_backbone(backbone: Backbone, weights: str | None, alpha: float | None = None) -> Any:
-    """Build ``backbone`` with ``weights`` ('imagenet', a file path, or None), with clear errors."""
-    if weights not in (None, "imagenet"):
-        if not os.path.isfile(weights):
-            raise ModelError(f"weights file not found: {weights}")
-        if alpha is None:
-            alpha = width_multiplier(backbone, weights)
+def build_backbone(backbone: Backbone, weights: Weights, width_multiplier: float | None = None) -> Any:
+    """Build ``backbone`` with ``weights`` (a ``keras.Model``), turning failures into one-line ModelErrors.
+
+    ``width_multiplier`` comes from the resolved config (:func:`cbir.embedding.features.resolve_config`
+    reads it from a MobileNet weights file); it is not read again here.
+    """
     try:
-        return backbone.build(weights, alpha)
+        return backbone.build(weights.keras_arg, width_multiplier)
     except Exception as exc:
         text = str(exc)
-        if weights == "imagenet" and ("URL fetch failure" in text or "Name or service" in text):
+        if weights.kind == "imagenet" and ("URL fetch failure" in text or "Name or service" in text):
             url = re.search(r"https?://\S+?\.h5", text)
             fname = os.path.basename(url.group(0)) if url else (backbone.weights_file or "the weights file")
             raise ModelError(
                 f"cannot download the ImageNet weights for {backbone.name}: put {fname} in "
                 f"{keras_cache_dir()}/ or pass --weights FILE"
             ) from exc
-        if weights not in (None, "imagenet"):
+        if weights.path is not None:
             raise ModelError(
-                f"weights file {weights} does not fit model {backbone.name}: {text[:200]}"
+                f"weights file {weights.path} does not fit model {backbone.name}: {text[:200]}"
             ) from exc
         raise ModelError(f"cannot build model {backbone.name}: {text[:300]}") from exc

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from cbir.embedding.backbones import get_backbone, width_multiplier
+from cbir.embedding.weights import Weights
 from cbir.ingest.decode import Geometry
 
 POOLINGS = ("max", "avg", "gem")
@@ -17,10 +19,11 @@ class FeatureConfig:
     The defaults (average pooling, antialiased resize to the backbone's own input size) won on
     Corel-1k against the original script's settings (see docs/quality.md).
 
-    ``weights`` is ``"imagenet"``, ``"random"`` or ``"file:NAME:SHA"`` (a local file's identity).
-    ``size`` None means the backbone's default input size. ``scales`` > 1 entry: multi-scale,
-    pooled features averaged before L2 normalisation. ``whitening`` is the digest of a learned
-    PCA-whitening stored beside the index, or None.
+    ``weights`` is a :class:`~cbir.embedding.weights.Weights` identity: ``"imagenet"``,
+    ``"random"`` or ``"file:NAME:SHA"``. ``size`` None means the backbone's default input size.
+    ``scales`` > 1 entry: multi-scale, pooled features averaged before L2 normalisation.
+    ``width_multiplier`` is MobileNet's width (Keras' ``alpha``; None: the default or read from the
+    weights file). ``whitening`` is the digest of a learned PCA-whitening stored beside the index.
     """
 
     model: str = "resnet50"
@@ -31,9 +34,8 @@ class FeatureConfig:
     geometry: str = "squash"
     resample: str = "bilinear"
     scales: tuple[float, ...] = (1.0,)
-    alpha: float | None = None
+    width_multiplier: float | None = None
     whitening: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
@@ -42,22 +44,42 @@ class FeatureConfig:
             raise ValueError("scales must be positive numbers")
 
     def geometry_for(self, default_size: int) -> Geometry:
+        """How images become network input; ``default_size``: the backbone's own input size."""
         return Geometry(size=self.size or default_size, mode=self.geometry, resample=self.resample)
 
+    # Any: JSON values of the manifest (str, float, int, list, None)
     def to_dict(self) -> dict[str, Any]:
+        """The manifest form (JSON-ready)."""
         d = asdict(self)
         d["scales"] = list(self.scales)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureConfig:
+        """Read the manifest form; unknown keys are ignored, the old key ``alpha`` is the width multiplier."""
         d = dict(d)
+        if "alpha" in d and d.get("width_multiplier") is None:
+            d["width_multiplier"] = d["alpha"]  # manifests of release 0.1 call it alpha
         d["scales"] = tuple(d.get("scales", (1.0,)))
-        known = {f for f in cls.__dataclass_fields__}
+        known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
-    def replace(self, **changes: Any) -> FeatureConfig:
+    def replace(self, **changes: Any) -> FeatureConfig:  # Any: values of the fields named
+        """A copy with ``changes`` applied (validated again)."""
         return replace(self, **changes)
+
+
+def resolve_config(config: FeatureConfig, weights: Weights) -> FeatureConfig:
+    """The config as it will be recorded: canonical model name, weights identity, MobileNet width.
+
+    Cheap (no model is built; a MobileNet weights file's header is read at most), so an indexer can
+    compare it with an existing index first. Called once; the Embedder takes its result.
+    """
+    backbone = get_backbone(config.model)
+    width = config.width_multiplier
+    if width is None and weights.path is not None:
+        width = width_multiplier(backbone, weights.path)
+    return config.replace(model=backbone.name, weights=weights.identity, width_multiplier=width)
 
 
 ORIGINAL = FeatureConfig(pooling="max", geometry="squash", resample="nearest")

@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
 from cbir.errors import CbirError
+from cbir.ingest.files import find_images
+from cbir.vectors import l2_normalize
+
+if TYPE_CHECKING:  # the embedder imports this module: a type-only import avoids the cycle
+    from cbir.embedding.embedder import Embedder
 
 WHITENING_FILE = "whitening.npz"
 
@@ -29,33 +36,38 @@ class Whitening:
 
     @property
     def dim(self) -> int:
+        """The dimension of the whitened vectors."""
         return int(self.projection.shape[1])
 
     @property
     def digest(self) -> str:
+        """16 hex digits of the content's SHA-256: names the file and goes into FeatureConfig.whitening."""
         h = hashlib.sha256(self.mean.astype(np.float32).tobytes())
         h.update(self.projection.astype(np.float32).tobytes())
         return h.hexdigest()[:16]
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        from cbir.embedding.embedder import l2_normalize
-
+        """Whiten vectors (n, D) or one vector (D,); the result is L2-normalised float32."""
         return l2_normalize((np.asarray(x, dtype=np.float32) - self.mean) @ self.projection)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write atomically (temporary file, then rename)."""
-        from cbir.index.store import staged_name
+    def write_to(self, f: BinaryIO) -> None:
+        """Write the ``.npz`` content into an open binary file (for the index's atomic writer)."""
+        np.savez(f, mean=self.mean.astype(np.float32), projection=self.projection.astype(np.float32))
 
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write atomically (temporary file in the same folder, then rename)."""
         path = Path(path)
-        tmp = path.with_name(staged_name(path.name) + ".npz")
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
-            np.savez(tmp, mean=self.mean.astype(np.float32), projection=self.projection.astype(np.float32))
+            with open(tmp, "wb") as f:
+                self.write_to(f)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Whitening:
+    def load(cls, path: str | os.PathLike[str]) -> Whitening:
+        """Read a file written by :meth:`save`; CbirError when it is missing or damaged."""
         try:
             with np.load(path, allow_pickle=False) as z:
                 return cls(mean=z["mean"], projection=z["projection"])
@@ -95,27 +107,23 @@ def whitening_filename(digest: str) -> str:
 
 
 def learn_from_folder(
-    embedder: object,
-    folder: str | os.PathLike,
+    embedder: Embedder,
+    folder: str | os.PathLike[str],
     dim: int | None = None,
     progress: bool | None = None,
     power: float = 0.5,
 ) -> Whitening:
     """Embed the images of ``folder`` (no whitening) and learn a whitening from them."""
-    from cbir.ingest.files import find_images
-
     files = find_images(folder)
     if not files:
         raise CbirError(f"no images found in {folder} to learn the whitening from")
     vecs, _ = embedder.embed_all(
-        [Path(folder) / f for f in files],
-        progress=progress,  # type: ignore[attr-defined]
-        desc="learning whitening",
+        [Path(folder) / f for f in files], progress=progress, desc="learning whitening"
     )
     return learn_whitening(vecs, dim, power=power)
 
 
-def load_for_index(index_dir: str | os.PathLike, digest: str | None) -> Whitening | None:
+def load_for_index(index_dir: str | os.PathLike[str], digest: str | None) -> Whitening | None:
     """The whitening an index's features were made with (None when it has none)."""
     if digest is None:
         return None

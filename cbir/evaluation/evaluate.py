@@ -1,37 +1,38 @@
-"""Retrieval quality of a feature matrix against a benchmark's ground truth (mAP, P@k, R@k, N-S).
+"""Retrieval quality of a searcher against a benchmark's ground truth (mAP, P@k, R@k, N-S).
 
-Every query is ranked against the whole matrix (AP needs the full ranking, not a top-k), with the
-query itself left out, except in the UKBench N-S score whose protocol counts it. Queries are
-processed in blocks, and a block holds at most ``MAX_BLOCK_ELEMENTS`` scores, so a 100k-image set
-is evaluated in bounded memory. Queries with no relevant image are left out of every mean.
+Every query (an indexed image, searched with its own stored vector) is ranked against the whole
+database through the same :class:`~cbir.search.base.Searcher` interface as queries (AP needs the
+full ranking, not a top-k), with the query itself left out, except in the UKBench N-S score whose
+protocol counts it. Queries are processed in blocks, and a block holds at most
+``MAX_BLOCK_ELEMENTS`` scores, so a 100k-image set is evaluated in bounded memory. Queries with no
+relevant image are left out of every mean.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cbir.errors import DatasetError
-from cbir.evaluation.groundtruth import GroundTruth, LabelRelevance
+from cbir.evaluation.groundtruth import GroundTruth, LabelRelevance, load_ground_truth
 from cbir.evaluation.metrics import average_precisions, hits_at_k
+from cbir.search.base import SearchableIndex, Searcher, check_finite
+from cbir.search.exact import ExactSearcher
+from cbir.search.rerank import Reranking, rerank
 
 log = logging.getLogger(__name__)
-
-RankFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
-"""``rank_fn(query_vectors (B, D) float32, query_rows (B,) int64) -> scores (B, N)``, higher is better.
-
-The hook for re-ranking (query expansion, database-side augmentation); the default is ``feats @ q``.
-"""
 
 MAX_BLOCK_ELEMENTS = 1 << 24
 """At most this many (query, image) scores per block: ~64 MB of scores plus ~128 MB of sort order."""
 
-_SCORE_ROWS = 65536  # feature rows converted to float32 at a time by the default scorer
+NS_TOP = 4
+"""The UKBench N-S score counts the query's group images (4, itself included) among its top 4."""
 
 
 @dataclass
@@ -114,17 +115,6 @@ class EvaluationReport:
         return "\n".join(lines)
 
 
-def _dot_scores(feats: np.ndarray) -> RankFn:
-    def score(q: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        out = np.empty((len(q), feats.shape[0]), dtype=np.float32)
-        for start in range(0, feats.shape[0], _SCORE_ROWS):
-            chunk = np.asarray(feats[start : start + _SCORE_ROWS], dtype=np.float32)
-            out[:, start : start + len(chunk)] = q @ chunk.T
-        return out
-
-    return score
-
-
 class _Relevance:
     """Relevance of every indexed row for a block of queries, from labels or explicit sets."""
 
@@ -169,20 +159,23 @@ def _check_paths(gt: GroundTruth, row_of: dict[str, int]) -> None:
 
 
 def evaluate(
-    feats: np.ndarray,
-    paths: list[str],
+    database: np.ndarray | Searcher,
+    paths: Sequence[str],
     gt: GroundTruth,
     ks: Sequence[int] = (1, 5, 10, 20, 100),
     block: int = 1024,
-    rank_fn: RankFn | None = None,
 ) -> EvaluationReport:
     """Rank every image for each query of ``gt`` and measure mAP, P@k, R@k (and N-S for UKBench).
 
-    ``feats[i]`` is the L2-normalised feature of ``paths[i]``. ``block`` caps the queries scored at
-    once (further capped so a block holds at most ``MAX_BLOCK_ELEMENTS`` scores). k values larger
-    than the number of ranked images are left out. Ties rank the lower row first.
+    ``database`` is the feature matrix (``feats[i]`` the L2-normalised feature of ``paths[i]``,
+    searched exactly) or any :class:`~cbir.search.base.Searcher` over those rows, e.g. one with
+    re-ranking; each query's vector is the searcher's own row (so DBA applies to queries too).
+    ``block`` caps the queries searched at once (further capped so a block holds at most
+    ``MAX_BLOCK_ELEMENTS`` scores). k values larger than the number of ranked images are left out.
+    Ties rank the lower row first.
     """
-    n = feats.shape[0]
+    searcher = ExactSearcher(database) if isinstance(database, np.ndarray) else database
+    n = len(searcher)
     if len(paths) != n:
         raise ValueError(f"{n} feature rows but {len(paths)} paths")
     if block < 1:
@@ -199,7 +192,6 @@ def evaluate(
     if dropped:
         log.info("k = %s exceed the %d ranked images; left out", dropped, n_ranked)
     ks = [k for k in ks if k <= n_ranked]
-    score = rank_fn or _dot_scores(feats)
     relevance = _Relevance(gt, row_of, n)
 
     done: list[str] = []
@@ -221,20 +213,13 @@ def evaluate(
             rows, rel, n_rel = rows[keep], rel[keep], n_rel[keep]
         if not len(rows):
             continue
-        qvecs = np.asarray(feats[rows], dtype=np.float32)
-        scores = np.asarray(score(qvecs, rows))
-        if scores.shape != (len(rows), n):
-            raise ValueError(f"rank_fn returned shape {scores.shape}, expected {(len(rows), n)}")
-        order = np.argsort(-scores, axis=1, kind="stable")
-        del scores
+        qvecs = searcher.vectors(rows)
+        check_finite(qvecs)  # the queries are database rows: a damaged one is the index's fault
         if gt.ukbench:
-            # N-S protocol: the query is in its own ranking and counts as one of its group's 4 images.
-            top = order[:, :4]
-            ns_hits.append(
-                np.take_along_axis(rel, top, axis=1).sum(axis=1) + (top == rows[:, None]).any(axis=1)
-            )
-        ranked = order[order != rows[:, None]].reshape(len(rows), n_ranked)
-        del order
+            ns_hits.append(_ns_hits(searcher, qvecs, rows, rel))
+        ranked = searcher.search(qvecs, n_ranked, exclude=[[int(r)] for r in rows])[0]
+        if ranked.shape != (len(rows), n_ranked):
+            raise ValueError(f"the searcher returned shape {ranked.shape}, expected {(len(rows), n_ranked)}")
         ranked_rel = np.take_along_axis(rel, ranked, axis=1)
         del ranked, rel
         done.extend(names)
@@ -268,6 +253,13 @@ def evaluate(
     )
 
 
+def _ns_hits(searcher: Searcher, qvecs: np.ndarray, rows: np.ndarray, rel: np.ndarray) -> np.ndarray:
+    """Per query, how many of its group's images (itself included) are in its top 4 (N-S protocol:
+    the query stays in its own ranking, and in its query expansion if any)."""
+    top = searcher.search(qvecs, NS_TOP)[0]
+    return np.take_along_axis(rel, top, axis=1).sum(axis=1) + (top == rows[:, None]).any(axis=1)
+
+
 def _per_class(gt: GroundTruth, queries: list[str], ap: np.ndarray, p10: np.ndarray | None) -> list[ClassRow]:
     if gt.labels is None:
         return []
@@ -298,33 +290,17 @@ def _natural(label: str) -> tuple[int, int | str]:
 
 
 def evaluate_index(
-    index: Any,
+    snapshot: SearchableIndex,
     gt_path: str | None = None,
     *,
-    qe: int = 0,
-    dba: int = 0,
-    alpha: float = 3.0,
+    reranking: Reranking = Reranking(),
     ks: Sequence[int] = (1, 5, 10, 20, 100),
 ) -> EvaluationReport:
-    """Evaluate an opened :class:`~cbir.index.Index` against its folder's ground truth.
+    """Evaluate an opened index against its folder's ground truth (or the file ``gt_path``).
 
-    ``dba`` > 0 augments the database with its top-``dba`` neighbours, ``qe`` > 0 expands each
-    query with its top-``qe`` neighbours (alpha-QE); both use weights similarity^``alpha``.
+    The ranking is exact (AP needs every row ranked, which an approximate index cannot give), with
+    ``reranking`` applied as for queries.
     """
-    from pathlib import Path
-
-    from cbir.evaluation.groundtruth import load_ground_truth
-    from cbir.search.rerank import database_augmentation, query_expansion
-
-    gt = load_ground_truth(Path(index.root), list(index.paths), path=gt_path)
-    feats = np.asarray(index.feats, dtype=np.float32)
-    if dba:
-        feats = database_augmentation(feats, dba, alpha)
-    rank_fn = None
-    if qe:
-
-        def rank_fn(q: np.ndarray, rows: np.ndarray) -> np.ndarray:
-            expanded = query_expansion(q, feats, qe, alpha, exclude=[[int(r)] for r in rows])
-            return expanded @ feats.T
-
-    return evaluate(feats, list(index.paths), gt, ks=tuple(ks), rank_fn=rank_fn)
+    gt = load_ground_truth(Path(snapshot.root), list(snapshot.paths), path=gt_path)
+    searcher = rerank(snapshot.searcher(exact=True), reranking)
+    return evaluate(searcher, list(snapshot.paths), gt, ks=tuple(ks))

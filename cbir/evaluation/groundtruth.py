@@ -37,7 +37,7 @@ class LabelRelevance(Mapping[str, set[str]]):
     """``query -> relevant paths`` where relevant means "same label, not the query itself".
 
     Built on demand, so a labelled set of 100k images does not hold 100k sets of its class
-    members; :func:`cbir.evaluate.evaluate` compares label ids directly instead of reading it.
+    members; :func:`cbir.evaluation.evaluate.evaluate` compares label ids directly instead of reading it.
     """
 
     def __init__(self, labels: Mapping[str, str], queries: list[str]) -> None:
@@ -60,10 +60,6 @@ class LabelRelevance(Mapping[str, set[str]]):
     def __len__(self) -> int:
         return len(self._queries)
 
-    def count(self, query: str) -> int:
-        """Number of relevant images of ``query`` without building the set."""
-        return len(self.members[self.labels[query]]) - 1
-
 
 @dataclass
 class GroundTruth:
@@ -80,11 +76,6 @@ class GroundTruth:
     kind: str
     ukbench: bool = False
     class_names: dict[str, str] = field(default_factory=dict)
-
-    def n_relevant(self, query: str) -> int:
-        if isinstance(self.relevant, LabelRelevance):
-            return self.relevant.count(query)
-        return len(self.relevant[query])
 
 
 class _Resolver:
@@ -228,10 +219,16 @@ def _stems(files: list[str]) -> list[str]:
     return [posixpath.splitext(posixpath.basename(f))[0] for f in files]
 
 
+def _all_match(pattern: re.Pattern[str], stems: list[str]) -> list[re.Match[str]] | None:
+    """The match of every stem, or None if one does not match."""
+    matches = [pattern.match(s) for s in stems]
+    return [m for m in matches if m is not None] if all(matches) else None
+
+
 def _holidays(files: list[str]) -> GroundTruth | None:
     stems = _stems(files)
-    matches = [_HOLIDAYS.match(s) for s in stems]
-    if not all(matches):
+    matches = _all_match(_HOLIDAYS, stems)
+    if matches is None:
         return None
     if len(set(stems)) != len(stems):
         raise DatasetError("INRIA Holidays names (100000.jpg) must be unique across folders")
@@ -248,9 +245,8 @@ def _holidays(files: list[str]) -> GroundTruth | None:
 
 
 def _ukbench(files: list[str]) -> GroundTruth | None:
-    stems = _stems(files)
-    matches = [_UKBENCH.match(s) for s in stems]
-    if not all(matches):
+    matches = _all_match(_UKBENCH, _stems(files))
+    if matches is None:
         return None
     numbers = [int(m.group(1)) for m in matches]
     if len(set(numbers)) != len(numbers):
@@ -267,7 +263,7 @@ def _ukbench(files: list[str]) -> GroundTruth | None:
 
 
 def load_ground_truth(
-    root: str | os.PathLike, files: list[str], path: str | os.PathLike | None = None
+    root: str | os.PathLike[str], files: list[str], path: str | os.PathLike[str] | None = None
 ) -> GroundTruth:
     """Find the ground truth of the dataset at ``root`` whose indexed images are ``files``.
 

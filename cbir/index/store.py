@@ -1,240 +1,88 @@
-"""The index on disk: ``feats.npy`` plus a JSON manifest, always complete and consistent.
+"""The owner of an index folder: the only code that writes it, under its lock.
 
 Layout of an index folder (by default ``DATASET/.cbir/``)::
 
-    manifest.json   format, version, feature config, row -> file map, skipped files, segments
-    feats.npy       float32 (or float16) matrix, one L2-normalised row per image
-    part-*.npy      checkpoint segments of an unfinished run (merged into feats.npy at its end)
-    ann.faiss       approximate index of a large collection (cbir.ann; described in extra["ann"])
-    lock            held while an indexer runs
+    manifest.json        the commit point: format version, feature settings, row -> file map,
+                         skipped files, and the names of every file below
+    feats-*.npy          the feature matrix, one L2-normalised row per image (float32 or float16)
+    part-*.npy           checkpoint segments of an unfinished run (merged at its end)
+    whitening-*.npz      the learned whitening, when used (named by its digest)
+    ann-*.faiss          approximate index of a large collection (cbir.index.ann)
+    lock                 held while an indexer runs
 
-``manifest.json`` is the commit point: every other file is first written under a unique temporary
-name, and the manifest is replaced (write, fsync, rename) only once they are complete. When a file
-must keep a fixed name (``feats.npy``), the manifest records the staged file it is about to be
-renamed from; a reader that finds the staged file still there uses it (and a writer finishes the
-rename), so a crash between the two renames loses nothing. Nothing is unpickled and manifest paths
-cannot escape the dataset root.
+Every file is written whole under a new name before the manifest that names it is committed
+(written to a temporary file and renamed over ``manifest.json``), and no name is ever given new
+content, so the folder always holds one complete committed index and readers see one version whole
+(:mod:`cbir.index.snapshot`). Files no committed manifest names are removed after each commit.
+
+:class:`IndexWriter` is the seam a second store (a vector database) implements: what it holds
+(path, size, mtime), put rows, drop paths, remember skipped files, commit, finish.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Protocol
 
 import numpy as np
 
+from cbir.embedding.features import FeatureConfig
+from cbir.embedding.whiten import Whitening, whitening_filename
 from cbir.errors import IndexFolderError, IndexLockedError
-from cbir.ingest.files import safe_join
+from cbir.index import ann
+from cbir.index.files import read_matrix, write_atomic, write_bytes, write_error, write_matrix
+from cbir.index.manifest import Entry, Manifest, Segment, Skipped
+from cbir.ingest.files import INDEX_DIRNAME
 
-FORMAT = "cbir-index"
-VERSION = 1
+log = logging.getLogger(__name__)
+
 MANIFEST = "manifest.json"
-FEATS = "feats.npy"
-ANN = "ann.faiss"  # the approximate index of large collections (cbir.ann), named in extra["ann"]
 LOCK = "lock"
+BLOCK_ROWS = 65_536  # rows copied at a time when the matrix is compacted
+_OURS = ("feats-", "part-", "whitening-", "ann-")
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def staged_name(final: str) -> str:
-    """A unique temporary name for ``final`` in the same folder (same file system: rename is atomic)."""
-    return f"{final}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
-    tmp = path.with_name(staged_name(path.name))
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def write_npy(path: Path, array: np.ndarray) -> None:
-    """Write an array to ``path`` (a fresh name) and fsync it."""
-    with open(path, "wb") as f:
-        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-@dataclass
-class Entry:
-    """One indexed file: its path relative to the dataset root and the stat it was embedded at."""
-
-    path: str
-    size: int
-    mtime_ns: int
-
-
-@dataclass
-class Skipped:
-    """A file that could not be used, remembered so it is not retried until it changes."""
-
-    path: str
-    size: int
-    mtime_ns: int
-    reason: str
-
-
-@dataclass
-class Manifest:
-    """The commit record of an index (see the module docstring)."""
-
-    config: dict[str, Any]
-    dim: int
-    dtype: str = "float32"
-    entries: list[Entry | None] = field(default_factory=list)
-    segments: list[dict[str, Any]] = field(default_factory=list)
-    skipped: list[Skipped] = field(default_factory=list)
-    weights_path: str | None = None
-    root: str | None = None
-    generation: str = field(default_factory=lambda: uuid.uuid4().hex)
-    created: float = field(default_factory=time.time)
-    updated: float = field(default_factory=time.time)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "format": FORMAT,
-                "version": VERSION,
-                "config": self.config,
-                "dim": self.dim,
-                "dtype": self.dtype,
-                "generation": self.generation,
-                "created": self.created,
-                "updated": self.updated,
-                "root": self.root,
-                "weights_path": self.weights_path,
-                "segments": self.segments,
-                "entries": [None if e is None else [e.path, e.size, e.mtime_ns] for e in self.entries],
-                "skipped": [[s.path, s.size, s.mtime_ns, s.reason] for s in self.skipped],
-                "extra": self.extra,
-            },
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> Manifest:
-        d = json.loads(text)
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise ValueError("not a cbir index manifest")
-        if d.get("version") != VERSION:
-            raise ValueError(f"index format version {d.get('version')} (this cbir reads version {VERSION})")
-        entries = [None if e is None else Entry(str(e[0]), int(e[1]), int(e[2])) for e in d["entries"]]
-        for e in entries:
-            if e is not None:
-                safe_join(".", e.path)
-        skipped = [Skipped(str(s[0]), int(s[1]), int(s[2]), str(s[3])) for s in d.get("skipped", [])]
-        for s in skipped:
-            safe_join(".", s.path)
-        segments = d["segments"]
-        for seg in segments:
-            for key in ("file", "staged"):
-                name = seg.get(key)
-                if (name is not None or key == "file") and (
-                    not isinstance(name, str) or not name or "/" in name or name.startswith(".")
-                ):
-                    raise ValueError(f"bad segment file name {name!r}")
-        if sum(int(s["rows"]) for s in segments) != len(entries):
-            raise ValueError("segment rows do not match the entries")
-        return cls(
-            config=d["config"],
-            dim=int(d["dim"]),
-            dtype=str(d.get("dtype", "float32")),
-            entries=entries,
-            segments=segments,
-            skipped=skipped,
-            weights_path=d.get("weights_path"),
-            root=d.get("root"),
-            generation=str(d["generation"]),
-            created=float(d["created"]),
-            updated=float(d["updated"]),
-            extra=d.get("extra", {}),
-        )
+def default_index_dir(root: str | os.PathLike[str]) -> Path:
+    """The index lives with its dataset, in a hidden folder the image scan skips."""
+    return Path(root) / INDEX_DIRNAME
 
 
 def read_manifest(index_dir: Path) -> Manifest | None:
     """The committed manifest of ``index_dir``, None if there is none; IndexFolderError if unreadable."""
+    return read_manifest_stat(index_dir)[0]
+
+
+def read_manifest_stat(index_dir: Path) -> tuple[Manifest | None, tuple[int, int, int] | None]:
+    """The manifest and the identity (inode, mtime, size) of the very file it was read from."""
     path = index_dir / MANIFEST
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            text = f.read().decode("utf-8")
     except FileNotFoundError:
-        return None
+        return None, None
+    except UnicodeDecodeError as exc:
+        raise IndexFolderError(f"index manifest {path} is corrupt; rebuild with --rebuild") from exc
     except OSError as exc:
-        raise IndexFolderError(f"cannot read index manifest {path}: {exc.strerror}") from exc
+        raise IndexFolderError(f"cannot read index manifest {path}: {exc.strerror or exc}") from exc
     try:
-        return Manifest.from_json(text)
+        manifest = Manifest.from_json(text)
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
-        raise IndexFolderError(f"index manifest {path} is corrupt or from another version ({exc})") from exc
-
-
-def commit_manifest(index_dir: Path, manifest: Manifest) -> None:
-    """Atomically replace the manifest: the single step that makes new index files visible."""
-    manifest.updated = time.time()
-    write_bytes_atomic(index_dir / MANIFEST, manifest.to_json().encode("utf-8"))
-
-
-def segment_path(index_dir: Path, seg: dict[str, Any]) -> Path:
-    """The file that currently holds a segment's rows: its staged name until the rename happened."""
-    staged = seg.get("staged")
-    if staged and (index_dir / staged).exists():
-        return index_dir / staged
-    return index_dir / seg["file"]
-
-
-def finish_renames(index_dir: Path, manifest: Manifest) -> None:
-    """Complete renames a crash interrupted (writer side, under the lock)."""
-    changed = False
-    for seg in manifest.segments:
-        staged = seg.get("staged")
-        if staged:
-            if (index_dir / staged).exists():
-                os.replace(index_dir / staged, index_dir / seg["file"])
-            del seg["staged"]
-            changed = True
-    if changed:
-        _fsync_dir(index_dir)
-        commit_manifest(index_dir, manifest)
+        raise IndexFolderError(
+            f"index manifest {path} is corrupt or from another version ({exc}); rebuild with --rebuild"
+        ) from exc
+    return manifest, (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def load_matrix(index_dir: Path, manifest: Manifest, mmap: bool = True) -> np.ndarray:
     """The feature matrix of all rows (dead rows included), memory-mapped when it is one segment."""
-    arrays = []
-    for seg in manifest.segments:
-        path = segment_path(index_dir, seg)
-        try:
-            arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-        except FileNotFoundError:
-            raise  # replaced by an indexer under our feet: open_index reads the manifest again
-        except (OSError, ValueError) as exc:
-            raise IndexFolderError(f"index file {path} is unreadable ({exc}); rebuild with --rebuild") from exc
-        if arr.ndim != 2 or arr.shape[0] != int(seg["rows"]) or arr.shape[1] != manifest.dim:
-            raise IndexFolderError(f"index file {path} does not match its manifest; rebuild with --rebuild")
-        arrays.append(arr)
+    arrays = [read_matrix(index_dir / s.file, s.rows, manifest.dim, mmap) for s in manifest.segments]
     if not arrays:
         return np.zeros((0, manifest.dim), dtype=manifest.dtype)
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
@@ -259,25 +107,242 @@ class Lock:
                 f"another cbir process is updating the index in {self.path.parent} (lock {self.path}); "
                 "wait for it to finish"
             ) from None
+        except OSError as exc:
+            raise write_error(self.path.parent, exc) from exc
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._lock.release()
 
 
-def cleanup_stale(index_dir: Path, manifest: Manifest | None) -> None:
-    """Remove temporary and segment files that the committed manifest does not reference."""
-    keep = {MANIFEST, LOCK}
-    if manifest is not None:
-        for seg in manifest.segments:
-            keep.add(seg["file"])
-            if seg.get("staged"):
-                keep.add(seg["staged"])
-        keep.update(manifest.extra.get("files", []))
-        if "ann" in manifest.extra:
-            keep.add(ANN)
-    for p in index_dir.iterdir():
-        if p.name in keep or not p.is_file():
-            continue
-        if p.name.startswith(("part-", "whitening-")) or ".tmp-" in p.name or p.name in (FEATS, ANN):
-            p.unlink(missing_ok=True)
+class IndexWriter(Protocol):
+    """What an indexer needs of a store; the folder store is one, a vector database would be another."""
+
+    rebuilt: str | None
+
+    def held(self) -> dict[str, Entry]:
+        """The indexed files by path, with the size and mtime they were embedded at."""
+        ...
+
+    def known_bad(self) -> dict[str, Skipped]:
+        """The files that failed last time, by path."""
+        ...
+
+    def put(self, entries: Sequence[Entry], vectors: np.ndarray) -> None:
+        """Add rows (visible at the next commit)."""
+        ...
+
+    def drop(self, paths: Iterable[str]) -> None:
+        """Forget the rows of ``paths`` (at the next commit)."""
+        ...
+
+    def set_skipped(self, skipped: Sequence[Skipped]) -> None:
+        """Replace the list of files that failed."""
+        ...
+
+    def commit(self) -> None:
+        """Make everything put, dropped and skipped so far durable and visible to readers."""
+        ...
+
+    def finish(self, ann_mode: str) -> str:
+        """End the run: compact the rows, bring the approximate index in line with ``ann_mode``."""
+        ...
+
+
+class FolderWriter:
+    """The folder store's :class:`IndexWriter`: a context manager that holds the folder's lock."""
+
+    def __init__(
+        self,
+        index_dir: Path,
+        config: FeatureConfig,
+        *,
+        dtype: str = "float32",
+        rebuild: bool = False,
+        whitening: Whitening | None = None,
+        root: Path | None = None,
+        weights_path: str | None = None,
+    ) -> None:
+        if dtype not in ("float32", "float16"):
+            raise ValueError("dtype must be float32 or float16")
+        self.dir = index_dir
+        self.config, self.dtype, self.rebuild = config, dtype, rebuild
+        self.whitening, self.root, self.weights_path = whitening, root, weights_path
+        self.rebuilt: str | None = "asked" if rebuild else None
+        self._lock = Lock(index_dir)
+        self._pending: list[tuple[Sequence[Entry], np.ndarray]] = []
+        self.manifest = Manifest(config=config, dim=0, dtype=dtype)
+        self._committed: Manifest | None = None
+        self._committed_text: str | None = None
+
+    def __enter__(self) -> FolderWriter:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise IndexFolderError(
+                f"cannot create the index folder {self.dir} ({exc.strerror}); pass --index DIR"
+            ) from exc
+        self._lock.__enter__()
+        try:
+            self._open()
+        except BaseException:
+            self._lock.__exit__()
+            raise
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._lock.__exit__()
+
+    def _open(self) -> None:
+        on_disk: Manifest | None = None
+        try:
+            on_disk = read_manifest(self.dir)
+        except IndexFolderError as exc:
+            if isinstance(exc.__cause__, OSError):
+                raise  # unreadable, not damaged: a rebuild could not write it either
+            if not self.rebuild:
+                log.warning("%s; rebuilding", exc)
+                self.rebuilt = "damaged"
+        self._committed = on_disk  # its files stay until a new manifest is committed
+        old = None if self.rebuild else on_disk
+        if old is not None and old.config != self.config:
+            log.info("index settings changed; rebuilding %s", self.dir)
+            self.rebuilt = "settings changed"
+            old = None
+        if old is not None:
+            try:
+                load_matrix(self.dir, old)  # a missing or damaged matrix is reported, not built upon
+            except FileNotFoundError as exc:
+                raise IndexFolderError(
+                    f"index file {exc.filename} is missing; rebuild with --rebuild"
+                ) from exc
+            self.manifest = old
+        self._committed_text = old.to_json() if old is not None else None
+        self._cleanup()
+        if self.whitening is not None:
+            name = whitening_filename(self.whitening.digest)
+            if not (self.dir / name).exists():
+                write_atomic(self.dir / name, self.whitening.write_to)
+            self.manifest.whitening = name
+        else:
+            self.manifest.whitening = None
+        if self.root is not None:
+            self.manifest.root = str(self.root.resolve())
+        self.manifest.weights_path = self.weights_path
+
+    @property
+    def is_new(self) -> bool:
+        """True when this run starts an index from nothing (a first run or a rebuild)."""
+        return self._committed_text is None
+
+    def set_dim(self, dim: int) -> None:
+        """The vector dimension (known once the embedder is built; an existing index has its own)."""
+        if not self.is_new and dim != self.manifest.dim:
+            raise ValueError(f"vectors of {dim} dimensions for an index of {self.manifest.dim}")
+        self.manifest.dim = dim
+
+    def held(self) -> dict[str, Entry]:
+        return {e.path: e for e in self.manifest.entries if e is not None}
+
+    def known_bad(self) -> dict[str, Skipped]:
+        return {s.path: s for s in self.manifest.skipped}
+
+    def put(self, entries: Sequence[Entry], vectors: np.ndarray) -> None:
+        if len(entries) != len(vectors):
+            raise ValueError("one vector per entry")
+        if len(entries):
+            self._pending.append((list(entries), np.asarray(vectors)))
+
+    def drop(self, paths: Iterable[str]) -> None:
+        gone = set(paths)
+        self.manifest.entries = [
+            None if e is not None and e.path in gone else e for e in self.manifest.entries
+        ]
+
+    def set_skipped(self, skipped: Sequence[Skipped]) -> None:
+        self.manifest.skipped = list(skipped)
+
+    def commit(self) -> None:
+        if self._pending or not self.manifest.segments:
+            entries = [e for batch, _ in self._pending for e in batch]
+            vectors = [v for _, v in self._pending]
+            name = f"part-{uuid.uuid4().hex}.npy"
+            write_matrix(self.dir / name, vectors, len(entries), self.manifest.dim, self.manifest.dtype)
+            self.manifest.segments.append(Segment(name, len(entries)))
+            self.manifest.entries.extend(entries)
+            self._pending.clear()
+        self._commit_manifest()
+
+    def _commit_manifest(self) -> None:
+        self.manifest.updated = time.time()
+        text = self.manifest.to_json()
+        write_bytes(self.dir / MANIFEST, text.encode("utf-8"))
+        self._committed, self._committed_text = self.manifest, text
+        self._cleanup()
+
+    def finish(self, ann_mode: str) -> str:
+        self._compact()
+        return self._update_ann(ann_mode)
+
+    def unchanged_since_commit(self) -> bool:
+        """True when nothing was put, dropped or skipped since the last commit (nothing to write)."""
+        return not self._pending and self.manifest.to_json() == self._committed_text
+
+    def _compact(self) -> None:
+        """Merge the segments (dropping dead rows) into one new ``feats-*.npy``, in the asked dtype."""
+        m = self.manifest
+        live = np.array(m.live_rows(), dtype=np.int64)
+        if (
+            len(m.segments) == 1
+            and m.segments[0].file.startswith("feats")
+            and len(live) == len(m.entries)
+            and m.dtype == self.dtype
+        ):
+            return
+        source = load_matrix(self.dir, m, mmap=True)
+        name = f"feats-{uuid.uuid4().hex}.npy"
+        blocks = (source[live[s : s + BLOCK_ROWS]] for s in range(0, len(live), BLOCK_ROWS))
+        write_matrix(self.dir / name, blocks, len(live), m.dim, self.dtype)
+        del source
+        m.generation = uuid.uuid4().hex  # new feature rows: an ANN built from the old ones is stale
+        m.entries = [m.entries[i] for i in live]
+        m.segments = [Segment(name, len(live))]
+        m.dtype = self.dtype
+        self._commit_manifest()
+
+    def _update_ann(self, mode: str) -> str:
+        m = self.manifest
+        rows = len(m.entries)
+        fresh = ann.is_fresh(m.ann, m) and m.ann is not None and (self.dir / m.ann.file).is_file()
+        kind = ann.wanted_kind(mode, rows, m.ann, fresh)
+        if kind is None:
+            if m.ann is None:
+                return "none"
+            m.ann = None
+            self._commit_manifest()
+            return "removed"
+        if fresh and m.ann is not None and m.ann.kind == kind:
+            return f"{kind} up to date"
+        m.ann = ann.build_file(self.dir, m, load_matrix(self.dir, m, mmap=True), kind)
+        self._commit_manifest()
+        return f"built {kind} in {m.ann.seconds:.1f}s"
+
+    def _cleanup(self) -> None:
+        """Remove our files that the committed manifest does not name (temporaries included)."""
+        keep = {MANIFEST, LOCK} | (self._committed.files() if self._committed is not None else set())
+        try:
+            names = os.listdir(self.dir)
+        except OSError:
+            return
+        for name in names:
+            if name in keep or not (
+                name.startswith(_OURS) or ".tmp-" in name or name in ("feats.npy", "ann.faiss")
+            ):
+                continue
+            try:
+                if (self.dir / name).is_file():
+                    (self.dir / name).unlink()
+            except OSError as exc:
+                log.debug("cannot remove %s: %s", self.dir / name, exc)

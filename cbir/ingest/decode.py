@@ -2,12 +2,14 @@
 
 Handles what real photo folders contain: EXIF orientation, palette/grey/alpha/CMYK/16-bit modes,
 animated files (first frame), decompression bombs and oversized files, and broken files, which
-raise :class:`~cbir.errors.BadImageError` with a short reason instead of crashing a long run.
+raise :class:`~cbir.errors.BadImageError` with a short reason instead of crashing a long run (marked
+``transient`` when the cause is a permission problem, which may be fixed without touching the file).
 Large JPEGs are decoded at reduced scale (``Image.draft``) when the target size allows it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import warnings
@@ -103,7 +105,14 @@ class Geometry:
         return self.output_size(width, height, scale)
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def is_access_error(exc: BaseException) -> bool:
+    """True when ``exc`` is a permission problem (EACCES/EPERM): it may go away without the file changing."""
+    return isinstance(exc, PermissionError) or (
+        isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM)
+    )
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any Pillow mode to RGB; transparency is composited on white."""
     mode = img.mode
     if mode == "RGB":
@@ -128,7 +137,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def open_rgb(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     limits: LoadLimits = LoadLimits(),
     draft_for: tuple[int, int] | None = None,
 ) -> Image.Image:
@@ -140,7 +149,9 @@ def open_rgb(
     try:
         size = os.path.getsize(path)
     except OSError as exc:
-        raise BadImageError(f"cannot read file ({exc.strerror or exc})") from exc
+        raise BadImageError(
+            f"cannot read file ({exc.strerror or exc})", transient=is_access_error(exc)
+        ) from exc
     if size == 0:
         raise BadImageError("empty file")
     if size > limits.max_bytes:
@@ -156,7 +167,7 @@ def open_rgb(
     except Image.DecompressionBombError as exc:
         raise BadImageError("image exceeds the pixel limit (decompression bomb guard)") from exc
     except OSError as exc:
-        raise BadImageError(f"cannot open ({exc})") from exc
+        raise BadImageError(f"cannot open ({exc})", transient=is_access_error(exc)) from exc
     try:
         w, h = img.size
         if w * h > limits.max_pixels:
@@ -166,8 +177,7 @@ def open_rgb(
             need = draft_for if orientation not in (5, 6, 7, 8) else (draft_for[1], draft_for[0])
             img.draft("RGB", need)
         img.load()
-        img = ImageOps.exif_transpose(img)
-        return _to_rgb(img)
+        return to_rgb(ImageOps.exif_transpose(img))
     except BadImageError:
         img.close()
         raise
@@ -176,10 +186,12 @@ def open_rgb(
         raise BadImageError("image exceeds the pixel limit (decompression bomb guard)") from exc
     except (OSError, ValueError, SyntaxError, struct.error, EOFError) as exc:
         img.close()
+        if is_access_error(exc):
+            raise BadImageError(f"cannot read file ({exc})", transient=True) from exc
         raise BadImageError(f"truncated or corrupt image ({exc})") from exc
 
 
-def upright_size(path: str | os.PathLike) -> tuple[int, int]:
+def upright_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     """The (width, height) of an image after EXIF orientation, read from the header only."""
     with Image.open(path) as img:
         w, h = img.size
@@ -189,18 +201,22 @@ def upright_size(path: str | os.PathLike) -> tuple[int, int]:
 
 
 def load_views(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     geometry: Geometry,
     scales: tuple[float, ...] = (1.0,),
     limits: LoadLimits = LoadLimits(),
     draft: bool = True,
 ) -> list[np.ndarray]:
-    """Decode ``path`` and return one uint8 HxWx3 array per scale, resized as ``geometry`` says."""
+    """Decode ``path`` and return one uint8 HxWx3 array per scale, resized as ``geometry`` says.
+
+    ``draft`` decodes large JPEGs at reduced scale (off only to compare with a full decode). Raises
+    BadImageError (``transient`` for permission problems) for unusable files.
+    """
     draft_for = None
     if draft:
         try:
             w0, h0 = upright_size(path)
-        except Exception:  # the full open below reports the real problem
+        except Exception:  # the full open below reports the real problem (and whether it is transient)
             w0 = h0 = 0
         if w0 and h0:
             needs = [geometry.needed_size(w0, h0, s) for s in scales]

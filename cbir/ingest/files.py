@@ -33,13 +33,13 @@ def _excluded(rel: str, name: str, patterns: Sequence[str]) -> bool:
 
 
 def find_images(
-    root: str | os.PathLike,
+    root: str | os.PathLike[str],
     *,
     recursive: bool = True,
     include_hidden: bool = False,
     exclude: Iterable[str] = (),
     extensions: Iterable[str] | None = None,
-    skip_dirs: Iterable[str | os.PathLike] = (),
+    skip_dirs: Iterable[str | os.PathLike[str]] = (),
 ) -> list[str]:
     """Return the image files under ``root`` as sorted POSIX paths relative to it."""
     root_path = Path(root)
@@ -92,7 +92,7 @@ def find_images(
     return found
 
 
-def safe_join(root: str | os.PathLike, rel: str) -> Path:
+def safe_join(root: str | os.PathLike[str], rel: str) -> Path:
     """Join a manifest path to the dataset root, refusing anything that escapes it."""
     if not rel or rel.startswith("/") or "\\" in rel or any(p in ("..", "") for p in rel.split("/")):
         raise ValueError(f"unsafe path in index: {rel!r}")

@@ -6,25 +6,25 @@ import math
 import os
 from pathlib import Path
 
-from cbir.output.results import QueryResult
+from PIL import Image, ImageOps
+
+from cbir.ingest.decode import LoadLimits, open_rgb
+from cbir.output.results import Match, QueryResult
 
 CELL_INCHES = 2.4
 
 
-def _thumb(path: str, size: int = 256):
-    from PIL import Image, ImageOps
-
-    from cbir.ingest.decode import LoadLimits, open_rgb
-
+def _thumb(path: str, size: int = 256) -> Image.Image:
+    """The picture at ``path`` fitted into ``size`` pixels, or a grey square if it cannot be shown."""
     try:
         img = open_rgb(path, LoadLimits(), draft_for=(size, size))
-    except Exception:
+    except Exception:  # a result file may have changed or vanished since indexing: never fail the plot
         return Image.new("RGB", (size, size), (200, 200, 200))
     return ImageOps.contain(img, (size, size))
 
 
 def plot_results(
-    results: list[QueryResult], out: str | os.PathLike | None = None, show: bool = False, columns: int = 5
+    results: list[QueryResult], out: str | os.PathLike[str] | None = None, show: bool = False, columns: int = 5
 ) -> Path | None:
     """Draw each query followed by its matches; one query fills a grid, several get a row each.
 
@@ -41,11 +41,11 @@ def plot_results(
         n_cells = 1 + len(results[0].matches)
         cols = min(columns, n_cells)
         rows = math.ceil(n_cells / cols)
-        layout = [[results[0].query] + results[0].matches]
+        layout: list[list[str | Match]] = [[results[0].query, *results[0].matches]]
     else:
         cols = 1 + max((len(r.matches) for r in results), default=0)
         rows = len(results)
-        layout = [[r.query] + r.matches for r in results]
+        layout = [[r.query, *r.matches] for r in results]
     fig, axes = plt.subplots(
         rows, cols, figsize=(CELL_INCHES * cols, CELL_INCHES * rows + 0.3), squeeze=False
     )
@@ -75,4 +75,5 @@ def plot_results(
 
 
 def _short(name: str, width: int = 24) -> str:
+    """``name`` cut to ``width`` characters with an ellipsis, to fit under a thumbnail."""
     return name if len(name) <= width else name[: width - 3] + "..."

@@ -1,17 +1,26 @@
-"""Query results and their JSON form."""
+"""Query results and their JSON form (always valid JSON: no NaN or Infinity)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 
 @dataclass(frozen=True)
 class Match:
-    """One retrieved image: its path (dataset folder joined with the indexed path) and cosine score."""
+    """One retrieved image: its path (dataset folder joined with the indexed path) and cosine score.
+
+    The score must be finite (ValueError otherwise): searchers never produce another, and the
+    ``--json`` document must stay strict JSON.
+    """
 
     path: str
     score: float
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.score):
+            raise ValueError(f"the score of {self.path} is not finite ({self.score})")
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "score": round(float(self.score), 6)}

@@ -3,48 +3,114 @@
 Both replace a vector by the similarity-weighted mean of itself and its top neighbours
 (weights s^alpha), then re-normalise: alpha-QE on the query side at search time, DBA on every
 database vector (computed in memory, blocked; meant for collections up to ~100k images).
+:func:`rerank` applies them on top of any :class:`~cbir.search.base.Searcher`, so queries,
+evaluation and benchmarks share one implementation, and QE uses the approximate index when the
+searcher has one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 
-from cbir.embedding.embedder import l2_normalize
-from cbir.search.exact import top_k
+from cbir.search.base import Searcher, as_queries
+from cbir.search.exact import ExactSearcher
+from cbir.vectors import l2_normalize
+
+
+@dataclass(frozen=True)
+class Reranking:
+    """Which re-ranking to apply: top-``qe`` query expansion, top-``dba`` database augmentation
+    (0 turns either off), neighbours weighted by similarity^``alpha`` (the CLI's ``--alpha``)."""
+
+    qe: int = 0
+    dba: int = 0
+    alpha: float = 3.0
+
+    @property
+    def active(self) -> bool:
+        """True when anything is re-ranked."""
+        return self.qe > 0 or self.dba > 0
 
 
 def _augment(
-    vectors: np.ndarray, database: np.ndarray, n: int, alpha: float, exclude: list[list[int]] | None
+    vectors: np.ndarray,
+    searcher: Searcher,
+    n: int,
+    alpha: float,
+    exclude: Sequence[Sequence[int]] | None,
 ) -> np.ndarray:
-    rows, scores = top_k(database, vectors, n, exclude=exclude)
+    rows, scores = searcher.search(vectors, n, exclude=exclude)
     weights = np.maximum(scores, 0) ** alpha
-    neigh = np.asarray(database[rows.ravel()], dtype=np.float32).reshape(rows.shape + (database.shape[1],))
+    neigh = searcher.vectors(rows.ravel()).reshape(rows.shape + (searcher.dim,))
     return l2_normalize(vectors + np.einsum("qk,qkd->qd", weights, neigh))
 
 
 def query_expansion(
     queries: np.ndarray,
-    database: np.ndarray,
+    searcher: Searcher,
     n: int = 5,
     alpha: float = 3.0,
-    exclude: list[list[int]] | None = None,
+    exclude: Sequence[Sequence[int]] | None = None,
 ) -> np.ndarray:
-    """alpha-QE: add the top ``n`` database neighbours of each query, weighted by similarity^alpha."""
+    """alpha-QE: add the top ``n`` neighbours ``searcher`` finds for each query (never the rows of
+    ``exclude[q]``), weighted by similarity^alpha; returns the re-normalised float32 queries."""
     if n <= 0:
         return np.asarray(queries, dtype=np.float32)
-    return _augment(np.atleast_2d(np.asarray(queries, dtype=np.float32)), database, n, alpha, exclude)
+    return _augment(as_queries(queries), searcher, n, alpha, exclude)
 
 
 def database_augmentation(
     database: np.ndarray, n: int = 5, alpha: float = 3.0, block: int = 4096
 ) -> np.ndarray:
-    """DBA: replace every database vector by the weighted mean of itself and its top ``n`` neighbours."""
+    """DBA: replace every database vector by the weighted mean of itself and its top ``n`` neighbours
+    (other rows), ``block`` rows at a time; returns a new float32 matrix held in memory."""
     db = np.asarray(database, dtype=np.float32)
     if n <= 0:
         return db
+    searcher = ExactSearcher(db)
     out = np.empty_like(db)
     for start in range(0, len(db), block):
         q = db[start : start + block]
         own = [[start + i] for i in range(len(q))]
-        out[start : start + len(q)] = _augment(q, db, n, alpha, own)
+        out[start : start + len(q)] = _augment(q, searcher, n, alpha, own)
     return out
+
+
+class QueryExpandingSearcher:
+    """A :class:`~cbir.search.base.Searcher` that expands each query with its top ``n`` neighbours
+    in ``base`` (leaving out the rows it must not return), then searches ``base`` again."""
+
+    def __init__(self, base: Searcher, n: int, alpha: float) -> None:
+        self.base = base
+        self.n = n
+        self.alpha = alpha
+
+    @property
+    def dim(self) -> int:
+        return self.base.dim
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        return self.base.vectors(rows)
+
+    def search(
+        self, queries: np.ndarray, k: int, exclude: Sequence[Sequence[int]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        expanded = query_expansion(queries, self.base, self.n, self.alpha, exclude)
+        return self.base.search(expanded, k, exclude)
+
+
+def rerank(searcher: Searcher, reranking: Reranking) -> Searcher:
+    """``searcher`` with ``reranking`` applied: DBA first (an exact scan over the augmented rows,
+    since DBA changes every row and an approximate index no longer matches them), then QE."""
+    if reranking.dba > 0:
+        everything = searcher.vectors(np.arange(len(searcher), dtype=np.int64))
+        searcher = ExactSearcher(database_augmentation(everything, reranking.dba, reranking.alpha))
+    if reranking.qe > 0:
+        searcher = QueryExpandingSearcher(searcher, reranking.qe, reranking.alpha)
+    return searcher

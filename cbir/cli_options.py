@@ -1,0 +1,268 @@
+"""The command line's parsers, with every numeric option checked at parse time, and their values
+turned into the library's option values (settings, index options, re-ranking)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+from cbir.embedding.features import POOLINGS
+from cbir.index.ann import AUTO_MIN_ROWS
+from cbir.index.indexer import IndexOptions
+from cbir.ingest.decode import GEOMETRY_MODES, RESAMPLERS, LoadLimits
+from cbir.search.rerank import Reranking
+from cbir.settings import FeatureChoice, RuntimeOptions, Settings, WhitenRequest, resolve_settings
+
+DEFAULT_OUT = "cbir_results.png"
+CLI_ANN_MODES = ("auto", "none", "hnsw")  # the IVF kinds stay for the benchmark and the library
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr (exit status 2), like every error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"cbir: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _number(
+    kind: Callable[[str], float], low: float, what: str, inclusive: bool = True
+) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` at least ``low`` (or above it when not inclusive)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if value != value or value < low or (not inclusive and value == low):
+            bound = f"at least {low:g}" if inclusive else f"above {low:g}"
+            raise argparse.ArgumentTypeError(f"{text!r} must be {bound}")
+        return value
+
+    return parse
+
+
+POSITIVE_INT = _number(int, 1, "a whole number")
+NON_NEGATIVE_INT = _number(int, 0, "a whole number")
+POSITIVE = _number(float, 0, "a number", inclusive=False)
+NON_NEGATIVE = _number(float, 0, "a number")
+INPUT_SIZE = _number(int, 32, "a whole number")
+
+
+def scales(text: str) -> tuple[float, ...]:
+    """``--scales``: comma-separated positive numbers, ``sqrt2`` and ``1/sqrt2`` allowed."""
+    named = {"sqrt2": 2**0.5, "1/sqrt2": 2**-0.5}
+    try:
+        values = tuple(named.get(t.strip().lower()) or float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad scales {text!r}: use numbers like 1,0.707,1.414") from None
+    if not values or any(not v > 0 or v == float("inf") for v in values):
+        raise argparse.ArgumentTypeError("scales must be positive")
+    return values
+
+
+def add_feature_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("features (an existing index decides these for queries)")
+    g.add_argument("--model", help="backbone (default resnet50; see `cbir models`)")
+    g.add_argument(
+        "--weights",
+        help="local weights file instead of the ImageNet download ('random': untrained, for tests)",
+    )
+    g.add_argument("--pooling", choices=POOLINGS, help="global pooling of the last feature map")
+    g.add_argument("--gem-p", type=POSITIVE, help="GeM exponent (default 3)")
+    g.add_argument("--size", type=INPUT_SIZE, help="input size, at least 32 (default: the backbone's)")
+    g.add_argument("--geometry", choices=GEOMETRY_MODES, help="how images are fitted to the input size")
+    g.add_argument("--resample", choices=list(RESAMPLERS), help="resampling filter for resizing")
+    g.add_argument("--scales", type=scales, help="multi-scale factors, e.g. 1,1/sqrt2,sqrt2")
+    g.add_argument(
+        "--original",
+        action="store_true",
+        help="the original script's features: max pooling, 224x224 squash, nearest resampling",
+    )
+    r = p.add_argument_group("running")
+    r.add_argument("--batch-size", type=POSITIVE_INT, default=32, help="images per model call (default 32)")
+    r.add_argument("--workers", type=POSITIVE_INT, help="decoding threads (default: one per core, at most 8)")
+
+
+def add_index_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("index")
+    g.add_argument("--index", metavar="DIR", help="index folder (default: DATASET/.cbir)")
+    g.add_argument("--rebuild", action="store_true", help="rebuild the index from scratch")
+    g.add_argument(
+        "--dtype", choices=["float32", "float16"], default="float32", help="storage type of the matrix"
+    )
+    g.add_argument(
+        "--ann",
+        choices=CLI_ANN_MODES,
+        default="auto",
+        help=f"approximate index for fast search: auto (from {AUTO_MIN_ROWS} images), none or hnsw",
+    )
+    g.add_argument("--no-recursive", dest="recursive", action="store_false", help="only the top folder")
+    g.add_argument("--include-hidden", action="store_true", help="also index hidden files and folders")
+    g.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="glob of paths or names to skip (repeatable)",
+    )
+    g.add_argument("--max-pixels", type=POSITIVE_INT, help="skip images with more pixels (default 250M)")
+    g.add_argument("--max-file-mb", type=POSITIVE, help="skip files larger than this (default 512 MiB)")
+    g.add_argument(
+        "--checkpoint-every",
+        type=POSITIVE_INT,
+        default=500,
+        metavar="N",
+        help="commit progress every N images (and every 2 minutes; default 500)",
+    )
+    g.add_argument(
+        "--whiten-on", metavar="DIR", help="learn a PCA-whitening on the images of DIR and store it"
+    )
+    g.add_argument("--whiten-dim", type=POSITIVE_INT, help="dimensions kept by the whitening (default: all)")
+    g.add_argument(
+        "--whiten-power",
+        type=POSITIVE,
+        default=0.5,
+        help="eigenvalue exponent: 0.5 classic PCA-whitening, 0.25 softened (default 0.5)",
+    )
+
+
+def add_rerank_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("re-ranking")
+    g.add_argument(
+        "--qe", type=NON_NEGATIVE_INT, default=0, metavar="N", help="alpha query expansion with the top N"
+    )
+    g.add_argument(
+        "--dba",
+        type=NON_NEGATIVE_INT,
+        default=0,
+        metavar="N",
+        help="database-side augmentation with the top N (in memory; up to ~100k images)",
+    )
+    g.add_argument(
+        "--alpha", type=NON_NEGATIVE, default=3.0, help="similarity exponent for --qe/--dba (default 3)"
+    )
+
+
+def add_output_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("output")
+    g.add_argument(
+        "-k", "--top", type=POSITIVE_INT, default=9, help="number of matches per query (default 9)"
+    )
+    g.add_argument("--out", help=f"PNG file for the plot (default {DEFAULT_OUT}; with --json only if given)")
+    g.add_argument("--no-plot", action="store_true", help="do not draw the plot")
+    g.add_argument("--show", action="store_true", help="also open the plot in a window")
+    g.add_argument("--json", action="store_true", help="print results as JSON on stdout")
+
+
+def add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``cbir`` command and its subcommands."""
+    parser = Parser(
+        prog="cbir", description="Content-based image retrieval: index a folder, query by example."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("index", help="build or update the index of a folder")
+    p.add_argument("dataset")
+    add_feature_options(p)
+    add_index_options(p)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_verbose(p)
+    p = sub.add_parser("query", help="find the images of a folder most similar to example images")
+    p.add_argument("dataset")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--update", action="store_true", help="bring the index up to date with the folder first")
+    p.add_argument("--exact", action="store_true", help="exact search even if an approximate index exists")
+    add_feature_options(p)
+    add_index_options(p)
+    add_rerank_options(p)
+    add_output_options(p)
+    add_verbose(p)
+    p = sub.add_parser("evaluate", help="measure retrieval quality (mAP, P@k, R@k) on a benchmark folder")
+    p.add_argument("dataset")
+    p.add_argument(
+        "--gt",
+        metavar="FILE",
+        help="labels.csv or gt.json (default: found in DATASET, or INRIA Holidays / UKBench file naming)",
+    )
+    add_feature_options(p)
+    add_index_options(p)
+    add_rerank_options(p)
+    p.add_argument("--per-query", action="store_true", help="include every query's AP in --json output")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_verbose(p)
+    p = sub.add_parser("models", help="list the available backbones")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    add_verbose(p)
+    return parser
+
+
+def build_legacy_parser() -> argparse.ArgumentParser:
+    """``run_cbir.py``: the original flags plus the options of ``cbir query``."""
+    parser = Parser(
+        prog="run_cbir.py",
+        description="Index DATASET (reusing its index) and show the images most similar to IMG_QUERY.",
+    )
+    parser.add_argument("-dataset", "--dataset", required=True, help="folder of images")
+    parser.add_argument(
+        "-img_query", "--img-query", dest="img_query", nargs="+", required=True, help="query image(s)"
+    )
+    add_feature_options(parser)
+    add_index_options(parser)
+    add_rerank_options(parser)
+    add_output_options(parser)
+    add_verbose(parser)
+    return parser
+
+
+def settings_from(
+    args: argparse.Namespace, on_build: Callable[[], None] | None = None, strict: bool = False
+) -> Settings:
+    """Resolve the settings the parsed options ask for."""
+    limits = LoadLimits(
+        **({"max_pixels": args.max_pixels} if args.max_pixels else {}),
+        **({"max_bytes": int(args.max_file_mb * 2**20)} if args.max_file_mb else {}),
+    )
+    return resolve_settings(
+        args.dataset,
+        index_dir=args.index,
+        features=FeatureChoice(
+            model=args.model,
+            pooling=args.pooling,
+            gem_p=args.gem_p,
+            size=args.size,
+            geometry=args.geometry,
+            resample=args.resample,
+            scales=args.scales,
+            original=args.original,
+        ),
+        weights=args.weights,
+        rebuild=args.rebuild,
+        whiten=WhitenRequest(Path(args.whiten_on), args.whiten_dim, args.whiten_power)
+        if args.whiten_on
+        else None,
+        runtime=RuntimeOptions(batch_size=args.batch_size, workers=args.workers, limits=limits),
+        on_build=on_build,
+        strict=strict,
+    )
+
+
+def index_options_from(args: argparse.Namespace) -> IndexOptions:
+    return IndexOptions(
+        rebuild=args.rebuild,
+        dtype=args.dtype,
+        recursive=args.recursive,
+        include_hidden=args.include_hidden,
+        exclude=tuple(args.exclude),
+        checkpoint_every=args.checkpoint_every,
+        ann=args.ann,
+    )
+
+
+def reranking_from(args: argparse.Namespace) -> Reranking:
+    return Reranking(qe=args.qe, dba=args.dba, alpha=args.alpha)

@@ -1,0 +1,140 @@
+"""Writing and reading the files of an index folder: one atomic-write helper, matrices read once.
+
+Every file is written under a temporary name in the same folder, flushed, fsynced and renamed, so a
+name never shows half a file. Matrices are written with ordinary buffered writes (never a sparse
+memory map: when a file system cannot allocate a page of one, the kernel kills the process with
+SIGBUS), so a full disk is an ``OSError`` like any other. Any such error becomes one
+:class:`~cbir.errors.IndexWriteError` naming the folder and the cause; the temporary file is removed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from cbir.errors import IndexFolderError, IndexWriteError
+
+_HINTS = {
+    errno.ENOSPC: "the disk is full; free some space and run again",
+    errno.EDQUOT: "the disk quota is exceeded; free some space and run again",
+    errno.EROFS: "the file system is read-only; pass --index DIR to keep the index elsewhere",
+    errno.EACCES: "permission denied; pass --index DIR to keep the index elsewhere",
+    errno.EPERM: "operation not permitted; pass --index DIR to keep the index elsewhere",
+}
+
+
+def write_error(folder: Path, exc: OSError) -> IndexWriteError:
+    """The one-line error for an ``OSError`` met while writing the index folder ``folder``."""
+    hint = _HINTS.get(exc.errno or 0)
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    return IndexWriteError(f"cannot write the index in {folder}: {cause}" + (f" ({hint})" if hint else ""))
+
+
+def temp_name(final: str) -> str:
+    """A unique temporary name for ``final`` in the same folder (same file system: rename is atomic)."""
+    return f"{final}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (best effort: not every platform can open a folder)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, fill: Callable[[BinaryIO], None]) -> None:
+    """Create ``path`` whole or not at all: ``fill`` writes a temporary file that is then renamed."""
+    tmp = path.with_name(temp_name(path.name))
+    try:
+        with open(tmp, "wb") as f:
+            fill(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise write_error(path.parent, exc) from exc
+    finally:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+    fsync_dir(path.parent)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Atomically write ``data`` to ``path``."""
+
+    def fill(f: BinaryIO) -> None:
+        f.write(data)
+
+    write_atomic(path, fill)
+
+
+def write_matrix(path: Path, blocks: Iterable[np.ndarray], rows: int, dim: int, dtype: str) -> None:
+    """Atomically write a ``(rows, dim)`` ``.npy`` matrix from row blocks, with buffered writes."""
+
+    def fill(f: BinaryIO) -> None:
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False}
+        np.lib.format.write_array_header_1_0(f, {**header, "shape": (rows, dim)})
+        written = 0
+        for block in blocks:
+            block = np.ascontiguousarray(block, dtype=dtype)
+            if block.ndim != 2 or block.shape[1] != dim:
+                raise ValueError(f"block of shape {block.shape} in a matrix of {dim} columns")
+            f.write(block.tobytes())
+            written += len(block)
+        if written != rows:
+            raise ValueError(f"wrote {written} rows of a {rows}-row matrix")
+
+    write_atomic(path, fill)
+
+
+def read_matrix(path: Path, rows: int, dim: int, mmap: bool = True) -> np.ndarray:
+    """Open a matrix file once and check it is the ``(rows, dim)`` matrix the manifest names.
+
+    The file is opened a single time and memory-mapped through that descriptor, so a rename by a
+    writer between two opens cannot pair one file's header with another's data. FileNotFoundError
+    passes through (the caller reads the manifest again); anything else wrong is an IndexFolderError.
+    """
+    with open(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read_header(f)
+            if dtype.hasobject:
+                raise ValueError("object arrays are not allowed")
+            if fortran or len(shape) != 2 or shape != (rows, dim):
+                raise IndexFolderError(
+                    f"index file {path} does not match its manifest; rebuild with --rebuild"
+                )
+            offset = f.tell()
+            size = os.fstat(f.fileno()).st_size
+            if size < offset + rows * dim * dtype.itemsize:
+                raise ValueError("the file is shorter than its header says")
+            if rows == 0:
+                return np.zeros((0, dim), dtype=dtype)
+            if mmap:
+                return np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=(rows, dim))
+            return np.fromfile(f, dtype=dtype, count=rows * dim).reshape(rows, dim)
+        except IndexFolderError:
+            raise
+        except (OSError, ValueError, EOFError) as exc:
+            what = "empty" if os.fstat(f.fileno()).st_size == 0 else f"unreadable ({exc})"
+            raise IndexFolderError(f"index file {path} is {what}; rebuild with --rebuild") from exc

@@ -1,0 +1,204 @@
+"""What a command works with, decided once: dataset, index folder, features, weights, whitening.
+
+The rules (tested without a model in tests/test_settings.py):
+
+- An existing index's settings, and the weights file it was built with, are the starting point, so
+  a re-run without options never silently rebuilds with the defaults. Options given change only
+  what they name (which rebuilds the index when indexing, and is refused when querying).
+- New weights or another backbone start from that backbone's own width multiplier.
+- An index built with a weights file that is no longer where it was needs ``--weights FILE``.
+- The index's own whitening is kept while nothing else changes; ``--whiten-on DIR`` learns a new
+  one (this builds the model); any other change of features drops it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from cbir.embedding.embedder import Embedder
+from cbir.embedding.features import ORIGINAL, FeatureConfig, resolve_config
+from cbir.embedding.weights import Weights
+from cbir.embedding.whiten import Whitening, learn_from_folder, load_for_index
+from cbir.errors import IndexFolderError
+from cbir.index.manifest import Manifest
+from cbir.index.store import default_index_dir, read_manifest
+from cbir.ingest.decode import LoadLimits
+
+
+@dataclass(frozen=True)
+class FeatureChoice:
+    """The feature options a user gave (None: not given, keep the index's or the default)."""
+
+    model: str | None = None
+    pooling: str | None = None
+    gem_p: float | None = None
+    size: int | None = None
+    geometry: str | None = None
+    resample: str | None = None
+    scales: tuple[float, ...] | None = None
+    original: bool = False
+
+    def apply(self, config: FeatureConfig) -> FeatureConfig:
+        """``config`` with the given options applied (``original`` first, named options over it)."""
+        if self.original:
+            config = config.replace(
+                pooling=ORIGINAL.pooling, geometry=ORIGINAL.geometry, resample=ORIGINAL.resample
+            )
+        given = {
+            name: value
+            for name, value in (
+                ("model", self.model),
+                ("pooling", self.pooling),
+                ("gem_p", self.gem_p),
+                ("size", self.size),
+                ("geometry", self.geometry),
+                ("resample", self.resample),
+                ("scales", self.scales),
+            )
+            if value is not None
+        }
+        return config.replace(**given)
+
+
+@dataclass(frozen=True)
+class WhitenRequest:
+    """Learn a PCA-whitening on the images of ``folder`` (``--whiten-on``)."""
+
+    folder: Path
+    dim: int | None = None
+    power: float = 0.5
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How the embedder runs; nothing here changes the features."""
+
+    batch_size: int = 32
+    workers: int | None = None
+    limits: LoadLimits = LoadLimits()
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError("workers must be at least 1")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything resolved for one command; builds the embedder at most once, on first use.
+
+    ``config`` is the resolved feature config, as recorded in a manifest (whitening digest included).
+    ``existing`` says whether an index was found and its settings were the starting point.
+    """
+
+    dataset: Path
+    index_dir: Path
+    config: FeatureConfig
+    weights: Weights
+    whitening: Whitening | None = None
+    runtime: RuntimeOptions = RuntimeOptions()
+    existing: bool = False
+    on_build: Callable[[], None] | None = field(default=None, compare=False, repr=False)
+    _built: list[Embedder] = field(default_factory=list, compare=False, repr=False)
+
+    def embedder(self) -> Embedder:
+        """The embedder of these settings (built on the first call)."""
+        if not self._built:
+            if self.on_build is not None:
+                self.on_build()
+            self._built.append(
+                Embedder(
+                    self.config.replace(whitening=None),
+                    self.weights,
+                    batch_size=self.runtime.batch_size,
+                    workers=self.runtime.workers,
+                    limits=self.runtime.limits,
+                    whitening=self.whitening,
+                )
+            )
+        return self._built[0]
+
+
+def existing_manifest(index_dir: Path, rebuild: bool = False, strict: bool = False) -> Manifest | None:
+    """The committed manifest to inherit settings from: None when absent or rebuilding.
+
+    A damaged one is None too (the indexer rebuilds it), unless ``strict`` (a query, which must not
+    rebuild an index with default settings behind the user's back): then it is an error.
+    """
+    if rebuild:
+        return None
+    try:
+        return read_manifest(index_dir)
+    except IndexFolderError:
+        if strict:
+            raise
+        return None
+
+
+def choose_features(
+    manifest: Manifest | None, features: FeatureChoice, weights: str | None
+) -> tuple[FeatureConfig, Weights, bool]:
+    """The unresolved config, the weights, and whether the index's whitening still applies."""
+    if manifest is None:
+        return features.apply(FeatureConfig()), Weights.parse(weights), False
+    base = manifest.config
+    config = features.apply(base)
+    if weights is not None or config.model != base.model:
+        return config.replace(width_multiplier=None, whitening=None), Weights.parse(weights), False
+    if base.weights.startswith("file:"):
+        path = manifest.weights_path
+        if not path or not os.path.isfile(path):
+            name = Path(path).name if path else "a local weights file"
+            raise IndexFolderError(f"the index was built with the weights file {name}; pass --weights FILE")
+        chosen = Weights.from_file(path)
+    else:
+        chosen = Weights.parse(base.weights)
+    keep_whitening = config.replace(whitening=None) == base.replace(whitening=None)
+    return config.replace(whitening=None), chosen, keep_whitening
+
+
+def resolve_settings(
+    dataset: str | os.PathLike[str],
+    *,
+    index_dir: str | os.PathLike[str] | None = None,
+    features: FeatureChoice = FeatureChoice(),
+    weights: str | None = None,
+    rebuild: bool = False,
+    whiten: WhitenRequest | None = None,
+    runtime: RuntimeOptions = RuntimeOptions(),
+    on_build: Callable[[], None] | None = None,
+    strict: bool = False,
+) -> Settings:
+    """Resolve what a command needs (see the module docstring for the rules).
+
+    Cheap unless ``whiten`` asks for a new whitening, which embeds its folder. ``strict``: a damaged
+    index is an error instead of something to rebuild.
+    """
+    root = Path(dataset)
+    idir = Path(index_dir) if index_dir is not None else default_index_dir(root)
+    manifest = existing_manifest(idir, rebuild, strict) if root.is_dir() else None
+    config, chosen, keep_whitening = choose_features(manifest, features, weights)
+    whitening = None
+    if manifest is not None and keep_whitening and whiten is None:
+        whitening = load_for_index(idir, manifest.config.whitening)
+    resolved = resolve_config(config, chosen)
+    settings = Settings(
+        dataset=root,
+        index_dir=idir,
+        config=resolved.replace(whitening=None if whitening is None else whitening.digest),
+        weights=chosen,
+        whitening=whitening,
+        runtime=runtime,
+        existing=manifest is not None,
+        on_build=on_build,
+    )
+    if whiten is None:
+        return settings
+    embedder = settings.embedder()
+    learned = learn_from_folder(embedder, whiten.folder, whiten.dim, power=whiten.power)
+    embedder.set_whitening(learned)
+    return replace(settings, config=settings.config.replace(whitening=learned.digest), whitening=learned)

@@ -1,0 +1,326 @@
+"""The fault and bad-input suite (issue 9): torn reads, a full disk, bad input, tampered indexes.
+
+Each case is a real run of the library or the CLI against a folder in tmp. Cases that already held
+before (kill -9 and Ctrl-C at checkpoints, concurrent indexers) live in test_indexer.py and
+test_store.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import cli, never
+from helpers import run_index as run
+
+import cbir.index.files as files_mod
+import cbir.index.snapshot as snapshot_mod
+from cbir.errors import BadImageError, IndexWriteError
+from cbir.index.snapshot import open_index
+from cbir.index.store import read_manifest
+
+
+def vectors(index) -> dict[str, np.ndarray]:
+    return {p: np.array(index.feats[i]) for i, p in enumerate(index.paths)}
+
+
+def touch(path: Path, ns: int) -> None:
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + ns))
+
+
+# ---------------------------------------------------------------------------------------------- F1
+
+
+def test_reader_paused_between_its_reads_sees_one_whole_version(
+    image_folder, tiny_config, tiny_embedder, monkeypatch
+):
+    root = image_folder(12)
+    run(root, tiny_config, tiny_embedder)
+    truth = vectors(open_index(root))
+    runs = []
+
+    def indexer_commits_meanwhile() -> None:
+        if len(runs) < 2:  # twice: the reader's first retry is interrupted too
+            for name in ("img01.jpg", "img04.jpg", "img07.jpg"):
+                touch(root / name, 10**9 * (len(runs) + 1))  # same rows, moved to the end of the matrix
+            runs.append(run(root, tiny_config, tiny_embedder))
+
+    monkeypatch.setattr(snapshot_mod, "between_reads", indexer_commits_meanwhile)
+    index = open_index(root)
+    assert len(runs) == 2 and all(r.updated == 3 for r in runs)
+    assert index.paths != sorted(index.paths)  # the reader got the newest order...
+    for rel, vec in vectors(index).items():  # ...and every row belongs to its path
+        np.testing.assert_allclose(vec, truth[rel], atol=1e-5)
+    assert index.is_current()
+
+
+def test_long_lived_reader_notices_and_switches(image_folder, make_image, tiny_config, tiny_embedder):
+    root = image_folder(5)
+    run(root, tiny_config, tiny_embedder)
+    index = open_index(root)
+    assert index.is_current() and index.refresh() is index
+    make_image(root / "new.jpg", seed=50)
+    run(root, tiny_config, tiny_embedder)
+    assert not index.is_current()
+    newer = index.refresh()
+    assert newer is not index and len(newer) == 6 and len(index) == 5  # the old one stays usable
+    assert np.asarray(index.feats).shape == (5, tiny_embedder.dim)
+
+
+# ---------------------------------------------------------------------------------------------- F2
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """A 1 MiB tmpfs (skipped where this process cannot mount one)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here; test_disk_full_injected covers the same path")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_disk_full_on_a_real_small_disk(image_folder, tiny_config, tiny_embedder, small_disk):
+    root = image_folder(60)  # 60 rows of 1280 float32: 300 KiB each copy; parts + merge + manifest > 1 MiB
+    idir = small_disk / "idx"
+    run(root, tiny_config, tiny_embedder, index_dir=idir, checkpoint_every=20)
+    committed = read_manifest(idir)
+    before = vectors(open_index(root, idir))
+    (idir / "filler").write_bytes(b"\0" * (1024 * 1024 - 3 * 300 * 1024))  # leave room for less than a copy
+    for i in range(60):
+        touch(root / f"img{i:02d}.jpg", 10**9)
+    with pytest.raises(IndexWriteError, match="disk is full"):
+        run(root, tiny_config, tiny_embedder, index_dir=idir, checkpoint_every=20)
+    assert not [p for p in idir.iterdir() if ".tmp-" in p.name]  # no temporary left behind
+    index = open_index(root, idir)  # the committed index is whole (perhaps with some checkpoints more)
+    for rel, vec in vectors(index).items():
+        np.testing.assert_allclose(vec, before[rel], atol=1e-5)
+    assert read_manifest(idir).config == committed.config
+    (idir / "filler").unlink()
+    report = run(root, tiny_config, tiny_embedder, index_dir=idir)  # with space again, it completes
+    assert report.total == 60 and len(open_index(root, idir)) == 60
+
+
+def test_disk_full_injected(image_folder, tiny_config, tiny_embedder, monkeypatch):
+    root = image_folder(10)
+    run(root, tiny_config, tiny_embedder, checkpoint_every=4)
+    before = (root / ".cbir" / "manifest.json").read_bytes()
+    real = files_mod.write_matrix
+
+    def full(path: Path, *args: object, **kwargs: object) -> None:
+        if path.name.startswith("feats-"):
+            raise files_mod.write_error(path.parent, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+        real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("cbir.index.store.write_matrix", full)
+    touch(root / "img03.jpg", 10**9)
+    with pytest.raises(
+        IndexWriteError, match=r"cannot write the index in .*No space left on device \(the disk is full"
+    ):
+        run(root, tiny_config, tiny_embedder)
+    assert len(open_index(root)) == 10  # the checkpoint of the changed image is committed, still whole
+    assert (root / ".cbir" / "manifest.json").read_bytes() != before
+    monkeypatch.undo()
+    assert run(root, tiny_config, never).total == 10  # next run: only the merge was missing
+
+
+def test_disk_full_from_the_command_line(tmp_path, small_disk, make_image):
+    data = tmp_path / "data"
+    for i in range(40):  # 40 rows of 1280 float32: 200 KiB, more than the room left
+        make_image(data / f"{i}.jpg", seed=i)
+    (small_disk / "filler").write_bytes(b"\0" * (1024 * 1024 - 150 * 1024))
+    proc = cli(
+        "index",
+        data,
+        "--index",
+        small_disk / "idx",
+        "--weights",
+        "random",
+        "--model",
+        "mobilenetv2",
+        "--size",
+        "64",
+        cwd=tmp_path,
+        script=None,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cbir: error: cannot write the index in "), proc.stderr
+    assert "disk is full" in lines[0] and "Traceback" not in proc.stderr
+    assert not [p for p in (small_disk / "idx").iterdir() if ".tmp-" in p.name]
+
+
+# ---------------------------------------------------------------------------------------------- F3
+
+
+class DeniedOnce:
+    """An embedder stand-in: ``denied`` fails with a permission error until ``allow`` is called."""
+
+    def __init__(self, inner, denied: str) -> None:
+        self.inner, self.denied, self.allowed = inner, denied, False
+        self.config, self.dim = inner.config, inner.dim
+        self.asked: list[str] = []
+
+    def embed_files(self, paths, **kwargs):
+        self.asked += [Path(p).name for p in paths]
+        for pos, item in self.inner.embed_files(paths, **kwargs):
+            if Path(paths[pos]).name == self.denied and not self.allowed:
+                yield pos, BadImageError("cannot read file (Permission denied)", transient=True)
+            else:
+                yield pos, item
+
+
+def test_access_errors_are_retried_without_a_touch(image_folder, tiny_config, tiny_embedder):
+    root = image_folder(4)
+    embedder = DeniedOnce(tiny_embedder, "img02.jpg")
+    first = run(root, tiny_config, embedder)
+    assert first.total == 3 and [s["path"] for s in first.skipped] == ["img02.jpg"]
+    assert read_manifest(root / ".cbir").skipped[0].transient
+    embedder.allowed, embedder.asked = True, []  # chmod fixed it; the file did not change
+    second = run(root, tiny_config, embedder)
+    assert embedder.asked == ["img02.jpg"] and (second.added, second.total, second.known_bad) == (1, 4, 0)
+
+
+# ---------------------------------------------------------------------------------------------- F4-F9
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory) -> Path:
+    """A small folder indexed once by the CLI with random weights (the tests copy it before damage)."""
+    from conftest import save_image
+
+    base = tmp_path_factory.mktemp("faults")
+    for i in range(6):
+        save_image(base / "data" / f"{i}.jpg", seed=i)
+    proc = cli(
+        "index",
+        base / "data",
+        "--weights",
+        "random",
+        "--model",
+        "mobilenetv2",
+        "--size",
+        "64",
+        cwd=base,
+        script=None,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return base / "data"
+
+
+def damaged_copy(indexed: Path, tmp_path: Path) -> tuple[Path, Path]:
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(indexed, data, symlinks=True)
+    (segment,) = read_manifest(data / ".cbir").segments
+    return data, data / ".cbir" / segment.file
+
+
+def one_line(proc: subprocess.CompletedProcess[str], *words: str) -> str:
+    assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cbir: error: "), proc.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("damage", ["empty", "missing"])
+@pytest.mark.parametrize("command", ["query", "index"])
+def test_empty_or_missing_matrix(indexed, tmp_path, damage, command):
+    data, feats = damaged_copy(indexed, tmp_path)
+    if damage == "empty":
+        feats.write_bytes(b"")
+    else:
+        feats.unlink()
+    args = ["query", data, data / "1.jpg", "--no-plot"] if command == "query" else ["index", data]
+    one_line(cli(*args, cwd=tmp_path, script=None), damage, "rebuild with --rebuild")
+
+
+def test_non_finite_rows_are_an_error_not_json_infinity(indexed, tmp_path):
+    data, feats = damaged_copy(indexed, tmp_path)
+    matrix = np.load(feats)
+    matrix[2] = np.nan
+    matrix[3] = -np.inf
+    np.save(feats, matrix)
+    proc = cli("query", data, data / "1.jpg", "--json", cwd=tmp_path, script=None)
+    one_line(proc, "non-finite", "--rebuild")
+    assert "Infinity" not in proc.stdout and "NaN" not in proc.stdout
+
+
+@pytest.mark.parametrize("bad", ["a\u0000b.jpg", "line\nbreak.jpg", "tab\there.jpg"])
+def test_control_characters_in_manifest_paths(indexed, tmp_path, bad):
+    data, _ = damaged_copy(indexed, tmp_path)
+    path = data / ".cbir" / "manifest.json"
+    doc = json.loads(path.read_text())
+    doc["entries"][0][0] = bad
+    path.write_text(json.dumps(doc))
+    outside = tmp_path / "q.jpg"
+    outside.write_bytes((data / "1.jpg").read_bytes())
+    one_line(
+        cli("query", data, outside, "--no-plot", "--index", data / ".cbir", cwd=tmp_path, script=None),
+        "corrupt",
+        "--rebuild",
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-k", "-1"],
+        ["-k", "0"],
+        ["--top", "x"],
+        ["--workers", "-1"],
+        ["--workers", "0"],
+        ["--size", "10"],
+        ["--batch-size", "0"],
+        ["--checkpoint-every", "0"],
+        ["--max-pixels", "0"],
+        ["--max-file-mb", "-2"],
+        ["--gem-p", "0"],
+        ["--qe", "-1"],
+        ["--alpha", "nan"],
+        ["--whiten-dim", "0"],
+        ["--scales", "1,0"],
+    ],
+)
+def test_numeric_options_are_checked_when_parsed(tmp_path, args):
+    proc = cli(
+        "-dataset", tmp_path / "nowhere", "-img_query", tmp_path / "q.jpg", *args, cwd=tmp_path, timeout=60
+    )
+    line = one_line(proc, args[0])
+    assert "see run_cbir.py --help" in line
+
+
+def test_write_errors_in_the_index_folder_are_one_line(indexed, tmp_path):
+    data, _ = damaged_copy(indexed, tmp_path)
+    manifest = data / ".cbir" / "manifest.json"
+    manifest.unlink()
+    manifest.mkdir()  # manifest.json is a folder: unreadable, and it cannot be replaced
+    one_line(
+        cli(
+            "index",
+            data,
+            "--weights",
+            "random",
+            "--model",
+            "mobilenetv2",
+            "--size",
+            "64",
+            cwd=tmp_path,
+            script=None,
+        ),
+        "manifest.json: Is a directory",
+    )

@@ -1,0 +1,90 @@
+"""Golden-file tests of the human-readable output: query listings, the model table, evaluation tables.
+
+The expected text lives in tests/golden/ and is compared byte for byte. After an intended change of
+format, regenerate it with ``CBIR_UPDATE_GOLDEN=1 python3 -m pytest tests/test_text_output.py`` and
+review the diff.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cbir.embedding.backbones import REGISTRY, Backbone
+from cbir.evaluation.evaluate import ClassRow, EvaluationReport
+from cbir.output.results import Match, QueryResult
+from cbir.output.text import MODELS_NOTE, format_models, format_results
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+UPDATE = os.environ.get("CBIR_UPDATE_GOLDEN") == "1"
+
+
+def check_golden(name: str, text: str) -> None:
+    """``text`` as ``print`` writes it must equal the golden file ``name`` (or replace it, when updating)."""
+    path = GOLDEN / name
+    printed = (text + "\n").encode("utf-8")
+    if UPDATE:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(printed)
+        return
+    if not path.is_file():
+        pytest.fail(f"golden file {path} is missing; create it with CBIR_UPDATE_GOLDEN=1")
+    assert printed == path.read_bytes(), f"output differs from {path} (CBIR_UPDATE_GOLDEN=1 to accept)"
+
+
+RESULTS = [
+    QueryResult(
+        "photos/cat.jpg",
+        [Match(f"/data/photos/img{i:02d}.jpg", 0.99995 - i * 0.0731) for i in range(12)],
+        excluded_self=True,
+    ),
+    QueryResult("elsewhere/nothing.png", []),
+    QueryResult(
+        "élan vital/q 1.JPG",
+        [Match("/data/ünïcode dir/a b.jpg", -0.25), Match("/data/x.jpg", 0.0), Match("/data/y.jpg", -1e-7)],
+    ),
+]
+
+BACKBONES = [
+    Backbone("resnet50", "ResNet50", "caffe", 224, 2048),
+    Backbone("mobilenetv3small", "MobileNetV3Small", "builtin", 224, 576),
+    Backbone("a-much-longer-model-name", "Long", "torch", 1024, 12345),
+]
+
+REPORT = EvaluationReport(
+    kind="labels",
+    n_images=1000,
+    n_queries=998,
+    map=0.734567891,
+    precision={1: 0.9, 5: 0.81234, 10: 0.7, 100: 0.412345},
+    recall={1: 0.0090909, 5: 0.041, 10: 0.0707, 100: 0.4165},
+    ns_score=3.14159,
+    per_class=[
+        ClassRow("0", "africa", 100, 0.61234, 0.71),
+        ClassRow("1", None, 99, 0.5, None),
+        ClassRow("10", "a rather long class name", 99, 1.0, 1.0),
+        ClassRow("2", "x", 100, 0.0, 0.0),
+    ],
+    skipped=["images/lonely.jpg", "images/alone.jpg"],
+)
+
+
+def test_results_listing():
+    check_golden("results.txt", format_results(RESULTS))
+    assert format_results([]) == ""
+
+
+def test_models_table():
+    check_golden("models.txt", format_models(BACKBONES))
+    lines = format_models(REGISTRY.values()).splitlines()
+    assert len(lines) == len(REGISTRY) + 2 and lines[-1] == MODELS_NOTE
+    assert [line.split()[0] for line in lines[1:-1]] == list(REGISTRY)
+
+
+def test_evaluation_tables():
+    check_golden("evaluation.txt", REPORT.format_table())
+    check_golden("evaluation-2-classes.txt", REPORT.format_table(max_classes=2))
+    bare = EvaluationReport(kind="gt.json", n_images=3, n_queries=2, map=0.5, precision={}, recall={})
+    check_golden("evaluation-bare.txt", bare.format_table())

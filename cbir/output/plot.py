@@ -24,7 +24,10 @@ def _thumb(path: str, size: int = 256) -> Image.Image:
 
 
 def plot_results(
-    results: list[QueryResult], out: str | os.PathLike[str] | None = None, show: bool = False, columns: int = 5
+    results: list[QueryResult],
+    out: str | os.PathLike[str] | None = None,
+    show: bool = False,
+    columns: int = 5,
 ) -> Path | None:
     """Draw each query followed by its matches; one query fills a grid, several get a row each.
 

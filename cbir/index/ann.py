@@ -6,8 +6,9 @@ index, ``ann-*.faiss``, and queries use it (``cbir.search.approximate``). The de
 (32 links per node) over 8-bit scalar-quantised vectors (a quarter of the float32 size); its
 candidates are re-ranked with exact dot products read from the memory-mapped matrix, so returned
 scores are the exact ones and only the candidate list is approximate. Chosen by measurement
-(benchmarks/bench_search.py, 100k clustered 2048-d vectors, 2 cores): HNSW reached recall@10 0.974 at 1.0 ms per query (0.988 at 1.8 ms) where
-IVF on SQ8 codes needed 6.5 ms for 0.966 and 11 ms for 0.988; build times were equal (~1 min).
+(benchmarks/bench_search.py, 100k clustered 2048-d vectors, 2 cores): HNSW reached recall@10 0.974
+at 1.0 ms per query (0.988 at 1.8 ms) where IVF on SQ8 codes needed 6.5 ms for 0.966 and 11 ms for
+0.988; build times were equal (~1 min).
 
 Kinds (:data:`KINDS`): ``hnsw`` (the default), ``ivfsq8`` (IVF lists of SQ8 codes), ``ivfpq`` (IVF
 lists of PQ codes, 1 byte per 8 dimensions: the smallest file, slow to train), ``ivfflat`` (IVF lists

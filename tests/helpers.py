@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,4 +65,44 @@ def cli(
     )
 
 
-Factory = Callable[[], Any]
+def cbir_cli(*args, cwd: Path) -> subprocess.CompletedProcess:
+    return cli(*args, cwd=cwd, script=None)
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr
+    return proc
+
+
+def one_line_error(proc: subprocess.CompletedProcess, *words: str) -> str:
+    assert proc.returncode == 2, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("cbir: error: ")
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    for w in words:
+        assert w in lines[0]
+    return lines[0]
+
+
+def corel_class(path: str) -> int:
+    return int(Path(path).stem) // 100
+
+
+def same_class(result: dict) -> int:
+    return sum(corel_class(m["path"]) == corel_class(result["query"]) for m in result["matches"])
+
+
+def check_result(result: dict, dataset: Path, k: int = 9) -> None:
+    matches = result["matches"]
+    assert len(matches) == k
+    assert all(set(m) == {"path", "score"} for m in matches)
+    scores = [m["score"] for m in matches]
+    assert scores == sorted(scores, reverse=True)
+    assert all(-1.0 <= s <= 1.0001 for s in scores)
+    paths = [m["path"] for m in matches]
+    assert len(set(paths)) == k
+    assert os.path.realpath(result["query"]) not in {os.path.realpath(p) for p in paths}
+    for p in paths:
+        assert Path(p).is_file() and Path(p).resolve().parent == dataset.resolve()

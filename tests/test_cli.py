@@ -11,68 +11,15 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import cbir_cli as cbir
+from helpers import check_result, cli, ok, one_line_error, same_class
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_CBIR = REPO / "run_cbir.py"
-
-
-def cli(*args, cwd: Path, script: Path | None = RUN_CBIR) -> subprocess.CompletedProcess:
-    """Run ``run_cbir.py ARGS`` (or ``python -m cbir ARGS`` with script=None) and capture its output."""
-    command = [sys.executable, str(script)] if script else [sys.executable, "-m", "cbir"]
-    env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=str(REPO))
-    env.pop("DISPLAY", None)
-    return subprocess.run(
-        command + [str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
-
-
-def cbir(*args, cwd: Path) -> subprocess.CompletedProcess:
-    return cli(*args, cwd=cwd, script=None)
-
-
-def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert "Traceback" not in proc.stderr
-    return proc
-
-
-def one_line_error(proc: subprocess.CompletedProcess, *words: str) -> str:
-    assert proc.returncode == 2, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("cbir: error: ")
-    assert "Traceback" not in proc.stderr and proc.stdout == ""
-    for w in words:
-        assert w in lines[0]
-    return lines[0]
-
-
-def corel_class(path: str) -> int:
-    return int(Path(path).stem) // 100
-
-
-def same_class(result: dict) -> int:
-    return sum(corel_class(m["path"]) == corel_class(result["query"]) for m in result["matches"])
-
-
-def check_result(result: dict, dataset: Path, k: int = 9) -> None:
-    matches = result["matches"]
-    assert len(matches) == k
-    assert all(set(m) == {"path", "score"} for m in matches)
-    scores = [m["score"] for m in matches]
-    assert scores == sorted(scores, reverse=True)
-    assert all(-1.0 <= s <= 1.0001 for s in scores)
-    paths = [m["path"] for m in matches]
-    assert len(set(paths)) == k
-    assert os.path.realpath(result["query"]) not in {os.path.realpath(p) for p in paths}
-    for p in paths:
-        assert Path(p).is_file() and Path(p).resolve().parent == dataset.resolve()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli import cbir, check_result, ok, one_line_error, same_class
+from helpers import cbir_cli as cbir
+from helpers import check_result, ok, one_line_error, same_class
 
 from cbir.embedding.whiten import Whitening
 

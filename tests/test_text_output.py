@@ -88,3 +88,42 @@ def test_evaluation_tables():
     check_golden("evaluation-2-classes.txt", REPORT.format_table(max_classes=2))
     bare = EvaluationReport(kind="gt.json", n_images=3, n_queries=2, map=0.5, precision={}, recall={})
     check_golden("evaluation-bare.txt", bare.format_table())
+
+
+def test_index_summary():
+    from cbir.index.indexer import IndexReport
+    from cbir.output.text import format_index_summary
+
+    report = IndexReport(
+        dataset="photos",
+        index_dir="photos/.cbir",
+        added=3,
+        updated=1,
+        removed=2,
+        unchanged=40,
+        skipped=[{"path": "bad.jpg", "reason": "not a recognised image"}],
+        known_bad=1,
+        total=44,
+        rebuilt="settings changed",
+        ann="hnsw up to date",
+        embedded=4,
+        seconds=2.0,
+    )
+    check_golden("index-summary.txt", format_index_summary(report))
+
+
+@pytest.mark.parametrize("command", ["index", "query", "evaluate", "models"])
+def test_help(command, monkeypatch):
+    from cbir.cli_options import build_parser
+
+    monkeypatch.setenv("COLUMNS", "100")
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if a.choices and command in a.choices]  # noqa: SLF001
+    check_golden(f"help-{command}.txt", sub.choices[command].format_help().rstrip("\n"))
+
+
+def test_legacy_help(monkeypatch):
+    from cbir.cli_options import build_legacy_parser
+
+    monkeypatch.setenv("COLUMNS", "100")
+    check_golden("help-run_cbir.txt", build_legacy_parser().format_help().rstrip("\n"))

@@ -12,49 +12,22 @@ counts of good, torn and failed opens. No model is needed (a deterministic stand
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 from machine import describe
 
-from cbir.embedding.features import FeatureConfig, resolve_config
-from cbir.embedding.weights import Weights
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import StandIn, stand_in_vector  # noqa: E402  (the tests' stand-in embedder)
+
 from cbir.errors import CbirError
 from cbir.index.indexer import IndexOptions, update_index
 from cbir.index.snapshot import open_index
-
-DIM = 64
-
-
-def vector_of(name: str, mtime_ns: int) -> np.ndarray:
-    seed = hashlib.sha256(f"{name}:{mtime_ns}".encode()).digest()
-    v = np.random.default_rng(int.from_bytes(seed[:8], "little")).standard_normal(DIM).astype(np.float32)
-    return v / np.linalg.norm(v)
-
-
-class StandIn:
-    """An embedder and its source at once: vectors from file name and mtime, no network."""
-
-    def __init__(self) -> None:
-        self.weights = Weights.random()
-        self.config = resolve_config(FeatureConfig(model="mobilenetv2", width_multiplier=0.35), self.weights)
-        self.whitening = None
-        self.dim = DIM
-
-    def embedder(self) -> StandIn:
-        return self
-
-    def embed_files(
-        self, paths: Sequence[str | os.PathLike[str]], progress: bool | None = False, desc: str = ""
-    ) -> Iterator[tuple[int, np.ndarray]]:
-        for i, p in enumerate(paths):
-            yield i, vector_of(Path(p).name, Path(p).stat().st_mtime_ns)
 
 
 def main() -> None:
@@ -80,7 +53,7 @@ def main() -> None:
                     index = open_index(root)
                     entries = [e for e in index.manifest.entries if e is not None]
                     # each row must be the vector of the file and mtime its own manifest records
-                    want = np.stack([vector_of(e.path, e.mtime_ns) for e in entries])
+                    want = np.stack([stand_in_vector(e.path, e.mtime_ns) for e in entries])
                     if np.array_equal(np.asarray(index.feats), want):
                         counts["good"] += 1
                     else:

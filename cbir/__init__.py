@@ -12,7 +12,8 @@ Library use::
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
+
+from cbir.types import LazyAttribute
 
 __version__ = "0.1.0"
 
@@ -42,7 +43,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> LazyAttribute:
     """Import submodules lazily, so ``import cbir`` does not load TensorFlow."""
     if name in _EXPORTS:
         return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)

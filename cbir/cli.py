@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from cbir.cli_options import (
     DEFAULT_OUT,
@@ -32,6 +32,7 @@ from cbir.output.results import results_to_dict
 from cbir.output.text import format_index_summary, format_models, format_results
 from cbir.search.query import check_query_files, query_index
 from cbir.settings import Settings
+from cbir.types import JSONDict
 
 __all__ = ["build_legacy_parser", "build_parser", "legacy_main", "main"]
 
@@ -74,7 +75,7 @@ def _setup_logging(verbose: int) -> None:
     root.propagate = False
 
 
-def _print_json(doc: dict[str, Any] | list[Any]) -> None:
+def _print_json(doc: JSONDict | list[JSONDict]) -> None:
     print(json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False))
 
 

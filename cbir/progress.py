@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from cbir.types import ProgressBar
 
 
-def progress_bar(total: int, desc: str, unit: str = "it", enabled: bool | None = None) -> Any:
+def progress_bar(total: int, desc: str, unit: str = "it", enabled: bool | None = None) -> ProgressBar:
     """A tqdm bar; ``enabled`` None shows it only on a terminal, False never, True always."""
     from tqdm.auto import tqdm
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from cbir.embedding.features import FeatureConfig, resolve_config
 from cbir.embedding.weights import Weights
@@ -106,3 +110,31 @@ def check_result(result: dict, dataset: Path, k: int = 9) -> None:
     assert os.path.realpath(result["query"]) not in {os.path.realpath(p) for p in paths}
     for p in paths:
         assert Path(p).is_file() and Path(p).resolve().parent == dataset.resolve()
+
+
+def stand_in_vector(name: str, mtime_ns: int, dim: int = 64) -> np.ndarray:
+    """The stand-in embedder's vector of a file: a function of its name and mtime only."""
+    seed = hashlib.sha256(f"{name}:{mtime_ns}".encode()).digest()
+    v = np.random.default_rng(int.from_bytes(seed[:8], "little")).standard_normal(dim).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+class StandIn:
+    """An embedder and its source at once, with no network: for crash and concurrency tests where
+    only which row belongs to which file matters. Files are never decoded."""
+
+    dim = 64
+    whitening = None
+
+    def __init__(self) -> None:
+        self.weights = Weights.random()
+        self.config = resolve_config(FeatureConfig(model="mobilenetv2", width_multiplier=0.35), self.weights)
+
+    def embedder(self) -> StandIn:
+        return self
+
+    def embed_files(
+        self, paths: Sequence[str | os.PathLike[str]], progress: bool | None = False, desc: str = ""
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        for i, p in enumerate(paths):
+            yield i, stand_in_vector(Path(p).name, Path(p).stat().st_mtime_ns)

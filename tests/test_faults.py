@@ -11,19 +11,22 @@ import errno
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli, never
+from helpers import REPO, StandIn, cli, never, stand_in_vector
 from helpers import run_index as run
 
 import cbir.index.files as files_mod
 import cbir.index.snapshot as snapshot_mod
 from cbir.errors import BadImageError, IndexWriteError
+from cbir.index.indexer import IndexOptions, update_index
 from cbir.index.snapshot import open_index
 from cbir.index.store import read_manifest
+from cbir.search.approximate import ApproximateSearcher
 
 
 def vectors(index) -> dict[str, np.ndarray]:
@@ -324,3 +327,84 @@ def test_write_errors_in_the_index_folder_are_one_line(indexed, tmp_path):
         ),
         "manifest.json: Is a directory",
     )
+
+
+# ---------------------------------------------------------------------------------------------- kill -9
+
+KILL_SCRIPT = """
+import os, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[4])
+from helpers import StandIn
+import cbir.index.files as files
+import cbir.index.store as store
+from cbir.index.indexer import IndexOptions, update_index
+
+target, where = int(sys.argv[2]), sys.argv[3]
+seen = [0]
+
+def dying(write):
+    def wrapped(path, *args, **kwargs):
+        commit = path.name == "manifest.json"
+        seen[0] += commit
+        if commit and seen[0] == target and where == "before":
+            os._exit(137)  # as kill -9: no handler, no cleanup
+        write(path, *args, **kwargs)
+        if commit and seen[0] == target and where == "after":
+            os._exit(137)
+    return wrapped
+
+store.write_bytes = dying(files.write_bytes)
+options = IndexOptions(checkpoint_every=5, ann="hnsw", progress=False)
+update_index(Path(sys.argv[1]), StandIn(), options=options)
+print("finished", flush=True)
+"""
+
+
+def rows_belong_to_their_files(root: Path, index) -> None:
+    for row, rel in enumerate(index.paths):
+        expected = stand_in_vector(rel, (root / rel).stat().st_mtime_ns)
+        np.testing.assert_array_equal(np.asarray(index.feats[row]), expected)
+
+
+COMMITS = 5  # 12 images, a checkpoint every 5: rows 5, 10, 12; the compacted matrix; the ANN
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+@pytest.mark.parametrize("commit", range(1, COMMITS + 2))
+def test_kill_at_each_commit_point(tmp_path, make_image, commit, where):
+
+    root = tmp_path / "data"
+    for i in range(12):
+        make_image(root / f"{i:02d}.jpg", seed=i)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_SCRIPT, str(root), str(commit), where, str(REPO / "tests")],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        timeout=120,
+    )
+    finished = commit > COMMITS
+    assert (proc.returncode == 0) == finished, proc.stderr[-2000:]
+    assert ("finished" in proc.stdout) == finished
+    idir = root / ".cbir"
+    manifest = read_manifest(idir)
+    if manifest is None:
+        assert (commit, where) == (1, "before")  # killed before anything was committed
+    else:
+        index = open_index(root)  # whatever was committed is whole and consistent
+        for row, rel in enumerate(index.paths):
+            np.testing.assert_array_equal(
+                np.asarray(index.feats[row]), stand_in_vector(rel, (root / rel).stat().st_mtime_ns)
+            )
+    report = update_index(root, StandIn(), options=IndexOptions(ann="hnsw", progress=False))
+    assert report.total == 12 and report.added == 12 - report.unchanged
+    index = open_index(root)
+    assert sorted(index.paths) == [f"{i:02d}.jpg" for i in range(12)]
+    for row, rel in enumerate(index.paths):
+        np.testing.assert_array_equal(
+            np.asarray(index.feats[row]), stand_in_vector(rel, (root / rel).stat().st_mtime_ns)
+        )
+    committed = read_manifest(idir)
+    assert sorted(p.name for p in idir.iterdir()) == sorted(["lock", "manifest.json", *committed.files()])
+    assert isinstance(index.searcher(), ApproximateSearcher)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,8 @@ from cbir.embedding.whiten import (
     load_for_index,
     whitening_filename,
 )
-from cbir.errors import CbirError
+from cbir.errors import CbirError, IndexWriteError
+from cbir.index.files import write_atomic
 from cbir.ingest.files import find_images
 
 
@@ -102,10 +105,15 @@ def test_digest_follows_the_content():
     assert len(w.digest) == 16 and int(w.digest, 16) >= 0
 
 
+def save(w: Whitening, path: Path) -> None:
+    """Write a whitening as the index folder does: whole, through the atomic-write helper."""
+    write_atomic(path, w.write_to)
+
+
 def test_save_load_round_trip_is_atomic(tmp_path):
     w = learn_whitening(correlated(300), dim=5)
     path = tmp_path / whitening_filename(w.digest)
-    w.save(path)
+    save(w, path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"whitening-{w.digest}.npz"]
     loaded = Whitening.load(path)
     assert loaded.digest == w.digest and loaded.dim == 5
@@ -118,8 +126,8 @@ def test_save_load_round_trip_is_atomic(tmp_path):
 def test_failed_save_leaves_no_temporary_file(tmp_path):
     w = learn_whitening(correlated(300))
     (tmp_path / "target.npz").mkdir()  # a folder where the file should go: the rename fails
-    with pytest.raises(OSError):
-        w.save(tmp_path / "target.npz")
+    with pytest.raises(IndexWriteError):
+        save(w, tmp_path / "target.npz")
     assert [p.name for p in tmp_path.iterdir()] == ["target.npz"]
     assert (tmp_path / "target.npz").is_dir()
 
@@ -128,7 +136,7 @@ def test_failed_save_leaves_no_temporary_file(tmp_path):
 def test_load_of_a_damaged_file_raises_cbir_error(tmp_path, damage):
     w = learn_whitening(correlated(300))
     good = tmp_path / "good.npz"
-    w.save(good)
+    save(w, good)
     bad = tmp_path / "bad.npz"
     data = good.read_bytes()
     if damage == "truncated":
@@ -151,13 +159,13 @@ def test_load_for_index(tmp_path):
     with pytest.raises(CbirError, match="rebuild") as info:
         load_for_index(tmp_path, w.digest)
     assert "missing" in str(info.value) and whitening_filename(w.digest) in str(info.value)
-    w.save(tmp_path / whitening_filename(w.digest))
+    save(w, tmp_path / whitening_filename(w.digest))
     loaded = load_for_index(tmp_path, w.digest)
     assert loaded is not None and loaded.digest == w.digest
     np.testing.assert_array_equal(loaded.projection, w.projection)
     # a file under the right name with other content
     other = learn_whitening(correlated(300, seed=5), dim=4)
-    other.save(tmp_path / whitening_filename(w.digest))
+    save(other, tmp_path / whitening_filename(w.digest))
     with pytest.raises(CbirError, match="damaged.*rebuild"):
         load_for_index(tmp_path, w.digest)
     (tmp_path / whitening_filename(w.digest)).write_bytes(b"")

@@ -12,10 +12,10 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cbir.embedding.weights import Weights
 from cbir.errors import ModelError
+from cbir.types import JSONDict, KerasModel
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,8 @@ class Backbone:
     dim: int
     weights_file: str | None = None
 
-    def build(self, keras_weights: str | None, width_multiplier: float | None = None) -> Any:
-        """Build the convolutional trunk with a free input size (a ``keras.Model``, hence ``Any``:
+    def build(self, keras_weights: str | None, width_multiplier: float | None = None) -> KerasModel:
+        """Build the convolutional trunk with a free input size (a ``keras.Model``, hence untyped:
         Keras is imported lazily).
 
         ``keras_weights`` is what ``keras.applications`` takes ('imagenet', a path or None);
@@ -39,7 +39,7 @@ class Backbone:
         import keras
 
         ctor = getattr(keras.applications, self.constructor)
-        kwargs: dict[str, Any] = {
+        kwargs: JSONDict = {
             "include_top": False,
             "weights": keras_weights,
             "input_shape": (None, None, 3),
@@ -212,7 +212,7 @@ def width_multiplier(backbone: Backbone, weights_path: str | os.PathLike[str]) -
     raise ModelError(f"cannot tell the width multiplier of {backbone.name} weights {weights_path}")
 
 
-def build_backbone(backbone: Backbone, weights: Weights, width_multiplier: float | None = None) -> Any:
+def build_backbone(backbone: Backbone, weights: Weights, width_multiplier: float | None = None) -> KerasModel:
     """Build ``backbone`` with ``weights`` (a ``keras.Model``), turning failures into one-line ModelErrors.
 
     ``width_multiplier`` comes from the resolved config (:func:`cbir.embedding.features.resolve_config`

@@ -13,7 +13,6 @@ import logging
 import os
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import closing
-from typing import Any
 
 import numpy as np
 
@@ -26,6 +25,7 @@ from cbir.errors import BadImageError, ModelError
 from cbir.ingest.decode import LoadLimits
 from cbir.ingest.pipeline import BadItem, Batch, ImagePipeline, default_workers
 from cbir.progress import progress_bar
+from cbir.types import KerasModel
 from cbir.vectors import finite_rows, l2_normalize
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ Result = tuple[int, np.ndarray | BadImageError]
 """``(position, vector)`` for a usable image, ``(position, BadImageError)`` for an unusable one."""
 
 
-def _pooling_layer(pooling: str, p: float) -> Any:  # Any: a keras layer (Keras is imported lazily)
+def _pooling_layer(pooling: str, p: float) -> KerasModel:
     """The global pooling that turns the trunk's feature map into one vector per image."""
     import keras
     from keras import ops
@@ -50,7 +50,7 @@ def _pooling_layer(pooling: str, p: float) -> Any:  # Any: a keras layer (Keras 
     class GeM(keras.layers.Layer):
         """Generalised-mean pooling: (mean x^p)^(1/p); p=1 is average, p->inf is max."""
 
-        def call(self, x: Any) -> Any:  # Any: a backend tensor
+        def call(self, x: KerasModel) -> KerasModel:  # a backend tensor
             x = ops.maximum(x, 1e-6)
             return ops.power(ops.mean(ops.power(x, p), axis=(1, 2)), 1.0 / p)
 

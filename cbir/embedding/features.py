@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
 
 from cbir.embedding.backbones import get_backbone, width_multiplier
 from cbir.embedding.weights import Weights
 from cbir.ingest.decode import Geometry
+from cbir.types import JSONDict, Param
 
 POOLINGS = ("max", "avg", "gem")
 
@@ -47,15 +47,14 @@ class FeatureConfig:
         """How images become network input; ``default_size``: the backbone's own input size."""
         return Geometry(size=self.size or default_size, mode=self.geometry, resample=self.resample)
 
-    # Any: JSON values of the manifest (str, float, int, list, None)
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         """The manifest form (JSON-ready)."""
         d = asdict(self)
         d["scales"] = list(self.scales)
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FeatureConfig:
+    def from_dict(cls, d: JSONDict) -> FeatureConfig:
         """Read the manifest form; unknown keys are ignored, the old key ``alpha`` is the width multiplier."""
         d = dict(d)
         if "alpha" in d and d.get("width_multiplier") is None:
@@ -64,7 +63,7 @@ class FeatureConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
-    def replace(self, **changes: Any) -> FeatureConfig:  # Any: values of the fields named
+    def replace(self, **changes: Param) -> FeatureConfig:
         """A copy with ``changes`` applied (validated again)."""
         return replace(self, **changes)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,6 @@ from cbir.vectors import l2_normalize
 
 if TYPE_CHECKING:  # the embedder imports this module: a type-only import avoids the cycle
     from cbir.embedding.embedder import Embedder
-
-WHITENING_FILE = "whitening.npz"
 
 
 @dataclass(frozen=True)
@@ -54,20 +51,9 @@ class Whitening:
         """Write the ``.npz`` content into an open binary file (for the index's atomic writer)."""
         np.savez(f, mean=self.mean.astype(np.float32), projection=self.projection.astype(np.float32))
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write atomically (temporary file in the same folder, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        try:
-            with open(tmp, "wb") as f:
-                self.write_to(f)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Whitening:
-        """Read a file written by :meth:`save`; CbirError when it is missing or damaged."""
+        """Read a file written by :meth:`write_to`; CbirError when it is missing or damaged."""
         try:
             with np.load(path, allow_pickle=False) as z:
                 return cls(mean=z["mean"], projection=z["projection"])

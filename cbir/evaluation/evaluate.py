@@ -15,7 +15,6 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -25,6 +24,7 @@ from cbir.evaluation.metrics import average_precisions, hits_at_k
 from cbir.search.base import SearchableIndex, Searcher, check_finite
 from cbir.search.exact import ExactSearcher
 from cbir.search.rerank import Reranking, rerank
+from cbir.types import JSONDict
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class ClassRow:
     map: float
     p_at_10: float | None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         return {
             "label": self.label,
             "name": self.name,
@@ -70,7 +70,7 @@ class EvaluationReport:
     per_query: dict[str, float] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         """JSON-ready form; k keys become strings."""
         return {
             "ground_truth": self.kind,

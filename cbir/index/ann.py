@@ -28,12 +28,12 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from cbir.index.files import write_atomic
 from cbir.index.manifest import AnnRecord, Manifest
+from cbir.types import FaissIndex, JSONDict, Param
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +48,13 @@ TRAIN_ROWS = 200_000  # at most this many rows (a random sample) train the quant
 ADD_BLOCK = 65_536  # rows converted to float32 and added per call (bounded memory for float16 / mmap)
 
 
-def _faiss() -> Any:
+def _faiss() -> FaissIndex:
     import faiss
 
     return faiss
 
 
-def default_params(kind: str, rows: int, dim: int) -> dict[str, Any]:
+def default_params(kind: str, rows: int, dim: int) -> JSONDict:
     """Build and search parameters of ``kind`` for ``rows`` vectors of ``dim`` dimensions."""
     if kind == "hnsw":
         # recall@10 at 100k: 0.955 / 0.974 / 0.988 at efSearch 64 / 128 / 256 (1.0 / 1.8 ms); recall
@@ -66,7 +66,7 @@ def default_params(kind: str, rows: int, dim: int) -> dict[str, Any]:
         nlist = max(1, min(nlist, rows // 39 or 1))
         # recall@10 0.95 took 1/32 of the lists at 100k rows, 1/16 at 20k; small indexes probe them all
         nprobe = max(1, nlist // 16) if nlist >= 64 else nlist
-        params: dict[str, Any] = {
+        params: JSONDict = {
             "nlist": nlist,
             "nprobe": nprobe,
             "candidates": 0 if kind == "ivfflat" else 64,
@@ -85,7 +85,7 @@ def _pq_subquantizers(dim: int) -> int:
     return dim
 
 
-def factory_string(kind: str, params: dict[str, Any]) -> str:
+def factory_string(kind: str, params: JSONDict) -> str:
     """The faiss ``index_factory`` description of ``kind``."""
     if kind == "hnsw":
         return f"HNSW{int(params['M'])},SQ8"
@@ -106,7 +106,7 @@ def _sample(feats: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.ascontiguousarray(feats[pick], dtype=np.float32)
 
 
-def build_ann(feats: np.ndarray, kind: str = DEFAULT_KIND, seed: int = 1234, **params: Any) -> Any:
+def build_ann(feats: np.ndarray, kind: str = DEFAULT_KIND, seed: int = 1234, **params: Param) -> FaissIndex:
     """Build a faiss inner-product index of ``kind`` over the rows of ``feats`` (float32 or float16,
     possibly memory-mapped: added in float32 blocks). ``params`` override :func:`default_params`."""
     faiss = _faiss()
@@ -129,7 +129,7 @@ def build_ann(feats: np.ndarray, kind: str = DEFAULT_KIND, seed: int = 1234, **p
     return index
 
 
-def set_search_params(index: Any, kind: str, params: dict[str, Any]) -> None:
+def set_search_params(index: FaissIndex, kind: str, params: JSONDict) -> None:
     """Apply the search-time parameter of ``kind`` (efSearch or nprobe) to a built or loaded index."""
     faiss = _faiss()
     space = faiss.ParameterSpace()
@@ -139,13 +139,13 @@ def set_search_params(index: Any, kind: str, params: dict[str, Any]) -> None:
         space.set_index_parameter(index, "nprobe", int(params["nprobe"]))
 
 
-def save_ann(index: Any, path: str | os.PathLike[str]) -> None:
+def save_ann(index: FaissIndex, path: str | os.PathLike[str]) -> None:
     """Write ``index`` to ``path`` atomically (streamed through the index folder's write helper)."""
     faiss = _faiss()
     write_atomic(Path(path), lambda f: faiss.write_index(index, faiss.PyCallbackIOWriter(f.write)))
 
 
-def load_ann(path: str | os.PathLike[str], mmap: bool = True) -> Any:
+def load_ann(path: str | os.PathLike[str], mmap: bool = True) -> FaissIndex:
     """Read an index written by :func:`save_ann`; with ``mmap`` its arrays (codes, graph, lists) are
     mapped from the file instead of copied into memory: opening a 1M-row index takes milliseconds,
     not seconds, and uses no memory of its own. The index must then not be modified."""
@@ -181,7 +181,9 @@ def wanted_kind(mode: str, rows: int, record: AnnRecord | None, fresh: bool) -> 
     return mode
 
 
-def build_file(index_dir: Path, manifest: Manifest, feats: np.ndarray, kind: str, **params: Any) -> AnnRecord:
+def build_file(
+    index_dir: Path, manifest: Manifest, feats: np.ndarray, kind: str, **params: Param
+) -> AnnRecord:
     """Build an ANN of ``kind`` over ``feats`` (the committed rows), write it, and describe it."""
     t0 = time.perf_counter()
     full = {**default_params(kind, feats.shape[0], feats.shape[1]), **params}
@@ -204,7 +206,7 @@ def build_file(index_dir: Path, manifest: Manifest, feats: np.ndarray, kind: str
     )
 
 
-def open_file(index_dir: Path, manifest: Manifest) -> tuple[Any, AnnRecord] | None:
+def open_file(index_dir: Path, manifest: Manifest) -> tuple[FaissIndex, AnnRecord] | None:
     """The fresh ANN of a committed manifest, loaded (memory-mapped), or None.
 
     A stale or unreadable one is logged and ignored: the caller searches exactly.

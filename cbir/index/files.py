@@ -3,7 +3,7 @@
 Every file is written under a temporary name in the same folder, flushed, fsynced and renamed, so a
 name never shows half a file. Matrices are written with ordinary buffered writes (never a sparse
 memory map: when a file system cannot allocate a page of one, the kernel kills the process with
-SIGBUS), so a full disk is an ``OSError`` like any other. Any such error becomes one
+SIGBUS), so a full disk is an ``OSError`` like any other. Every such error becomes one
 :class:`~cbir.errors.IndexWriteError` naming the folder and the cause; the temporary file is removed.
 """
 

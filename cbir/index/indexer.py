@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from cbir.index.manifest import Entry, Skipped
 from cbir.index.plan import Plan, make_plan, stat_files
 from cbir.index.store import FolderWriter, default_index_dir
 from cbir.ingest.files import find_images
+from cbir.types import JSONDict
 
 log = logging.getLogger(__name__)
 DTYPES = ("float32", "float16")
@@ -110,7 +111,7 @@ class IndexReport:
     def images_per_second(self) -> float:
         return self.embedded / self.seconds if self.seconds > 0 else 0.0
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         d = asdict(self)
         d["images_per_second"] = round(self.images_per_second, 2)
         return d
@@ -233,12 +234,11 @@ def _embed(
                 checkpoint()
     except BaseException as exc:
         try:
-            checkpoint()
+            checkpoint()  # keep the finished work, whatever stopped the run
         except IndexWriteError as err:
-            if isinstance(exc, IndexWriteError):
-                raise
             if isinstance(exc, KeyboardInterrupt):
                 raise err from exc  # the user must not be told the finished work was saved
-            log.error("could not save the last checkpoint: %s", err)
+            if not isinstance(exc, IndexWriteError):  # the same full disk needs no second line
+                log.error("could not save the last checkpoint: %s", err)
         raise
     checkpoint()

@@ -14,10 +14,10 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 from cbir.embedding.features import FeatureConfig
 from cbir.ingest.files import safe_join
+from cbir.types import JSONDict
 
 FORMAT = "cbir-index"
 VERSION = 2
@@ -72,7 +72,7 @@ class AnnRecord:
     seconds: float
     built: float
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         return dict(self.__dict__)
 
 
@@ -173,7 +173,7 @@ class Manifest:
         )
 
 
-def _from_version_1(d: dict[str, Any]) -> dict[str, Any]:
+def _from_version_1(d: JSONDict) -> JSONDict:
     """Convert a version-1 manifest: fixed-name ``feats.npy`` segments, ``extra`` side channel."""
     if any(seg.get("staged") for seg in d["segments"]):
         raise ValueError("a version-1 index interrupted in the middle of a rename")
@@ -211,7 +211,7 @@ def _dtype(value: object) -> str:
     return str(value)
 
 
-def _ann_record(d: dict[str, Any]) -> AnnRecord:
+def _ann_record(d: JSONDict) -> AnnRecord:
     params = {str(k): float(v) for k, v in dict(d.get("params", {})).items()}
     return AnnRecord(
         file=_file_name(d["file"]),

@@ -15,19 +15,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from cbir.embedding.features import FeatureConfig
 from cbir.errors import IncompatibleIndexError, IndexFolderError
 from cbir.index import ann
-from cbir.index.manifest import Manifest
+from cbir.index.manifest import AnnRecord, Manifest
 from cbir.index.store import MANIFEST, default_index_dir, load_matrix, read_manifest_stat
 from cbir.ingest.files import safe_join
 from cbir.search.approximate import ApproximateSearcher
 from cbir.search.base import Searcher
 from cbir.search.exact import ExactSearcher
+from cbir.types import FaissIndex
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,9 @@ class Index:
     version: tuple[int, int, int] | None = None  # identity of the manifest file this was read from
     _by_path: dict[str, int] | None = field(default=None, repr=False)
     _by_real: dict[str, int] | None = field(default=None, repr=False)
-    _ann: tuple[Any, Any] | None | bool = field(default=False, repr=False)  # False: not loaded yet
+    _ann: tuple[FaissIndex, AnnRecord] | None | bool = field(
+        default=False, repr=False
+    )  # False: not loaded yet
 
     @property
     def config(self) -> FeatureConfig:

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from cbir.errors import DatasetError
+from cbir.ingest.decode import register_optional_plugins
 
 BASE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 OPTIONAL_EXTENSIONS = {".heic": "pillow_heif", ".heif": "pillow_heif", ".avif": "pillow_avif"}
@@ -23,8 +24,6 @@ INDEX_DIRNAME = ".cbir"
 
 def supported_extensions() -> frozenset[str]:
     """The extensions this installation can decode (HEIC/AVIF only with their Pillow plugins)."""
-    from cbir.ingest.decode import register_optional_plugins
-
     return BASE_EXTENSIONS | frozenset(register_optional_plugins())
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+
+from cbir.types import JSONDict
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class Match:
         if not math.isfinite(self.score):
             raise ValueError(f"the score of {self.path} is not finite ({self.score})")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         return {"path": self.path, "score": round(float(self.score), 6)}
 
 
@@ -34,13 +35,13 @@ class QueryResult:
     matches: list[Match] = field(default_factory=list)
     excluded_self: bool = False
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         return {"query": self.query, "matches": [m.to_dict() for m in self.matches]}
 
 
-def results_to_dict(results: list[QueryResult], index_report: dict[str, Any] | None = None) -> dict[str, Any]:
+def results_to_dict(results: list[QueryResult], index_report: JSONDict | None = None) -> JSONDict:
     """The ``--json`` document: ``{"results": [{query, matches: [{path, score}]}], "index": {...}}``."""
-    doc: dict[str, Any] = {"results": [r.to_dict() for r in results]}
+    doc: JSONDict = {"results": [r.to_dict() for r in results]}
     if index_report is not None:
         doc["index"] = index_report
     return doc

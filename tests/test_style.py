@@ -1,0 +1,56 @@
+"""Rules of the code base that linters do not check: they keep the architecture as documented."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "cbir"
+
+
+def modules() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def test_explicit_any_only_in_the_aliases_with_reasons():
+    offenders = [
+        f"{p.relative_to(PACKAGE.parent)}:{n}"
+        for p in modules()
+        if p.name != "types.py"
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if re.search(r"\bAny\b", line.split("#")[0]) and not line.lstrip().startswith(('"', "'"))
+    ]
+    assert offenders == [], "use (or add, with its reason) an alias in cbir/types.py"
+
+
+def test_no_module_over_400_lines_and_a_short_cli():
+    sizes = {p.relative_to(PACKAGE.parent).as_posix(): len(p.read_text().splitlines()) for p in modules()}
+    assert max(sizes.values()) <= 400, sizes
+    assert sizes["cbir/cli.py"] <= 300
+
+
+def test_cbir_imports_are_at_the_top_of_each_module():
+    """Function-local imports hide the dependency graph; only third-party heavy ones may be lazy."""
+    late = []
+    for p in modules():
+        tree = ast.parse(p.read_text())
+        top = set(map(id, tree.body))
+        for node in tree.body:  # `if TYPE_CHECKING:` imports are module level too
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                top.update(map(id, node.body))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and id(node) not in top:
+                if (node.module or "").startswith("cbir") or node.level:
+                    late.append(f"{p.relative_to(PACKAGE.parent)}:{node.lineno}")
+    allowed = {"cbir/cli.py"}  # the plot (matplotlib) is imported only when one is drawn
+    assert [x for x in late if x.split(":")[0] not in allowed] == []
+
+
+def test_the_library_never_prints_or_exits():
+    for p in modules():
+        if p.name in ("cli.py", "__main__.py"):
+            continue
+        text = p.read_text()
+        assert not re.search(r"^\s*print\(", text, re.M), p
+        assert "sys.exit" not in text, p

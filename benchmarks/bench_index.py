@@ -71,13 +71,11 @@ def original_approach(paths: list[Path], model) -> float:
 
 
 def our_indexer(folder: Path, config, embedder) -> float:
-    from cbir.index.indexer import update_index
+    from cbir.index.indexer import IndexOptions, update_index
 
     index_dir = Path(tempfile.mkdtemp(prefix="cbir-bench-index-"))
     try:
-        rep = update_index(
-            folder, config, weights="random", index_dir=index_dir, embedder=embedder, progress=False
-        )
+        rep = update_index(folder, embedder, index_dir=index_dir, options=IndexOptions(progress=False))
         return rep.embedded / rep.seconds
     finally:
         shutil.rmtree(index_dir, ignore_errors=True)

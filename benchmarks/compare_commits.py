@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Run one benchmark on an older commit and on this working tree, alternately, in one session.
 
-A git worktree of ``--base`` is made in a temporary folder; the benchmark script of each tree runs
-with that tree's own code (each script puts its repository first on ``sys.path``). Runs alternate
+A git worktree of ``--base`` is made in a temporary folder (with ``../shared`` linked beside it, so
+both trees find the same data); the benchmark script of each tree runs with that tree's own code
+(each script puts its repository first on ``sys.path``). Runs alternate
 (base, head, base, head, ...) so that the machine's drift hits both alike. Every run's output is
 printed whole, labelled, for the reader to compare figure by figure.
 
@@ -33,6 +34,9 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="cbir-base-") as tmp:
         base_tree = Path(tmp) / "base"
+        shared = ROOT.parent / "shared"
+        if shared.exists():  # the benchmarks find their data in ../shared, beside each tree
+            (Path(tmp) / "shared").symlink_to(shared, target_is_directory=True)
         subprocess.run(
             ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base_tree), args.base], check=True
         )

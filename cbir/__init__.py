@@ -1,12 +1,15 @@
 """cbir: content-based image retrieval. Index a folder of images with a CNN, query by example.
 
-Library use::
+Library use (the weights are given once; the model is built only when something needs it)::
 
-    from cbir import FeatureConfig, Embedder, update_index, open_index, query_index
-    config = FeatureConfig(model="mobilenet")
-    embedder = Embedder(config, weights="mobilenet_2_5_224_tf_no_top.h5")
-    update_index("photos/", config, weights=embedder.weights, embedder=embedder)
-    results = query_index(open_index("photos/"), embedder, ["photos/cat.jpg"], k=9)
+    from cbir import FeatureChoice, open_index, query_index, resolve_settings, update_index
+    settings = resolve_settings("photos/", weights="mobilenet_2_5_224_tf_no_top.h5",
+                                features=FeatureChoice(model="mobilenet"))
+    update_index(settings.dataset, settings, index_dir=settings.index_dir)
+    index = open_index(settings.dataset, settings.index_dir)
+    results = query_index(index, settings.embedder(), ["photos/cat.jpg"], k=9)
+
+The package map is docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -38,6 +41,14 @@ _EXPORTS = {
     "LoadLimits": "ingest.decode",
     "REGISTRY": "embedding.backbones",
     "CbirError": "errors",
+    "Weights": "embedding.weights",
+    "resolve_settings": "settings",
+    "Settings": "settings",
+    "FeatureChoice": "settings",
+    "IndexOptions": "index.indexer",
+    "Reranking": "search.rerank",
+    "Searcher": "search.base",
+    "FolderStore": "index.stores",
 }
 
 __all__ = sorted(_EXPORTS)

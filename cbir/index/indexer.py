@@ -5,7 +5,7 @@ remembered and not retried until they change (:mod:`cbir.index.plan`). Progress 
 ``checkpoint_every`` images or ``checkpoint_seconds`` seconds, so a crash loses at most the work
 since the last checkpoint (Ctrl-C and ordinary errors lose nothing: the finished work is committed
 before the exception goes on). The end of a run compacts the rows and refreshes the approximate
-index (:meth:`cbir.index.store.FolderWriter.finish`).
+index (:meth:`cbir.index.store.IndexWriter.finish`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from cbir.errors import BadImageError, DatasetError, IndexWriteError
 from cbir.index.ann import MODES as ANN_MODES
 from cbir.index.manifest import Entry, Skipped
 from cbir.index.plan import Plan, make_plan, stat_files
-from cbir.index.store import FolderWriter, default_index_dir
+from cbir.index.store import IndexWriter
+from cbir.index.stores import FolderStore, Store
 from cbir.ingest.files import find_images
 from cbir.types import JSONDict
 
@@ -123,55 +124,57 @@ def update_index(
     *,
     index_dir: str | os.PathLike[str] | None = None,
     options: IndexOptions = IndexOptions(),
+    store: Store | None = None,
 ) -> IndexReport:
     """Index ``root`` (or bring its index up to date) with the features of ``source``.
 
-    The model is built only when something needs embedding, so an up-to-date index costs one folder
-    scan. An index built with other settings is rebuilt; ``options.rebuild`` forces that.
+    The index goes to ``store`` (default: the folder store in ``index_dir``, by default
+    ``ROOT/.cbir``). The model is built only when something needs embedding, so an up-to-date index
+    costs one folder scan. An index built with other settings is rebuilt; ``options.rebuild``
+    forces that.
     """
     t0 = time.perf_counter()
     root = Path(root)
-    idir = Path(index_dir) if index_dir is not None else default_index_dir(root)
+    home = store if store is not None else FolderStore(root, index_dir)
+    skip = [Path(home.location)] if isinstance(home, FolderStore) else []
     files = find_images(
         root,
         recursive=options.recursive,
         include_hidden=options.include_hidden,
         exclude=options.exclude,
-        skip_dirs=[idir],
+        skip_dirs=skip,
     )
     if not files:
         raise DatasetError(f"no images found in {root}")
-    report = IndexReport(dataset=str(root), index_dir=str(idir))
+    report = IndexReport(dataset=str(root), index_dir=home.location)
     weights = source.weights
-    writer = FolderWriter(
-        idir,
+    writer = home.writer(
         source.config,
         dtype=options.dtype,
         rebuild=options.rebuild,
         whitening=source.whitening,
-        root=root,
         weights_path=str(weights.path.resolve()) if weights.path is not None else None,
     )
-    with writer as store:
-        report.rebuilt = store.rebuilt
+    with writer as target:
+        report.rebuilt = target.rebuilt
         found, unreadable = stat_files(root, files)
-        plan = make_plan(found, store.held(), store.known_bad(), unreadable)
+        plan = make_plan(found, target.held(), target.known_bad(), unreadable)
         _count(plan, report)
-        store.drop(plan.dropped)
+        target.drop(plan.dropped)
         skipped = list(plan.known_bad)
-        if plan.todo or store.is_new:
+        if plan.todo or target.is_new:
             emb = source.embedder()
             if emb.config != source.config:
                 raise ValueError("the embedder's settings differ from the index settings")
-            store.set_dim(emb.dim)
+            target.set_dim(emb.dim)
         if plan.todo:
-            _embed(root, store, plan, emb, skipped, report, options)
+            _embed(root, target, plan, emb, skipped, report, options)
         else:
-            store.set_skipped(skipped)
-            if store.is_new or not store.unchanged_since_commit():
-                store.commit()
-        report.ann = store.finish(options.ann)
-        report.total = len(store.held())
+            target.set_skipped(skipped)
+            if target.is_new or not target.unchanged_since_commit():
+                target.commit()
+        report.ann = target.finish(options.ann)
+        report.total = len(target.held())
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -187,7 +190,7 @@ def _count(plan: Plan, report: IndexReport) -> None:
 
 def _embed(
     root: Path,
-    store: FolderWriter,
+    store: IndexWriter,
     plan: Plan,
     emb: FileEmbedder,
     skipped: list[Skipped],

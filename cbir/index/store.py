@@ -116,9 +116,31 @@ class Lock:
 
 
 class IndexWriter(Protocol):
-    """What an indexer needs of a store; the folder store is one, a vector database would be another."""
+    """What an indexer needs of a store; the folder store is one, a vector database would be another.
+
+    Used as a context manager: entering takes the store's lock and reads what it holds.
+    """
 
     rebuilt: str | None
+
+    def __enter__(self) -> IndexWriter: ...
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    @property
+    def is_new(self) -> bool:
+        """True when this run starts from nothing (a first run or a rebuild)."""
+        ...
+
+    def set_dim(self, dim: int) -> None:
+        """The vector dimension, known once the embedder is built."""
+        ...
+
+    def unchanged_since_commit(self) -> bool:
+        """True when nothing was put, dropped or skipped since the last commit."""
+        ...
 
     def held(self) -> dict[str, Entry]:
         """The indexed files by path, with the size and mtime they were embedded at."""

@@ -27,7 +27,8 @@ import numpy as np  # noqa: E402
 from machine import SHARED, describe  # noqa: E402
 
 from cbir.embedding.embedder import Embedder  # noqa: E402
-from cbir.embedding.features import FeatureConfig  # noqa: E402
+from cbir.embedding.features import FeatureConfig, resolve_config  # noqa: E402
+from cbir.embedding.weights import Weights  # noqa: E402
 from cbir.embedding.whiten import learn_whitening  # noqa: E402
 from cbir.evaluation.evaluate import evaluate  # noqa: E402
 from cbir.evaluation.groundtruth import load_ground_truth  # noqa: E402
@@ -155,6 +156,7 @@ def main() -> None:
     from cbir.embedding.backbones import get_backbone
 
     size = get_backbone(args.model).input_size
+    weights = Weights.parse(args.weights)  # resolved once, for every row
     rows = [r for r in rows_for(size, args.base) if not args.only or r.name in args.only]
     files = find_images(args.dataset)[: args.limit]
     gt = load_ground_truth(Path(args.dataset), files)
@@ -177,7 +179,7 @@ def main() -> None:
         if key not in cache and args.cache and disk.with_suffix(".npy").exists():
             cache[key] = (np.load(disk.with_suffix(".npy")), float(disk.with_suffix(".ips").read_text()))
         if key not in cache:
-            emb = Embedder(row.config.replace(model=args.model), args.weights)
+            emb = Embedder(resolve_config(row.config.replace(model=args.model), weights), weights)
             emb.embed_all(paths[:8], progress=False)  # warm-up: graph tracing is not throughput
             t = time.perf_counter()
             feats, order = emb.embed_all(paths, progress=False)

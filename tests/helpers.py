@@ -138,3 +138,20 @@ class StandIn:
     ) -> Iterator[tuple[int, np.ndarray]]:
         for i, p in enumerate(paths):
             yield i, stand_in_vector(Path(p).name, Path(p).stat().st_mtime_ns)
+
+
+def clustered(n: int, dim: int = 32, centres: int = 40, seed: int = 0) -> np.ndarray:
+    """L2-normalised points around random centres (neighbours are mostly in the same cluster)."""
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centres, dim)).astype(np.float32)
+    x = c[rng.integers(0, centres, n)] + 0.35 * rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def clustered_data() -> tuple[np.ndarray, np.ndarray]:
+    """3000 clustered database vectors and 50 queries near the same centres."""
+    x = clustered(3000, seed=0)
+    q = clustered(3050, seed=0)[3000:]  # same centres, other points
+    rng = np.random.default_rng(5)
+    q = q + 0.05 * rng.standard_normal(q.shape).astype(np.float32)
+    return x, q / np.linalg.norm(q, axis=1, keepdims=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import run_index
+from helpers import clustered_data, run_index
 
 import cbir.index.ann as ann_mod
 from cbir.embedding.features import FeatureConfig
@@ -25,21 +25,9 @@ from cbir.search.query import search_index
 CONFIG = FeatureConfig(model="mobilenet", weights="random", width_multiplier=0.25)
 
 
-def clustered(n: int, dim: int = 32, centres: int = 40, seed: int = 0) -> np.ndarray:
-    """L2-normalised points around random centres (neighbours are mostly in the same cluster)."""
-    rng = np.random.default_rng(seed)
-    c = rng.standard_normal((centres, dim)).astype(np.float32)
-    x = c[rng.integers(0, centres, n)] + 0.35 * rng.standard_normal((n, dim)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
 @pytest.fixture(scope="module")
 def data() -> tuple[np.ndarray, np.ndarray]:
-    x = clustered(3000, seed=0)
-    q = clustered(3050, seed=0)[3000:]  # same centres, other points
-    rng = np.random.default_rng(5)
-    q = q + 0.05 * rng.standard_normal(q.shape).astype(np.float32)
-    return x, q / np.linalg.norm(q, axis=1, keepdims=True)
+    return clustered_data()
 
 
 def make_index_dir(

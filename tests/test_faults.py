@@ -28,6 +28,8 @@ from cbir.index.snapshot import open_index
 from cbir.index.store import read_manifest
 from cbir.search.approximate import ApproximateSearcher
 
+TINY_MODEL = ("--weights", "random", "--model", "mobilenetv2", "--size", "64")
+
 
 def vectors(index) -> dict[str, np.ndarray]:
     return {p: np.array(index.feats[i]) for i, p in enumerate(index.paths)}
@@ -148,12 +150,7 @@ def test_disk_full_from_the_command_line(tmp_path, small_disk, make_image):
         data,
         "--index",
         small_disk / "idx",
-        "--weights",
-        "random",
-        "--model",
-        "mobilenetv2",
-        "--size",
-        "64",
+        *TINY_MODEL,
         cwd=tmp_path,
         script=None,
     )
@@ -209,12 +206,7 @@ def indexed(tmp_path_factory) -> Path:
     proc = cli(
         "index",
         base / "data",
-        "--weights",
-        "random",
-        "--model",
-        "mobilenetv2",
-        "--size",
-        "64",
+        *TINY_MODEL,
         cwd=base,
         script=None,
     )

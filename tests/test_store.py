@@ -132,13 +132,18 @@ def test_writer_commits_checkpoints_and_compacts(tmp_path):
         assert not w.unchanged_since_commit()
 
 
-def test_writer_keeps_the_committed_index_until_a_rebuild_commits(tmp_path):
-    idir = tmp_path / "idx"
+def one_row_index(idir: Path) -> Path:
+    """A committed index of one 2-d row for ``a.jpg``."""
     with writer(idir) as w:
         w.set_dim(2)
         w.put([Entry("a.jpg", 1, 1)], np.ones((1, 2), np.float32))
         w.commit()
         w.finish("none")
+    return idir
+
+
+def test_writer_keeps_the_committed_index_until_a_rebuild_commits(tmp_path):
+    idir = one_row_index(tmp_path / "idx")
     old = read_manifest(idir)
     (idir / "part-stale.npy").write_bytes(b"x")
     (idir / "manifest.json.tmp-1-aa").write_bytes(b"x")
@@ -155,12 +160,7 @@ def test_writer_keeps_the_committed_index_until_a_rebuild_commits(tmp_path):
 
 
 def test_writer_refuses_to_build_on_a_missing_or_empty_matrix(tmp_path):
-    idir = tmp_path / "idx"
-    with writer(idir) as w:
-        w.set_dim(2)
-        w.put([Entry("a.jpg", 1, 1)], np.ones((1, 2), np.float32))
-        w.commit()
-        w.finish("none")
+    idir = one_row_index(tmp_path / "idx")
     feats = idir / read_manifest(idir).segments[0].file
     feats.write_bytes(b"")
     with pytest.raises(IndexFolderError, match="empty; rebuild with --rebuild"):

@@ -117,7 +117,8 @@ def test_cbir_query_several_images_with_plot(first_run, tmp_path):
 
 @pytest.mark.slow
 def test_rebuild_text_output_and_default_plot(first_run, mobilenet_weights, tmp_path):
-    data, _, _ = first_run
+    data = tmp_path / "corel"  # a copy: the shared index stays as the first run left it
+    shutil.copytree(first_run[0], data, symlinks=True)
     proc = ok(
         cli(
             "-dataset",

@@ -9,6 +9,7 @@ file order. Only four of the runs load the model; the others reuse the index and
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -98,9 +99,12 @@ def test_evaluate_with_query_expansion_and_dba(evaluated, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def whitened(evaluated, mobilenet_weights):
-    """``cbir index DIR --whiten-on DIR --whiten-dim 16 --model mobilenet --weights W --json``."""
-    data, cwd, _ = evaluated
+def whitened(evaluated, mobilenet_weights, tmp_path_factory):
+    """``cbir index DIR --whiten-on DIR --whiten-dim 16 --model mobilenet --weights W --json``, on a
+    copy of the evaluated folder (index included), so that the tests of either never see the other's."""
+    source, cwd, _ = evaluated
+    data = tmp_path_factory.mktemp("whitened") / "corel"
+    shutil.copytree(source, data, symlinks=True)
     proc = ok(
         cbir(
             "index",
@@ -178,8 +182,8 @@ def test_query_with_other_features_is_refused(whitened, tmp_path):
 
 @pytest.mark.slow
 def test_reindex_with_other_features_drops_the_whitening(whitened, tmp_path):
-    """Runs last: it replaces the whitened index."""
-    data, _, _ = whitened
+    data = tmp_path / "corel"  # a copy: the other tests keep the whitened index, in any order
+    shutil.copytree(whitened[0], data, symlinks=True)
     report = json.loads(ok(cbir("index", data, "--pooling", "max", "--json", cwd=tmp_path)).stdout)
     assert report["rebuilt"] == "settings changed"
     assert (report["added"], report["total"]) == (60, 60)

@@ -14,13 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO, never
+from helpers import REPO, Source, never
 from helpers import run_index as run
 
 from cbir.errors import DatasetError, IndexLockedError
 from cbir.index.files import write_matrix
+from cbir.index.indexer import IndexOptions, update_index
 from cbir.index.snapshot import open_index
 from cbir.index.store import MANIFEST, Lock, read_manifest
+from cbir.index.stores import FolderStore
 
 
 def vectors(root: Path, index_dir: Path | None = None) -> dict[str, np.ndarray]:
@@ -478,3 +480,17 @@ def test_messy_photo_folder(tmp_path, tiny_config, tiny_embedder, caplog):
     assert np.allclose(np.linalg.norm(np.asarray(index.feats), axis=1), 1, atol=1e-5)
     again = run(root, tiny_config, tiny_embedder)
     assert (again.added, again.unchanged, again.known_bad, again.embedded) == (0, len(good), 3, 0)
+
+
+def test_a_store_given_to_the_indexer_is_the_one_written_and_read(
+    image_folder, tmp_path, tiny_config, tiny_embedder
+):
+
+    root = image_folder(3)
+    store = FolderStore(root, tmp_path / "elsewhere")
+    report = update_index(
+        root, Source(tiny_embedder, tiny_config), options=IndexOptions(progress=False), store=store
+    )
+    assert report.index_dir == store.location == str(tmp_path / "elsewhere") and report.total == 3
+    assert not (root / ".cbir").exists()
+    assert sorted(store.open().paths) == ["img00.jpg", "img01.jpg", "img02.jpg"]

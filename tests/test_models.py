@@ -141,6 +141,19 @@ def test_imagenet_download_failure_names_file_and_cache(monkeypatch, tmp_path, t
     assert calls and calls[0]["weights"] == "imagenet" and calls[0]["include_top"] is False
 
 
+def test_download_messages_stay_off_stdout(monkeypatch, capsys):
+    keras = pytest.importorskip("keras")
+
+    def downloading(**kwargs):
+        print("Downloading data from https://example.invalid/w.h5")  # what Keras does
+        return "model"
+
+    monkeypatch.setattr(keras.applications, "ResNet50", downloading)
+    assert build_backbone(REGISTRY["resnet50"], Weights.imagenet()) == "model"
+    out, err = capsys.readouterr()
+    assert out == "" and "Downloading data" in err  # stdout belongs to --json
+
+
 def test_other_build_failure_is_a_model_error(monkeypatch):
     keras = pytest.importorskip("keras")
 

@@ -8,8 +8,10 @@ error names the file and where to put it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,7 +221,9 @@ def build_backbone(backbone: Backbone, weights: Weights, width_multiplier: float
     reads it from a MobileNet weights file); it is not read again here.
     """
     try:
-        return backbone.build(weights.keras_arg, width_multiplier)
+        # Keras prints its download messages and progress bar on stdout, which belongs to --json
+        with contextlib.redirect_stdout(sys.stderr):
+            return backbone.build(weights.keras_arg, width_multiplier)
     except Exception as exc:
         text = str(exc)
         if weights.kind == "imagenet" and ("URL fetch failure" in text or "Name or service" in text):

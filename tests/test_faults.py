@@ -12,7 +12,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -400,3 +400,65 @@ def test_kill_at_each_commit_point(tmp_path, make_image, commit, where):
     committed = read_manifest(idir)
     assert sorted(p.name for p in idir.iterdir()) == sorted(["lock", "manifest.json", *committed.files()])
     assert isinstance(index.searcher(), ApproximateSearcher)
+
+
+# ---------------------------------------------------------------------------------------------- read-only
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_read_only_index_folder_serves_an_up_to_date_index(
+    image_folder, make_image, tiny_config, tiny_embedder, monkeypatch
+):
+    from filelock import FileLock
+
+    root = image_folder(4)
+    run(root, tiny_config, tiny_embedder)
+    before = folder_bytes(root / ".cbir")
+
+    def read_only(self: object, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(FileLock, "acquire", read_only)
+    report = run(root, tiny_config, never)  # nothing to do: no lock needed, nothing written
+    assert (report.unchanged, report.total) == (4, 4)
+    make_image(root / "new.jpg", seed=40)
+    with pytest.raises(IndexWriteError, match="read-only; pass --index DIR"):
+        run(root, tiny_config, tiny_embedder)
+    assert folder_bytes(root / ".cbir") == before
+
+
+@pytest.fixture
+def read_only_disk(tmp_path) -> Iterator[tuple[Path, Callable[[], None]]]:
+    """A small tmpfs and a function that remounts it read-only (skipped where mounting is refused)."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True
+    ).returncode:
+        pytest.skip("cannot mount a tmpfs here; test_read_only_index_folder_serves... covers the logic")
+
+    def freeze() -> None:
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True, capture_output=True)
+
+    try:
+        yield mount, freeze
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_query_on_a_read_only_dataset_from_the_command_line(indexed, tmp_path, read_only_disk):
+    import shutil
+
+    mount, freeze = read_only_disk
+    data = mount / "data"
+    shutil.copytree(indexed, data, symlinks=True)
+    freeze()
+    proc = cli("-dataset", data, "-img_query", data / "1.jpg", "--json", cwd=tmp_path)  # run_cbir.py updates
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert len(doc["results"][0]["matches"]) == 5 and doc["index"]["unchanged"] == 6
+    assert "Traceback" not in proc.stderr
+    one_line(cli("index", data, "--rebuild", *TINY_MODEL, cwd=tmp_path, script=None), "Read-only file system")

@@ -34,7 +34,7 @@ import numpy as np
 
 from cbir.embedding.features import FeatureConfig
 from cbir.embedding.whiten import Whitening, whitening_filename
-from cbir.errors import IndexFolderError, IndexLockedError
+from cbir.errors import IndexFolderError, IndexLockedError, IndexWriteError
 from cbir.index import ann
 from cbir.index.files import read_matrix, write_atomic, write_bytes, write_error, write_matrix
 from cbir.index.manifest import Entry, Manifest, Segment, Skipped
@@ -196,6 +196,8 @@ class FolderWriter:
         self.manifest = Manifest(config=config, dim=0, dtype=dtype)
         self._committed: Manifest | None = None
         self._committed_text: str | None = None
+        self._locked = False
+        self._denied: IndexWriteError | None = None
 
     def __enter__(self) -> FolderWriter:
         try:
@@ -204,18 +206,31 @@ class FolderWriter:
             raise IndexFolderError(
                 f"cannot create the index folder {self.dir} ({exc.strerror}); pass --index DIR"
             ) from exc
-        self._lock.__enter__()
+        try:
+            self._lock.__enter__()
+            self._locked = True
+        except IndexWriteError as exc:
+            # a read-only folder (a dataset on read-only media, say): nobody can write it, so an
+            # up-to-date index is still usable; the first write this run needs raises this error
+            self._denied = exc
         try:
             self._open()
         except BaseException:
-            self._lock.__exit__()
+            self.__exit__(None, None, None)
             raise
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._lock.__exit__()
+        if self._locked:
+            self._lock.__exit__()
+            self._locked = False
+
+    def _writable(self) -> None:
+        """Raise the lock's write error if this writer could not take the lock (read-only folder)."""
+        if self._denied is not None:
+            raise self._denied
 
     def _open(self) -> None:
         on_disk: Manifest | None = None
@@ -246,13 +261,15 @@ class FolderWriter:
         if self.whitening is not None:
             name = whitening_filename(self.whitening.digest)
             if not (self.dir / name).exists():
+                self._writable()
                 write_atomic(self.dir / name, self.whitening.write_to)
             self.manifest.whitening = name
         else:
             self.manifest.whitening = None
-        if self.root is not None:
-            self.manifest.root = str(self.root.resolve())
-        self.manifest.weights_path = self.weights_path
+        if self._denied is None:  # where they are now: informational, not worth a write on their own
+            if self.root is not None:
+                self.manifest.root = str(self.root.resolve())
+            self.manifest.weights_path = self.weights_path
 
     @property
     def is_new(self) -> bool:
@@ -287,6 +304,7 @@ class FolderWriter:
         self.manifest.skipped = list(skipped)
 
     def commit(self) -> None:
+        self._writable()
         if self._pending or not self.manifest.segments:
             entries = [e for batch, _ in self._pending for e in batch]
             vectors = [v for _, v in self._pending]
@@ -298,6 +316,7 @@ class FolderWriter:
         self._commit_manifest()
 
     def _commit_manifest(self) -> None:
+        self._writable()
         self.manifest.updated = time.time()
         text = self.manifest.to_json()
         write_bytes(self.dir / MANIFEST, text.encode("utf-8"))
@@ -323,6 +342,7 @@ class FolderWriter:
             and m.dtype == self.dtype
         ):
             return
+        self._writable()
         source = load_matrix(self.dir, m, mmap=True)
         name = f"feats-{uuid.uuid4().hex}.npy"
         blocks = (source[live[s : s + BLOCK_ROWS]] for s in range(0, len(live), BLOCK_ROWS))
@@ -347,12 +367,15 @@ class FolderWriter:
             return "removed"
         if fresh and m.ann is not None and m.ann.kind == kind:
             return f"{kind} up to date"
+        self._writable()
         m.ann = ann.build_file(self.dir, m, load_matrix(self.dir, m, mmap=True), kind)
         self._commit_manifest()
         return f"built {kind} in {m.ann.seconds:.1f}s"
 
     def _cleanup(self) -> None:
         """Remove our files that the committed manifest does not name (temporaries included)."""
+        if self._denied is not None:
+            return  # not ours to tidy without the lock
         keep = {MANIFEST, LOCK} | (self._committed.files() if self._committed is not None else set())
         try:
             names = os.listdir(self.dir)

@@ -303,7 +303,7 @@ def main() -> None:
         "--ann",
         nargs="*",
         default=["hnsw", "ivfsq8"],
-        choices=ann_mod.KINDS,
+        choices=ann_mod.ANN_KINDS,
         help="ANN kinds (default hnsw ivfsq8)",
     )
     ap.add_argument("--queries", type=int, default=300, help="queries for recall (default 300)")

@@ -9,7 +9,7 @@ from helpers import clustered_data
 
 import cbir.index.ann as ann_mod
 from cbir.errors import IndexFolderError
-from cbir.index.ann import KINDS, build_ann
+from cbir.index.ann import ANN_KINDS, build_ann
 from cbir.search.approximate import ApproximateSearcher
 from cbir.search.base import Searcher
 from cbir.search.exact import top_k
@@ -30,7 +30,7 @@ def recall(rows: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(rows, truth)]))
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ANN_KINDS)
 def test_recall_against_exact(data, kind):
     x, q = data
     truth, _ = top_k(x, q, 10)

@@ -202,11 +202,11 @@ def test_every_registry_entry_names_a_keras_constructor_and_a_preprocessing_mode
     import keras
 
     from cbir.embedding.backbones import REGISTRY
-    from cbir.embedding.preprocess import MODES
+    from cbir.embedding.preprocess import PREPROCESS_MODES
 
     for backbone in REGISTRY.values():
         assert callable(getattr(keras.applications, backbone.constructor)), backbone.name
-        assert backbone.preprocess in MODES, backbone.name
+        assert backbone.preprocess in PREPROCESS_MODES, backbone.name
         assert backbone.input_size >= 75 and backbone.dim > 0
 
 

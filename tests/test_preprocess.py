@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cbir.embedding.backbones import REGISTRY
-from cbir.embedding.preprocess import MODES, preprocess
+from cbir.embedding.preprocess import PREPROCESS_MODES, preprocess
 from cbir.ingest.decode import Geometry, load_views
 
 keras = pytest.importorskip("keras")
@@ -57,7 +57,7 @@ def test_unknown_mode(batch):
 
 
 def test_every_backbone_has_a_known_mode():
-    assert {b.preprocess for b in REGISTRY.values()} <= set(MODES)
+    assert {b.preprocess for b in REGISTRY.values()} <= set(PREPROCESS_MODES)
     assert REGISTRY["resnet50"].preprocess == "caffe"
     assert REGISTRY["xception"].preprocess == "tf"
     assert REGISTRY["densenet121"].preprocess == "torch"

@@ -10,7 +10,7 @@ import numpy as np
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 TORCH_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 TORCH_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-MODES = ("caffe", "tf", "torch", "none")
+PREPROCESS_MODES = ("caffe", "tf", "torch", "none")
 
 
 def preprocess(batch: np.ndarray, mode: str) -> np.ndarray:

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 LABELS_FILE = "labels.csv"
 GT_FILE = "gt.json"
-KINDS = ("labels", "gt.json", "holidays", "ukbench")
+GROUND_TRUTH_KINDS = ("labels", "gt.json", "holidays", "ukbench")
 
 _HOLIDAYS = re.compile(r"^(\d{4})(\d{2})$")
 _UKBENCH = re.compile(r"^ukbench(\d+)$", re.IGNORECASE)

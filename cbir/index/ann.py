@@ -10,7 +10,7 @@ scores are the exact ones and only the candidate list is approximate. Chosen by 
 at 1.0 ms per query (0.988 at 1.8 ms) where IVF on SQ8 codes needed 6.5 ms for 0.966 and 11 ms for
 0.988; build times were equal (~1 min).
 
-Kinds (:data:`KINDS`): ``hnsw`` (the default), ``ivfsq8`` (IVF lists of SQ8 codes), ``ivfpq`` (IVF
+Kinds (:data:`ANN_KINDS`): ``hnsw`` (the default), ``ivfsq8`` (IVF lists of SQ8 codes), ``ivfpq`` (IVF
 lists of PQ codes, 1 byte per 8 dimensions: the smallest file, slow to train), ``ivfflat`` (IVF lists
 of float32 vectors: as big as ``feats.npy``). All are inner-product indexes, re-ranked exactly.
 
@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 # exact search grows towards seconds per query (10x more for float16 storage) and the ANN pays off.
 AUTO_MIN_ROWS = 200_000
 DEFAULT_KIND = "hnsw"
-KINDS = ("hnsw", "ivfsq8", "ivfpq", "ivfflat")
-MODES = ("auto", "none", *KINDS)
+ANN_KINDS = ("hnsw", "ivfsq8", "ivfpq", "ivfflat")
+ANN_MODES = ("auto", "none", *ANN_KINDS)
 TRAIN_ROWS = 200_000  # at most this many rows (a random sample) train the quantisers
 ADD_BLOCK = 65_536  # rows converted to float32 and added per call (bounded memory for float16 / mmap)
 
@@ -74,7 +74,7 @@ def default_params(kind: str, rows: int, dim: int) -> JSONDict:
         if kind == "ivfpq":
             params["m"] = _pq_subquantizers(dim)
         return params
-    raise ValueError(f"unknown approximate index kind {kind!r} (one of {', '.join(KINDS)})")
+    raise ValueError(f"unknown approximate index kind {kind!r} (one of {', '.join(ANN_KINDS)})")
 
 
 def _pq_subquantizers(dim: int) -> int:
@@ -95,7 +95,7 @@ def factory_string(kind: str, params: JSONDict) -> str:
         return f"IVF{int(params['nlist'])},PQ{int(params['m'])}np"  # np: no (slow) polysemous training
     if kind == "ivfflat":
         return f"IVF{int(params['nlist'])},Flat"
-    raise ValueError(f"unknown approximate index kind {kind!r} (one of {', '.join(KINDS)})")
+    raise ValueError(f"unknown approximate index kind {kind!r} (one of {', '.join(ANN_KINDS)})")
 
 
 def _sample(feats: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -170,14 +170,14 @@ def wanted_kind(mode: str, rows: int, record: AnnRecord | None, fresh: bool) -> 
     ``auto``: one from :data:`AUTO_MIN_ROWS` rows (keeping the kind of an existing one), or a fresh
     one kept below it; ``none``: none; a kind name: that kind, whatever the size.
     """
-    if mode not in MODES:
-        raise ValueError(f"ann must be one of {', '.join(MODES)}")
+    if mode not in ANN_MODES:
+        raise ValueError(f"ann must be one of {', '.join(ANN_MODES)}")
     if mode == "none" or rows == 0:
         return None
     if mode == "auto":
         if rows < AUTO_MIN_ROWS and not fresh:
             return None
-        return record.kind if record is not None and record.kind in KINDS else DEFAULT_KIND
+        return record.kind if record is not None and record.kind in ANN_KINDS else DEFAULT_KIND
     return mode
 
 

@@ -24,7 +24,7 @@ from cbir.embedding.features import FeatureConfig
 from cbir.embedding.weights import Weights
 from cbir.embedding.whiten import Whitening
 from cbir.errors import BadImageError, DatasetError, IndexWriteError
-from cbir.index.ann import MODES as ANN_MODES
+from cbir.index.ann import ANN_MODES
 from cbir.index.manifest import Entry, Skipped
 from cbir.index.plan import Plan, make_plan, stat_files
 from cbir.index.store import IndexWriter

@@ -4,7 +4,9 @@ Indexes the sample ``dataset/`` into a temporary index (timed), then:
   * a cold query in a new process, broken down into: import TensorFlow/Keras, build the model and
     load its weights, open the index (memory-mapped), embed the query, search, plot;
   * the same through the command line, with 1 and with 20 query images in one process: the
-    difference gives the cost of each additional query (no second model load).
+    difference gives the cost of each additional query (no second model load);
+  * "more like this": the same image queried by file and with ``--like`` (its stored vector, no
+    model), cold processes, and whether both give the same results.
 
     python3 benchmarks/bench_query.py [--model xception --weights FILE]
 """
@@ -128,6 +130,24 @@ def main() -> None:
         print(
             f"\ncommand line, whole process: 1 query {one:.2f}s, 20 queries {many:.2f}s "
             f"-> {(many - one) / 19 * 1000:.0f} ms per additional query"
+        )
+
+        def answer(extra: list[str]) -> tuple[float, dict]:
+            cmd = cli + ["query", args.dataset] + extra + ["--index", str(idx), "--no-plot", "--json"]
+            t = time.perf_counter()
+            done = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
+            return time.perf_counter() - t, json.loads(done.stdout)["results"][0]
+
+        by_file = [answer([query, "--weights", args.weights]) for _ in range(args.repeats)]
+        like = [answer(["--like", Path(query).name]) for _ in range(args.repeats)]
+        t_file, r_file = min(by_file, key=lambda x: x[0])
+        t_like, r_like = min(like, key=lambda x: x[0])
+        same_paths = [m["path"] for m in r_file["matches"]] == [m["path"] for m in r_like["matches"]]
+        worst = max(abs(a["score"] - b["score"]) for a, b in zip(r_file["matches"], r_like["matches"]))
+        print(
+            f"\nmore like this (cold, --no-plot, best of {args.repeats}): by file {t_file:.2f}s, "
+            f"--like {t_like:.2f}s = {t_like / t_file:.3f}x (target <= 0.15x); "
+            f"same paths: {same_paths}, largest score difference {worst:.1e} (target <= 1e-4)"
         )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -24,13 +24,13 @@ from cbir.cli_options import (
     settings_from,
 )
 from cbir.embedding.backbones import REGISTRY
-from cbir.errors import CbirError
+from cbir.errors import CbirError, ModelError, QueryError
 from cbir.evaluation.evaluate import evaluate_index
 from cbir.index.indexer import IndexReport, update_index
-from cbir.index.snapshot import Index, open_index
-from cbir.output.results import results_to_dict
+from cbir.index.snapshot import open_index
+from cbir.output.results import QueryResult, results_to_dict
 from cbir.output.text import format_index_summary, format_models, format_results
-from cbir.search.query import check_query_files, query_index
+from cbir.search.query import check_query_files, like_index, query_index
 from cbir.settings import Settings
 from cbir.types import JSONDict
 
@@ -57,6 +57,8 @@ def _tensorflow_importer(verbose: int) -> Callable[[], None]:
             import tensorflow as tf
 
             tf.config.list_physical_devices()
+        except ImportError as exc:
+            raise ModelError(f"this needs TensorFlow and Keras, which cannot be imported ({exc})") from exc
         finally:
             os.dup2(saved, 2)
             os.close(saved)
@@ -95,8 +97,19 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace, update: bool) -> int:
-    """Index (or reuse the index of) DATASET, then answer the queries with the same model."""
+    """Index (or reuse the index of) DATASET, then answer the queries with the same model.
+
+    ``--like`` alone (no update) opens the index and nothing else: no settings, no model.
+    """
+    like: list[str] = getattr(args, "like", [])
+    if not args.img_query and not like:
+        raise QueryError("give query images, or --like PATH for images of the index")
     check_query_files(args.img_query)
+    reranking = reranking_from(args)
+    exact = getattr(args, "exact", False) or args.ann == "none"
+    if like and not args.img_query and not update:
+        index = open_index(args.dataset, args.index)
+        return _answer(args, like_index(index, like, k=args.top, reranking=reranking, exact=exact), None)
     settings = settings_from(args, _tensorflow_importer(args.verbose), strict=not update)
     report: IndexReport | None = None
     if settings.existing and not update:
@@ -105,14 +118,16 @@ def cmd_query(args: argparse.Namespace, update: bool) -> int:
     else:
         report = _index(args, settings)
         index = open_index(settings.dataset, settings.index_dir)
-    return _answer(args, index, settings, report)
-
-
-def _answer(args: argparse.Namespace, index: Index, settings: Settings, report: IndexReport | None) -> int:
-    exact = getattr(args, "exact", False) or args.ann == "none"
+    # run_cbir.py (update) answers an indexed, unchanged query image from its stored vector
     results = query_index(
-        index, settings.embedder(), args.img_query, k=args.top, exact=exact, reranking=reranking_from(args)
+        index, settings, args.img_query, k=args.top, exact=exact, reranking=reranking, reuse_stored=update
     )
+    if like:
+        results += like_index(index, like, k=args.top, reranking=reranking, exact=exact)
+    return _answer(args, results, report)
+
+
+def _answer(args: argparse.Namespace, results: list[QueryResult], report: IndexReport | None) -> int:
     if args.json:
         _print_json(results_to_dict(results, report.to_dict() if report else None))
     else:

@@ -175,7 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_verbose(p)
     p = sub.add_parser("query", help="find the images of a folder most similar to example images")
     p.add_argument("dataset")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="query image files")
+    p.add_argument(
+        "--like",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="more like these indexed images (as indexed, or their path): answered from the stored "
+        "vectors, without loading a model",
+    )
     p.add_argument("--update", action="store_true", help="bring the index up to date with the folder first")
     p.add_argument("--exact", action="store_true", help="exact search even if an approximate index exists")
     add_feature_options(p)

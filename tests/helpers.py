@@ -58,11 +58,17 @@ def never(*_args: object) -> None:
 
 
 def cli(
-    *args: object, cwd: Path, script: Path | None = REPO / "run_cbir.py", timeout: float = 600
+    *args: object,
+    cwd: Path,
+    script: Path | None = REPO / "run_cbir.py",
+    timeout: float = 600,
+    first_on_path: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``run_cbir.py ARGS`` (or ``python -m cbir ARGS`` with script=None) and capture its output."""
+    """Run ``run_cbir.py ARGS`` (or ``python -m cbir ARGS`` with script=None) and capture its output;
+    ``first_on_path``: a folder searched for modules before everything else (stub packages)."""
     command = [sys.executable, str(script)] if script else [sys.executable, "-m", "cbir"]
-    env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=str(REPO))
+    path = [str(first_on_path)] if first_on_path is not None else []
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=os.pathsep.join([*path, str(REPO)]))
     env.pop("DISPLAY", None)
     return subprocess.run(
         command + [str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout

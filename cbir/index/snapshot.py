@@ -87,6 +87,25 @@ class Index:
             self._by_real = {os.path.realpath(self.file(i)): i for i in range(len(self.paths))}
         return self._by_real.get(real)
 
+    def indexed_row(self, image: str | os.PathLike[str], unchanged: bool = False) -> int | None:
+        """The row of an indexed image named as indexed (relative to the dataset root) or by its own
+        path; with ``unchanged``, only while the file has the size and mtime it was embedded at."""
+        row = None
+        if not Path(image).is_absolute():
+            if self._by_path is None:
+                self._by_path = {p: i for i, p in enumerate(self.paths)}
+            row = self._by_path.get(Path(image).as_posix())
+        if row is None:
+            row = self.row_of(image)
+        if row is None or not unchanged:
+            return row
+        entry = [e for e in self.manifest.entries if e is not None][row]
+        try:
+            st = os.stat(self.file(row))
+        except OSError:
+            return None
+        return row if (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns) else None
+
     def check_compatible(self, config: FeatureConfig) -> None:
         """Refuse to mix features: raise IncompatibleIndexError if ``config`` differs from the index's."""
         mine = self.manifest.config.to_dict()

@@ -22,11 +22,35 @@ from cbir.search.rerank import Reranking, rerank
 
 
 class QueryableIndex(SearchableIndex, Protocol):
-    """An opened index that can also check a query embedder's settings against its own."""
+    """An opened index that can also check a query embedder's settings against its own, and hand
+    out the vectors it stores."""
+
+    @property
+    def feats(self) -> np.ndarray:
+        """The stored vectors, one row per indexed image."""
+        ...
 
     def check_compatible(self, config: FeatureConfig) -> None:
         """Raise IncompatibleIndexError if ``config`` differs from the index's."""
         ...
+
+    def indexed_row(self, image: str | os.PathLike[str], unchanged: bool = False) -> int | None:
+        """The row of an indexed image (see :meth:`cbir.index.snapshot.Index.indexed_row`)."""
+        ...
+
+    def file(self, row: int) -> Path:
+        """The image file of ``row``."""
+        ...
+
+
+class EmbedderProvider(Protocol):
+    """Query features and, only when something must be embedded, the embedder: a ``Settings`` (it
+    builds the model on first use) or an ``Embedder`` itself."""
+
+    @property
+    def config(self) -> FeatureConfig: ...
+
+    def embedder(self) -> Embedder: ...
 
 
 def check_query_files(images: Sequence[str | os.PathLike[str]]) -> None:
@@ -77,14 +101,47 @@ def search_index(
 
 def query_index(
     snapshot: QueryableIndex,
-    embedder: Embedder,
+    source: EmbedderProvider,
     images: Sequence[str | os.PathLike[str]],
     k: int = 9,
     exclude_self: bool = True,
     reranking: Reranking = Reranking(),
     exact: bool = False,
+    reuse_stored: bool = False,
 ) -> list[QueryResult]:
-    """Embed ``images`` with ``embedder`` (which must match the index) and return their top ``k``,
-    as :func:`search_index` does."""
-    snapshot.check_compatible(embedder.config)
-    return search_index(snapshot, embed_queries(embedder, images), images, k, exclude_self, reranking, exact)
+    """Embed ``images`` (with the features of ``source``, which must match the index) and return
+    their top ``k``, as :func:`search_index` does.
+
+    ``reuse_stored``: an image that is indexed and unchanged since (same size and mtime) takes its
+    stored vector instead; the model is built only if some image still needs embedding.
+    """
+    snapshot.check_compatible(source.config)
+    check_query_files(images)
+    rows = [snapshot.indexed_row(image, unchanged=True) if reuse_stored else None for image in images]
+    vectors = np.zeros((len(images), snapshot.feats.shape[1]), dtype=np.float32)
+    fresh = [i for i, row in enumerate(rows) if row is None]
+    if fresh:
+        vectors[fresh] = embed_queries(source.embedder(), [images[i] for i in fresh])
+    for i, row in enumerate(rows):
+        if row is not None:
+            vectors[i] = snapshot.feats[row]
+    return search_index(snapshot, vectors, images, k, exclude_self, reranking, exact)
+
+
+def like_index(
+    snapshot: QueryableIndex,
+    images: Sequence[str | os.PathLike[str]],
+    k: int = 9,
+    reranking: Reranking = Reranking(),
+    exact: bool = False,
+) -> list[QueryResult]:
+    """ "More like this": the top ``k`` of indexed images (named as indexed, relative to the dataset,
+    or by their own path inside it), from their stored vectors: no model, no decoding."""
+    rows: list[int] = []
+    for image in images:
+        row = snapshot.indexed_row(image)
+        if row is None:
+            raise QueryError(f"not in the index: {image} (name an indexed image, or query by file)")
+        rows.append(row)
+    vectors = np.asarray(snapshot.feats[np.array(rows, dtype=np.int64)], dtype=np.float32)
+    return search_index(snapshot, vectors, [snapshot.file(r) for r in rows], k, True, reranking, exact)

@@ -48,7 +48,7 @@ from machine import describe  # noqa: E402
 
 import cbir.index.ann as ann_mod  # noqa: E402
 from cbir.search.approximate import ApproximateSearcher  # noqa: E402
-from cbir.search.exact import top_k  # noqa: E402
+from cbir.search.exact import ExactSearcher, top_k  # noqa: E402
 
 DIM = 2048
 LATENT = 512
@@ -227,9 +227,33 @@ def bench_size(rows: int, args: argparse.Namespace, bandwidth: float) -> None:
                 rec,
             )
             ratios[name] = single[0] / bound
+        # the searcher queries use: a float16 matrix goes through faiss's float16 kernel (built once)
+        t = time.perf_counter()
+        kernel = ExactSearcher(f16)
+        kernel.search(queries[:1], K)
+        build_s = time.perf_counter() - t
+
+        def search16(q: np.ndarray) -> np.ndarray:
+            return kernel.search(q, K)[0]
+
+        single = time_single(search16, queries, args.single, args.exact_budget)
+        batched, found = time_batched(search16, queries[: args.batch], args.batch)
+        print_row(
+            "exact-f16k",
+            "float16 kernel (faiss), copy",
+            f"{build_s:.1f}",
+            f"{f16.shape[0] * DIM * 2 / 1e6:.0f}",
+            "-",
+            f"{rss_mb()[0]:.0f}",
+            single,
+            batched,
+            recall(found, truth[: args.batch]),
+        )
+        ratios["exact-f16k"] = single[0] / bound16
         print(
             f"exact single-query latency / bandwidth bound: float32 {ratios['exact-f32']:.2f}x, "
-            f"float16 {ratios['exact-f16']:.2f}x (target: within 2x)"
+            f"float16 scan {ratios['exact-f16']:.2f}x, float16 kernel {ratios['exact-f16k']:.2f}x "
+            "(target: within 2x; the kernel's first query also pays its build, column 'build s')"
         )
         for kind in args.ann:
             bench_ann(kind, f32, queries, truth, tmp, args)

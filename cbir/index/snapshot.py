@@ -21,13 +21,12 @@ import numpy as np
 from cbir.embedding.features import FeatureConfig
 from cbir.errors import IncompatibleIndexError, IndexFolderError
 from cbir.index import ann
-from cbir.index.manifest import AnnRecord, Manifest
+from cbir.index.manifest import Manifest
 from cbir.index.store import MANIFEST, default_index_dir, load_matrix, read_manifest_stat
 from cbir.ingest.files import safe_join
 from cbir.search.approximate import ApproximateSearcher
 from cbir.search.base import Searcher
 from cbir.search.exact import ExactSearcher
-from cbir.types import FaissIndex
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +49,7 @@ class Index:
     version: tuple[int, int, int] | None = None  # identity of the manifest file this was read from
     _by_path: dict[str, int] | None = field(default=None, repr=False)
     _by_real: dict[str, int] | None = field(default=None, repr=False)
-    _ann: tuple[FaissIndex, AnnRecord] | None | bool = field(
-        default=False, repr=False
-    )  # False: not loaded yet
+    _searchers: dict[bool, Searcher] = field(default_factory=dict, repr=False)  # by `exact`
 
     @property
     def config(self) -> FeatureConfig:
@@ -118,13 +115,21 @@ class Index:
             )
 
     def searcher(self, exact: bool = False) -> Searcher:
-        """The searcher of this version: its fresh approximate index unless ``exact``, else a scan."""
+        """The searcher of this version: its fresh approximate index unless ``exact``, else a scan.
+
+        Kept on the index, so what a searcher builds on first use (the float16 kernel) is built once.
+        """
+        if exact not in self._searchers:
+            self._searchers[exact] = self._make_searcher(exact)
+        return self._searchers[exact]
+
+    def _make_searcher(self, exact: bool) -> Searcher:
         if not exact:
-            if self._ann is False:
-                self._ann = ann.open_file(self.dir, self.manifest)
-            if isinstance(self._ann, tuple):
-                index, record = self._ann
+            loaded = ann.open_file(self.dir, self.manifest)
+            if loaded is not None:
+                index, record = loaded
                 return ApproximateSearcher(index, self.feats, int(record.params.get("candidates", 0)))
+            return self.searcher(exact=True)  # no fresh approximate index: the same scan
         return ExactSearcher(self.feats)
 
     def is_current(self) -> bool:

@@ -28,8 +28,9 @@ from cbir.errors import CbirError, ModelError, QueryError
 from cbir.evaluation.evaluate import evaluate_index
 from cbir.index.indexer import IndexReport, update_index
 from cbir.index.snapshot import open_index
+from cbir.output.export import export_results
 from cbir.output.results import QueryResult, results_to_dict
-from cbir.output.text import format_index_summary, format_models, format_results
+from cbir.output.text import format_csv, format_index_summary, format_models, format_results
 from cbir.search.query import check_query_files, like_index, query_index
 from cbir.settings import Settings
 from cbir.types import JSONDict
@@ -109,7 +110,8 @@ def cmd_query(args: argparse.Namespace, update: bool) -> int:
     exact = getattr(args, "exact", False) or args.ann == "none"
     if like and not args.img_query and not update:
         index = open_index(args.dataset, args.index)
-        return _answer(args, like_index(index, like, k=args.top, reranking=reranking, exact=exact), None)
+        found = like_index(index, like, k=args.top, reranking=reranking, exact=exact, under=args.under)
+        return _answer(args, found, None)
     settings = settings_from(args, _tensorflow_importer(args.verbose), strict=not update)
     report: IndexReport | None = None
     if settings.existing and not update:
@@ -120,27 +122,42 @@ def cmd_query(args: argparse.Namespace, update: bool) -> int:
         index = open_index(settings.dataset, settings.index_dir)
     # run_cbir.py (update) answers an indexed, unchanged query image from its stored vector
     results = query_index(
-        index, settings, args.img_query, k=args.top, exact=exact, reranking=reranking, reuse_stored=update
+        index,
+        settings,
+        args.img_query,
+        k=args.top,
+        exact=exact,
+        reranking=reranking,
+        reuse_stored=update,
+        under=args.under,
     )
     if like:
-        results += like_index(index, like, k=args.top, reranking=reranking, exact=exact)
+        results += like_index(index, like, k=args.top, reranking=reranking, exact=exact, under=args.under)
     return _answer(args, results, report)
 
 
 def _answer(args: argparse.Namespace, results: list[QueryResult], report: IndexReport | None) -> int:
+    for_programs = args.json or args.csv  # stdout holds only the results; the rest goes to stderr
+    notes = sys.stderr if for_programs else sys.stdout
+    if report is not None and not args.json:
+        print(format_index_summary(report), file=sys.stderr)
     if args.json:
         _print_json(results_to_dict(results, report.to_dict() if report else None))
     else:
-        if report is not None:
-            print(format_index_summary(report), file=sys.stderr)
-        print(format_results(results))
-    out = args.out or (None if args.json else DEFAULT_OUT)
+        print(format_csv(results) if args.csv else format_results(results))
+    if args.link_to or args.copy_to:
+        made = export_results(results, args.link_to or args.copy_to, copy=bool(args.copy_to))
+        print(
+            f"{made} match(es) {'copied' if args.copy_to else 'linked'} into {args.link_to or args.copy_to}",
+            file=notes,
+        )
+    out = args.out or (None if for_programs else DEFAULT_OUT)
     if not args.no_plot and (out or args.show):
         from cbir.output.plot import plot_results  # matplotlib: only when a plot is drawn
 
         saved = plot_results(results, out, show=args.show)
         if saved is not None:
-            print(f"plot saved to {saved}", file=sys.stderr if args.json else sys.stdout)
+            print(f"plot saved to {saved}", file=notes)
     return 0
 
 

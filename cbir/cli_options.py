@@ -154,7 +154,21 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out", help=f"PNG file for the plot (default {DEFAULT_OUT}; with --json only if given)")
     g.add_argument("--no-plot", action="store_true", help="do not draw the plot")
     g.add_argument("--show", action="store_true", help="also open the plot in a window")
-    g.add_argument("--json", action="store_true", help="print results as JSON on stdout")
+    fmt = g.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print results as JSON on stdout")
+    fmt.add_argument(
+        "--csv", action="store_true", help="print results as CSV on stdout (query,rank,path,score)"
+    )
+    g.add_argument(
+        "--under",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="only results inside this folder of the dataset (repeatable)",
+    )
+    put = g.add_mutually_exclusive_group()
+    put.add_argument("--link-to", metavar="DIR", help="also link the matches into DIR, named by rank")
+    put.add_argument("--copy-to", metavar="DIR", help="also copy the matches into DIR, named by rank")
 
 
 def add_verbose(p: argparse.ArgumentParser) -> None:

@@ -5,6 +5,8 @@ Each function returns the text without a final newline, to be written with ``pri
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Iterable, Sequence
 
 from cbir.embedding.backbones import Backbone
@@ -52,3 +54,14 @@ def format_index_summary(report: IndexReport) -> str:
             f"\n  {s['path']}: {s['reason']}" for s in report.skipped
         )
     return line
+
+
+def format_csv(results: Sequence[QueryResult]) -> str:
+    """The ranked matches as CSV (``query,rank,path,score``, one row per match), for spreadsheets."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["query", "rank", "path", "score"])
+    for r in results:
+        for rank, m in enumerate(r.matches, 1):
+            writer.writerow([r.query, rank, m.path, f"{m.score:.6f}"])
+    return buffer.getvalue().rstrip("\n")

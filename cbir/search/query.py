@@ -18,6 +18,7 @@ from cbir.embedding.features import FeatureConfig
 from cbir.errors import BadImageError, QueryError
 from cbir.output.results import Match, QueryResult
 from cbir.search.base import SearchableIndex
+from cbir.search.filters import FilteredSearcher, rows_under
 from cbir.search.rerank import Reranking, rerank
 
 
@@ -81,12 +82,16 @@ def search_index(
     exclude_self: bool = True,
     reranking: Reranking = Reranking(),
     exact: bool = False,
+    under: Sequence[str | os.PathLike[str]] = (),
 ) -> list[QueryResult]:
     """Rank the index for each query vector; a query that is itself indexed is left out of its list
-    (and of its query expansion). ``exact`` skips the index's approximate index."""
+    (and of its query expansion). ``exact`` skips the index's approximate index; ``under`` keeps
+    only results inside these folders of the dataset (re-ranking still sees every image)."""
     own = [snapshot.row_of(q) if exclude_self else None for q in queries]
     exclude = [[r] if r is not None else [] for r in own]
     searcher = rerank(snapshot.searcher(exact=exact), reranking)
+    if under:
+        searcher = FilteredSearcher(searcher, rows_under(snapshot.root, snapshot.paths, under))
     rows, scores = searcher.search(query_vectors, k, exclude=exclude)
     root = Path(snapshot.root)
     return [
@@ -108,6 +113,7 @@ def query_index(
     reranking: Reranking = Reranking(),
     exact: bool = False,
     reuse_stored: bool = False,
+    under: Sequence[str | os.PathLike[str]] = (),
 ) -> list[QueryResult]:
     """Embed ``images`` (with the features of ``source``, which must match the index) and return
     their top ``k``, as :func:`search_index` does.
@@ -125,7 +131,7 @@ def query_index(
     for i, row in enumerate(rows):
         if row is not None:
             vectors[i] = snapshot.feats[row]
-    return search_index(snapshot, vectors, images, k, exclude_self, reranking, exact)
+    return search_index(snapshot, vectors, images, k, exclude_self, reranking, exact, under)
 
 
 def like_index(
@@ -134,9 +140,10 @@ def like_index(
     k: int = 9,
     reranking: Reranking = Reranking(),
     exact: bool = False,
+    under: Sequence[str | os.PathLike[str]] = (),
 ) -> list[QueryResult]:
-    """ "More like this": the top ``k`` of indexed images (named as indexed, relative to the dataset,
-    or by their own path inside it), from their stored vectors: no model, no decoding."""
+    """More like these indexed images (named as indexed, relative to the dataset, or by their own
+    path inside it): their top ``k`` from their stored vectors, with no model and no decoding."""
     rows: list[int] = []
     for image in images:
         row = snapshot.indexed_row(image)
@@ -144,4 +151,5 @@ def like_index(
             raise QueryError(f"not in the index: {image} (name an indexed image, or query by file)")
         rows.append(row)
     vectors = np.asarray(snapshot.feats[np.array(rows, dtype=np.int64)], dtype=np.float32)
-    return search_index(snapshot, vectors, [snapshot.file(r) for r in rows], k, True, reranking, exact)
+    files = [snapshot.file(r) for r in rows]
+    return search_index(snapshot, vectors, files, k, True, reranking, exact, under)

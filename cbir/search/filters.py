@@ -1,0 +1,89 @@
+"""Restricting results to part of the collection (``--under DIR``), over any searcher.
+
+The wrapped searcher is asked for more candidates until every query has its k allowed rows (or
+everything was ranked), so the filter works the same over an exact scan, an approximate index or a
+vector database, and keeps their order and tie rules.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cbir.errors import QueryError
+from cbir.search.base import Searcher, as_queries, no_results
+
+
+def folder_prefix(root: str | os.PathLike[str], folder: str | os.PathLike[str]) -> str:
+    """A folder of the dataset, relative to its root or absolute inside it, as an indexed-path prefix
+    ("" for the whole dataset); QueryError for a folder outside it."""
+    path = Path(folder)
+    if path.is_absolute():
+        try:
+            path = Path(os.path.realpath(path)).relative_to(os.path.realpath(root))
+        except ValueError:
+            raise QueryError(f"--under {folder}: not a folder of the dataset {root}") from None
+    rel = path.as_posix()
+    if rel == ".." or rel.startswith("../"):
+        raise QueryError(f"--under {folder}: not a folder of the dataset {root}")
+    return "" if rel == "." else rel.strip("/")
+
+
+def rows_under(
+    root: str | os.PathLike[str], paths: Sequence[str], folders: Sequence[str | os.PathLike[str]]
+) -> np.ndarray:
+    """A boolean mask of the indexed paths inside any of ``folders``; QueryError when none is."""
+    prefixes = [folder_prefix(root, f) for f in folders]
+    allowed = np.array(
+        [any(p == "" or path == p or path.startswith(p + "/") for p in prefixes) for path in paths],
+        dtype=bool,
+    )
+    if not allowed.any():
+        raise QueryError(f"no indexed image under {', '.join(map(str, folders))}")
+    return allowed
+
+
+class FilteredSearcher:
+    """A :class:`~cbir.search.base.Searcher` returning only the rows where ``allowed`` is True."""
+
+    def __init__(self, base: Searcher, allowed: np.ndarray) -> None:
+        if allowed.shape != (len(base),):
+            raise ValueError("one allowed flag per row")
+        self.base = base
+        self.allowed = allowed
+
+    @property
+    def dim(self) -> int:
+        return self.base.dim
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        return self.base.vectors(rows)
+
+    def search(
+        self, queries: np.ndarray, k: int, exclude: Sequence[Sequence[int]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        q = as_queries(queries)
+        longest = max((len(e) for e in exclude), default=0) if exclude else 0
+        banned = max((sum(bool(self.allowed[r]) for r in e) for e in exclude), default=0) if exclude else 0
+        k_eff = max(0, min(k, int(self.allowed.sum()) - banned))  # what every query can fill
+        if k_eff == 0 or len(q) == 0:
+            return no_results(len(q))
+        fetch = min(len(self), k_eff + longest)
+        while True:
+            rows, scores = self.base.search(q, fetch, exclude)
+            ok = self.allowed[rows]
+            if (ok.sum(axis=1) >= k_eff).all() or fetch >= len(self):
+                break
+            fetch = min(len(self), fetch * 4)
+        out_rows = np.zeros((len(q), k_eff), dtype=np.int64)
+        out_scores = np.zeros((len(q), k_eff), dtype=np.float32)
+        for qi in range(len(q)):
+            keep = np.flatnonzero(ok[qi])[:k_eff]
+            out_rows[qi], out_scores[qi] = rows[qi, keep], scores[qi, keep]
+        return out_rows, out_scores

@@ -19,6 +19,8 @@ from cbir.embedding.whiten import Whitening
 from cbir.index.indexer import IndexOptions, IndexReport, update_index
 
 REPO = Path(__file__).resolve().parents[1]
+TINY_MODEL = ("--weights", "random", "--model", "mobilenetv2", "--size", "64")
+"""Command-line options of a small untrained model: fast, for runs that do not compare features."""
 
 
 @dataclass

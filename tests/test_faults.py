@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO, StandIn, cli, never, stand_in_vector
+from helpers import REPO, TINY_MODEL, StandIn, cli, never, stand_in_vector
 from helpers import run_index as run
 
 import cbir.index.files as files_mod
@@ -27,8 +27,6 @@ from cbir.index.indexer import IndexOptions, update_index
 from cbir.index.snapshot import open_index
 from cbir.index.store import read_manifest
 from cbir.search.approximate import ApproximateSearcher
-
-TINY_MODEL = ("--weights", "random", "--model", "mobilenetv2", "--size", "64")
 
 
 def vectors(index) -> dict[str, np.ndarray]:
@@ -308,12 +306,7 @@ def test_write_errors_in_the_index_folder_are_one_line(indexed, tmp_path):
         cli(
             "index",
             data,
-            "--weights",
-            "random",
-            "--model",
-            "mobilenetv2",
-            "--size",
-            "64",
+            *TINY_MODEL,
             cwd=tmp_path,
             script=None,
         ),

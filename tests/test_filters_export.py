@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import save_image
-from helpers import cli, run_index
+from helpers import TINY_MODEL, cli, run_index
 
 from cbir.errors import CbirError, QueryError
 from cbir.index.snapshot import open_index
@@ -122,12 +122,7 @@ def test_command_line_filters_and_exports(tmp_path):
         cli(
             "index",
             data,
-            "--weights",
-            "random",
-            "--model",
-            "mobilenetv2",
-            "--size",
-            "64",
+            *TINY_MODEL,
             cwd=tmp_path,
             script=None,
         ).returncode

@@ -100,3 +100,21 @@ def check_finite(scores: np.ndarray) -> None:
     """
     if not np.isfinite(scores).all():
         raise IndexFolderError(NON_FINITE_MESSAGE)
+
+
+class SearcherWrapper:
+    """Base of searchers that change how another one is searched (re-ranking, filters): the rows,
+    their dimension and their vectors stay those of ``base``."""
+
+    def __init__(self, base: Searcher) -> None:
+        self.base = base
+
+    @property
+    def dim(self) -> int:
+        return self.base.dim
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        return self.base.vectors(rows)

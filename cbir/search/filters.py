@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cbir.errors import QueryError
-from cbir.search.base import Searcher, as_queries, no_results
+from cbir.search.base import Searcher, SearcherWrapper, as_queries, no_results
 
 
 def folder_prefix(root: str | os.PathLike[str], folder: str | os.PathLike[str]) -> str:
@@ -46,24 +46,14 @@ def rows_under(
     return allowed
 
 
-class FilteredSearcher:
+class FilteredSearcher(SearcherWrapper):
     """A :class:`~cbir.search.base.Searcher` returning only the rows where ``allowed`` is True."""
 
     def __init__(self, base: Searcher, allowed: np.ndarray) -> None:
         if allowed.shape != (len(base),):
             raise ValueError("one allowed flag per row")
-        self.base = base
+        super().__init__(base)
         self.allowed = allowed
-
-    @property
-    def dim(self) -> int:
-        return self.base.dim
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def vectors(self, rows: np.ndarray) -> np.ndarray:
-        return self.base.vectors(rows)
 
     def search(
         self, queries: np.ndarray, k: int, exclude: Sequence[Sequence[int]] | None = None

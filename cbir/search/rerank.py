@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cbir.search.base import Searcher, as_queries
+from cbir.search.base import Searcher, SearcherWrapper, as_queries
 from cbir.search.exact import ExactSearcher
 from cbir.vectors import l2_normalize
 
@@ -79,24 +79,14 @@ def database_augmentation(
     return out
 
 
-class QueryExpandingSearcher:
+class QueryExpandingSearcher(SearcherWrapper):
     """A :class:`~cbir.search.base.Searcher` that expands each query with its top ``n`` neighbours
     in ``base`` (leaving out the rows it must not return), then searches ``base`` again."""
 
     def __init__(self, base: Searcher, n: int, alpha: float) -> None:
-        self.base = base
+        super().__init__(base)
         self.n = n
         self.alpha = alpha
-
-    @property
-    def dim(self) -> int:
-        return self.base.dim
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def vectors(self, rows: np.ndarray) -> np.ndarray:
-        return self.base.vectors(rows)
 
     def search(
         self, queries: np.ndarray, k: int, exclude: Sequence[Sequence[int]] | None = None

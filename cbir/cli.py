@@ -21,6 +21,7 @@ from cbir.cli_options import (
     build_parser,
     index_options_from,
     reranking_from,
+    result_filter_from,
     settings_from,
 )
 from cbir.embedding.backbones import REGISTRY
@@ -107,10 +108,11 @@ def cmd_query(args: argparse.Namespace, update: bool) -> int:
         raise QueryError("give query images, or --like PATH for images of the index")
     check_query_files(args.img_query)
     reranking = reranking_from(args)
+    where = result_filter_from(args)
     exact = getattr(args, "exact", False) or args.ann == "none"
     if like and not args.img_query and not update:
         index = open_index(args.dataset, args.index)
-        found = like_index(index, like, k=args.top, reranking=reranking, exact=exact, under=args.under)
+        found = like_index(index, like, k=args.top, reranking=reranking, exact=exact, where=where)
         return _answer(args, found, None)
     settings = settings_from(args, _tensorflow_importer(args.verbose), strict=not update)
     report: IndexReport | None = None
@@ -129,10 +131,10 @@ def cmd_query(args: argparse.Namespace, update: bool) -> int:
         exact=exact,
         reranking=reranking,
         reuse_stored=update,
-        under=args.under,
+        where=where,
     )
     if like:
-        results += like_index(index, like, k=args.top, reranking=reranking, exact=exact, under=args.under)
+        results += like_index(index, like, k=args.top, reranking=reranking, exact=exact, where=where)
     return _answer(args, results, report)
 
 

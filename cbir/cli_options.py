@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import NoReturn
 
@@ -12,6 +13,7 @@ from cbir.embedding.features import POOLINGS
 from cbir.index.ann import AUTO_MIN_ROWS
 from cbir.index.indexer import IndexOptions
 from cbir.ingest.decode import GEOMETRY_MODES, RESAMPLERS, LoadLimits
+from cbir.search.filters import ResultFilter
 from cbir.search.rerank import Reranking
 from cbir.settings import FeatureChoice, RuntimeOptions, Settings, WhitenRequest, resolve_settings
 
@@ -61,6 +63,17 @@ def scales(text: str) -> tuple[float, ...]:
     if not values or any(not v > 0 or v == float("inf") for v in values):
         raise argparse.ArgumentTypeError("scales must be positive")
     return values
+
+
+def moment(text: str) -> str:
+    """``--since``/``--until``: a date ``YYYY-MM-DD``, or a time ``YYYY-MM-DDTHH:MM[:SS]``."""
+    for form, width in (("%Y-%m-%d", 10), ("%Y-%m-%dT%H:%M", 16), ("%Y-%m-%dT%H:%M:%S", 19)):
+        try:
+            datetime.strptime(text, form)
+        except ValueError:
+            continue
+        return text if width != 16 else text + ":00"
+    raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD) or time (YYYY-MM-DDTHH:MM)")
 
 
 def add_feature_options(p: argparse.ArgumentParser) -> None:
@@ -165,6 +178,12 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="DIR",
         help="only results inside this folder of the dataset (repeatable)",
+    )
+    g.add_argument(
+        "--since", type=moment, metavar="DATE", help="only photos taken on or after DATE (YYYY-MM-DD)"
+    )
+    g.add_argument(
+        "--until", type=moment, metavar="DATE", help="only photos taken on or before DATE (YYYY-MM-DD)"
     )
     put = g.add_mutually_exclusive_group()
     put.add_argument("--link-to", metavar="DIR", help="also link the matches into DIR, named by rank")
@@ -284,6 +303,10 @@ def index_options_from(args: argparse.Namespace) -> IndexOptions:
         checkpoint_every=args.checkpoint_every,
         ann=args.ann,
     )
+
+
+def result_filter_from(args: argparse.Namespace) -> ResultFilter:
+    return ResultFilter(under=tuple(args.under), since=args.since, until=args.until)
 
 
 def reranking_from(args: argparse.Namespace) -> Reranking:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
 from pathlib import Path
@@ -18,7 +19,7 @@ from cbir.output.export import export_plan, export_results
 from cbir.output.results import Match, QueryResult
 from cbir.output.text import format_csv
 from cbir.search.exact import ExactSearcher, top_k
-from cbir.search.filters import FilteredSearcher, folder_prefix, rows_under
+from cbir.search.filters import FilteredSearcher, ResultFilter, folder_prefix, rows_taken, rows_under
 from cbir.search.query import like_index
 
 PATHS = ["a.jpg", "2024/b.jpg", "2024/summer/c.jpg", "2024-old/d.jpg", "2025/e.jpg"]
@@ -107,7 +108,7 @@ def test_like_under_a_folder(tmp_path, tiny_config, tiny_embedder):
         save_image(root / "2025" / f"{i}.jpg", seed=10 + i)
     run_index(root, tiny_config, tiny_embedder)
     index = open_index(root)
-    (res,) = like_index(index, ["2024/0.jpg"], k=9, under=["2025"])
+    (res,) = like_index(index, ["2024/0.jpg"], k=9, where=ResultFilter(under=("2025",)))
     assert len(res.matches) == 4 and all("/2025/" in m.path for m in res.matches)
     (everything,) = like_index(index, ["2024/0.jpg"], k=9)
     assert [m for m in everything.matches if "/2025/" in m.path] == res.matches  # same order and scores
@@ -147,7 +148,82 @@ def test_command_line_filters_and_exports(tmp_path):
     assert all(Path(r[2]).parent == data / "b" for r in rows[1:])
     assert "3 match(es) linked into" in proc.stderr and not (tmp_path / "cbir_results.png").exists()
     assert sorted(p.name[:3] for p in (tmp_path / "out").iterdir()) == ["01_", "02_", "03_"]
-    again = cli("query", data, "--like", "a/0.jpg", "--link-to", tmp_path / "out", cwd=tmp_path, script=None)
+    again = cli(
+        "query",
+        data,
+        "--like",
+        "a/0.jpg",
+        "--under",
+        "b",
+        "--link-to",
+        tmp_path / "out",
+        cwd=tmp_path,
+        script=None,
+    )
     assert again.returncode == 2 and "exists already" in again.stderr
     both = cli("query", data, "--like", "a/0.jpg", "--json", "--csv", cwd=tmp_path, script=None)
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+
+def save_taken(path: Path, when: str, seed: int) -> Path:
+    """A JPEG whose EXIF says it was taken at ``when`` (``YYYY:MM:DD HH:MM:SS``)."""
+    from conftest import smooth_image
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9003] = when
+    Image.fromarray(smooth_image(seed)).save(path, exif=exif)
+    return path
+
+
+def test_capture_time_from_exif_else_the_file_time(tmp_path):
+    from cbir.ingest.decode import capture_time
+
+    assert capture_time(save_taken(tmp_path / "a.jpg", "2019:07:14 18:30:05", 1)) == "2019-07-14T18:30:05"
+    plain = save_image(tmp_path / "b.png", seed=2)
+    os.utime(plain, (0, 86400 * 365 * 30 + 43200))
+    when = capture_time(plain)
+    assert when is not None and when.startswith("1999-12-2")  # the file's time (local time zone)
+    assert capture_time(tmp_path / "missing.jpg") is None
+
+
+def test_rows_taken_bounds_are_inclusive():
+    taken = ["2019-01-01T00:00:00", "2019-12-31T23:59:59", "2020-01-01T00:00:00", "2021-06-01T12:00:00"]
+    assert rows_taken(taken, "2019-01-01", "2019-12-31").tolist() == [True, True, False, False]
+    assert rows_taken(taken, "2020-01-01", None).tolist() == [False, False, True, True]
+    assert rows_taken(taken, None, "2021-06-01T11:59:59").tolist() == [True, True, True, False]
+    with pytest.raises(QueryError, match="no indexed image taken between"):
+        rows_taken(taken, "2030-01-01", None)
+    with pytest.raises(QueryError, match="no capture times yet"):
+        rows_taken([None, "2019-01-01T00:00:00"], "2019-01-01", None)
+
+
+def test_capture_times_are_indexed_and_added_to_older_indexes(tmp_path, tiny_config, tiny_embedder):
+    from helpers import never
+
+    from cbir.index.store import FolderWriter, read_manifest
+
+    root = tmp_path / "photos"
+    for year in (2018, 2019, 2020):
+        save_taken(root / f"{year}.jpg", f"{year}:05:01 10:00:00", year)
+    run_index(root, tiny_config, tiny_embedder)
+    assert open_index(root).taken() == ["2018-05-01T10:00:00", "2019-05-01T10:00:00", "2020-05-01T10:00:00"]
+    idir = root / ".cbir"
+    with FolderWriter(idir, read_manifest(idir).config) as w:  # as an earlier release left it
+        w.manifest.entries = [dataclasses.replace(e, taken=None) for e in w.manifest.entries]
+        w.commit()
+    assert open_index(root).taken() == [None, None, None]
+    report = run_index(root, tiny_config, never)  # no re-embedding: the headers are read
+    assert report.unchanged == 3 and open_index(root).taken()[1] == "2019-05-01T10:00:00"
+    index = open_index(root)
+    (res,) = like_index(index, ["2019.jpg"], k=5, where=ResultFilter(since="2020-01-01"))
+    assert [Path(m.path).name for m in res.matches] == ["2020.jpg"]
+    (res,) = like_index(index, ["2019.jpg"], k=5, where=ResultFilter(until="2018-05-01"))
+    assert [Path(m.path).name for m in res.matches] == ["2018.jpg"]
+
+
+@pytest.mark.parametrize("bad", ["2024-13-01", "yesterday", "2024/01/01", "2024-01-01T25:00"])
+def test_dates_are_checked_when_parsed(tmp_path, bad):
+    proc = cli("query", tmp_path, "--like", "a.jpg", "--since", bad, cwd=tmp_path, script=None)
+    assert proc.returncode == 2 and "--since" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

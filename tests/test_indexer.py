@@ -18,10 +18,10 @@ from helpers import REPO, Source, never
 from helpers import run_index as run
 
 from cbir.errors import DatasetError, IndexLockedError
-from cbir.index.files import write_matrix
+from cbir.index.files import Lock, write_matrix
 from cbir.index.indexer import IndexOptions, update_index
 from cbir.index.snapshot import open_index
-from cbir.index.store import MANIFEST, Lock, read_manifest
+from cbir.index.store import MANIFEST, read_manifest
 from cbir.index.stores import FolderStore
 
 

@@ -139,3 +139,14 @@ def test_version_1_interrupted_rename_asks_for_a_rebuild():
     text = version_1(segments=[{"file": "feats.npy", "rows": 2, "staged": "feats.npy.tmp-1-ab"}])
     with pytest.raises(ValueError, match="interrupted"):
         Manifest.from_json(text)
+
+
+def test_capture_times_round_trip_and_are_checked():
+    m = sample_manifest()
+    m.entries[0] = Entry("a.jpg", 10, 111, "2019-07-14T18:30:05")
+    back = Manifest.from_json(m.to_json())
+    assert back.entries[0].taken == "2019-07-14T18:30:05" and back.entries[2].taken is None
+    for bad in ("2019-07-14", "yesterday", 7):
+        entries = [["a.jpg", 1, 1, bad], None, ["b.jpg", 1, 1]]
+        with pytest.raises(ValueError, match="bad capture time"):
+            Manifest.from_json(edit(m, entries=entries))

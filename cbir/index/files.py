@@ -1,4 +1,5 @@
-"""Writing and reading the files of an index folder: one atomic-write helper, matrices read once.
+"""Writing and reading the files of an index folder: one atomic-write helper, matrices read once,
+and the folder's lock.
 
 Every file is written under a temporary name in the same folder, flushed, fsynced and renamed, so a
 name never shows half a file. Matrices are written with ordinary buffered writes (never a sparse
@@ -18,7 +19,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from cbir.errors import IndexFolderError, IndexWriteError
+from cbir.errors import IndexFolderError, IndexLockedError, IndexWriteError
 
 _HINTS = {
     errno.ENOSPC: "the disk is full; free some space and run again",
@@ -138,3 +139,33 @@ def read_matrix(path: Path, rows: int, dim: int, mmap: bool = True) -> np.ndarra
         except (OSError, ValueError, EOFError) as exc:
             what = "empty" if os.fstat(f.fileno()).st_size == 0 else f"unreadable ({exc})"
             raise IndexFolderError(f"index file {path} is {what}; rebuild with --rebuild") from exc
+
+
+LOCK = "lock"
+
+
+class Lock:
+    """An exclusive lock on an index folder, released automatically if the process dies."""
+
+    def __init__(self, index_dir: Path) -> None:
+        from filelock import FileLock
+
+        self.path = index_dir / LOCK
+        self._lock = FileLock(str(self.path), timeout=0)
+
+    def __enter__(self) -> Lock:
+        from filelock import Timeout
+
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise IndexLockedError(
+                f"another cbir process is updating the index in {self.path.parent} (lock {self.path}); "
+                "wait for it to finish"
+            ) from None
+        except OSError as exc:
+            raise write_error(self.path.parent, exc) from exc
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()

@@ -10,6 +10,7 @@ index (:meth:`cbir.index.store.IndexWriter.finish`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -29,7 +30,9 @@ from cbir.index.manifest import Entry, Skipped
 from cbir.index.plan import Plan, make_plan, stat_files
 from cbir.index.store import IndexWriter
 from cbir.index.stores import FolderStore, Store
+from cbir.ingest.decode import capture_time
 from cbir.ingest.files import find_images
+from cbir.progress import progress_bar
 from cbir.types import JSONDict
 
 log = logging.getLogger(__name__)
@@ -161,6 +164,7 @@ def update_index(
         plan = make_plan(found, target.held(), target.known_bad(), unreadable)
         _count(plan, report)
         target.drop(plan.dropped)
+        _read_capture_times(root, target, options)
         skipped = list(plan.known_bad)
         if plan.todo or target.is_new:
             emb = source.embedder()
@@ -177,6 +181,24 @@ def update_index(
         report.total = len(target.held())
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _read_capture_times(root: Path, target: IndexWriter, options: IndexOptions) -> None:
+    """Give held rows without a capture time (indexes of earlier releases) theirs: headers only."""
+    missing = [e.path for e in target.held().values() if e.taken is None]
+    if not missing:
+        return
+    taken: dict[str, str] = {}
+    bar = progress_bar(total=len(missing), desc="capture times", unit="img", enabled=options.progress)
+    try:
+        for rel in missing:
+            when = capture_time(root / rel)
+            if when is not None:
+                taken[rel] = when
+            bar.update(1)
+    finally:
+        bar.close()
+    target.set_taken(taken)
 
 
 def _count(plan: Plan, report: IndexReport) -> None:
@@ -231,7 +253,7 @@ def _embed(
                     report.added -= 1
             else:
                 vecs.append(result)
-                entries.append(entry)
+                entries.append(dataclasses.replace(entry, taken=capture_time(root / entry.path)))
                 report.embedded += 1
             if len(vecs) >= options.checkpoint_every or time.monotonic() - last >= options.checkpoint_seconds:
                 checkpoint()

@@ -24,15 +24,19 @@ VERSION = 2
 READABLE_VERSIONS = (1, 2)
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_TAKEN = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}$")
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One indexed file: its path relative to the dataset root and the stat it was embedded at."""
+    """One indexed file: its path relative to the dataset root, the stat it was embedded at, and
+    when the photo was taken (``YYYY-MM-DDTHH:MM:SS`` local time, for ``--since``/``--until``; None
+    until read: indexes of earlier releases get it on their next run, without re-embedding)."""
 
     path: str
     size: int
     mtime_ns: int
+    taken: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,7 +131,10 @@ class Manifest:
                 "whitening": self.whitening,
                 "ann": None if self.ann is None else self.ann.to_dict(),
                 "segments": [[s.file, s.rows] for s in self.segments],
-                "entries": [None if e is None else [e.path, e.size, e.mtime_ns] for e in self.entries],
+                "entries": [
+                    None if e is None else [e.path, e.size, e.mtime_ns, *([e.taken] if e.taken else [])]
+                    for e in self.entries
+                ],
                 "skipped": [[s.path, s.size, s.mtime_ns, s.reason, s.transient] for s in self.skipped],
             },
             ensure_ascii=False,
@@ -146,7 +153,7 @@ class Manifest:
             raise ValueError(f"index format version {version} (this cbir reads versions 1 and 2)")
         if version == 1:
             d = _from_version_1(d)
-        entries = [None if e is None else Entry(_rel_path(e[0]), int(e[1]), int(e[2])) for e in d["entries"]]
+        entries = [None if e is None else _entry(e) for e in d["entries"]]
         skipped = [
             Skipped(_rel_path(s[0]), int(s[1]), int(s[2]), str(s[3]), bool(s[4]) if len(s) > 4 else False)
             for s in d.get("skipped", [])
@@ -188,6 +195,14 @@ def _from_version_1(d: JSONDict) -> JSONDict:
         "whitening": whitening[0] if whitening else None,
         "ann": ann if isinstance(ann, dict) else None,
     }
+
+
+def _entry(item: list[object]) -> Entry:
+    """An entry: ``[path, size, mtime_ns]`` plus the capture time when it was read."""
+    taken = item[3] if len(item) > 3 else None
+    if taken is not None and (not isinstance(taken, str) or not _TAKEN.match(taken)):
+        raise ValueError(f"bad capture time {taken!r}")
+    return Entry(_rel_path(item[0]), int(item[1]), int(item[2]), taken)  # type: ignore[call-overload]
 
 
 def _rel_path(value: object) -> str:

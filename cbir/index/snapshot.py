@@ -84,6 +84,10 @@ class Index:
             self._by_real = {os.path.realpath(self.file(i)): i for i in range(len(self.paths))}
         return self._by_real.get(real)
 
+    def taken(self) -> list[str | None]:
+        """When each row's photo was taken (from the manifest), None where not read yet."""
+        return [e.taken for e in self.manifest.entries if e is not None]
+
     def indexed_row(self, image: str | os.PathLike[str], unchanged: bool = False) -> int | None:
         """The row of an indexed image named as indexed (relative to the dataset root) or by its own
         path; with ``unchanged``, only while the file has the size and mtime it was embedded at."""

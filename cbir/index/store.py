@@ -21,11 +21,12 @@ content, so the folder always holds one complete committed index and readers see
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
@@ -34,16 +35,15 @@ import numpy as np
 
 from cbir.embedding.features import FeatureConfig
 from cbir.embedding.whiten import Whitening, whitening_filename
-from cbir.errors import IndexFolderError, IndexLockedError, IndexWriteError
+from cbir.errors import IndexFolderError, IndexWriteError
 from cbir.index import ann
-from cbir.index.files import read_matrix, write_atomic, write_bytes, write_error, write_matrix
+from cbir.index.files import LOCK, Lock, read_matrix, write_atomic, write_bytes, write_matrix
 from cbir.index.manifest import Entry, Manifest, Segment, Skipped
 from cbir.ingest.files import INDEX_DIRNAME
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-LOCK = "lock"
 BLOCK_ROWS = 65_536  # rows copied at a time when the matrix is compacted
 _OURS = ("feats-", "part-", "whitening-", "ann-")
 
@@ -88,33 +88,6 @@ def load_matrix(index_dir: Path, manifest: Manifest, mmap: bool = True) -> np.nd
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
-class Lock:
-    """An exclusive lock on an index folder, released automatically if the process dies."""
-
-    def __init__(self, index_dir: Path) -> None:
-        from filelock import FileLock
-
-        self.path = index_dir / LOCK
-        self._lock = FileLock(str(self.path), timeout=0)
-
-    def __enter__(self) -> Lock:
-        from filelock import Timeout
-
-        try:
-            self._lock.acquire()
-        except Timeout:
-            raise IndexLockedError(
-                f"another cbir process is updating the index in {self.path.parent} (lock {self.path}); "
-                "wait for it to finish"
-            ) from None
-        except OSError as exc:
-            raise write_error(self.path.parent, exc) from exc
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release()
-
-
 class IndexWriter(Protocol):
     """What an indexer needs of a store; the folder store is one, a vector database would be another.
 
@@ -152,6 +125,10 @@ class IndexWriter(Protocol):
 
     def put(self, entries: Sequence[Entry], vectors: np.ndarray) -> None:
         """Add rows (visible at the next commit)."""
+        ...
+
+    def set_taken(self, taken: Mapping[str, str]) -> None:
+        """Record the capture time of held rows, by path (no vector changes)."""
         ...
 
     def drop(self, paths: Iterable[str]) -> None:
@@ -293,6 +270,14 @@ class FolderWriter:
             raise ValueError("one vector per entry")
         if len(entries):
             self._pending.append((list(entries), np.asarray(vectors)))
+
+    def set_taken(self, taken: Mapping[str, str]) -> None:
+        if self._denied is not None:
+            return  # informational: not worth failing a read-only index that is otherwise up to date
+        self.manifest.entries = [
+            dataclasses.replace(e, taken=taken[e.path]) if e is not None and e.path in taken else e
+            for e in self.manifest.entries
+        ]
 
     def drop(self, paths: Iterable[str]) -> None:
         gone = set(paths)

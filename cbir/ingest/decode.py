@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import struct
+import time
 import warnings
 from dataclasses import dataclass
 from functools import cache
@@ -242,3 +244,30 @@ def resize(img: Image.Image, geometry: Geometry, scale: float = 1.0) -> np.ndarr
     else:
         out = img.resize(geometry.output_size(w, h, scale), resample)
     return np.asarray(out, dtype=np.uint8)
+
+
+_EXIF_TIME = re.compile(r"^(\d{4}):(\d{2}):(\d{2})[ T](\d{2}):(\d{2}):(\d{2})")
+
+
+def capture_time(path: str | os.PathLike[str]) -> str | None:
+    """When a photo was taken, ``YYYY-MM-DDTHH:MM:SS`` local time: EXIF DateTimeOriginal, else EXIF
+    DateTime, else the file's modification time; None if the file cannot be read at all.
+
+    Reads the header only (no decoding).
+    """
+    try:
+        with Image.open(path) as img:
+            exif = img.getexif()
+            for value in (exif.get_ifd(0x8769).get(0x9003), exif.get(0x0132)):
+                if isinstance(value, bytes):
+                    value = value.decode("ascii", errors="ignore")
+                match = _EXIF_TIME.match(value.strip()) if isinstance(value, str) else None
+                if match and match.group(1) != "0000":
+                    y, mo, d, h, mi, s = match.groups()
+                    return f"{y}-{mo}-{d}T{h}:{mi}:{s}"
+    except Exception:  # an unreadable header: the file's time is the best there is
+        pass
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(os.stat(path).st_mtime))
+    except OSError:
+        return None

@@ -69,6 +69,10 @@ class SearchableIndex(Protocol):
         """The index's searcher: its fresh approximate index unless ``exact``, else an exact scan."""
         ...
 
+    def taken(self) -> list[str | None]:
+        """When each row's photo was taken (``YYYY-MM-DDTHH:MM:SS``), None where not known."""
+        ...
+
 
 def as_queries(queries: np.ndarray) -> np.ndarray:
     """Query vectors as a C-contiguous (n, dim) float32 matrix; ValueError for non-finite values.

@@ -1,4 +1,5 @@
-"""Restricting results to part of the collection (``--under DIR``), over any searcher.
+"""Restricting results to part of the collection (``--under DIR``, ``--since``/``--until DATE``),
+over any searcher.
 
 The wrapped searcher is asked for more candidates until every query has its k allowed rows (or
 everything was ranked), so the filter works the same over an exact scan, an approximate index or a
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +46,51 @@ def rows_under(
     if not allowed.any():
         raise QueryError(f"no indexed image under {', '.join(map(str, folders))}")
     return allowed
+
+
+def rows_taken(taken: Sequence[str | None], since: str | None, until: str | None) -> np.ndarray:
+    """A boolean mask of the rows taken between ``since`` and ``until`` (``YYYY-MM-DD[THH:MM:SS]``,
+    both included; a date alone means the whole day)."""
+    if any(t is None for t in taken):
+        raise QueryError("this index has no capture times yet: run `cbir index` on it once")
+    low = _moment(since, "T00:00:00") if since else ""
+    high = _moment(until, "T23:59:59") if until else "9999"
+    inside = np.array([low <= str(t) <= high for t in taken], dtype=bool)
+    if not inside.any():
+        raise QueryError(f"no indexed image taken between {since or 'the start'} and {until or 'now'}")
+    return inside
+
+
+def _moment(text: str, day_part: str) -> str:
+    return text + day_part if len(text) == 10 else text
+
+
+@dataclass(frozen=True)
+class ResultFilter:
+    """Which images results may come from: inside ``under`` folders, taken in [since, until]."""
+
+    under: tuple[str, ...] = ()
+    since: str | None = None
+    until: str | None = None
+
+    @property
+    def dated(self) -> bool:
+        """True when the filter needs the capture times."""
+        return bool(self.since or self.until)
+
+    def mask(
+        self, root: str | os.PathLike[str], paths: Sequence[str], taken: Sequence[str | None]
+    ) -> np.ndarray | None:
+        """The allowed rows, or None when nothing is filtered."""
+        allowed: np.ndarray | None = None
+        if self.under:
+            allowed = rows_under(root, paths, self.under)
+        if self.dated:
+            dated = rows_taken(taken, self.since, self.until)
+            allowed = dated if allowed is None else allowed & dated
+            if not allowed.any():
+                raise QueryError("no indexed image matches both the folders and the dates asked for")
+        return allowed
 
 
 class FilteredSearcher(SearcherWrapper):

@@ -18,7 +18,7 @@ from cbir.embedding.features import FeatureConfig
 from cbir.errors import BadImageError, QueryError
 from cbir.output.results import Match, QueryResult
 from cbir.search.base import SearchableIndex
-from cbir.search.filters import FilteredSearcher, rows_under
+from cbir.search.filters import FilteredSearcher, ResultFilter
 from cbir.search.rerank import Reranking, rerank
 
 
@@ -82,16 +82,17 @@ def search_index(
     exclude_self: bool = True,
     reranking: Reranking = Reranking(),
     exact: bool = False,
-    under: Sequence[str | os.PathLike[str]] = (),
+    where: ResultFilter = ResultFilter(),
 ) -> list[QueryResult]:
     """Rank the index for each query vector; a query that is itself indexed is left out of its list
-    (and of its query expansion). ``exact`` skips the index's approximate index; ``under`` keeps
-    only results inside these folders of the dataset (re-ranking still sees every image)."""
+    (and of its query expansion). ``exact`` skips the index's approximate index; ``where`` keeps
+    only results from some folders or dates (re-ranking still sees every image)."""
     own = [snapshot.row_of(q) if exclude_self else None for q in queries]
     exclude = [[r] if r is not None else [] for r in own]
     searcher = rerank(snapshot.searcher(exact=exact), reranking)
-    if under:
-        searcher = FilteredSearcher(searcher, rows_under(snapshot.root, snapshot.paths, under))
+    allowed = where.mask(snapshot.root, snapshot.paths, snapshot.taken() if where.dated else [])
+    if allowed is not None:
+        searcher = FilteredSearcher(searcher, allowed)
     rows, scores = searcher.search(query_vectors, k, exclude=exclude)
     root = Path(snapshot.root)
     return [
@@ -113,7 +114,7 @@ def query_index(
     reranking: Reranking = Reranking(),
     exact: bool = False,
     reuse_stored: bool = False,
-    under: Sequence[str | os.PathLike[str]] = (),
+    where: ResultFilter = ResultFilter(),
 ) -> list[QueryResult]:
     """Embed ``images`` (with the features of ``source``, which must match the index) and return
     their top ``k``, as :func:`search_index` does.
@@ -131,7 +132,7 @@ def query_index(
     for i, row in enumerate(rows):
         if row is not None:
             vectors[i] = snapshot.feats[row]
-    return search_index(snapshot, vectors, images, k, exclude_self, reranking, exact, under)
+    return search_index(snapshot, vectors, images, k, exclude_self, reranking, exact, where)
 
 
 def like_index(
@@ -140,7 +141,7 @@ def like_index(
     k: int = 9,
     reranking: Reranking = Reranking(),
     exact: bool = False,
-    under: Sequence[str | os.PathLike[str]] = (),
+    where: ResultFilter = ResultFilter(),
 ) -> list[QueryResult]:
     """More like these indexed images (named as indexed, relative to the dataset, or by their own
     path inside it): their top ``k`` from their stored vectors, with no model and no decoding."""
@@ -152,4 +153,4 @@ def like_index(
         rows.append(row)
     vectors = np.asarray(snapshot.feats[np.array(rows, dtype=np.int64)], dtype=np.float32)
     files = [snapshot.file(r) for r in rows]
-    return search_index(snapshot, vectors, files, k, True, reranking, exact, under)
+    return search_index(snapshot, vectors, files, k, True, reranking, exact, where)

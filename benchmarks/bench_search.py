@@ -250,6 +250,17 @@ def bench_size(rows: int, args: argparse.Namespace, bandwidth: float) -> None:
             recall(found, truth[: args.batch]),
         )
         ratios["exact-f16k"] = single[0] / bound16
+        sweep_16 = []
+        for nq in (1, 16, 32, 64, 128):  # where KERNEL_MAX_QUERIES comes from
+            q = queries[:nq]
+            t = time.perf_counter()
+            kernel._search_float16(q, K, None)  # the kernel alone, whatever the batch size
+            per_kernel = (time.perf_counter() - t) / len(q) * 1e3
+            t = time.perf_counter()
+            top_k(f16, q, K)
+            per_scan = (time.perf_counter() - t) / len(q) * 1e3
+            sweep_16.append(f"{len(q)}: {per_kernel:.1f} vs {per_scan:.1f}")
+        print("float16 ms per query by queries per call, kernel vs scan: " + "; ".join(sweep_16))
         print(
             f"exact single-query latency / bandwidth bound: float32 {ratios['exact-f32']:.2f}x, "
             f"float16 scan {ratios['exact-f16']:.2f}x, float16 kernel {ratios['exact-f16k']:.2f}x "

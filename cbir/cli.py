@@ -147,12 +147,10 @@ def _answer(args: argparse.Namespace, results: list[QueryResult], report: IndexR
         _print_json(results_to_dict(results, report.to_dict() if report else None))
     else:
         print(format_csv(results) if args.csv else format_results(results))
-    if args.link_to or args.copy_to:
-        made = export_results(results, args.link_to or args.copy_to, copy=bool(args.copy_to))
-        print(
-            f"{made} match(es) {'copied' if args.copy_to else 'linked'} into {args.link_to or args.copy_to}",
-            file=notes,
-        )
+    dest = args.link_to or args.copy_to
+    if dest:
+        made = export_results(results, dest, copy=bool(args.copy_to))
+        print(f"{made} match(es) {'copied' if args.copy_to else 'linked'} into {dest}", file=notes)
     out = args.out or (None if for_programs else DEFAULT_OUT)
     if not args.no_plot and (out or args.show):
         from cbir.output.plot import plot_results  # matplotlib: only when a plot is drawn

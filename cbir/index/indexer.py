@@ -139,13 +139,12 @@ def update_index(
     t0 = time.perf_counter()
     root = Path(root)
     home = store if store is not None else FolderStore(root, index_dir)
-    skip = [Path(home.location)] if isinstance(home, FolderStore) else []
     files = find_images(
         root,
         recursive=options.recursive,
         include_hidden=options.include_hidden,
         exclude=options.exclude,
-        skip_dirs=skip,
+        skip_dirs=home.own_folders,
     )
     if not files:
         raise DatasetError(f"no images found in {root}")

@@ -21,7 +21,7 @@ import numpy as np
 from cbir.embedding.features import FeatureConfig
 from cbir.errors import IncompatibleIndexError, IndexFolderError
 from cbir.index import ann
-from cbir.index.manifest import Manifest
+from cbir.index.manifest import Entry, Manifest
 from cbir.index.store import MANIFEST, default_index_dir, load_matrix, read_manifest_stat
 from cbir.ingest.files import safe_join
 from cbir.search.approximate import ApproximateSearcher
@@ -46,6 +46,7 @@ class Index:
     manifest: Manifest
     feats: np.ndarray
     paths: list[str]
+    entries: list[Entry] = field(default_factory=list, repr=False)  # paths[i]'s stat and capture time
     version: tuple[int, int, int] | None = None  # identity of the manifest file this was read from
     _by_path: dict[str, int] | None = field(default=None, repr=False)
     _by_real: dict[str, int] | None = field(default=None, repr=False)
@@ -72,10 +73,8 @@ class Index:
             return None
         if rel is not None and (rel.startswith("../") or rel == ".."):
             rel = None
-        if self._by_path is None:
-            self._by_path = {p: i for i, p in enumerate(self.paths)}
-        if rel is not None and rel in self._by_path:
-            return self._by_path[rel]
+        if rel is not None and rel in self._lookup():
+            return self._lookup()[rel]
         # an indexed path may itself be a symlink: resolve every indexed file (once per Index), which
         # costs a stat per file, so only for indexes small enough for that to stay well under a second
         if len(self.paths) > RESOLVE_ALL_LIMIT:
@@ -84,23 +83,24 @@ class Index:
             self._by_real = {os.path.realpath(self.file(i)): i for i in range(len(self.paths))}
         return self._by_real.get(real)
 
+    def _lookup(self) -> dict[str, int]:
+        if self._by_path is None:
+            self._by_path = {p: i for i, p in enumerate(self.paths)}
+        return self._by_path
+
     def taken(self) -> list[str | None]:
         """When each row's photo was taken (from the manifest), None where not read yet."""
-        return [e.taken for e in self.manifest.entries if e is not None]
+        return [e.taken for e in self.entries]
 
     def indexed_row(self, image: str | os.PathLike[str], unchanged: bool = False) -> int | None:
         """The row of an indexed image named as indexed (relative to the dataset root) or by its own
         path; with ``unchanged``, only while the file has the size and mtime it was embedded at."""
-        row = None
-        if not Path(image).is_absolute():
-            if self._by_path is None:
-                self._by_path = {p: i for i, p in enumerate(self.paths)}
-            row = self._by_path.get(Path(image).as_posix())
+        row = None if Path(image).is_absolute() else self._lookup().get(Path(image).as_posix())
         if row is None:
             row = self.row_of(image)
         if row is None or not unchanged:
             return row
-        entry = [e for e in self.manifest.entries if e is not None][row]
+        entry = self.entries[row]
         try:
             st = os.stat(self.file(row))
         except OSError:
@@ -165,10 +165,11 @@ def open_index(
                 continue  # an indexer committed a newer version meanwhile: read that one
             raise IndexFolderError(f"index file {exc.filename} is missing; rebuild with --rebuild") from exc
         live = manifest.live_rows()
-        paths = [e.path for e in manifest.entries if e is not None]
+        entries = [e for e in manifest.entries if e is not None]
         if len(live) != len(manifest.entries):
             feats = np.asarray(feats[np.array(live, dtype=np.int64)]) if live else feats[:0]
-        return Index(root=root, dir=idir, manifest=manifest, feats=feats, paths=paths, version=version)
+        paths = [e.path for e in entries]
+        return Index(root, idir, manifest, feats, paths, entries=entries, version=version)
     raise IndexFolderError(f"the index in {idir} keeps changing under us; try again")
 
 

@@ -226,8 +226,9 @@ class FolderWriter:
             self.rebuilt = "settings changed"
             old = None
         if old is not None:
-            try:
-                load_matrix(self.dir, old)  # a missing or damaged matrix is reported, not built upon
+            try:  # a missing or damaged matrix is reported, not built upon (each file's header read)
+                for segment in old.segments:
+                    read_matrix(self.dir / segment.file, segment.rows, old.dim)
             except FileNotFoundError as exc:
                 raise IndexFolderError(
                     f"index file {exc.filename} is missing; rebuild with --rebuild"

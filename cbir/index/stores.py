@@ -25,6 +25,11 @@ class Store(Protocol):
         """Where the index is, for people (a folder, a database URI)."""
         ...
 
+    @property
+    def own_folders(self) -> list[Path]:
+        """Folders the store keeps files in, which the image scan must leave out (none for a database)."""
+        ...
+
     def writer(
         self,
         config: FeatureConfig,
@@ -52,6 +57,10 @@ class FolderStore:
     @property
     def location(self) -> str:
         return str(self.dir)
+
+    @property
+    def own_folders(self) -> list[Path]:
+        return [self.dir]
 
     def writer(
         self,

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from cbir.search.base import as_queries, check_finite, effective_k, no_results
+from cbir.search.base import as_queries, check_finite, effective_k, longest_exclusion, no_results
 from cbir.search.exact import top_k
 
 
@@ -67,7 +67,7 @@ class ApproximateSearcher:
         k_eff = effective_k(n, k, exclude)
         if k_eff == 0 or n == 0 or len(q) == 0:
             return no_results(len(q))
-        n_excl = max((len(e) for e in exclude), default=0) if exclude else 0
+        n_excl = longest_exclusion(exclude)
         fetch = min(n, max(k_eff + n_excl, self.candidates))
         _, cand = self.index.search(q, fetch)
         exact = _exact_scores(self.feats, q, cand)

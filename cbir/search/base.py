@@ -85,9 +85,14 @@ def as_queries(queries: np.ndarray) -> np.ndarray:
     return q
 
 
+def longest_exclusion(exclude: Sequence[Sequence[int]] | None) -> int:
+    """The most rows any one query must not get back."""
+    return max((len(e) for e in exclude), default=0) if exclude else 0
+
+
 def effective_k(rows: int, k: int, exclude: Sequence[Sequence[int]] | None) -> int:
     """k' = min(k, rows - the longest exclusion list), at least 0: every query can fill it."""
-    longest = max((len(e) for e in exclude), default=0) if exclude else 0
+    longest = longest_exclusion(exclude)
     return max(0, min(k, rows - longest))
 
 

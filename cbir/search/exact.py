@@ -20,13 +20,20 @@ from collections.abc import Sequence
 import numpy as np
 
 from cbir.errors import IndexFolderError
-from cbir.search.base import NON_FINITE_MESSAGE, as_queries, check_finite, effective_k, no_results
+from cbir.search.base import (
+    NON_FINITE_MESSAGE,
+    as_queries,
+    check_finite,
+    effective_k,
+    longest_exclusion,
+    no_results,
+)
 from cbir.types import FaissIndex
 
 BLOCK_ROWS = 131072  # feature rows converted to float32 and scored at a time
 TIE_MARGIN = 32  # extra candidates fetched from the float16 kernel, so that rounding cannot hide a row
 SURE = 1e-5  # a k-th score this close to the last candidate's could be a row left out: scan instead
-KERNEL_MAX_QUERIES = 48  # more queries per call amortise the scan's conversion: equal at 32-64 (measured)
+KERNEL_MAX_QUERIES = 128  # more per call amortise the scan's conversion: equal at 128 (bench_search sweep)
 
 
 def top_k(
@@ -171,7 +178,7 @@ class ExactSearcher:
     ) -> tuple[np.ndarray, np.ndarray]:
         if self._kernel is None:
             self._kernel = Float16Kernel(self.feats)
-        longest = max((len(e) for e in exclude), default=0) if exclude else 0
+        longest = longest_exclusion(exclude)
         fetch = min(len(self), k_eff + longest + TIE_MARGIN)
         kernel_scores, cand = self._kernel.search(q, fetch)
         rows = np.zeros((len(q), k_eff), dtype=np.int64)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cbir.errors import QueryError
-from cbir.search.base import Searcher, SearcherWrapper, as_queries, no_results
+from cbir.search.base import Searcher, SearcherWrapper, as_queries, longest_exclusion, no_results
 
 
 def folder_prefix(root: str | os.PathLike[str], folder: str | os.PathLike[str]) -> str:
@@ -106,7 +106,7 @@ class FilteredSearcher(SearcherWrapper):
         self, queries: np.ndarray, k: int, exclude: Sequence[Sequence[int]] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         q = as_queries(queries)
-        longest = max((len(e) for e in exclude), default=0) if exclude else 0
+        longest = longest_exclusion(exclude)
         banned = max((sum(bool(self.allowed[r]) for r in e) for e in exclude), default=0) if exclude else 0
         k_eff = max(0, min(k, int(self.allowed.sum()) - banned))  # what every query can fill
         if k_eff == 0 or len(q) == 0:

@@ -16,22 +16,26 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from cbir.cli_options import (
+    DEFAULT_DUPLICATES_OUT,
     DEFAULT_OUT,
     build_legacy_parser,
     build_parser,
+    duplicate_options_from,
     index_options_from,
     reranking_from,
     result_filter_from,
     settings_from,
 )
+from cbir.duplicates.find import find_duplicates
+from cbir.duplicates.moves import move_members, undo_moves
 from cbir.embedding.backbones import REGISTRY
 from cbir.errors import CbirError, ModelError, QueryError
 from cbir.evaluation.evaluate import evaluate_index
 from cbir.index.indexer import IndexReport, update_index
 from cbir.index.snapshot import open_index
+from cbir.output import text
 from cbir.output.export import export_results
-from cbir.output.results import QueryResult, results_to_dict
-from cbir.output.text import format_csv, format_index_summary, format_models, format_results
+from cbir.output.results import Match, QueryResult, results_to_dict
 from cbir.search.query import check_query_files, like_index, query_index
 from cbir.settings import Settings
 from cbir.types import JSONDict
@@ -94,7 +98,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report.to_dict())
     else:
-        print(format_index_summary(report))
+        print(text.format_index_summary(report))
     return 0
 
 
@@ -142,11 +146,11 @@ def _answer(args: argparse.Namespace, results: list[QueryResult], report: IndexR
     for_programs = args.json or args.csv  # stdout holds only the results; the rest goes to stderr
     notes = sys.stderr if for_programs else sys.stdout
     if report is not None and not args.json:
-        print(format_index_summary(report), file=sys.stderr)
+        print(text.format_index_summary(report), file=sys.stderr)
     if args.json:
         _print_json(results_to_dict(results, report.to_dict() if report else None))
     else:
-        print(format_csv(results) if args.csv else format_results(results))
+        print(text.format_csv(results) if args.csv else text.format_results(results))
     dest = args.link_to or args.copy_to
     if dest:
         made = export_results(results, dest, copy=bool(args.copy_to))
@@ -173,8 +177,42 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         doc["index"] = report.to_dict()
         _print_json(doc)
     else:
-        print(format_index_summary(report), file=sys.stderr)
+        print(text.format_index_summary(report), file=sys.stderr)
         print(result.format_table())
+    return 0
+
+
+def cmd_duplicates(args: argparse.Namespace) -> int:
+    """Group the near-duplicates of an index (no model is built), then list, link or move them."""
+    if args.undo:
+        undone = undo_moves(args.undo)
+        print(text.format_undo(undone))
+        return 1 if undone.problems else 0
+    if not args.dataset:
+        raise QueryError("give the indexed folder (or --undo LOG)")
+    report = find_duplicates(open_index(args.dataset, args.index), duplicate_options_from(args))
+    for_programs = args.json or args.csv
+    notes = sys.stderr if for_programs else sys.stdout
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(text.format_duplicates_csv(report) if args.csv else text.format_duplicates(report))
+    groups = [
+        QueryResult(g.representative, [Match(g.representative, 1.0), *g.members]) for g in report.groups
+    ]
+    if args.link_to:
+        made = export_results(groups, args.link_to, subfolders=True)
+        print(f"{made} link(s) made in {len(groups)} folder(s) of {args.link_to}", file=notes)
+    if args.move_to:
+        print(text.format_moves(move_members(report.groups, report.dataset, args.move_to)), file=notes)
+    out = args.out or (None if for_programs else DEFAULT_DUPLICATES_OUT)
+    if groups and not args.no_plot and (out or args.show):
+        from cbir.output.plot import plot_results
+
+        shown = [QueryResult(r.query, r.matches[1:]) for r in groups[: args.plot_groups]]
+        saved = plot_results(shown, out, show=args.show, label="keep")
+        if saved is not None:
+            print(f"plot saved to {saved}", file=notes)
     return 0
 
 
@@ -188,7 +226,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             ]
         )
     else:
-        print(format_models(backbones))
+        print(text.format_models(backbones))
     return 0
 
 
@@ -205,6 +243,7 @@ def _run(args: argparse.Namespace, legacy: bool) -> int:
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "index": cmd_index,
         "evaluate": cmd_evaluate,
+        "duplicates": cmd_duplicates,
         "models": cmd_models,
     }
     return commands[args.command](args)

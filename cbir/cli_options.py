@@ -9,6 +9,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import NoReturn
 
+from cbir.duplicates.find import DEFAULT_THRESHOLD, DuplicateOptions
+from cbir.duplicates.grouping import GROUPINGS
+from cbir.duplicates.keep import KEEP_RULES
 from cbir.embedding.features import POOLINGS
 from cbir.index.ann import AUTO_MIN_ROWS
 from cbir.index.indexer import IndexOptions
@@ -18,6 +21,7 @@ from cbir.search.rerank import Reranking
 from cbir.settings import FeatureChoice, RuntimeOptions, Settings, WhitenRequest, resolve_settings
 
 DEFAULT_OUT = "cbir_results.png"
+DEFAULT_DUPLICATES_OUT = "cbir_duplicates.png"
 CLI_ANN_MODES = ("auto", "none", "hnsw")  # the IVF kinds stay for the benchmark and the library
 
 
@@ -51,6 +55,14 @@ NON_NEGATIVE_INT = _number(int, 0, "a whole number")
 POSITIVE = _number(float, 0, "a number", inclusive=False)
 NON_NEGATIVE = _number(float, 0, "a number")
 INPUT_SIZE = _number(int, 32, "a whole number")
+
+
+def similarity(text: str) -> float:
+    """An argparse type: a cosine similarity threshold in (0, 1]."""
+    value = POSITIVE(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at most 1")
+    return value
 
 
 def scales(text: str) -> tuple[float, ...]:
@@ -172,12 +184,19 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
     fmt.add_argument(
         "--csv", action="store_true", help="print results as CSV on stdout (query,rank,path,score)"
     )
+    add_filter_options(g)
+    put = g.add_mutually_exclusive_group()
+    put.add_argument("--link-to", metavar="DIR", help="also link the matches into DIR, named by rank")
+    put.add_argument("--copy-to", metavar="DIR", help="also copy the matches into DIR, named by rank")
+
+
+def add_filter_options(g: argparse._ActionsContainer, what: str = "results") -> None:
     g.add_argument(
         "--under",
         action="append",
         default=[],
         metavar="DIR",
-        help="only results inside this folder of the dataset (repeatable)",
+        help=f"only {what} inside this folder of the dataset (repeatable)",
     )
     g.add_argument(
         "--since", type=moment, metavar="DATE", help="only photos taken on or after DATE (YYYY-MM-DD)"
@@ -185,9 +204,55 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--until", type=moment, metavar="DATE", help="only photos taken on or before DATE (YYYY-MM-DD)"
     )
-    put = g.add_mutually_exclusive_group()
-    put.add_argument("--link-to", metavar="DIR", help="also link the matches into DIR, named by rank")
-    put.add_argument("--copy-to", metavar="DIR", help="also copy the matches into DIR, named by rank")
+
+
+def add_duplicates_parser(sub: argparse._SubParsersAction[Parser]) -> None:
+    p = sub.add_parser("duplicates", help="group the near-duplicate images of an indexed folder")
+    p.add_argument("dataset", nargs="?", help="an indexed folder (not needed with --undo)")
+    p.add_argument("--index", metavar="DIR", help="index folder (default: DATASET/.cbir)")
+    p.add_argument(
+        "--threshold",
+        type=similarity,
+        default=DEFAULT_THRESHOLD,
+        metavar="T",
+        help=f"least cosine similarity of near-duplicates (default {DEFAULT_THRESHOLD})",
+    )
+    p.add_argument(
+        "--grouping",
+        choices=list(GROUPINGS),
+        default="star",
+        help="star: every member matches the kept image (default); connected: chains too",
+    )
+    p.add_argument(
+        "--keep",
+        choices=list(KEEP_RULES),
+        default="largest",
+        help="the image each group keeps: most pixels (default), oldest or newest photo",
+    )
+    p.add_argument("--exact", action="store_true", help="exact search even if an approximate index exists")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", help=f"PNG file for the plot (default {DEFAULT_DUPLICATES_OUT})")
+    g.add_argument("--no-plot", action="store_true", help="do not draw the plot")
+    g.add_argument("--show", action="store_true", help="also open the plot in a window")
+    g.add_argument(
+        "--plot-groups", type=POSITIVE_INT, default=10, metavar="N", help="groups drawn (default 10)"
+    )
+    fmt = g.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print the groups as JSON on stdout")
+    fmt.add_argument(
+        "--csv", action="store_true", help="print the groups as CSV on stdout (group,role,path,score)"
+    )
+    add_filter_options(g, "images")
+    act = p.add_argument_group("acting on the groups (nothing is ever deleted)")
+    one = act.add_mutually_exclusive_group()
+    one.add_argument("--link-to", metavar="DIR", help="link each group into a folder of DIR, for review")
+    one.add_argument(
+        "--move-to",
+        metavar="DIR",
+        help="move the members (not the kept images) into DIR, keeping their paths; logged",
+    )
+    one.add_argument("--undo", metavar="LOG", help="put back the files a --move-to log lists")
+    add_verbose(p)
 
 
 def add_verbose(p: argparse.ArgumentParser) -> None:
@@ -237,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-query", action="store_true", help="include every query's AP in --json output")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_verbose(p)
+    add_duplicates_parser(sub)
     p = sub.add_parser("models", help="list the available backbones")
     p.add_argument("--json", action="store_true", help="print the list as JSON")
     add_verbose(p)
@@ -311,3 +377,13 @@ def result_filter_from(args: argparse.Namespace) -> ResultFilter:
 
 def reranking_from(args: argparse.Namespace) -> Reranking:
     return Reranking(qe=args.qe, dba=args.dba, alpha=args.alpha)
+
+
+def duplicate_options_from(args: argparse.Namespace) -> DuplicateOptions:
+    return DuplicateOptions(
+        threshold=args.threshold,
+        grouping=args.grouping,
+        keep=args.keep,
+        where=result_filter_from(args),
+        exact=args.exact,
+    )

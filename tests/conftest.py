@@ -144,3 +144,16 @@ def image_folder(tmp_path) -> Callable[..., Path]:
         return root
 
     return make
+
+
+STUB = "raise ImportError('{name} must not be imported by this command')\n"
+
+
+@pytest.fixture
+def no_ml_packages(tmp_path) -> Path:
+    """A folder of stub packages that fail on import: TensorFlow, Keras, LiteRT (put it first)."""
+    stubs = tmp_path / "stubs"
+    for name in ("tensorflow", "keras", "ai_edge_litert", "tflite_runtime"):
+        (stubs / name).mkdir(parents=True)
+        (stubs / name / "__init__.py").write_text(STUB.format(name=name))
+    return stubs

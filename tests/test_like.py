@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,19 +70,6 @@ def test_stored_vectors_are_reused_only_while_the_file_is_unchanged(image_folder
     stored_row = np.asarray(index.feats[index.paths.index("img02.jpg")])[None]
     same_results(mixed[:1], search_index(index, stored_row, [root / "img02.jpg"], k=3))  # the stored vector
     same_results(mixed[1:], query_index(index, tiny_embedder, [outside], k=3))
-
-
-STUB = "raise ImportError('{name} must not be imported by this command')\n"
-
-
-@pytest.fixture
-def no_ml_packages(tmp_path) -> Path:
-    """A folder of stub packages that fail on import: TensorFlow, Keras, LiteRT (put it first)."""
-    stubs = tmp_path / "stubs"
-    for name in ("tensorflow", "keras", "ai_edge_litert", "tflite_runtime"):
-        (stubs / name).mkdir(parents=True)
-        (stubs / name / "__init__.py").write_text(STUB.format(name=name))
-    return stubs
 
 
 @pytest.mark.slow

@@ -112,7 +112,19 @@ def test_index_summary():
     check_golden("index-summary.txt", format_index_summary(report))
 
 
-@pytest.mark.parametrize("command", ["index", "query", "evaluate", "models"])
+def test_duplicates_listing_and_csv():
+    from cbir.duplicates.find import DuplicateGroup, DuplicateOptions, DuplicateReport
+    from cbir.output.text import format_duplicates, format_duplicates_csv
+
+    groups = [
+        DuplicateGroup("/p/a.jpg", [Match("/p/x/a copy.jpg", 0.99871), Match("/p/a,small.jpg", 0.9512)]),
+        DuplicateGroup("/p/b.jpg", [Match("/p/b2.jpg", 0.9333)]),
+    ]
+    report = DuplicateReport("/p", 120, DuplicateOptions(threshold=0.93), 4, groups)
+    check_golden("duplicates.txt", format_duplicates(report) + "\n--\n" + format_duplicates_csv(report))
+
+
+@pytest.mark.parametrize("command", ["index", "query", "evaluate", "duplicates", "models"])
 def test_help(command, monkeypatch):
     from cbir.cli_options import build_parser
 

@@ -28,11 +28,13 @@ def plot_results(
     out: str | os.PathLike[str] | None = None,
     show: bool = False,
     columns: int = 5,
+    label: str = "query",
 ) -> Path | None:
     """Draw each query followed by its matches; one query fills a grid, several get a row each.
 
     Each match is titled with its file name and score; missing cells stay blank, so fewer matches
     than cells is fine. Saves to ``out`` (PNG) when given and opens a window only when ``show``.
+    ``label`` titles the first image of each row (duplicate groups show the image kept there).
     """
     import matplotlib
 
@@ -60,7 +62,7 @@ def plot_results(
             ax = next(flat) if flat is not None else axes[r][c]
             if isinstance(cell, str):
                 ax.imshow(_thumb(cell))
-                ax.set_title(f"query\n{_short(os.path.basename(cell))}", fontsize=9, color="tab:blue")
+                ax.set_title(f"{label}\n{_short(os.path.basename(cell))}", fontsize=9, color="tab:blue")
             else:
                 ax.imshow(_thumb(cell.path))
                 ax.set_title(f"{_short(os.path.basename(cell.path))}\n{cell.score:.3f}", fontsize=9)

@@ -1,4 +1,4 @@
-"""Human-readable listings printed by the command line: query results and the model table.
+"""Listings printed by the command line: query results, duplicate groups, models, summaries.
 
 Each function returns the text without a final newline, to be written with ``print``.
 """
@@ -9,6 +9,8 @@ import csv
 import io
 from collections.abc import Iterable, Sequence
 
+from cbir.duplicates.find import DuplicateReport
+from cbir.duplicates.moves import MoveReport, UndoReport
 from cbir.embedding.backbones import Backbone
 from cbir.index.indexer import IndexReport
 from cbir.output.results import QueryResult
@@ -65,3 +67,43 @@ def format_csv(results: Sequence[QueryResult]) -> str:
         for rank, m in enumerate(r.matches, 1):
             writer.writerow([r.query, rank, m.path, f"{m.score:.6f}"])
     return buffer.getvalue().rstrip("\n")
+
+
+def format_duplicates(report: DuplicateReport) -> str:
+    """A summary line, then each group: the image kept, and each member with its similarity to it."""
+    o = report.options
+    lines = [
+        f"{len(report.groups)} group(s) of near-duplicates among {report.images} images "
+        f"(threshold {o.threshold:g}, grouping {o.grouping}, keep {o.keep}): "
+        f"{report.redundant} image(s) besides the kept ones"
+    ]
+    for number, group in enumerate(report.groups, 1):
+        lines.append(f"group {number}: keep {group.representative}")
+        lines.extend(f"  {m.score:.4f}  {m.path}" for m in group.members)
+    return "\n".join(lines)
+
+
+def format_duplicates_csv(report: DuplicateReport) -> str:
+    """The groups as CSV (``group,role,path,score``: the ``keep`` row first, then each ``member``)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["group", "role", "path", "score"])
+    for number, group in enumerate(report.groups, 1):
+        writer.writerow([number, "keep", group.representative, ""])
+        for m in group.members:
+            writer.writerow([number, "member", m.path, f"{m.score:.6f}"])
+    return buffer.getvalue().rstrip("\n")
+
+
+def format_moves(report: MoveReport) -> str:
+    return (
+        f"moved {report.moved} file(s); the log is {report.log} (undo: cbir duplicates --undo {report.log})"
+    )
+
+
+def format_undo(report: UndoReport) -> str:
+    """What ``--undo`` put back, then one line per file it left alone."""
+    line = f"put back {report.restored} file(s)"
+    if report.not_moved:
+        line += f"; {report.not_moved} were never moved (or are back already)"
+    return "\n".join([line, *(f"  not restored: {p}" for p in report.problems)])

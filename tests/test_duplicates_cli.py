@@ -1,0 +1,98 @@
+"""``cbir duplicates`` end to end: real MobileNet-0.25 features of edited copies of Corel photos."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import COREL_IMAGES, require
+from helpers import cli, ok, one_line_error
+from PIL import Image, ImageEnhance
+
+from cbir.cli_options import DEFAULT_DUPLICATES_OUT
+
+
+def make_copies(data: Path) -> dict[str, str]:
+    """Five Corel photos of different classes, three of them with edited copies; returns copy ->
+    original."""
+    data.mkdir(parents=True)
+    for i, number in enumerate([5, 150, 420, 610, 880]):
+        shutil.copy(require(COREL_IMAGES / f"{number}.jpg"), data / f"photo{i}.jpg")
+    made = {}
+    for i, edit in [(0, "small"), (0, "bright"), (1, "small"), (2, "crop")]:
+        img = Image.open(data / f"photo{i}.jpg")
+        if edit == "small":
+            img = img.resize((img.width * 2 // 3, img.height * 2 // 3))
+        elif edit == "bright":
+            img = ImageEnhance.Brightness(img).enhance(1.15)
+        else:
+            img = img.crop((10, 6, img.width - 8, img.height - 10))
+        name = f"edits/photo{i}_{edit}.jpg"
+        (data / name).parent.mkdir(exist_ok=True)
+        img.save(data / name, quality=60)
+        made[name] = f"photo{i}.jpg"
+    return made
+
+
+@pytest.mark.slow
+def test_duplicates_from_the_stored_vectors_list_link_move_and_undo(
+    tmp_path, mobilenet_weights, no_ml_packages
+):
+    data = tmp_path / "data"
+    copies = make_copies(data)
+    ok(cli("index", data, "--model", "mobilenet", "--weights", mobilenet_weights, cwd=tmp_path, script=None))
+
+    def run(*args):  # no model and no ML package: the stored vectors only
+        return cli("duplicates", *args, cwd=tmp_path, script=None, first_on_path=no_ml_packages)
+
+    doc = json.loads(ok(run(data, "--json")).stdout)
+    groups = {
+        Path(g["representative"]).name: sorted(Path(m["path"]).name for m in g["members"])
+        for g in doc["groups"]
+    }
+    assert groups == {
+        "photo0.jpg": ["photo0_bright.jpg", "photo0_small.jpg"],
+        "photo1.jpg": ["photo1_small.jpg"],
+        "photo2.jpg": ["photo2_crop.jpg"],
+    }  # the originals have the most pixels, so they are kept
+    assert doc["images"] == 9 and doc["redundant"] == 4 and doc["grouping"] == "star"
+    assert all(doc["threshold"] <= m["score"] <= 1.0001 for g in doc["groups"] for m in g["members"])
+    assert doc["groups"][0]["representative"] == str(data / "photo0.jpg")  # paths as in query results
+    assert not (tmp_path / DEFAULT_DUPLICATES_OUT).exists()  # --json draws no plot unless asked
+
+    rows = list(csv.DictReader(io.StringIO(ok(run(data, "--csv", "--keep", "newest")).stdout)))
+    assert sum(r["role"] == "keep" for r in rows) == 3 and sum(r["role"] == "member" for r in rows) == 4
+    text = ok(run(data, "--under", "edits", "--no-plot")).stdout
+    assert text.startswith("1 group(s) of near-duplicates among 4 images")  # two copies of photo0
+    assert "photo0_" in text and "photo1" not in text and str(data / "photo0.jpg") not in text
+
+    listing = ok(run(data, "--link-to", tmp_path / "review")).stdout
+    assert "group 1: keep " + str(data / "photo0.jpg") in listing
+    assert (tmp_path / DEFAULT_DUPLICATES_OUT).stat().st_size > 0  # the plot, saved headless
+    assert sorted(p.name for p in (tmp_path / "review").iterdir()) == ["01_photo0", "02_photo1", "03_photo2"]
+    assert (tmp_path / "review/01_photo0/01_photo0.jpg").resolve() == (data / "photo0.jpg").resolve()
+
+    moved = ok(run(data, "--move-to", tmp_path / "dups", "--no-plot")).stdout
+    assert "moved 4 file(s)" in moved
+    assert sorted(
+        p.relative_to(tmp_path / "dups").as_posix() for p in (tmp_path / "dups").rglob("*.jpg")
+    ) == sorted(copies)
+    log = next((tmp_path / "dups").glob("cbir-moves-*.jsonl"))
+    assert not (data / "edits" / "photo0_small.jpg").exists()
+    assert ok(run("--undo", log)).stdout.startswith("put back 4 file(s)")
+    assert all((data / name).is_file() for name in copies)
+
+
+def test_duplicates_errors_are_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    one_line_error(cli("duplicates", cwd=tmp_path, script=None), "--undo LOG")
+    one_line_error(cli("duplicates", tmp_path / "empty", cwd=tmp_path, script=None), "index")
+    bad = cli("duplicates", tmp_path / "empty", "--threshold", "1.5", cwd=tmp_path, script=None)
+    assert bad.returncode == 2 and "must be at most 1" in bad.stderr
+    one_line_error(
+        cli("duplicates", "--undo", tmp_path / "nope.jsonl", cwd=tmp_path, script=None), "move log"
+    )

@@ -64,6 +64,10 @@ def test_nothing_moves_into_the_dataset_or_over_an_existing_file(tmp_path):
     with pytest.raises(CbirError, match="exists already.*nothing was moved"):
         move_members(groups, root, tmp_path / "dups")
     assert files(root) == before and (tmp_path / "dups" / "c" / "copy3.jpg").read_bytes() == b"theirs"
+    (root / "a/copy1.jpg").unlink()  # gone since indexing
+    with pytest.raises(CbirError, match="copy1.jpg is gone since it was indexed.*nothing was moved"):
+        move_members(groups, root, tmp_path / "elsewhere")
+    assert not (tmp_path / "elsewhere").exists()
 
 
 def test_a_failure_half_way_leaves_a_log_of_exactly_what_moved(tmp_path, monkeypatch):

@@ -51,8 +51,8 @@ def move_plan(
 ) -> list[tuple[Path, Path]]:
     """(origin, target) for every member of ``groups``: its path in the dataset, under ``dest``.
 
-    CbirError when ``dest`` is inside the dataset (the moved files would be indexed again) or a
-    target exists already.
+    CbirError when ``dest`` is inside the dataset (the moved files would be indexed again), a member
+    is gone since indexing, or a target exists already.
     """
     root_real, dest_real = Path(os.path.realpath(root)), Path(os.path.realpath(dest))
     if dest_real == root_real or root_real in dest_real.parents:
@@ -62,6 +62,9 @@ def move_plan(
         for member in group.members:
             rel = Path(os.path.relpath(member.path, root))
             pairs.append((Path(member.path), Path(dest) / rel))
+    gone = [origin for origin, _ in pairs if not os.path.lexists(origin)]
+    if gone:
+        raise CbirError(f"{gone[0]} is gone since it was indexed; run `cbir index` first (nothing was moved)")
     taken = [target for _, target in pairs if os.path.lexists(target)]
     if taken:
         raise CbirError(f"{taken[0]} exists already; choose an empty folder (nothing was moved)")

@@ -97,7 +97,8 @@ def format_duplicates_csv(report: DuplicateReport) -> str:
 
 def format_moves(report: MoveReport) -> str:
     return (
-        f"moved {report.moved} file(s); the log is {report.log} (undo: cbir duplicates --undo {report.log})"
+        f"moved {report.moved} file(s); the log is {report.log} (undo: cbir duplicates --undo {report.log}); "
+        "the next `cbir index` drops them from the index"
     )
 
 

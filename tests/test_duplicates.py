@@ -15,7 +15,7 @@ from cbir.index.snapshot import open_index
 from cbir.index.store import FolderWriter
 from cbir.search.exact import ExactSearcher
 from cbir.search.filters import FilteredSearcher, ResultFilter
-from tests.test_ann import CONFIG
+from test_ann import CONFIG
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -158,3 +158,21 @@ def test_options_refuse_unknown_rules():
         DuplicateOptions(grouping="cliques")
     with pytest.raises(ValueError, match="keep"):
         DuplicateOptions(keep="smallest")
+
+
+def test_a_large_index_without_an_approximate_index_gets_a_temporary_one(tmp_path, monkeypatch, caplog):
+    from cbir.duplicates import find
+
+    feats = families(30, [1, 2, 4], noise=0.05, dim=48)
+    index = index_of(tmp_path, feats)
+    exact = find_duplicates(index, DuplicateOptions(threshold=0.9, exact=True), progress=False)
+    monkeypatch.setattr(find, "GRAPH_ANN_MIN_ROWS", 10)
+    with caplog.at_level("INFO", logger="cbir.duplicates.find"):
+        approx = find_duplicates(index, DuplicateOptions(threshold=0.9), progress=False)
+    assert "temporary approximate index" in caplog.text
+    assert len(exact.groups) == 20 and len(approx.groups) == 20 and approx.pairs == exact.pairs
+    for a, e in zip(approx.groups, exact.groups):  # the same groups; scores equal up to float rounding
+        assert a.representative == e.representative and [m.path for m in a.members] == [
+            m.path for m in e.members
+        ]
+        assert [m.score for m in a.members] == pytest.approx([m.score for m in e.members], abs=1e-5)

@@ -7,6 +7,7 @@ each led by the image the keep rule prefers (:mod:`cbir.duplicates.keep`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -15,14 +16,24 @@ import numpy as np
 from cbir.duplicates.graph import similar_pairs
 from cbir.duplicates.grouping import GROUPINGS, Group
 from cbir.duplicates.keep import KEEP_RULES, RowFacts
+from cbir.index import ann
 from cbir.index.snapshot import Index
 from cbir.output.results import Match
 from cbir.progress import progress_bar
+from cbir.search.approximate import ApproximateSearcher
+from cbir.search.base import Searcher
+from cbir.search.exact import ExactSearcher
 from cbir.search.filters import FilteredSearcher, ResultFilter
 from cbir.types import JSONDict
 
+log = logging.getLogger(__name__)
+
 # Chosen by benchmarks/bench_duplicates.py (docs/duplicates.md): the best F1 of the weaker backbone
 DEFAULT_THRESHOLD = 0.93
+# From here the graph of an index without an approximate index is searched through a temporary HNSW
+# index built in memory: the exact scan compares every pair, which grows with the square of the rows
+# (526 s at 100k against ... s with the temporary index: bench_duplicates.py --scale, docs/duplicates.md)
+GRAPH_ANN_MIN_ROWS = 20_000
 
 
 @dataclass(frozen=True)
@@ -86,7 +97,7 @@ def find_duplicates(
     index: Index, options: DuplicateOptions = DuplicateOptions(), progress: bool | None = None
 ) -> DuplicateReport:
     """Group the near-duplicates among the images of ``index`` that ``options.where`` allows."""
-    searcher = index.searcher(exact=options.exact)
+    searcher = _graph_searcher(index, options.exact)
     allowed = options.where.mask(index.root, index.paths, index.taken() if options.where.dated else [])
     rows = np.arange(len(index), dtype=np.int64)
     if allowed is not None:
@@ -112,6 +123,18 @@ def find_duplicates(
     return DuplicateReport(
         str(index.root), len(rows), options, len(edges), [_named(index, g) for g in groups]
     )
+
+
+def _graph_searcher(index: Index, exact: bool) -> Searcher:
+    """The index's searcher, or for a large index without an approximate index (and not ``exact``)
+    a temporary in-memory HNSW index over its vectors, scored exactly like the stored one."""
+    searcher = index.searcher(exact=exact)
+    if exact or len(index) < GRAPH_ANN_MIN_ROWS or not isinstance(searcher, ExactSearcher):
+        return searcher
+    log.info("building a temporary approximate index over %d images for the neighbour graph", len(index))
+    params = ann.default_params(ann.DEFAULT_KIND, len(index), index.feats.shape[1])
+    built = ann.build_ann(index.feats, ann.DEFAULT_KIND)
+    return ApproximateSearcher(built, index.feats, int(params["candidates"]))
 
 
 def _named(index: Index, group: Group) -> DuplicateGroup:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import save_image
+from test_ann import CONFIG
 
 from cbir.duplicates.find import DuplicateOptions, find_duplicates
 from cbir.duplicates.graph import Edges, similar_pairs
@@ -15,7 +16,6 @@ from cbir.index.snapshot import open_index
 from cbir.index.store import FolderWriter
 from cbir.search.exact import ExactSearcher
 from cbir.search.filters import FilteredSearcher, ResultFilter
-from test_ann import CONFIG
 
 
 def unit(x: np.ndarray) -> np.ndarray:

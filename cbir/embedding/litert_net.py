@@ -4,12 +4,18 @@ interpreter is re-planned whenever a batch of another shape comes."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from cbir.errors import ModelError
+
+log = logging.getLogger(__name__)
 
 
 def litert_available() -> bool:
@@ -24,6 +30,24 @@ def litert_available() -> bool:
 def default_threads() -> int:
     """Inference threads: every core (measured in benchmarks/bench_runtimes.py)."""
     return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Silence C++ messages on stderr (LiteRT announces its XNNPACK delegate there) unless debugging."""
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 class LiteRTNetwork:
@@ -53,7 +77,8 @@ class LiteRTNetwork:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.shape != self._shape:
             self._interpreter.resize_tensor_input(self._input, x.shape, strict=False)
-            self._interpreter.allocate_tensors()
+            with quiet_native_stderr():
+                self._interpreter.allocate_tensors()
             self._shape = x.shape
         self._interpreter.set_tensor(self._input, x)
         self._interpreter.invoke()

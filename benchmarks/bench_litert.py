@@ -68,6 +68,7 @@ def features(name: str, model: str, weights_file: Path, cache: ModelCache) -> st
 def evaluate(model: str, weights_file: Path, runtime: str, tmp: Path) -> tuple[float, float]:
     index = tmp / f"index-{model}-{runtime}"
     cmd = [sys.executable, "-m", "cbir", "evaluate", str(COREL), "--index", str(index), "--json"]
+    cmd += ["--gt", str(COREL.parent / "labels.csv")]
     cmd += ["--model", model, "--weights", str(weights_file), "--runtime", runtime]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     t0 = time.perf_counter()

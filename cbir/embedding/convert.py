@@ -55,8 +55,8 @@ def lowest_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.min((a * b).sum(1) / np.maximum(norms, 1e-30)))
 
 
-def to_litert(keras_net: KerasNetwork) -> bytes:
-    """The LiteRT flatbuffer of the Keras network (free batch and image size)."""
+def export_saved_model(keras_net: KerasNetwork, folder: str) -> None:
+    """Write the Keras network as a SavedModel with a free batch and image size into ``folder``."""
     import tensorflow as tf
     from keras.export import ExportArchive
 
@@ -65,9 +65,16 @@ def to_litert(keras_net: KerasNetwork) -> bytes:
     archive.track(model)
     spec = [tf.TensorSpec([None, None, None, 3], tf.float32)]
     archive.add_endpoint("serve", lambda x: model(x, training=False), input_signature=spec)
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints a summary
+        archive.write_out(folder, verbose=False)
+
+
+def to_litert(keras_net: KerasNetwork) -> bytes:
+    """The LiteRT flatbuffer of the Keras network (float32, free batch and image size)."""
+    import tensorflow as tf
+
     with tempfile.TemporaryDirectory(prefix="cbir-export-") as tmp:
-        with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints a summary
-            archive.write_out(tmp, verbose=False)
+        export_saved_model(keras_net, tmp)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
         return bytes(converter.convert())
 

@@ -126,6 +126,7 @@ def main() -> None:
     ap.add_argument(
         "--sweep", action="store_true", help="also time (b) for several thread counts and batch sizes"
     )
+    ap.add_argument("--litert", action="store_true", help="also time (b) with --runtime litert, same run")
     args = ap.parse_args()
     print(describe())
     import keras
@@ -155,20 +156,30 @@ def main() -> None:
         ours_orig = Embedder(orig_cfg, random_weights, batch_size=args.batch_size, workers=args.workers)
         default_cfg = resolve_config(FeatureConfig(model="resnet50"), random_weights)
         ours_default = Embedder(default_cfg, random_weights, batch_size=args.batch_size, workers=args.workers)
-        for e in (ours_orig, ours_default):
+        lite = None
+        if args.litert:  # random weights: converted in this process, never cached
+            lite = Embedder(orig_cfg, random_weights, batch_size=args.batch_size, runtime="litert")
+            assert lite.network.name == "litert"
+        for e in (ours_orig, ours_default, *([lite] if lite else [])):
             e.embed_all(sets["small 640x480"][:4], progress=False)  # trace the graph before timing
         original_approach(sets["small 640x480"][:2], original_model)
         print(
             f"\nResNet50, batch {args.batch_size}, {ours_orig.workers} decoding threads, "
             f"{args.n} images per set"
         )
-        print("| set | (a) original img/s | (b) ours, original geometry | (b)/(a) | ours, default features |")
-        print("|---|---|---|---|---|")
+        lite_head = " (b) in LiteRT | LiteRT / (b) |" if lite else ""
+        head = "| set | (a) original img/s | (b) ours, original geometry | (b)/(a) | ours, default features |"
+        print(head + lite_head)
+        print("|---|---|---|---|---|" + ("---|---|" if lite else ""))
         for name, paths in sets.items():
             a = original_approach(paths, original_model)
             b = our_indexer(paths[0].parent, orig_cfg, ours_orig)
             d = our_indexer(paths[0].parent, default_cfg, ours_default)
-            print(f"| {name} | {a:.1f} | {b:.1f} | {b / a:.2f}x | {d:.1f} |", flush=True)
+            row = f"| {name} | {a:.1f} | {b:.1f} | {b / a:.2f}x | {d:.1f} |"
+            if lite:
+                c = our_indexer(paths[0].parent, orig_cfg, lite)
+                row += f" {c:.1f} | {c / b:.2f}x |"
+            print(row, flush=True)
         if args.sweep:
             print("\nour indexer on the large set, original geometry (img/s):")
             for workers in (1, 2, 4, 8):

@@ -1,11 +1,14 @@
-"""Ways to run the same network: Keras predict_on_batch, tf.function, XLA, thread settings, ONNX Runtime.
+"""Ways to run the same network: Keras predict_on_batch, tf.function, XLA, LiteRT, ONNX Runtime.
 
 For each, on the same batch of real images (the sample dataset, resized to 224x224): images/s and
 the lowest cosine similarity of its features to plain Keras ``predict_on_batch`` (must be >= 0.999).
-ONNX Runtime is measured only when ``tf2onnx`` and ``onnxruntime`` are importable (they are not
-project dependencies: see docs/speed.md); the export time is reported too.
+LiteRT (the project's second runtime, ``--runtime litert``) is the model converted by
+``cbir.embedding.convert`` and run by ``ai-edge-litert`` with 1 thread and with every core; the
+conversion time is reported. ONNX Runtime is measured only when ``tf2onnx`` and ``onnxruntime``
+are importable (they are not project dependencies: see docs/speed.md); the export time is
+reported too.
 
-    python3 benchmarks/bench_runtimes.py [--model resnet50] [--batch-size 32]
+    python3 benchmarks/bench_runtimes.py [--model resnet50] [--batch-size 32] [--no-xla]
 """
 
 from __future__ import annotations
@@ -42,11 +45,33 @@ def cosine_min(a: np.ndarray, b: np.ndarray) -> float:
     return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
 
 
+def litert_rows(model, x: np.ndarray, ref: np.ndarray, repeats: int) -> list[tuple[str, float, float, str]]:
+    """LiteRT with 1 thread and with every core, on the model converted as ``--runtime litert`` does."""
+    try:
+        from cbir.embedding.convert import to_litert
+        from cbir.embedding.keras_net import KerasNetwork
+        from cbir.embedding.litert_net import LiteRTNetwork
+    except ImportError as exc:
+        return [("LiteRT", float("nan"), float("nan"), f"not importable: {exc}")]
+    t0 = time.perf_counter()
+    data = to_litert(KerasNetwork(model))
+    convert_s = time.perf_counter() - t0
+    rows = []
+    for threads in (1, os.cpu_count() or 1):
+        net = LiteRTNetwork(data, threads=threads)
+        r, out = rate(net.run, x, repeats)
+        label = f"LiteRT, XNNPACK ({threads} thread{'s' if threads > 1 else ''})"
+        note = f"convert {convert_s:.0f}s, {len(data) / 2**20:.0f} MiB"
+        rows.append((label, r, cosine_min(out, ref), note))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="resnet50")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-xla", action="store_true", help="skip XLA (its compilation takes minutes)")
     args = ap.parse_args()
     print(describe())
     import keras
@@ -68,12 +93,14 @@ def main() -> None:
     plain = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
     r, out = rate(lambda a: plain(tf.constant(a)).numpy(), x, args.repeats)
     rows.append(("tf.function (ours)", r, cosine_min(out, ref), ""))
-    xla = tf.function(lambda t: model(t, training=False), jit_compile=True)
-    t0 = time.perf_counter()
-    xla(tf.constant(x))
-    compile_s = time.perf_counter() - t0
-    r, out = rate(lambda a: xla(tf.constant(a)).numpy(), x, args.repeats)
-    rows.append(("tf.function + XLA (jit_compile)", r, cosine_min(out, ref), f"compile {compile_s:.0f}s"))
+    if not args.no_xla:
+        xla = tf.function(lambda t: model(t, training=False), jit_compile=True)
+        t0 = time.perf_counter()
+        xla(tf.constant(x))
+        compile_s = time.perf_counter() - t0
+        r, out = rate(lambda a: xla(tf.constant(a)).numpy(), x, args.repeats)
+        rows.append(("tf.function + XLA (jit_compile)", r, cosine_min(out, ref), f"compile {compile_s:.0f}s"))
+    rows += litert_rows(model, x, ref, args.repeats)
     try:
         import onnxruntime as ort
         import tf2onnx

@@ -91,7 +91,7 @@ def _index(args: argparse.Namespace, settings: Settings) -> IndexReport:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    report = _index(args, settings_from(args, _tensorflow_importer(args.verbose)))
+    report = _index(args, settings_from(args, _tensorflow_importer(args.verbose), bulk=True))
     if args.json:
         _print_json(report.to_dict())
     else:
@@ -163,7 +163,7 @@ def _answer(args: argparse.Namespace, results: list[QueryResult], report: IndexR
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    settings = settings_from(args, _tensorflow_importer(args.verbose))
+    settings = settings_from(args, _tensorflow_importer(args.verbose), bulk=True)
     report = _index(args, settings)
     index = open_index(settings.dataset, settings.index_dir)
     result = evaluate_index(index, args.gt, reranking=reranking_from(args))

@@ -13,6 +13,8 @@ from cbir.duplicates.find import DEFAULT_THRESHOLD, DuplicateOptions
 from cbir.duplicates.grouping import GROUPINGS
 from cbir.duplicates.keep import KEEP_RULES
 from cbir.embedding.features import POOLINGS
+from cbir.embedding.model_cache import ENV as MODEL_CACHE_ENV
+from cbir.embedding.runtimes import RUNTIMES, import_tensorflow
 from cbir.index.ann import AUTO_MIN_ROWS
 from cbir.index.indexer import IndexOptions
 from cbir.ingest.decode import GEOMETRY_MODES, RESAMPLERS, LoadLimits
@@ -109,6 +111,18 @@ def add_feature_options(p: argparse.ArgumentParser) -> None:
     r = p.add_argument_group("running")
     r.add_argument("--batch-size", type=POSITIVE_INT, default=32, help="images per model call (default 32)")
     r.add_argument("--workers", type=POSITIVE_INT, help="decoding threads (default: one per core, at most 8)")
+    r.add_argument(
+        "--runtime",
+        choices=list(RUNTIMES),
+        default="auto",
+        help="what runs the network: litert (converted once, cached), keras, or auto (default: litert "
+        "when ai-edge-litert is installed and the weights are real)",
+    )
+    r.add_argument(
+        "--model-cache",
+        metavar="DIR",
+        help=f"folder of converted models (default ${MODEL_CACHE_ENV}, else the user's cache folder)",
+    )
 
 
 def add_index_options(p: argparse.ArgumentParser) -> None:
@@ -328,9 +342,12 @@ def build_legacy_parser() -> argparse.ArgumentParser:
 
 
 def settings_from(
-    args: argparse.Namespace, on_build: Callable[[], None] | None = None, strict: bool = False
+    args: argparse.Namespace,
+    load_tensorflow: Callable[[], None] = import_tensorflow,
+    strict: bool = False,
+    bulk: bool = False,
 ) -> Settings:
-    """Resolve the settings the parsed options ask for."""
+    """Resolve the settings the parsed options ask for (``bulk``: for indexing)."""
     limits = LoadLimits(
         **({"max_pixels": args.max_pixels} if args.max_pixels else {}),
         **({"max_bytes": int(args.max_file_mb * 2**20)} if args.max_file_mb else {}),
@@ -353,8 +370,15 @@ def settings_from(
         whiten=WhitenRequest(Path(args.whiten_on), args.whiten_dim, args.whiten_power)
         if args.whiten_on
         else None,
-        runtime=RuntimeOptions(batch_size=args.batch_size, workers=args.workers, limits=limits),
-        on_build=on_build,
+        runtime=RuntimeOptions(
+            batch_size=args.batch_size,
+            workers=args.workers,
+            limits=limits,
+            runtime=args.runtime,
+            model_cache=Path(args.model_cache) if args.model_cache else None,
+            bulk=bulk,
+        ),
+        load_tensorflow=load_tensorflow,
         strict=strict,
     )
 

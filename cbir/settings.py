@@ -20,6 +20,8 @@ from pathlib import Path
 
 from cbir.embedding.embedder import Embedder
 from cbir.embedding.features import ORIGINAL, FeatureConfig, resolve_config
+from cbir.embedding.model_cache import ModelCache, default_cache_dir
+from cbir.embedding.runtimes import import_tensorflow
 from cbir.embedding.weights import Weights
 from cbir.embedding.whiten import Whitening, learn_from_folder, load_for_index
 from cbir.errors import IndexFolderError
@@ -74,11 +76,19 @@ class WhitenRequest:
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """How the embedder runs; nothing here changes the features."""
+    """How the embedder runs; nothing here changes the features.
+
+    ``runtime``: ``auto``, ``keras`` or ``litert`` (:mod:`cbir.embedding.runtimes`);
+    ``model_cache``: the folder of converted models (None: ``$CBIR_MODEL_CACHE`` or the user's cache
+    folder); ``bulk``: the embedder is for indexing (``auto`` keeps Keras there on a GPU).
+    """
 
     batch_size: int = 32
     workers: int | None = None
     limits: LoadLimits = LoadLimits()
+    runtime: str = "auto"
+    model_cache: Path | None = None
+    bulk: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -93,6 +103,8 @@ class Settings:
 
     ``config`` is the resolved feature config, as recorded in a manifest (whitening digest included).
     ``existing`` says whether an index was found and its settings were the starting point.
+    ``load_tensorflow`` is called before TensorFlow is imported, if it ever is (a model the cache
+    holds runs without it).
     """
 
     dataset: Path
@@ -102,14 +114,12 @@ class Settings:
     whitening: Whitening | None = None
     runtime: RuntimeOptions = RuntimeOptions()
     existing: bool = False
-    on_build: Callable[[], None] | None = field(default=None, compare=False, repr=False)
+    load_tensorflow: Callable[[], None] = field(default=import_tensorflow, compare=False, repr=False)
     _built: list[Embedder] = field(default_factory=list, compare=False, repr=False)
 
     def embedder(self) -> Embedder:
         """The embedder of these settings (built on the first call)."""
         if not self._built:
-            if self.on_build is not None:
-                self.on_build()
             self._built.append(
                 Embedder(
                     self.config.replace(whitening=None),
@@ -118,6 +128,10 @@ class Settings:
                     workers=self.runtime.workers,
                     limits=self.runtime.limits,
                     whitening=self.whitening,
+                    runtime=self.runtime.runtime,
+                    model_cache=ModelCache(default_cache_dir(self.runtime.model_cache)),
+                    bulk=self.runtime.bulk,
+                    load_tensorflow=self.load_tensorflow,
                 )
             )
         return self._built[0]
@@ -170,7 +184,7 @@ def resolve_settings(
     rebuild: bool = False,
     whiten: WhitenRequest | None = None,
     runtime: RuntimeOptions = RuntimeOptions(),
-    on_build: Callable[[], None] | None = None,
+    load_tensorflow: Callable[[], None] = import_tensorflow,
     strict: bool = False,
 ) -> Settings:
     """Resolve what a command needs (see the module docstring for the rules).
@@ -194,7 +208,7 @@ def resolve_settings(
         whitening=whitening,
         runtime=runtime,
         existing=manifest is not None,
-        on_build=on_build,
+        load_tensorflow=load_tensorflow,
     )
     if whiten is None:
         return settings

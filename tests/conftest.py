@@ -18,6 +18,15 @@ from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory) -> Path:
+    """Converted models go to a folder of this test session (also for the CLI subprocesses)."""
+    folder = tmp_path_factory.mktemp("model-cache")
+    os.environ["CBIR_MODEL_CACHE"] = str(folder)
+    return folder
+
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 WEIGHTS_DIR = SHARED / "weights"

@@ -1,7 +1,7 @@
 """The settings rules (cbir.settings): inheritance from an existing index, mismatches, whitening.
 
 No model is built: resolving settings only reads manifests and, for MobileNet weights files, their
-headers; the embedder is built lazily and counted here through ``on_build``.
+headers; the embedder is built lazily and checked here with a fake.
 """
 
 from __future__ import annotations
@@ -124,11 +124,14 @@ def test_the_embedder_is_built_once_and_only_when_asked(tmp_path, monkeypatch):
 
     class Fake:
         def __init__(self, *args: object, **kwargs: object) -> None:
-            built.append(args)
+            built.append(kwargs)
 
     monkeypatch.setattr(settings_mod, "Embedder", Fake)
-    calls: list[int] = []
-    s: Settings = resolve_settings(tmp_path, weights="random", on_build=lambda: calls.append(1))
-    assert built == [] and calls == []
+
+    def load() -> None:
+        raise AssertionError("only the embedder may load TensorFlow")
+
+    s: Settings = resolve_settings(tmp_path, weights="random", load_tensorflow=load)
+    assert built == []
     assert s.embedder() is s.embedder()
-    assert len(built) == 1 and calls == [1]
+    assert len(built) == 1 and built[0]["load_tensorflow"] is load  # called by the runtime, if needed

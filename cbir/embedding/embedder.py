@@ -1,8 +1,9 @@
-"""Turning images into L2-normalised feature vectors with a Keras backbone.
+"""Turning images into L2-normalised feature vectors with a backbone network.
 
 The images come as ready batches from :class:`cbir.ingest.pipeline.ImagePipeline` (decoding threads,
-per-scale views, one shape per batch); this module owns the network only: backbone plus pooling,
-run on each batch, the scales of an image averaged, then L2-normalised and optionally PCA-whitened.
+per-scale views, one shape per batch); this module runs the network (backbone plus pooling, in
+the runtime :mod:`cbir.embedding.runtimes` chooses) on each batch, averages the scales of an
+image, then L2-normalises and optionally PCA-whitens.
 A vector that comes out non-finite (a pathological image, broken weights) is reported as a bad
 image: it must never be stored.
 """
@@ -16,16 +17,17 @@ from contextlib import closing
 
 import numpy as np
 
-from cbir.embedding.backbones import Backbone, build_backbone, get_backbone
+from cbir.embedding.backbones import Backbone, get_backbone
 from cbir.embedding.features import FeatureConfig
+from cbir.embedding.model_cache import ModelCache, default_cache_dir
 from cbir.embedding.preprocess import preprocess
+from cbir.embedding.runtimes import Network, NetworkRequest, import_tensorflow, open_network
 from cbir.embedding.weights import Weights
 from cbir.embedding.whiten import Whitening
 from cbir.errors import BadImageError, ModelError
 from cbir.ingest.decode import LoadLimits
 from cbir.ingest.pipeline import BadItem, Batch, ImagePipeline, default_workers
 from cbir.progress import progress_bar
-from cbir.types import KerasModel
 from cbir.vectors import finite_rows, l2_normalize
 
 log = logging.getLogger(__name__)
@@ -37,31 +39,14 @@ Result = tuple[int, np.ndarray | BadImageError]
 """``(position, vector)`` for a usable image, ``(position, BadImageError)`` for an unusable one."""
 
 
-def _pooling_layer(pooling: str, p: float) -> KerasModel:
-    """The global pooling that turns the trunk's feature map into one vector per image."""
-    import keras
-    from keras import ops
-
-    if pooling == "max":
-        return keras.layers.GlobalMaxPooling2D()
-    if pooling == "avg":
-        return keras.layers.GlobalAveragePooling2D()
-
-    class GeM(keras.layers.Layer):
-        """Generalised-mean pooling: (mean x^p)^(1/p); p=1 is average, p->inf is max."""
-
-        def call(self, x: KerasModel) -> KerasModel:  # a backend tensor
-            x = ops.maximum(x, 1e-6)
-            return ops.power(ops.mean(ops.power(x, p), axis=(1, 2)), 1.0 / p)
-
-    return GeM(name="gem")
-
-
 class Embedder:
     """A backbone plus pooling that embeds files or arrays into L2-normalised float32 vectors.
 
     ``config`` must already be resolved for ``weights`` (:func:`cbir.embedding.features.resolve_config`,
-    called once by the caller): it is recorded as is, never resolved again here.
+    called once by the caller): it is recorded as is, never resolved again here. ``runtime`` is a
+    :data:`cbir.embedding.runtimes.RUNTIMES` choice; ``model_cache`` holds converted models (None:
+    the default folder); ``bulk``: for indexing; ``load_tensorflow`` runs before TensorFlow is
+    imported, if it ever is.
     """
 
     def __init__(
@@ -73,6 +58,10 @@ class Embedder:
         workers: int | None = None,
         limits: LoadLimits = LoadLimits(),
         whitening: Whitening | None = None,
+        runtime: str = "auto",
+        model_cache: ModelCache | None = None,
+        bulk: bool = False,
+        load_tensorflow: Callable[[], None] = import_tensorflow,
     ) -> None:
         if not isinstance(weights, Weights):
             raise TypeError("weights must be a Weights value (Weights.parse(text) reads the user's choice)")
@@ -83,12 +72,10 @@ class Embedder:
             )
         if whitening is None and config.whitening is not None:
             raise ModelError("these settings need the learned whitening; pass it to the Embedder")
-        import keras
-
         self.backbone: Backbone = get_backbone(config.model)
-        trunk = build_backbone(self.backbone, weights, config.width_multiplier)
-        pooled = _pooling_layer(config.pooling, config.gem_p)(trunk.output)
-        self.model = keras.Model(trunk.input, pooled)
+        cache = model_cache or ModelCache(default_cache_dir())
+        request = NetworkRequest(config.replace(whitening=None), weights, cache, load_tensorflow, bulk)
+        self.network: Network = open_network(runtime, request)
         self.config = config
         self.weights = weights
         self.geometry = config.geometry_for(self.backbone.input_size)
@@ -97,21 +84,13 @@ class Embedder:
         self.limits = limits
         self.whitening: Whitening | None = None
         self.set_whitening(whitening)
-        self._infer = self._compile()
-
-    def _compile(self) -> Callable[[np.ndarray], np.ndarray]:
-        """The traced network (a tf.function that accepts new shapes without retracing each time)."""
-        import tensorflow as tf
-
-        fn = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
-        return lambda x: fn(tf.constant(x)).numpy()
 
     @property
     def dim(self) -> int:
         """The dimension of the vectors (the whitening's when there is one)."""
         if self.whitening is not None:
             return self.whitening.dim
-        return int(self.model.output_shape[-1])
+        return self.network.dim
 
     @property
     def pipeline(self) -> ImagePipeline:
@@ -131,13 +110,9 @@ class Embedder:
     def run_batch(self, batch: np.ndarray, eager: bool = False) -> np.ndarray:
         """Run the network on a uint8 batch (N, H, W, 3); returns pooled, unnormalised features.
 
-        ``eager`` skips tracing the graph: about half the cost of a first traced call, but slower on
-        every later one, so it is used for tiny jobs only (a single query in a fresh process).
+        ``eager``: a tiny job (a single query in a fresh process), which Keras runs without tracing.
         """
-        x = preprocess(batch, self.backbone.preprocess)
-        if eager:
-            return np.asarray(self.model(x, training=False))
-        return self._infer(x)
+        return self.network.run(preprocess(batch, self.backbone.preprocess), eager=eager)
 
     def embed_files(
         self,

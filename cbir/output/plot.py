@@ -5,11 +5,15 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps
 
 from cbir.ingest.decode import LoadLimits, open_rgb
 from cbir.output.results import Match, QueryResult
+
+if TYPE_CHECKING:  # matplotlib is imported only when a plot is drawn
+    from matplotlib.figure import Figure
 
 CELL_INCHES = 2.4
 
@@ -36,12 +40,6 @@ def plot_results(
     than cells is fine. Saves to ``out`` (PNG) when given and opens a window only when ``show``.
     ``label`` titles the first image of each row (duplicate groups show the image kept there).
     """
-    import matplotlib
-
-    if not show:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if len(results) == 1:
         n_cells = 1 + len(results[0].matches)
         cols = min(columns, n_cells)
@@ -51,9 +49,8 @@ def plot_results(
         cols = 1 + max((len(r.matches) for r in results), default=0)
         rows = len(results)
         layout = [[r.query, *r.matches] for r in results]
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(CELL_INCHES * cols, CELL_INCHES * rows + 0.3), squeeze=False
-    )
+    fig = _figure((CELL_INCHES * cols, CELL_INCHES * rows + 0.3), show)
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     flat = axes.flat if len(results) == 1 else None
@@ -74,9 +71,26 @@ def plot_results(
             saved.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(saved, dpi=80, format="png")
     if show:
+        import matplotlib.pyplot as plt
+
         plt.show()
-    plt.close(fig)
+        plt.close(fig)
     return saved
+
+
+def _figure(size: tuple[float, float], show: bool) -> Figure:
+    """A figure of ``size`` inches: pyplot's for a window, else a bare Agg one (pyplot's import and
+    backend selection cost about 0.4 s more, see docs/speed.md)."""
+    if show:
+        import matplotlib.pyplot as plt
+
+        return plt.figure(figsize=size)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _short(name: str, width: int = 24) -> str:

@@ -1,0 +1,148 @@
+"""The runtimes (cbir.embedding.runtimes): LiteRT against Keras, the model cache, the fallbacks.
+
+Conversions run on MobileNet 0.25 at 64x64 (real weights: a converted model is cached by the
+weights' identity) or on a random-weights MobileNetV2 (never cached): a few seconds each.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+from conftest import smooth_image
+
+from cbir.embedding import runtimes
+from cbir.embedding.convert import Conversion, lowest_cosine
+from cbir.embedding.embedder import Embedder
+from cbir.embedding.features import FeatureConfig, resolve_config
+from cbir.embedding.model_cache import ModelCache
+from cbir.embedding.weights import Weights
+from cbir.errors import ModelError
+
+
+def no_tensorflow() -> None:
+    raise AssertionError("TensorFlow was needed although the model is cached")
+
+
+def embedder(weights: Weights, cache: ModelCache, runtime: str, **kwargs: object) -> Embedder:
+    config = resolve_config(FeatureConfig(model="mobilenet", size=64), weights)
+    return Embedder(config, weights, workers=1, runtime=runtime, model_cache=cache, **kwargs)
+
+
+@pytest.fixture
+def weights(mobilenet_weights) -> Weights:
+    return Weights.from_file(mobilenet_weights)
+
+
+@pytest.fixture(scope="module")
+def converted(mobilenet_weights, tmp_path_factory) -> ModelCache:
+    """A cache holding MobileNet 0.25 at 64x64, converted once for the tests that only read it."""
+    cache = ModelCache(tmp_path_factory.mktemp("converted"))
+    embedder(Weights.from_file(mobilenet_weights), cache, "litert")
+    return cache
+
+
+def copy_of(cache: ModelCache, dest) -> ModelCache:
+    shutil.copytree(cache.root, dest)
+    return ModelCache(dest)
+
+
+@pytest.fixture
+def images() -> list[np.ndarray]:
+    return [smooth_image(seed, 80 + 8 * seed, 64) for seed in range(5)]
+
+
+def test_litert_gives_keras_features_and_is_cached(tmp_path, weights, images, caplog):
+    cache = ModelCache(tmp_path / "cache")
+    reference = embedder(weights, cache, "keras")
+    assert reference.network.name == "keras" and not (tmp_path / "cache").exists()
+    converted = embedder(weights, cache, "litert")
+    assert converted.network.name == "litert" and converted.dim == reference.dim == 256
+    expected = reference.embed_arrays(images)
+    assert lowest_cosine(converted.embed_arrays(images), expected) >= 0.9999
+    models = list((tmp_path / "cache").glob("*.tflite"))
+    assert len(models) == 1
+    record = json.loads(models[0].with_suffix(".json").read_text())
+    assert record["network"]["weights"] == weights.identity and record["cosine_to_keras"] >= 0.9999
+    for runtime in ("litert", "auto"):  # from the cache: no TensorFlow, no conversion
+        again = embedder(weights, cache, runtime, load_tensorflow=no_tensorflow)
+        assert again.network.name == "litert"
+        assert lowest_cosine(again.embed_arrays(images), expected) >= 0.9999
+    other = resolve_config(FeatureConfig(model="mobilenet", size=64, pooling="max"), weights)
+    assert runtimes.cache_key(runtimes.network_fields(other, 224)) != models[0].stem  # another network
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "no record"])
+def test_a_damaged_cache_file_is_made_again(tmp_path, weights, converted, damage, caplog):
+    cache = copy_of(converted, tmp_path / "cache")
+    model = next(cache.root.glob("*.tflite"))
+    data = model.read_bytes()
+    if damage == "truncate":
+        model.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        model.write_bytes(data[:1000] + bytes([data[1000] ^ 1]) + data[1001:])
+    else:
+        model.with_suffix(".json").unlink()
+    with caplog.at_level(logging.WARNING, logger="cbir"):
+        rebuilt = embedder(weights, cache, "auto")
+    assert rebuilt.network.name == "litert"
+    assert [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
+    assert model.read_bytes() == data or cache.lookup(model.stem) is not None  # whole again
+    embedder(weights, cache, "auto", load_tensorflow=no_tensorflow)  # and found next time
+
+
+def test_a_network_that_does_not_convert_runs_in_keras_and_is_not_tried_again(
+    tmp_path, weights, images, monkeypatch, caplog
+):
+    cache = ModelCache(tmp_path)
+    monkeypatch.setattr(runtimes, "convert", lambda *a: Conversion(None, 0.5, "converted features differ"))
+    with caplog.at_level(logging.WARNING, logger="cbir"):
+        first = embedder(weights, cache, "litert")
+    assert first.network.name == "keras"
+    assert [r.getMessage() for r in caplog.records] == ["mobilenet runs in Keras: converted features differ"]
+    assert list(tmp_path.glob("*.tflite")) == [] and len(list(tmp_path.glob("*.failed.json"))) == 1
+
+    def never(*_args: object) -> Conversion:
+        raise AssertionError("a known failure was converted again")
+
+    monkeypatch.setattr(runtimes, "convert", never)
+    for runtime in ("auto", "litert"):
+        assert embedder(weights, cache, runtime).network.name == "keras"
+
+
+def test_random_weights_run_in_keras_unless_litert_is_asked(tmp_path):
+    cache = ModelCache(tmp_path)
+    weights = Weights.random()
+    config = resolve_config(FeatureConfig(model="mobilenetv2", size=64), weights)
+    assert Embedder(config, weights, runtime="auto", model_cache=cache).network.name == "keras"
+    converted = Embedder(config, weights, runtime="litert", model_cache=cache)
+    assert converted.network.name == "litert" and converted.dim == 1280
+    assert list(tmp_path.iterdir()) == []  # random weights differ in every process: never cached
+
+
+def test_without_litert_auto_is_keras_and_litert_is_a_clear_error(tmp_path, weights, monkeypatch):
+    monkeypatch.setattr(runtimes, "litert_available", lambda: False)
+    cache = ModelCache(tmp_path)
+    assert embedder(weights, cache, "auto").network.name == "keras"
+    with pytest.raises(ModelError, match="needs the ai-edge-litert package"):
+        embedder(weights, cache, "litert")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unwritable_cache_still_runs_litert(tmp_path, weights, images, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with caplog.at_level(logging.WARNING, logger="cbir"):
+        net = embedder(weights, ModelCache(blocker / "cache"), "litert")
+    assert net.network.name == "litert" and net.embed_arrays(images[:1]).shape == (1, 256)
+    assert any("cannot write the model cache" in r.getMessage() for r in caplog.records)
+
+
+def test_indexing_keeps_keras_where_tensorflow_sees_a_gpu(tmp_path, weights, converted, monkeypatch):
+    monkeypatch.setattr(runtimes, "gpu_visible", lambda load: True)
+    cache = copy_of(converted, tmp_path / "cache")
+    assert embedder(weights, cache, "auto", bulk=True).network.name == "keras"
+    assert embedder(weights, cache, "auto", load_tensorflow=no_tensorflow).network.name == "litert"

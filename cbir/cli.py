@@ -1,4 +1,4 @@
-"""The command line: ``cbir index|query|evaluate|models`` and the original ``run_cbir.py`` flags.
+"""The command line: ``cbir index|query|serve|evaluate|models`` and the original ``run_cbir.py`` flags.
 
 Parses the arguments (:mod:`cbir.cli_options`), calls the library, prints. Every user error becomes
 one line on stderr and exit status 2; Ctrl-C exits with 130 and keeps the finished work.
@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import NoReturn
 
 from cbir.cli_options import (
@@ -29,6 +30,7 @@ from cbir.errors import CbirError, ModelError, QueryError
 from cbir.evaluation.evaluate import evaluate_index
 from cbir.index.indexer import IndexReport, update_index
 from cbir.index.snapshot import open_index
+from cbir.index.watch import FolderWatcher
 from cbir.output.export import export_results
 from cbir.output.results import QueryResult, results_to_dict
 from cbir.output.text import format_csv, format_index_summary, format_models, format_results
@@ -90,11 +92,47 @@ def _index(args: argparse.Namespace, settings: Settings) -> IndexReport:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    report = _index(args, settings_from(args, _tensorflow_importer(args.verbose)))
+    settings = settings_from(args, _tensorflow_importer(args.verbose))
+    _print_report(args, _index(args, settings))
+    if args.watch:
+        options = replace(index_options_from(args), rebuild=False)
+
+        def again() -> None:
+            report = update_index(settings.dataset, settings, index_dir=settings.index_dir, options=options)
+            _print_report(args, report)
+
+        print(f"watching {settings.dataset} for new and changed images (Ctrl-C to stop)", file=sys.stderr)
+        FolderWatcher(settings.dataset, again, skip=[settings.index_dir], options=options).run()
+    return 0
+
+
+def _print_report(args: argparse.Namespace, report: IndexReport) -> None:
     if args.json:
         _print_json(report.to_dict())
     else:
-        print(format_index_summary(report))
+        print(format_index_summary(report), flush=True)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the collection in the browser (the page answers at once; model and index catch up)."""
+    try:
+        from cbir.web.server import ServeOptions, is_loopback, serve  # FastAPI: only when serving
+    except ImportError as exc:
+        raise CbirError(f"cbir serve needs the web extra ({exc}): pip install 'cbir[web]'") from None
+    if not is_loopback(args.host):
+        print(
+            f"cbir: warning: listening on {args.host}: anyone who can reach this machine can see the "
+            + ("collection (the token is required)" if args.token else "collection; consider --token"),
+            file=sys.stderr,
+        )
+    settings = settings_from(args, _tensorflow_importer(args.verbose))
+    options = ServeOptions(args.host, args.port, args.token, args.max_upload_mb, args.watch)
+    serve(
+        settings,
+        index_options_from(args),
+        options,
+        lambda url: print(f"serving {settings.dataset} at {url}", flush=True),
+    )
     return 0
 
 
@@ -204,6 +242,7 @@ def _run(args: argparse.Namespace, legacy: bool) -> int:
         return cmd_query(args, update=args.update)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "index": cmd_index,
+        "serve": cmd_serve,
         "evaluate": cmd_evaluate,
         "models": cmd_models,
     }

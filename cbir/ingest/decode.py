@@ -10,6 +10,7 @@ Large JPEGs are decoded at reduced scale (``Image.draft``) when the target size 
 from __future__ import annotations
 
 import errno
+import io
 import os
 import re
 import struct
@@ -154,6 +155,21 @@ def open_rgb(
         raise BadImageError(
             f"cannot read file ({exc.strerror or exc})", transient=is_access_error(exc)
         ) from exc
+    return _open_checked(path, size, limits, draft_for)
+
+
+def decode_bytes(data: bytes, limits: LoadLimits = LoadLimits()) -> Image.Image:
+    """An upright RGB image from the bytes of an image file (an upload), under the same guards as
+    files: size and pixel limits (the decompression-bomb guard); BadImageError when unusable."""
+    return _open_checked(io.BytesIO(data), len(data), limits, None)
+
+
+def _open_checked(
+    source: str | os.PathLike[str] | io.BytesIO,
+    size: int,
+    limits: LoadLimits,
+    draft_for: tuple[int, int] | None,
+) -> Image.Image:
     if size == 0:
         raise BadImageError("empty file")
     if size > limits.max_bytes:
@@ -163,7 +179,7 @@ def open_rgb(
     if Image.MAX_IMAGE_PIXELS is not None and 2 * Image.MAX_IMAGE_PIXELS < limits.max_pixels:
         Image.MAX_IMAGE_PIXELS = limits.max_pixels // 2 + 1
     try:
-        img = Image.open(path)
+        img = Image.open(source)
     except UnidentifiedImageError as exc:
         raise BadImageError("not a recognised image") from exc
     except Image.DecompressionBombError as exc:

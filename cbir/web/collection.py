@@ -65,6 +65,7 @@ class Collection:
         self._lock = threading.Lock()
         self._index: Index | None = None
         self._folders: tuple[Index, Folders] | None = None
+        self.per_page = PER_PAGE
 
     def current(self) -> Index | None:
         """The newest committed version (reopened only when a new one was committed)."""
@@ -118,16 +119,17 @@ class Collection:
         if folder not in tree.counts and folder != "":
             raise NotFound(f"not a folder of the collection: {folder}")
         own = tree.images.get(folder, [])
-        pages = max(1, math.ceil(len(own) / PER_PAGE))
+        per = self.per_page
+        pages = max(1, math.ceil(len(own) / per))
         page = min(max(1, page), pages)
         subs = sorted(tree.subfolders.get(folder, set()))
         return {
             "dir": folder,
             "parent": None if folder == "" else folder.rpartition("/")[0],
             "folders": [{"path": s, "name": s.rpartition("/")[2], "images": tree.counts[s]} for s in subs],
-            "images": [{"path": p} for p in own[(page - 1) * PER_PAGE : page * PER_PAGE]],
+            "images": [{"path": p} for p in own[(page - 1) * per : page * per]],
             "page": page,
             "pages": pages,
-            "per_page": PER_PAGE,
+            "per_page": per,
             "total": len(own),
         }

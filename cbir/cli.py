@@ -93,16 +93,22 @@ def _index(args: argparse.Namespace, settings: Settings) -> IndexReport:
 
 def cmd_index(args: argparse.Namespace) -> int:
     settings = settings_from(args, _tensorflow_importer(args.verbose))
+    options = replace(index_options_from(args), rebuild=False)
+
+    def again() -> None:
+        report = update_index(settings.dataset, settings, index_dir=settings.index_dir, options=options)
+        _print_report(args, report)
+
+    # the watcher looks at the folder before the first run: nothing copied in meanwhile is missed
+    watcher = (
+        FolderWatcher(settings.dataset, again, skip=[settings.index_dir], options=options)
+        if args.watch
+        else None
+    )
     _print_report(args, _index(args, settings))
-    if args.watch:
-        options = replace(index_options_from(args), rebuild=False)
-
-        def again() -> None:
-            report = update_index(settings.dataset, settings, index_dir=settings.index_dir, options=options)
-            _print_report(args, report)
-
+    if watcher is not None:
         print(f"watching {settings.dataset} for new and changed images (Ctrl-C to stop)", file=sys.stderr)
-        FolderWatcher(settings.dataset, again, skip=[settings.index_dir], options=options).run()
+        watcher.run()
     return 0
 
 
@@ -110,7 +116,8 @@ def _print_report(args: argparse.Namespace, report: IndexReport) -> None:
     if args.json:
         _print_json(report.to_dict())
     else:
-        print(format_index_summary(report), flush=True)
+        print(format_index_summary(report))
+    sys.stdout.flush()  # with --watch, each run's summary is read as it comes
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -97,7 +97,8 @@ class FolderWatcher:
         self._woken.set()
         if self._observer is not None:
             self._observer.stop()
-        self._thread.join(timeout=10)
+        if self._thread.ident is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
 
     def run(self) -> None:
         """Watch on the calling thread until interrupted (KeyboardInterrupt stops the watcher)."""

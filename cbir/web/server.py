@@ -86,12 +86,12 @@ def running_service(
         features=settings.config.to_dict(),
     )
     watcher = None
-    if options.update or options.watch:
-        updater.request()
-    if options.watch:
+    if options.watch:  # it looks at the folder before the first run: nothing added meanwhile is missed
         watcher = FolderWatcher(
             settings.dataset, updater.request, skip=[settings.index_dir], options=index_options
         ).start()
+    if options.update or options.watch:
+        updater.request()
     try:
         yield service
     finally:

@@ -46,7 +46,9 @@ function tile(path, score) {
   const link = el("a", { href: `/files/${enc(path)}`, target: "_blank", rel: "noopener" }, path);
   const meta = el("div", { className: "meta" }, link);
   if (score !== undefined) meta.append(el("div", { className: "score" }, `score ${score.toFixed(3)}`));
-  return el("li", { className: "tile", dataset: { path } }, more, meta);
+  const item = el("li", { className: "tile" }, more, meta);
+  item.dataset.path = path;
+  return item;
 }
 
 function underParam() {

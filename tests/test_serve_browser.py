@@ -9,6 +9,7 @@ import os
 import queue
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import save_image
-from helpers import REPO, TINY_MODEL
+from helpers import REPO, TINY_MODEL, cli, one_line_error
 
 pytest.importorskip("fastapi", reason="cbir serve needs the web extra (pip install 'cbir[web]')")
 
@@ -134,3 +135,17 @@ def test_the_page_searches_by_a_dropped_file_and_clicks_through(server, tmp_path
             assert page.locator("#error").is_hidden()
         finally:
             browser.close()
+
+
+def test_serve_errors_are_one_line(tmp_path):
+    ds = tmp_path / "photos"
+    save_image(ds / "a.jpg")
+    missing = cli("serve", tmp_path / "nope", *TINY_MODEL, cwd=tmp_path, script=None)
+    one_line_error(missing, "nope")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = cli("serve", ds, "--port", port, *TINY_MODEL, cwd=tmp_path, script=None, timeout=120)
+    one_line_error(busy, "cannot listen on 127.0.0.1:")
+    one_line_error(cli("serve", ds, "--port", 70000, cwd=tmp_path, script=None), "between 0 and 65535")

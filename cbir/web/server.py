@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from cbir.errors import CbirError
+from cbir.errors import CbirError, DatasetError
 from cbir.index.indexer import IndexOptions
 from cbir.index.watch import FolderWatcher
 from cbir.settings import Settings
@@ -110,6 +110,8 @@ def serve(
     """Serve the collection of ``settings`` until interrupted; ``on_listening`` gets the URL."""
     import uvicorn
 
+    if not settings.dataset.is_dir():
+        raise DatasetError(f"dataset folder not found: {settings.dataset}")
     sock = bind(options.host, options.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host

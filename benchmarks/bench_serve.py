@@ -39,6 +39,7 @@ from PIL import Image
 from cbir.cli_options import build_parser, settings_from
 from cbir.index.indexer import IndexOptions, update_index
 from cbir.settings import Settings
+from cbir.web.model import warmed_up
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WEIGHTS = SHARED / "weights" / "mobilenet_1_0_224_tf_no_top.h5"
@@ -164,7 +165,7 @@ def main() -> None:
         query_file = Path(tmp) / "query.jpg"
         query_file.write_bytes(query)
         decoded = np.asarray(Image.open(io.BytesIO(query)).convert("RGB"))
-        model.embed_arrays([decoded])  # warm up (tracing)
+        warmed_up(model)  # as the server does: the traced graph, traced before the first query
         forward = float(np.median(timed(lambda: model.embed_arrays([decoded]), 20))) * 1000
         batch = [np.asarray(Image.open(io.BytesIO(photo(s))).convert("RGB")) for s in range(32)]
         model.embed_arrays(batch)

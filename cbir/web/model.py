@@ -16,15 +16,19 @@ from typing import Protocol
 
 import numpy as np
 
+from cbir.embedding.embedder import Embedder
 from cbir.errors import BadImageError, CbirError
 from cbir.index.indexer import FileEmbedder
+from cbir.ingest.decode import Geometry
 
 log = logging.getLogger(__name__)
 
 
 class WarmModel(FileEmbedder, Protocol):
     """The server's model: files for the indexer, decoded uint8 RGB arrays for upload queries (one
-    vector per image out)."""
+    vector per image out), decoded as its ``geometry`` says."""
+
+    geometry: Geometry
 
     def embed_arrays(self, images: Sequence[np.ndarray]) -> np.ndarray: ...
 
@@ -34,6 +38,16 @@ class ModelLoading(CbirError):
 
 
 _Job = tuple[np.ndarray, "Future[np.ndarray]"]
+
+
+def warmed_up(embedder: Embedder) -> Embedder:
+    """``embedder`` set up to serve: always the traced graph (tracing is paid once here, not per
+    query as the eager path of a one-off query would), traced for one and for several images."""
+    embedder.eager_max_images = 0
+    blank = np.full((embedder.geometry.size, embedder.geometry.size, 3), 128, np.uint8)
+    embedder.embed_arrays([blank])
+    embedder.embed_arrays([blank, blank, blank])
+    return embedder
 
 
 class ModelWorker:
@@ -68,6 +82,12 @@ class ModelWorker:
     def wait(self, timeout: float | None = None) -> WarmModel:
         """The built model, waiting for it; ModelLoading when it failed or ``timeout`` ran out."""
         self._built.wait(timeout)
+        if self._model is None:
+            raise ModelLoading(self.error or "the model is still loading; try again in a moment")
+        return self._model
+
+    def ready(self) -> WarmModel:
+        """The model if it is built; ModelLoading otherwise (without waiting)."""
         if self._model is None:
             raise ModelLoading(self.error or "the model is still loading; try again in a moment")
         return self._model

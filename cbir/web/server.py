@@ -23,7 +23,7 @@ from cbir.index.watch import FolderWatcher
 from cbir.settings import Settings
 from cbir.web.app import create_app
 from cbir.web.collection import Collection
-from cbir.web.model import ModelWorker
+from cbir.web.model import ModelWorker, warmed_up
 from cbir.web.service import Service
 from cbir.web.updater import Updater
 
@@ -75,7 +75,9 @@ def running_service(
 ) -> Iterator[Service]:
     """The service with its model worker, indexer and (with ``watch``) watcher running; all stopped
     on the way out."""
-    worker = ModelWorker(settings.embedder, max_batch=settings.runtime.batch_size).start()
+    worker = ModelWorker(
+        lambda: warmed_up(settings.embedder()), max_batch=settings.runtime.batch_size
+    ).start()
     updater = Updater(settings, index_options, lambda: worker.wait()).start()
     service = Service(
         Collection(settings.dataset, settings.index_dir),

@@ -81,9 +81,10 @@ class Service:
             raise UploadTooLarge(f"the upload is larger than {self.max_upload_bytes // 2**20} MiB")
         k = _check_k(k)
         index = self.collection.require()
+        model = self.worker.ready()
         t0 = time.perf_counter()
         try:
-            with decode_bytes(data, self.limits) as img:
+            with decode_bytes(data, self.limits, model.geometry, model.config.scales) as img:
                 array = np.asarray(img)
         except BadImageError as exc:
             raise BadImageError(f"{name or 'the upload'} is not a usable image: {exc}") from None

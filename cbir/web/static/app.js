@@ -82,7 +82,7 @@ async function browse(dir, page) {
     $("page").textContent = data.total ? `page ${data.page} of ${data.pages} (${data.total} here)` : "";
     $("prev").disabled = data.page <= 1;
     $("next").disabled = data.page >= data.pages;
-    $("restrict-dir").textContent = data.dir ? `${data.dir}/` : "the whole collection";
+    $("restrict-dir").textContent = data.dir ? `${data.dir}/` : "/";
     show("browse");
   } catch (e) {
     showError(e.message);

@@ -39,12 +39,13 @@ def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
-    """``cbir serve DATASET --port 0`` on 12 generated images; the URL it printed."""
+    """``cbir serve DATASET --port 0`` on 12 generated images and a broken one; the URL it printed."""
     ds = tmp_path_factory.mktemp("browser") / "photos"
     for i in range(10):
         save_image(ds / f"p{i:02d}.jpg", seed=i)
     save_image(ds / "trips" / "t1.png", seed=40)
     save_image(ds / "trips" / "t2.png", seed=41)
+    (ds / "broken.jpg").write_bytes(b"not a picture")
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.Popen(
         [sys.executable, "-m", "cbir", "serve", str(ds), "--port", "0", *TINY_MODEL],
@@ -99,6 +100,8 @@ def test_the_page_searches_by_a_dropped_file_and_clicks_through(server, tmp_path
             page.wait_for_selector("#grid li.tile img")
             assert page.locator("#grid li.tile").count() == 10
             assert page.locator("#folders a").first.inner_text() == "trips/ (2)"
+            page.wait_for_selector("#bad:not([hidden])")  # the files that could not be read are listed
+            assert "broken.jpg: not a recognised image" in page.locator("#bad-list").text_content()
             page.fill("#k", "5")
             transfer = page.evaluate_handle(
                 """(b64) => {

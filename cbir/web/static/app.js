@@ -174,9 +174,9 @@ async function refreshInfo() {
   $("dataset").textContent = info.dataset;
   $("status").textContent = describe(info);
   const ix = info.indexing;
-  if (ix && ix.bad && ix.bad.length) {
-    $("status").title = ix.bad.map((b) => `${b.path}: ${b.reason}`).join("\n");
-  }
+  const bad = (ix && ix.bad) || [];
+  $("bad").hidden = bad.length === 0;
+  $("bad-list").replaceChildren(...bad.map((b) => el("li", {}, `${b.path}: ${b.reason}`)));
   state.ready = info.ready;
   const busy = info.model === "loading" || (ix && ix.state === "indexing");
   if (info.images !== state.images && !$("browse").hidden) browse(state.dir, state.page);

@@ -7,6 +7,8 @@ together; :mod:`cbir.web.app` only maps its answers and errors to HTTP.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +55,10 @@ class Service:
     max_upload_bytes: int = 32 * 2**20
     duplicates: Callable[[Index, float], JSONDict] = no_duplicates
     features: JSONDict = field(default_factory=dict)
+    # one decode per core at a time: more would only take the cores from the model's batch
+    _decoding: threading.BoundedSemaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(os.cpu_count() or 1), repr=False
+    )
 
     def info(self) -> JSONDict:
         index = self.collection.current()
@@ -84,7 +90,7 @@ class Service:
         model = self.worker.ready()
         t0 = time.perf_counter()
         try:
-            with decode_bytes(data, self.limits, model.geometry, model.config.scales) as img:
+            with self._decoding, decode_bytes(data, self.limits, model.geometry, model.config.scales) as img:
                 array = np.asarray(img)
         except BadImageError as exc:
             raise BadImageError(f"{name or 'the upload'} is not a usable image: {exc}") from None

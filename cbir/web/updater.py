@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -154,6 +154,7 @@ class Updater:
             log.warning("indexing failed: %s", exc)
             return None
         p.state, p.last, p.runs = "idle", report.to_dict(), p.runs + 1
+        self.options = replace(self.options, rebuild=False)  # --rebuild means the first run only
         p.bad = list(report.skipped)
         if self._on_done is not None:
             self._on_done(report)

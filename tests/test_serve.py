@@ -28,6 +28,7 @@ from cbir.web.model import ModelWorker  # noqa: E402
 from cbir.web.server import ServeOptions, running_service  # noqa: E402
 from cbir.web.service import Service  # noqa: E402
 from cbir.web.thumbnails import thumbnail_path  # noqa: E402
+from cbir.web.updater import Updater  # noqa: E402
 
 
 def wait_until(check, timeout: float = 120.0, what: str = "condition") -> None:
@@ -366,3 +367,16 @@ def test_requests_waiting_while_the_model_runs_go_through_together():
     worker.stop()
     assert model.calls == [1, 5, 2] == worker.batch_sizes  # batched, at most max_batch per pass
     assert {i: float(v[0]) for i, v in answers.items()} == {i: float(i) for i in range(8)}
+
+
+def test_rebuild_applies_to_the_first_run_only(tmp_path):
+    for i in range(2):
+        save_image(tmp_path / f"{i}.jpg", seed=i)
+    args = build_parser().parse_args(["serve", str(tmp_path), *TINY_MODEL, "--rebuild"])
+    settings = settings_from(args)
+    updater = Updater(
+        settings, dataclasses.replace(index_options_from(args), progress=False), settings.embedder
+    )
+    first, second = updater.run_once(), updater.run_once()
+    assert first.added == 2 and first.embedded == 2
+    assert second.unchanged == 2 and second.embedded == 0 and second.rebuilt is None

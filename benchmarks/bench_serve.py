@@ -143,6 +143,13 @@ def load(port: int, clients: int, seconds: float, body: bytes, kind: str) -> tup
     return sum(done), sum(errors)
 
 
+def embedded_so_far(c: Client) -> tuple[int, int]:
+    """The server's (forward passes, images) for queries so far."""
+    c.conn.request("GET", "/api/info")
+    done = json.loads(c.conn.getresponse().read())["queries_embedded"]
+    return done["passes"], done["images"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=10_000)
@@ -221,12 +228,16 @@ def main() -> None:
             )
             for clients in (1, 8, 32):
                 seconds = args.seconds if clients == 32 else args.seconds / 6
+                before = embedded_so_far(c)
                 answered, errors = load(port, clients, seconds, body, kind)
+                after = embedded_so_far(c)
+                passes, images = after[0] - before[0], after[1] - before[1]
                 rate = answered / seconds
                 verdict = ""
                 if clients == 32:
                     ok = errors == 0 and rate >= 0.8 * batched
                     verdict = f"; target 0 errors and >= 0.8 x batched: {'met' if ok else 'MISSED'}"
+                print(f"   mean batch {images / max(1, passes):.1f} images ({passes} forward passes)")
                 print(
                     f"{clients:2d} clients x {seconds:.0f} s: {rate:.1f} uploads/s "
                     f"({rate / batched:.2f}x batched embedding), {errors} errors{verdict}"

@@ -155,7 +155,7 @@ def test_concurrent_uploads_share_batches_and_each_gets_its_own_answer(served, c
     service = served[1]
     names = [f"img{i:02d}.jpg" for i in range(8)]
     found: dict[str, str] = {}
-    before = len(service.worker.batch_sizes)
+    before = service.worker.passes, service.worker.embedded
 
     def ask(name: str) -> None:
         response = upload(client, (served[0] / name).read_bytes(), name, "k=1")
@@ -167,8 +167,9 @@ def test_concurrent_uploads_share_batches_and_each_gets_its_own_answer(served, c
     for t in threads:
         t.join()
     assert found == {n: n for n in names}
-    batches = service.worker.batch_sizes[before:]
-    assert sum(batches) == 8 and len(batches) <= 8
+    assert service.worker.embedded - before[1] == 8 and service.worker.passes - before[0] <= 8
+    info = client.get("/api/info").json()["queries_embedded"]
+    assert info == {"passes": service.worker.passes, "images": service.worker.embedded}
 
 
 @pytest.mark.parametrize(
@@ -365,7 +366,8 @@ def test_requests_waiting_while_the_model_runs_go_through_together():
     for t in [first, *rest]:
         t.join(10)
     worker.stop()
-    assert model.calls == [1, 5, 2] == worker.batch_sizes  # batched, at most max_batch per pass
+    assert model.calls == [1, 5, 2] == list(worker.batch_sizes)  # batched, at most max_batch a pass
+    assert (worker.passes, worker.embedded) == (3, 8)
     assert {i: float(v[0]) for i, v in answers.items()} == {i: float(i) for i in range(8)}
 
 

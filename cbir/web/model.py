@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Protocol
@@ -60,7 +61,9 @@ class ModelWorker:
         self._built = threading.Event()
         self._model: WarmModel | None = None
         self.error: str | None = None
-        self.batch_sizes: list[int] = []  # of every forward pass so far: how well requests are batched
+        self.batch_sizes: deque[int] = deque(maxlen=1000)  # of the last passes: how well requests batch
+        self.passes = 0  # forward passes for queries so far
+        self.embedded = 0  # images they embedded
         self._thread = threading.Thread(target=self._run, name="cbir-model", daemon=True)
 
     def start(self) -> ModelWorker:
@@ -131,6 +134,8 @@ class ModelWorker:
                 done.set_exception(ModelLoading(self.error or "no model"))
             return
         self.batch_sizes.append(len(jobs))
+        self.passes += 1
+        self.embedded += len(jobs)
         try:
             vectors = model.embed_arrays([image for image, _ in jobs])
         except BadImageError:

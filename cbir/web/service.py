@@ -70,6 +70,7 @@ class Service:
             "ready": self.worker.state == "ready",
             "model": self.worker.state,
             "model_error": self.worker.error,
+            "queries_embedded": {"passes": self.worker.passes, "images": self.worker.embedded},
             "indexing": progress,
             "max_upload_mb": self.max_upload_bytes / 2**20,
         }

@@ -143,8 +143,10 @@ def load(port: int, clients: int, seconds: float, body: bytes, kind: str) -> tup
     return sum(done), sum(errors)
 
 
-def embedded_so_far(c: Client) -> tuple[int, int]:
-    """The server's (forward passes, images) for queries so far."""
+def embedded_so_far(port: int) -> tuple[int, int]:
+    """The server's (forward passes, images) for queries so far (a new connection: an idle one may
+    have been closed by the server meanwhile)."""
+    c = Client(port)
     c.conn.request("GET", "/api/info")
     done = json.loads(c.conn.getresponse().read())["queries_embedded"]
     return done["passes"], done["images"]
@@ -228,9 +230,9 @@ def main() -> None:
             )
             for clients in (1, 8, 32):
                 seconds = args.seconds if clients == 32 else args.seconds / 6
-                before = embedded_so_far(c)
+                before = embedded_so_far(port)
                 answered, errors = load(port, clients, seconds, body, kind)
-                after = embedded_so_far(c)
+                after = embedded_so_far(port)
                 passes, images = after[0] - before[0], after[1] - before[1]
                 rate = answered / seconds
                 verdict = ""

@@ -1,4 +1,4 @@
-"""The command line: ``cbir index|query|evaluate|models`` and the original ``run_cbir.py`` flags.
+"""The command line: ``cbir index|query|serve|evaluate|models`` and the original ``run_cbir.py`` flags.
 
 Parses the arguments (:mod:`cbir.cli_options`), calls the library, prints. Every user error becomes
 one line on stderr and exit status 2; Ctrl-C exits with 130 and keeps the finished work.
@@ -13,9 +13,11 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import NoReturn
 
 from cbir.cli_duplicates import cmd_duplicates
+from cbir.cli_serve import cmd_serve
 from cbir.cli_options import (
     DEFAULT_OUT,
     build_legacy_parser,
@@ -30,6 +32,7 @@ from cbir.errors import CbirError, ModelError, QueryError
 from cbir.evaluation.evaluate import evaluate_index
 from cbir.index.indexer import IndexReport, update_index
 from cbir.index.snapshot import open_index
+from cbir.index.watch import FolderWatcher
 from cbir.output import text
 from cbir.output.export import export_results
 from cbir.output.results import QueryResult, results_to_dict
@@ -91,12 +94,32 @@ def _index(args: argparse.Namespace, settings: Settings) -> IndexReport:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    report = _index(args, settings_from(args, _tensorflow_importer(args.verbose), bulk=True))
+    settings = settings_from(args, _tensorflow_importer(args.verbose), bulk=True)
+    options = replace(index_options_from(args), rebuild=False)
+
+    def again() -> None:
+        report = update_index(settings.dataset, settings, index_dir=settings.index_dir, options=options)
+        _print_report(args, report)
+
+    # the watcher looks at the folder before the first run: nothing copied in meanwhile is missed
+    watcher = (
+        FolderWatcher(settings.dataset, again, skip=[settings.index_dir], options=options)
+        if args.watch
+        else None
+    )
+    _print_report(args, _index(args, settings))
+    if watcher is not None:
+        print(f"watching {settings.dataset} for new and changed images (Ctrl-C to stop)", file=sys.stderr)
+        watcher.run()
+    return 0
+
+
+def _print_report(args: argparse.Namespace, report: IndexReport) -> None:
     if args.json:
         _print_json(report.to_dict())
     else:
         print(text.format_index_summary(report))
-    return 0
+    sys.stdout.flush()  # with --watch, each run's summary is read as it comes
 
 
 def cmd_query(args: argparse.Namespace, update: bool) -> int:
@@ -205,6 +228,7 @@ def _run(args: argparse.Namespace, legacy: bool) -> int:
         return cmd_query(args, update=args.update)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "index": cmd_index,
+        "serve": lambda a: cmd_serve(a, _tensorflow_importer(a.verbose)),
         "evaluate": cmd_evaluate,
         "duplicates": cmd_duplicates,
         "models": cmd_models,

@@ -269,6 +269,14 @@ def add_duplicates_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     add_verbose(p)
 
 
+def add_watch(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep watching the folder and index new or changed images once they settle (Ctrl-C stops)",
+    )
+
+
 def add_verbose(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
 
@@ -284,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_feature_options(p)
     add_index_options(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_watch(p)
     add_verbose(p)
     p = sub.add_parser("query", help="find the images of a folder most similar to example images")
     p.add_argument("dataset")
@@ -317,6 +326,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_verbose(p)
     add_duplicates_parser(sub)
+    p = sub.add_parser("serve", help="browse and search the collection in a web browser")
+    p.add_argument("dataset")
+    g = p.add_argument_group("server")
+    g.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)"
+    )
+    g.add_argument("--port", type=NON_NEGATIVE_INT, default=8000, help="port (default 8000; 0: any free one)")
+    g.add_argument(
+        "--token", help="secret every request must carry (give one when listening beyond loopback)"
+    )
+    g.add_argument(
+        "--max-upload-mb", type=POSITIVE, default=32.0, help="largest image upload accepted (default 32)"
+    )
+    add_watch(p)
+    add_feature_options(p)
+    add_index_options(p)
+    add_verbose(p)
     p = sub.add_parser("models", help="list the available backbones")
     p.add_argument("--json", action="store_true", help="print the list as JSON")
     add_verbose(p)

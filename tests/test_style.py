@@ -43,7 +43,7 @@ def test_cbir_imports_are_at_the_top_of_each_module():
             if isinstance(node, ast.ImportFrom) and id(node) not in top:
                 if (node.module or "").startswith("cbir") or node.level:
                     late.append(f"{p.relative_to(PACKAGE.parent)}:{node.lineno}")
-    allowed = {"cbir/cli.py", "cbir/cli_duplicates.py"}  # matplotlib only when a plot is drawn
+    allowed = {"cbir/cli.py", "cbir/cli_duplicates.py", "cbir/cli_serve.py"}  # matplotlib, FastAPI: on use
     assert [x for x in late if x.split(":")[0] not in allowed] == []
 
 

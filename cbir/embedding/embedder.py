@@ -84,6 +84,7 @@ class Embedder:
         self.limits = limits
         self.whitening: Whitening | None = None
         self.set_whitening(whitening)
+        self.eager_max_images = EAGER_MAX_IMAGES  # a long-lived embedder sets 0: always the traced graph
 
     @property
     def dim(self) -> int:
@@ -174,7 +175,7 @@ class Embedder:
         self, stream: Generator[Batch | BadItem, None, None], n_images: int
     ) -> Generator[Result, None, None]:
         """Run the batches of ``stream``; yield each image's vector once all its views went through."""
-        eager = n_images * len(self.config.scales) <= EAGER_MAX_IMAGES
+        eager = n_images * len(self.config.scales) <= self.eager_max_images
         sums: dict[int, np.ndarray] = {}
         counts: dict[int, int] = {}
         with closing(stream):

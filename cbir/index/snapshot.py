@@ -83,6 +83,10 @@ class Index:
             self._by_real = {os.path.realpath(self.file(i)): i for i in range(len(self.paths))}
         return self._by_real.get(real)
 
+    def row_named(self, rel: str) -> int | None:
+        """The row of the image indexed under exactly ``rel`` (nothing resolved: for untrusted names)."""
+        return self._lookup().get(rel)
+
     def _lookup(self) -> dict[str, int]:
         if self._by_path is None:
             self._by_path = {p: i for i, p in enumerate(self.paths)}

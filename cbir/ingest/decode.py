@@ -10,6 +10,7 @@ Large JPEGs are decoded at reduced scale (``Image.draft``) when the target size 
 from __future__ import annotations
 
 import errno
+import io
 import os
 import re
 import struct
@@ -154,6 +155,44 @@ def open_rgb(
         raise BadImageError(
             f"cannot read file ({exc.strerror or exc})", transient=is_access_error(exc)
         ) from exc
+    return _open_checked(path, size, limits, draft_for)
+
+
+def decode_bytes(
+    data: bytes,
+    limits: LoadLimits = LoadLimits(),
+    geometry: Geometry | None = None,
+    scales: tuple[float, ...] = (1.0,),
+) -> Image.Image:
+    """An upright RGB image from the bytes of an image file (an upload), under the same guards as
+    files: size and pixel limits (the decompression-bomb guard); BadImageError when unusable.
+
+    With ``geometry``, a large JPEG is decoded at reduced scale exactly as indexing decodes the same
+    file, so an upload of an indexed photo gets the vector the index holds."""
+    draft_for = _draft_for(io.BytesIO(data), geometry, scales) if geometry is not None else None
+    return _open_checked(io.BytesIO(data), len(data), limits, draft_for)
+
+
+def _draft_for(
+    source: str | os.PathLike[str] | io.BytesIO, geometry: Geometry, scales: tuple[float, ...]
+) -> tuple[int, int] | None:
+    """The smallest upright size that gives every view full detail (None when the header is unreadable)."""
+    try:
+        w0, h0 = upright_size(source)
+    except Exception:  # the full open reports the real problem (and whether it is transient)
+        return None
+    if not (w0 and h0):
+        return None
+    needs = [geometry.needed_size(w0, h0, s) for s in scales]
+    return max(n[0] for n in needs), max(n[1] for n in needs)
+
+
+def _open_checked(
+    source: str | os.PathLike[str] | io.BytesIO,
+    size: int,
+    limits: LoadLimits,
+    draft_for: tuple[int, int] | None,
+) -> Image.Image:
     if size == 0:
         raise BadImageError("empty file")
     if size > limits.max_bytes:
@@ -163,7 +202,7 @@ def open_rgb(
     if Image.MAX_IMAGE_PIXELS is not None and 2 * Image.MAX_IMAGE_PIXELS < limits.max_pixels:
         Image.MAX_IMAGE_PIXELS = limits.max_pixels // 2 + 1
     try:
-        img = Image.open(path)
+        img = Image.open(source)
     except UnidentifiedImageError as exc:
         raise BadImageError("not a recognised image") from exc
     except Image.DecompressionBombError as exc:
@@ -193,7 +232,7 @@ def open_rgb(
         raise BadImageError(f"truncated or corrupt image ({exc})") from exc
 
 
-def upright_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+def upright_size(path: str | os.PathLike[str] | io.BytesIO) -> tuple[int, int]:
     """The (width, height) of an image after EXIF orientation, read from the header only."""
     with Image.open(path) as img:
         w, h = img.size
@@ -214,16 +253,7 @@ def load_views(
     ``draft`` decodes large JPEGs at reduced scale (off only to compare with a full decode). Raises
     BadImageError (``transient`` for permission problems) for unusable files.
     """
-    draft_for = None
-    if draft:
-        try:
-            w0, h0 = upright_size(path)
-        except Exception:  # the full open below reports the real problem (and whether it is transient)
-            w0 = h0 = 0
-        if w0 and h0:
-            needs = [geometry.needed_size(w0, h0, s) for s in scales]
-            draft_for = (max(n[0] for n in needs), max(n[1] for n in needs))
-    img = open_rgb(path, limits, draft_for)
+    img = open_rgb(path, limits, _draft_for(path, geometry, scales) if draft else None)
     try:
         return [resize(img, geometry, s) for s in scales]
     finally:

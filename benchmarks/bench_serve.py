@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""`cbir serve` on loopback against the CLI, measured in the same run.
+
+A 10,000-image index with synthetic vectors (the files are placeholders, never decoded; their rows
+come from a stand-in embedder with the real model's settings), served by ``cbir serve`` in its own
+process; the clients are threads of this process, one keep-alive connection each. Prints:
+
+- like-queries (``GET /api/search?like=``): p50/p95 through the API vs ``cbir query --like`` (a
+  process per query, as the CLI is used);
+- upload queries (``POST /api/search``, a 640x480 JPEG): p50/p95 vs one forward pass of the same
+  model in this process, and vs ``cbir query DATASET IMAGE``;
+- throughput with 1, 8 and 32 concurrent clients (upload queries; errors counted), against the
+  model's batched embedding throughput (32 images per call) measured here.
+
+Targets (issue 12): like p50 <= 20 ms; upload p50 <= 1.3 x forward pass + 30 ms; 32 clients for
+60 s: zero errors and upload throughput >= 0.8 x batched embedding throughput.
+
+    python3 benchmarks/bench_serve.py [--images 10000] [--seconds 60] [--model mobilenet --weights FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from machine import SHARED, describe
+from PIL import Image
+
+from cbir.cli_options import build_parser, settings_from
+from cbir.index.indexer import IndexOptions, update_index
+from cbir.settings import Settings
+from cbir.web.model import warmed_up
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_WEIGHTS = SHARED / "weights" / "mobilenet_1_0_224_tf_no_top.h5"
+
+
+class Synthetic:
+    """An embedder source with the real settings whose vectors are random (files never decoded)."""
+
+    def __init__(self, settings: Settings, dim: int) -> None:
+        self.settings, self.config, self.weights = settings, settings.config, settings.weights
+        self.whitening, self.dim = None, dim
+
+    def embedder(self) -> Synthetic:
+        return self
+
+    def embed_files(self, paths, progress=False, desc=""):  # noqa: ANN001, ANN201 (the FileEmbedder shape)
+        rng = np.random.default_rng(len(paths))
+        for i in range(len(paths)):
+            v = rng.standard_normal(self.dim).astype(np.float32)
+            yield i, v / np.linalg.norm(v)
+
+
+def photo(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
+    out = io.BytesIO()
+    coarse.resize((640, 480), Image.Resampling.BICUBIC).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def multipart(data: bytes) -> tuple[bytes, str]:
+    boundary = "cbirbenchboundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="q.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+class Client:
+    def __init__(self, port: int) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+
+    def like(self, rel: str) -> int:
+        self.conn.request("GET", f"/api/search?like={rel}&k=9")
+        response = self.conn.getresponse()
+        response.read()
+        return response.status
+
+    def upload(self, body: bytes, kind: str) -> int:
+        self.conn.request("POST", "/api/search?k=9", body=body, headers={"Content-Type": kind})
+        response = self.conn.getresponse()
+        response.read()
+        return response.status
+
+
+def percentiles(times: list[float]) -> tuple[float, float]:
+    return float(np.percentile(times, 50)) * 1000, float(np.percentile(times, 95)) * 1000
+
+
+def timed(fn, n: int) -> list[float]:  # noqa: ANN001
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def cli(*args: str) -> float:
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3", MPLBACKEND="Agg")
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "cbir", *args], env=env, check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def load(port: int, clients: int, seconds: float, body: bytes, kind: str) -> tuple[int, int]:
+    """``clients`` threads uploading for ``seconds``: (answered, errors)."""
+    done, errors = [0] * clients, [0] * clients
+    stop = time.monotonic() + seconds
+
+    def run(i: int) -> None:
+        c = Client(port)
+        while time.monotonic() < stop:
+            try:
+                ok = c.upload(body, kind) == 200
+            except (OSError, http.client.HTTPException):
+                ok, c = False, Client(port)
+            done[i] += ok
+            errors[i] += not ok
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(done), sum(errors)
+
+
+def embedded_so_far(port: int) -> tuple[int, int]:
+    """The server's (forward passes, images) for queries so far (a new connection: an idle one may
+    have been closed by the server meanwhile)."""
+    c = Client(port)
+    c.conn.request("GET", "/api/info")
+    done = json.loads(c.conn.getresponse().read())["queries_embedded"]
+    return done["passes"], done["images"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=10_000)
+    ap.add_argument("--seconds", type=float, default=60.0, help="the 32-client run (1 and 8: a sixth)")
+    ap.add_argument("--model", default="mobilenet")
+    ap.add_argument("--weights", default=str(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.exists() else "random")
+    args = ap.parse_args()
+    print(describe())
+    features = ["--model", args.model, "--weights", args.weights]
+    with tempfile.TemporaryDirectory() as tmp:
+        ds = Path(tmp) / "photos"
+        for i in range(args.images):
+            folder = ds / f"f{i // 1000:02d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{i:05d}.jpg").write_bytes(b"placeholder")
+        settings = settings_from(build_parser().parse_args(["index", str(ds), *features]))
+        model = settings.embedder()
+        update_index(ds, Synthetic(settings, model.dim), options=IndexOptions(progress=False))
+        query = photo(1)
+        query_file = Path(tmp) / "query.jpg"
+        query_file.write_bytes(query)
+        decoded = np.asarray(Image.open(io.BytesIO(query)).convert("RGB"))
+        warmed_up(model)  # as the server does: the traced graph, traced before the first query
+        forward = float(np.median(timed(lambda: model.embed_arrays([decoded]), 20))) * 1000
+        batch = [np.asarray(Image.open(io.BytesIO(photo(s))).convert("RGB")) for s in range(32)]
+        model.embed_arrays(batch)
+        batched = 32 / float(np.median(timed(lambda: model.embed_arrays(batch), 3)))
+        print(f"model {args.model} ({args.weights}), {model.dim}-d; index of {args.images} synthetic rows")
+        print(
+            f"one forward pass (a decoded 640x480 image, resized, traced graph): {forward:.1f} ms; "
+            f"batched (32): {batched:.1f} img/s"
+        )
+
+        env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+        server = subprocess.Popen(
+            [sys.executable, "-m", "cbir", "serve", str(ds), "--port", "0", *features],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        try:
+            line = server.stdout.readline()
+            port = int(line.rsplit(":", 1)[1].strip("/\n"))
+            c = Client(port)
+            while True:
+                c.conn.request("GET", "/api/info")
+                info = json.loads(c.conn.getresponse().read())
+                if info["ready"] and info["indexing"]["state"] == "idle":
+                    break
+                time.sleep(0.2)
+            rels = [
+                f"f{i // 1000:02d}/{i:05d}.jpg" for i in range(0, args.images, max(1, args.images // 200))
+            ]
+            c.like(rels[0])
+            like = [timed(lambda r=r: c.like(r), 1)[0] for r in rels]
+            body, kind = multipart(query)
+            c.upload(body, kind)
+            upload = timed(lambda: c.upload(body, kind), 50)
+            like_cli = [cli("query", str(ds), "--like", rels[i], "--json", "--no-plot") for i in range(5)]
+            upload_cli = [cli("query", str(ds), str(query_file), "--json", "--no-plot") for _ in range(3)]
+            lp50, lp95 = percentiles(like)
+            up50, up95 = percentiles(upload)
+            print(f"like query   API p50 {lp50:.1f} ms  p95 {lp95:.1f} ms ({len(like)} queries)")
+            print(f"like query   CLI p50 {np.median(like_cli) * 1000:.0f} ms (a process per query, 5 runs)")
+            print(
+                f"  API / CLI: {lp50 / (np.median(like_cli) * 1000):.4f}x; target p50 <= 20 ms: "
+                f"{'met' if lp50 <= 20 else 'MISSED'}"
+            )
+            print(f"upload query API p50 {up50:.1f} ms  p95 {up95:.1f} ms (50 queries)")
+            print(f"upload query CLI p50 {np.median(upload_cli) * 1000:.0f} ms (a process per query, 3 runs)")
+            bound = 1.3 * forward + 30
+            print(
+                f"  API / forward pass: {up50 / forward:.2f}x; target p50 <= 1.3 x {forward:.1f} + 30 = "
+                f"{bound:.1f} ms: {'met' if up50 <= bound else 'MISSED'}"
+            )
+            for clients in (1, 8, 32):
+                seconds = args.seconds if clients == 32 else args.seconds / 6
+                before = embedded_so_far(port)
+                answered, errors = load(port, clients, seconds, body, kind)
+                after = embedded_so_far(port)
+                passes, images = after[0] - before[0], after[1] - before[1]
+                rate = answered / seconds
+                verdict = ""
+                if clients == 32:
+                    ok = errors == 0 and rate >= 0.8 * batched
+                    verdict = f"; target 0 errors and >= 0.8 x batched: {'met' if ok else 'MISSED'}"
+                print(f"   mean batch {images / max(1, passes):.1f} images ({passes} forward passes)")
+                print(
+                    f"{clients:2d} clients x {seconds:.0f} s: {rate:.1f} uploads/s "
+                    f"({rate / batched:.2f}x batched embedding), {errors} errors{verdict}"
+                )
+        finally:
+            server.terminate()
+            server.wait(30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,6 @@
+"""``cbir serve``: browse and search a collection in the browser (FastAPI, the ``web`` extra).
+
+``model.py`` (the warm, batching model), ``updater.py`` (background indexing with progress),
+``collection.py`` (the committed index, reloaded on commit; safe file lookup), ``thumbnails.py``,
+``service.py`` (what the API does), ``app.py`` (HTTP), ``server.py`` (uvicorn), ``static/`` (the page).
+"""

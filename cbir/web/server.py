@@ -1,0 +1,131 @@
+"""``cbir serve``: the service put together and run under uvicorn until interrupted.
+
+The socket is bound before anything else (a port in use is one error line, port 0 picks a free one),
+the page answers at once, and the model loads and the index catches up in background threads; with
+``watch``, a :class:`~cbir.index.watch.FolderWatcher` asks the indexer for a run whenever the
+folder's images change and settle.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+from cbir.errors import CbirError, DatasetError
+from cbir.index.indexer import IndexOptions
+from cbir.index.watch import FolderWatcher
+from cbir.settings import Settings
+from cbir.web.app import create_app
+from cbir.web.collection import Collection
+from cbir.web.model import ModelWorker, warmed_up
+from cbir.web.service import Service
+from cbir.web.updater import Updater
+
+log = logging.getLogger(__name__)
+
+LOCAL_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None
+    max_upload_mb: float = 32.0
+    watch: bool = False
+    update: bool = True  # bring the index up to date at start
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``; CbirError (one line) when that is impossible."""
+    if not 0 <= port <= 65535:
+        raise CbirError(f"--port {port}: a port is between 0 and 65535")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        raise CbirError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+@contextmanager
+def running_service(
+    settings: Settings, index_options: IndexOptions, options: ServeOptions
+) -> Iterator[Service]:
+    """The service with its model worker, indexer and (with ``watch``) watcher running; all stopped
+    on the way out."""
+    worker = ModelWorker(
+        lambda: warmed_up(settings.embedder()), max_batch=settings.runtime.batch_size
+    ).start()
+    updater = Updater(settings, index_options, lambda: worker.wait()).start()
+    service = Service(
+        Collection(settings.dataset, settings.index_dir),
+        worker,
+        updater,
+        limits=settings.runtime.limits,
+        max_upload_bytes=int(options.max_upload_mb * 2**20),
+        features=settings.config.to_dict(),
+    )
+    watcher = None
+    if options.watch:  # it looks at the folder before the first run: nothing added meanwhile is missed
+        watcher = FolderWatcher(
+            settings.dataset, updater.request, skip=[settings.index_dir], options=index_options
+        ).start()
+    if options.update or options.watch:
+        updater.request()
+    try:
+        yield service
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        updater.stop()
+        worker.stop()
+
+
+def serve(
+    settings: Settings,
+    index_options: IndexOptions,
+    options: ServeOptions,
+    on_listening: Callable[[str], None] = lambda url: None,
+) -> None:
+    """Serve the collection of ``settings`` until interrupted; ``on_listening`` gets the URL."""
+    import uvicorn
+
+    if not settings.dataset.is_dir():
+        raise DatasetError(f"dataset folder not found: {settings.dataset}")
+    sock = bind(options.host, options.port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}/" + (f"?token={options.token}" if options.token else "")
+    with running_service(settings, index_options, options) as service:
+        app = create_app(service, options.token)
+        if is_loopback(options.host):  # a page on another site cannot reach us by DNS rebinding
+            app.add_middleware(TrustedHostMiddleware, allowed_hosts=LOCAL_NAMES)
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        server = uvicorn.Server(config)
+        on_listening(url)
+        try:
+            server.run(sockets=[sock])
+        finally:
+            sock.close()

@@ -1,0 +1,138 @@
+"""What the web API does, without HTTP: info, browse, like- and upload-search, duplicates.
+
+:class:`Service` ties the collection (the committed index, reloaded on commit), the warm model
+(:class:`~cbir.web.model.ModelWorker`) and the background indexer (:class:`~cbir.web.updater.Updater`)
+together; :mod:`cbir.web.app` only maps its answers and errors to HTTP.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cbir.errors import BadImageError, CbirError, QueryError
+from cbir.index.snapshot import Index
+from cbir.ingest.decode import LoadLimits, decode_bytes
+from cbir.output.results import QueryResult
+from cbir.search.filters import ResultFilter
+from cbir.search.query import like_index, search_index
+from cbir.types import JSONDict
+from cbir.web.collection import Collection, NotFound
+from cbir.web.model import ModelWorker
+from cbir.web.updater import Updater
+
+MAX_K = 500
+
+
+class UploadTooLarge(CbirError):
+    """An upload above ``--max-upload-mb``."""
+
+
+class DuplicatesUnavailable(CbirError):
+    """This version has no near-duplicate grouping."""
+
+
+def no_duplicates(index: Index, threshold: float) -> JSONDict:
+    """The seam for near-duplicate groups (``GET /api/duplicates``): answered by the duplicates
+    feature where it exists; this version has none."""
+    raise DuplicatesUnavailable("duplicates are not available in this version")
+
+
+@dataclass
+class Service:
+    """The collection, its model and its indexer, and the limits of what a client may ask."""
+
+    collection: Collection
+    worker: ModelWorker
+    updater: Updater | None = None
+    limits: LoadLimits = LoadLimits()
+    max_upload_bytes: int = 32 * 2**20
+    duplicates: Callable[[Index, float], JSONDict] = no_duplicates
+    features: JSONDict = field(default_factory=dict)
+    # one decode per core at a time: more would only take the cores from the model's batch
+    _decoding: threading.BoundedSemaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(os.cpu_count() or 1), repr=False
+    )
+
+    def info(self) -> JSONDict:
+        index = self.collection.current()
+        progress = self.updater.progress.to_dict() if self.updater is not None else None
+        return {
+            "dataset": str(self.collection.root),
+            "images": len(index) if index is not None else 0,
+            "features": index.config.to_dict() if index is not None else self.features,
+            "ready": self.worker.state == "ready",
+            "model": self.worker.state,
+            "model_error": self.worker.error,
+            "queries_embedded": {"passes": self.worker.passes, "images": self.worker.embedded},
+            "indexing": progress,
+            "max_upload_mb": self.max_upload_bytes / 2**20,
+        }
+
+    def like(self, rel: str, k: int, under: str | None) -> JSONDict:
+        """More like the indexed image ``rel``, from its stored vector (no model)."""
+        index, _ = self.collection.row(rel)
+        t0 = time.perf_counter()
+        found = like_index(index, [rel], k=_check_k(k), where=_where(under))[0]
+        return _answer(index, found, {"like": rel}, k, under, t0)
+
+    def upload(self, data: bytes, name: str, k: int, under: str | None) -> JSONDict:
+        """The images most like an uploaded image file (embedded by the warm model, batched)."""
+        if len(data) > self.max_upload_bytes:
+            raise UploadTooLarge(f"the upload is larger than {self.max_upload_bytes // 2**20} MiB")
+        k = _check_k(k)
+        index = self.collection.require()
+        model = self.worker.ready()
+        t0 = time.perf_counter()
+        try:
+            with self._decoding, decode_bytes(data, self.limits, model.geometry, model.config.scales) as img:
+                array = np.asarray(img)
+        except BadImageError as exc:
+            raise BadImageError(f"{name or 'the upload'} is not a usable image: {exc}") from None
+        vector = self.worker.embed(array)
+        if vector.shape[0] != index.feats.shape[1]:
+            raise QueryError("the index was rebuilt with other features; restart the server")
+        found = search_index(index, vector[None, :], [name], k, False, exact=False, where=_where(under))[0]
+        return _answer(index, found, {"upload": name}, k, under, t0)
+
+    def duplicate_groups(self, threshold: float) -> JSONDict:
+        if not 0.0 < threshold <= 1.0:
+            raise QueryError("threshold must be in (0, 1]")
+        return self.duplicates(self.collection.require(), threshold)
+
+
+def _check_k(k: int) -> int:
+    if not 1 <= k <= MAX_K:
+        raise QueryError(f"k must be between 1 and {MAX_K}")
+    return k
+
+
+def _where(under: str | None) -> ResultFilter:
+    if not under or under.strip("/") == "":
+        return ResultFilter()
+    folder = under.strip("/")
+    if folder.startswith("/") or ".." in folder.split("/"):
+        raise NotFound(f"not a folder of the collection: {under}")
+    return ResultFilter(under=(folder,))
+
+
+def _answer(
+    index: Index, found: QueryResult, query: JSONDict, k: int, under: str | None, t0: float
+) -> JSONDict:
+    root = Path(index.root)
+    return {
+        "query": query,
+        "k": k,
+        "under": under or None,
+        "results": [
+            {"path": Path(m.path).relative_to(root).as_posix(), "score": round(m.score, 6)}
+            for m in found.matches
+        ],
+        "took_ms": round((time.perf_counter() - t0) * 1000, 2),
+    }

@@ -1,0 +1,219 @@
+// cbir's page: browse the collection, search by example. Uses only the JSON API of the server.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { dir: "", page: 1, pages: 1, images: -1, ready: false };
+
+function enc(rel) {
+  return rel.split("/").map(encodeURIComponent).join("/");
+}
+
+async function api(url, options) {
+  const response = await fetch(url, options);
+  let body = null;
+  try {
+    body = await response.json();
+  } catch (e) {
+    body = { error: `${response.status} ${response.statusText}` };
+  }
+  if (!response.ok) {
+    const error = new Error(body.error || `${response.status} ${response.statusText}`);
+    error.status = response.status;
+    throw error;
+  }
+  return body;
+}
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = !message;
+}
+
+function show(view) {
+  for (const id of ["browse", "results", "duplicates"]) $(id).hidden = id !== view;
+}
+
+function el(tag, props, ...children) {
+  const node = Object.assign(document.createElement(tag), props || {});
+  for (const child of children) node.append(child);
+  return node;
+}
+
+function tile(path, score) {
+  const img = el("img", { src: `/thumbs/${enc(path)}`, alt: path, loading: "lazy" });
+  const more = el("button", { type: "button", className: "more", title: `More like ${path}` }, img);
+  more.addEventListener("click", () => like(path));
+  const link = el("a", { href: `/files/${enc(path)}`, target: "_blank", rel: "noopener" }, path);
+  const meta = el("div", { className: "meta" }, link);
+  if (score !== undefined) meta.append(el("div", { className: "score" }, `score ${score.toFixed(3)}`));
+  const item = el("li", { className: "tile" }, more, meta);
+  item.dataset.path = path;
+  return item;
+}
+
+function underParam() {
+  return $("restrict").checked && state.dir ? `&under=${encodeURIComponent(state.dir)}` : "";
+}
+
+function k() {
+  const value = parseInt($("k").value, 10);
+  return Number.isFinite(value) && value > 0 ? Math.min(value, 500) : 18;
+}
+
+async function browse(dir, page) {
+  try {
+    const data = await api(`/api/browse?dir=${encodeURIComponent(dir)}&page=${page}`);
+    showError("");
+    Object.assign(state, { dir: data.dir, page: data.page, pages: data.pages });
+    const crumbs = $("crumbs");
+    crumbs.replaceChildren();
+    const parts = data.dir ? data.dir.split("/") : [];
+    const link = (label, target) => {
+      const a = el("a", { href: "#" }, label);
+      a.addEventListener("click", (e) => { e.preventDefault(); browse(target, 1); });
+      return a;
+    };
+    crumbs.append(link("all images", ""));
+    parts.forEach((part, i) => crumbs.append(" / ", link(part, parts.slice(0, i + 1).join("/"))));
+    $("folders").replaceChildren(
+      ...data.folders.map((f) => el("li", {}, link(`${f.name}/ (${f.images})`, f.path)))
+    );
+    $("grid").replaceChildren(...data.images.map((im) => tile(im.path)));
+    $("page").textContent = data.total ? `page ${data.page} of ${data.pages} (${data.total} here)` : "";
+    $("prev").disabled = data.page <= 1;
+    $("next").disabled = data.page >= data.pages;
+    $("restrict-dir").textContent = data.dir ? `${data.dir}/` : "/";
+    show("browse");
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
+function showResults(data, queryNode) {
+  showError("");
+  $("query").replaceChildren(
+    queryNode,
+    el("span", {}, `${data.results.length} results in ${data.took_ms} ms` +
+      (data.under ? ` (only in ${data.under}/)` : "") + ". Click a picture for more like it; Esc to browse.")
+  );
+  $("result-grid").replaceChildren(...data.results.map((r) => tile(r.path, r.score)));
+  show("results");
+  const first = document.querySelector("#result-grid button.more");
+  if (first) first.focus({ preventScroll: true });
+  window.scrollTo(0, 0);
+}
+
+async function like(path) {
+  try {
+    const data = await api(`/api/search?like=${encodeURIComponent(path)}&k=${k()}${underParam()}`);
+    showResults(data, el("img", { src: `/thumbs/${enc(path)}`, alt: `query: ${path}` }));
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
+async function upload(file) {
+  if (!file) return;
+  if (file.type && !file.type.startsWith("image/")) {
+    showError(`${file.name} is not an image`);
+    return;
+  }
+  const form = new FormData();
+  form.append("file", file, file.name || "pasted image");
+  $("status").textContent = `Searching with ${file.name || "the pasted image"}…`;
+  try {
+    const data = await api(`/api/search?k=${k()}${underParam()}`, { method: "POST", body: form });
+    showResults(data, el("img", { src: URL.createObjectURL(file), alt: `query: ${file.name}` }));
+  } catch (e) {
+    showError(e.status === 503 ? `The model is still loading: try again in a moment (${e.message})` : e.message);
+  }
+  refreshInfo();
+}
+
+async function showDuplicates() {
+  try {
+    const data = await api("/api/duplicates");
+    $("groups").replaceChildren(
+      ...(data.groups || []).map((g) => el("ul", { className: "grid group" }, ...g.paths.map((p) => tile(p))))
+    );
+    show("duplicates");
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
+async function probeDuplicates() {
+  try {
+    await api("/api/duplicates");
+    $("show-duplicates").hidden = false;
+  } catch (e) {
+    $("show-duplicates").hidden = true; // 501: this version has no duplicate grouping
+  }
+}
+
+function describe(info) {
+  const parts = [`${info.images} images`];
+  if (info.model === "loading") parts.push("loading the model… (browsing and “more like this” already work)");
+  if (info.model === "failed") parts.push(`the model failed: ${info.model_error}`);
+  const ix = info.indexing;
+  if (ix && ix.state === "indexing") parts.push(`indexing ${ix.done} / ${ix.total || "?"}`);
+  if (ix && ix.state === "failed") parts.push(`indexing failed: ${ix.error}`);
+  if (ix && ix.bad && ix.bad.length) parts.push(`${ix.bad.length} files could not be read`);
+  return parts.join(" · ");
+}
+
+async function refreshInfo() {
+  let info;
+  try {
+    info = await api("/api/info");
+  } catch (e) {
+    $("status").textContent = `server unreachable: ${e.message}`;
+    setTimeout(refreshInfo, 3000);
+    return;
+  }
+  $("dataset").textContent = info.dataset;
+  $("status").textContent = describe(info);
+  const ix = info.indexing;
+  const bad = (ix && ix.bad) || [];
+  $("bad").hidden = bad.length === 0;
+  $("bad-list").replaceChildren(...bad.map((b) => el("li", {}, `${b.path}: ${b.reason}`)));
+  state.ready = info.ready;
+  const busy = info.model === "loading" || (ix && ix.state === "indexing");
+  if (info.images !== state.images && !$("browse").hidden) browse(state.dir, state.page);
+  state.images = info.images;
+  setTimeout(refreshInfo, busy ? 1000 : 4000);
+}
+
+function setUp() {
+  $("home").addEventListener("click", (e) => { e.preventDefault(); browse(state.dir, state.page); });
+  $("prev").addEventListener("click", () => browse(state.dir, state.page - 1));
+  $("next").addEventListener("click", () => browse(state.dir, state.page + 1));
+  $("file").addEventListener("change", (e) => upload(e.target.files[0]));
+  $("show-duplicates").addEventListener("click", showDuplicates);
+  let depth = 0;
+  window.addEventListener("dragenter", (e) => { e.preventDefault(); depth++; $("drop").hidden = false; });
+  window.addEventListener("dragleave", () => { if (--depth <= 0) { depth = 0; $("drop").hidden = true; } });
+  window.addEventListener("dragover", (e) => e.preventDefault());
+  window.addEventListener("drop", (e) => {
+    e.preventDefault();
+    depth = 0;
+    $("drop").hidden = true;
+    upload(e.dataTransfer.files[0]);
+  });
+  window.addEventListener("paste", (e) => {
+    const file = [...e.clipboardData.files].find((f) => f.type.startsWith("image/"));
+    if (file) upload(file);
+  });
+  window.addEventListener("keydown", (e) => {
+    if (e.target.tagName === "INPUT") return;
+    if (e.key === "Escape") browse(state.dir, state.page);
+    else if (e.key === "u" || e.key === "/") { e.preventDefault(); $("file").click(); }
+    else if (e.key === "ArrowRight" && !$("browse").hidden && !$("next").disabled) browse(state.dir, state.page + 1);
+    else if (e.key === "ArrowLeft" && !$("browse").hidden && !$("prev").disabled) browse(state.dir, state.page - 1);
+  });
+  browse("", 1);
+  refreshInfo();
+  probeDuplicates();
+}
+
+setUp();

@@ -1,0 +1,161 @@
+"""Bringing the served index up to date in the background, with progress the page can show.
+
+:class:`Updater` runs the ordinary incremental indexer (:func:`cbir.index.indexer.update_index`) on
+its own thread, as often as it is asked (requests made during a run coalesce into one more run). It
+embeds with the server's one model (:class:`~cbir.web.model.ModelWorker` builds it; nothing builds a
+second), counting images done and bad files as they come. Readers keep answering from the last
+committed version meanwhile; each checkpoint commit becomes visible to them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from cbir.embedding.features import FeatureConfig
+from cbir.embedding.weights import Weights
+from cbir.embedding.whiten import Whitening
+from cbir.errors import BadImageError, CbirError
+from cbir.index.indexer import FileEmbedder, IndexOptions, IndexReport, update_index
+from cbir.settings import Settings
+from cbir.types import JSONDict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    """What the indexer is doing, for ``GET /api/info``."""
+
+    state: str = "idle"  # idle, indexing, failed
+    done: int = 0
+    total: int = 0
+    bad: list[dict[str, str]] = field(default_factory=list)
+    error: str | None = None
+    last: JSONDict | None = None  # the report of the last finished run
+    runs: int = 0
+
+    def to_dict(self) -> JSONDict:
+        return {
+            "state": self.state,
+            "done": self.done,
+            "total": self.total,
+            "bad": list(self.bad[-100:]),
+            "error": self.error,
+            "last": self.last,
+            "runs": self.runs,
+        }
+
+
+class _Counting:
+    """A FileEmbedder that counts what the wrapped one yields into ``progress``."""
+
+    def __init__(self, inner: FileEmbedder, progress: Progress, root: str | os.PathLike[str]) -> None:
+        self.inner = inner
+        self.progress = progress
+        self.root = root
+        self.config = inner.config
+
+    @property
+    def dim(self) -> int:
+        return self.inner.dim
+
+    def embed_files(
+        self, paths: Sequence[str | os.PathLike[str]], progress: bool | None = False, desc: str = ""
+    ) -> Iterator[tuple[int, np.ndarray | BadImageError]]:
+        self.progress.total += len(paths)
+        for pos, result in self.inner.embed_files(paths, progress=False, desc=desc):
+            self.progress.done += 1
+            if isinstance(result, BadImageError):
+                rel = os.path.relpath(paths[pos], self.root)
+                self.progress.bad.append({"path": rel, "reason": str(result)})
+            yield pos, result
+
+
+class _Source:
+    """The settings' features, embedded with the worker's model once it is built."""
+
+    def __init__(self, settings: Settings, model: Callable[[], FileEmbedder], progress: Progress) -> None:
+        self.settings = settings
+        self.model = model
+        self.progress = progress
+
+    @property
+    def config(self) -> FeatureConfig:
+        return self.settings.config
+
+    @property
+    def weights(self) -> Weights:
+        return self.settings.weights
+
+    @property
+    def whitening(self) -> Whitening | None:
+        return self.settings.whitening
+
+    def embedder(self) -> FileEmbedder:
+        return _Counting(self.model(), self.progress, self.settings.dataset)
+
+
+class Updater:
+    """Runs ``update_index`` on request, one run at a time, in a background thread."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        options: IndexOptions,
+        model: Callable[[], FileEmbedder],
+        on_done: Callable[[IndexReport], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.options = options
+        self.progress = Progress()
+        self._source = _Source(settings, model, self.progress)
+        self._on_done = on_done
+        self._wanted = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="cbir-indexer", daemon=True)
+
+    def start(self) -> Updater:
+        self._thread.start()
+        return self
+
+    def request(self) -> None:
+        """Ask for a run (several requests while one runs make one more run)."""
+        self._wanted.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wanted.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while True:
+            self._wanted.wait()
+            if self._stopping:
+                return
+            self._wanted.clear()
+            self.run_once()
+
+    def run_once(self) -> IndexReport | None:
+        """One indexer run now (on the calling thread); errors are recorded, not raised."""
+        p = self.progress
+        p.state, p.done, p.total, p.bad, p.error = "indexing", 0, 0, [], None
+        try:
+            report = update_index(
+                self.settings.dataset, self._source, index_dir=self.settings.index_dir, options=self.options
+            )
+        except (CbirError, OSError) as exc:
+            p.state, p.error = "failed", str(exc)
+            log.warning("indexing failed: %s", exc)
+            return None
+        p.state, p.last, p.runs = "idle", report.to_dict(), p.runs + 1
+        self.options = replace(self.options, rebuild=False)  # --rebuild means the first run only
+        p.bad = list(report.skipped)
+        if self._on_done is not None:
+            self._on_done(report)
+        return report

@@ -1,0 +1,154 @@
+"""`cbir serve` for real: the command on a free loopback port, and one real-browser check of the page
+(Playwright driving Debian's chromium; skipped with the reason when either is missing)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import save_image
+from helpers import REPO, TINY_MODEL, cli, one_line_error
+
+pytest.importorskip("fastapi", reason="cbir serve needs the web extra (pip install 'cbir[web]')")
+
+CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
+    """``cbir serve DATASET --port 0`` on 12 generated images and a broken one; the URL it printed."""
+    ds = tmp_path_factory.mktemp("browser") / "photos"
+    for i in range(10):
+        save_image(ds / f"p{i:02d}.jpg", seed=i)
+    save_image(ds / "trips" / "t1.png", seed=40)
+    save_image(ds / "trips" / "t2.png", seed=41)
+    (ds / "broken.jpg").write_bytes(b"not a picture")
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cbir", "serve", str(ds), "--port", "0", *TINY_MODEL],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    try:
+        line = lines.get(timeout=120)
+        assert line.startswith(f"serving {ds} at http://127.0.0.1:"), line
+        url = line.split(" at ")[1].strip()
+        deadline = time.monotonic() + 180
+        while True:
+            info = json.loads(get(url + "api/info")[1])
+            if info["ready"] and info["indexing"]["state"] == "idle" and info["images"] == 12:
+                break
+            assert time.monotonic() < deadline, info
+            time.sleep(0.2)
+        yield url, ds
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert "Traceback" not in err, err
+
+
+def test_the_command_serves_on_loopback_and_refuses_other_host_names(server):
+    url, _ = server
+    assert get(url)[0] == 200
+    status, body = get(url + "api/info", {"Host": "evil.example:80"})  # DNS rebinding
+    assert status == 400
+    assert get(url + "api/info", {"Host": "localhost"})[0] == 200
+
+
+def test_the_page_searches_by_a_dropped_file_and_clicks_through(server, tmp_path):
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    url, ds = server
+    dropped = base64.b64encode((ds / "p03.jpg").read_bytes()).decode()
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(url)
+            page.wait_for_selector("#grid li.tile img")
+            assert page.locator("#grid li.tile").count() == 10
+            assert page.locator("#folders a").first.inner_text() == "trips/ (2)"
+            page.wait_for_selector("#bad:not([hidden])")  # the files that could not be read are listed
+            assert "broken.jpg: not a recognised image" in page.locator("#bad-list").text_content()
+            page.fill("#k", "5")
+            transfer = page.evaluate_handle(
+                """(b64) => {
+                    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                    const dt = new DataTransfer();
+                    dt.items.add(new File([bytes], "p03.jpg", { type: "image/jpeg" }));
+                    return dt;
+                }""",
+                dropped,
+            )
+            page.dispatch_event("body", "drop", {"dataTransfer": transfer})
+            page.wait_for_selector("#results:not([hidden]) #result-grid li.tile")
+            first = page.locator("#result-grid li.tile").evaluate_all("(ts) => ts.map((t) => t.dataset.path)")
+            assert len(first) == 5 and first[0] == "p03.jpg"  # the dropped photo is itself in the collection
+            target = first[1]
+            page.locator("#result-grid li.tile button.more").nth(1).click()
+            page.wait_for_selector(f'#query img[alt="query: {target}"]')
+            page.wait_for_function(
+                "(t) => ![...document.querySelectorAll('#result-grid li.tile')]"
+                ".some((e) => e.dataset.path === t)",
+                arg=target,
+            )
+            second = page.locator("#result-grid li.tile").evaluate_all(
+                "(ts) => ts.map((t) => t.dataset.path)"
+            )
+            assert len(second) == 5 and second != first and target not in second
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('#result-grid img')]"
+                ".every((i) => i.complete && i.naturalWidth > 0)"
+            )
+            page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
+            assert (tmp_path / "serve.png").stat().st_size > 10_000
+            assert page.locator("#show-duplicates").is_hidden()  # 501: the view is hidden
+            assert page.locator("#error").is_hidden()
+        finally:
+            browser.close()
+
+
+def test_serve_errors_are_one_line(tmp_path):
+    ds = tmp_path / "photos"
+    save_image(ds / "a.jpg")
+    missing = cli("serve", tmp_path / "nope", *TINY_MODEL, cwd=tmp_path, script=None)
+    one_line_error(missing, "nope")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = cli("serve", ds, "--port", port, *TINY_MODEL, cwd=tmp_path, script=None, timeout=120)
+    one_line_error(busy, "cannot listen on 127.0.0.1:")
+    one_line_error(cli("serve", ds, "--port", 70000, cwd=tmp_path, script=None), "between 0 and 65535")

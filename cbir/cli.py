@@ -17,7 +17,6 @@ from dataclasses import replace
 from typing import NoReturn
 
 from cbir.cli_duplicates import cmd_duplicates
-from cbir.cli_serve import cmd_serve
 from cbir.cli_options import (
     DEFAULT_OUT,
     build_legacy_parser,
@@ -27,6 +26,7 @@ from cbir.cli_options import (
     result_filter_from,
     settings_from,
 )
+from cbir.cli_serve import cmd_serve
 from cbir.embedding.backbones import REGISTRY
 from cbir.errors import CbirError, ModelError, QueryError
 from cbir.evaluation.evaluate import evaluate_index

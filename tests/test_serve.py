@@ -22,6 +22,7 @@ pytest.importorskip("fastapi", reason="cbir serve needs the web extra (pip insta
 from fastapi.testclient import TestClient  # noqa: E402
 
 from cbir.cli_options import build_parser, index_options_from, settings_from  # noqa: E402
+from cbir.duplicates.find import DuplicateOptions, find_duplicates  # noqa: E402
 from cbir.ingest.decode import LoadLimits  # noqa: E402
 from cbir.web.app import create_app  # noqa: E402
 from cbir.web.model import ModelWorker  # noqa: E402
@@ -259,10 +260,24 @@ def test_a_file_swapped_for_a_symlink_out_of_the_dataset_is_not_served(served, c
     assert client.get("/files/img09.jpg").status_code == 200
 
 
-def test_duplicates_say_they_are_not_available(client):
-    response = client.get("/api/duplicates", params={"threshold": 0.9})
-    assert response.status_code == 501
-    assert response.json() == {"error": "duplicates are not available in this version"}
+def test_duplicates_are_the_groups_of_the_duplicates_feature_with_relative_paths(served, client):
+    ds, service = served
+    for threshold in (0.5, 0.99):
+        doc = client.get("/api/duplicates", params={"threshold": threshold}).json()
+        report = find_duplicates(
+            service.collection.require(), DuplicateOptions(threshold=threshold), progress=False
+        )
+        assert doc["threshold"] == threshold and doc["images"] == 14
+        assert [g["representative"] for g in doc["groups"]] == [
+            Path(g.representative).relative_to(ds).as_posix() for g in report.groups
+        ]
+        assert [[m["score"] for m in g["members"]] for g in doc["groups"]] == [
+            [round(m.score, 6) for m in g.members] for g in report.groups
+        ]
+        for g in doc["groups"]:
+            assert g["paths"] == [g["representative"], *(m["path"] for m in g["members"])]
+            assert all(client.get(f"/thumbs/{p}").status_code == 200 for p in g["paths"])
+    assert client.get("/api/duplicates", params={"threshold": 1.5}).status_code == 400
 
 
 def test_the_page_and_its_assets_are_served(client):

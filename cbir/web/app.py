@@ -18,17 +18,17 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartParser
 
+from cbir.duplicates.find import DEFAULT_THRESHOLD
 from cbir.errors import BadImageError, CbirError, QueryError
 from cbir.types import JSONDict
 from cbir.web.collection import NotFound
 from cbir.web.model import ModelLoading
-from cbir.web.service import DuplicatesUnavailable, Service, UploadTooLarge
+from cbir.web.service import Service, UploadTooLarge
 from cbir.web.thumbnails import thumbnail
 
 STATUS: dict[type[Exception], int] = {
     NotFound: 404,
     UploadTooLarge: 413,
-    DuplicatesUnavailable: 501,
     ModelLoading: 503,
     BadImageError: 400,
     QueryError: 400,
@@ -120,7 +120,7 @@ def _add_api(app: FastAPI, service: Service) -> None:
         return await run_in_threadpool(service.upload, data, name, k, under)
 
     @app.get("/api/duplicates")
-    def duplicates(threshold: float = 0.95) -> JSONDict:
+    def duplicates(threshold: float = DEFAULT_THRESHOLD) -> JSONDict:
         return service.duplicate_groups(threshold)
 
 

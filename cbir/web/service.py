@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cbir.duplicates.find import DuplicateOptions, find_duplicates
 from cbir.errors import BadImageError, CbirError, QueryError
 from cbir.index.snapshot import Index
 from cbir.ingest.decode import LoadLimits, decode_bytes
@@ -34,14 +35,24 @@ class UploadTooLarge(CbirError):
     """An upload above ``--max-upload-mb``."""
 
 
-class DuplicatesUnavailable(CbirError):
-    """This version has no near-duplicate grouping."""
+def duplicate_groups_of(index: Index, threshold: float) -> JSONDict:
+    """The near-duplicate groups of ``index`` (:mod:`cbir.duplicates`, default rules), paths relative
+    to the dataset as everywhere in the API; ``paths`` lists each group's images, the kept one first."""
+    report = find_duplicates(index, DuplicateOptions(threshold=threshold), progress=False)
+    root = Path(index.root)
 
+    def rel(path: str) -> str:
+        return Path(path).relative_to(root).as_posix()
 
-def no_duplicates(index: Index, threshold: float) -> JSONDict:
-    """The seam for near-duplicate groups (``GET /api/duplicates``): answered by the duplicates
-    feature where it exists; this version has none."""
-    raise DuplicatesUnavailable("duplicates are not available in this version")
+    groups = [
+        {
+            "representative": rel(g.representative),
+            "members": [{"path": rel(m.path), "score": round(m.score, 6)} for m in g.members],
+            "paths": [rel(g.representative), *(rel(m.path) for m in g.members)],
+        }
+        for g in report.groups
+    ]
+    return {"groups": groups, "threshold": threshold, "images": report.images}
 
 
 @dataclass
@@ -53,8 +64,10 @@ class Service:
     updater: Updater | None = None
     limits: LoadLimits = LoadLimits()
     max_upload_bytes: int = 32 * 2**20
-    duplicates: Callable[[Index, float], JSONDict] = no_duplicates
+    duplicates: Callable[[Index, float], JSONDict] = duplicate_groups_of
     features: JSONDict = field(default_factory=dict)
+    _duplicates_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _duplicates_done: dict[tuple[object, float], JSONDict] = field(default_factory=dict, repr=False)
     # one decode per core at a time: more would only take the cores from the model's batch
     _decoding: threading.BoundedSemaphore = field(
         default_factory=lambda: threading.BoundedSemaphore(os.cpu_count() or 1), repr=False
@@ -104,7 +117,12 @@ class Service:
     def duplicate_groups(self, threshold: float) -> JSONDict:
         if not 0.0 < threshold <= 1.0:
             raise QueryError("threshold must be in (0, 1]")
-        return self.duplicates(self.collection.require(), threshold)
+        index = self.collection.require()
+        key = (index.version, threshold)
+        with self._duplicates_lock:  # one computation per index version and threshold
+            if key not in self._duplicates_done:
+                self._duplicates_done = {key: self.duplicates(index, threshold)}
+            return self._duplicates_done[key]
 
 
 def _check_k(k: int) -> int:

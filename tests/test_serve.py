@@ -276,7 +276,7 @@ def test_duplicates_are_the_groups_of_the_duplicates_feature_with_relative_paths
         ]
         for g in doc["groups"]:
             assert g["paths"] == [g["representative"], *(m["path"] for m in g["members"])]
-            assert all(client.get(f"/thumbs/{p}").status_code == 200 for p in g["paths"])
+            assert set(g["paths"]) <= set(service.collection.require().paths)  # as the API names images
     assert client.get("/api/duplicates", params={"threshold": 1.5}).status_code == 400
 
 

@@ -5,7 +5,7 @@ once (timed, into a temporary model cache), then, for ``--runtime keras`` and ``
 side by side in the same run:
   * a cold query in a new process, broken down into: imports (TensorFlow/Keras, or only the LiteRT
     interpreter), build or load the model with its weights, open the index (memory-mapped), embed
-    the query, search, plot (matplotlib imported here);
+    the query, search, plot (the saved sheet, drawn with Pillow);
   * the whole ``run_cbir.py`` process for one query image that is not in the index (so it must be
     embedded), with ``--no-plot`` and with the plot: the issue-10 targets (LiteRT at most 1.5 s and
     at most 0.35x Keras without the plot, the plot at most 0.5 s more);

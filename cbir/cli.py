@@ -36,6 +36,7 @@ from cbir.index.watch import FolderWatcher
 from cbir.output import text
 from cbir.output.export import export_results
 from cbir.output.results import QueryResult, results_to_dict
+from cbir.quiet import native_stderr_silenced
 from cbir.search.query import check_query_files, like_index, query_index
 from cbir.settings import Settings
 from cbir.types import JSONDict
@@ -54,21 +55,14 @@ def _tensorflow_importer(verbose: int) -> Callable[[], None]:
     def load() -> None:
         if verbose or "tensorflow" in sys.modules:
             return
-        sys.stderr.flush()
-        saved = os.dup(2)
-        devnull = os.open(os.devnull, os.O_WRONLY)
         try:
-            os.dup2(devnull, 2)
-            import keras  # noqa: F401
-            import tensorflow as tf
+            with native_stderr_silenced():
+                import keras  # noqa: F401
+                import tensorflow as tf
 
-            tf.config.list_physical_devices()
+                tf.config.list_physical_devices()
         except ImportError as exc:
             raise ModelError(f"this needs TensorFlow and Keras, which cannot be imported ({exc})") from exc
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            os.close(devnull)
 
     return load
 

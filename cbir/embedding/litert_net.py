@@ -7,13 +7,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from cbir.errors import ModelError
+from cbir.quiet import native_stderr_silenced
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +38,8 @@ def quiet_native_stderr() -> Iterator[None]:
     if log.isEnabledFor(logging.DEBUG):
         yield
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
+    with native_stderr_silenced():
         yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 class LiteRTNetwork:

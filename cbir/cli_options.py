@@ -18,7 +18,7 @@ from cbir.cli_types import (
     scales,
     similarity,
 )
-from cbir.duplicates.find import DEFAULT_THRESHOLD, DuplicateOptions
+from cbir.duplicates.find import DEFAULT_VERIFY, VERIFICATIONS, DuplicateOptions
 from cbir.duplicates.grouping import GROUPINGS
 from cbir.duplicates.keep import KEEP_RULES
 from cbir.embedding.features import POOLINGS
@@ -173,9 +173,17 @@ def add_duplicates_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument(
         "--threshold",
         type=similarity,
-        default=DEFAULT_THRESHOLD,
         metavar="T",
-        help=f"least cosine similarity of near-duplicates (default {DEFAULT_THRESHOLD})",
+        help="least cosine similarity of candidate pairs (default "
+        + ", ".join(f"{v.threshold:g} with --verify {k}" for k, v in VERIFICATIONS.items())
+        + ")",
+    )
+    p.add_argument(
+        "--verify",
+        choices=list(VERIFICATIONS),
+        default=DEFAULT_VERIFY,
+        help="orb: a candidate must match the image geometrically (keypoints + RANSAC; default); "
+        "none: the similarity alone decides",
     )
     p.add_argument(
         "--grouping",
@@ -382,4 +390,5 @@ def duplicate_options_from(args: argparse.Namespace) -> DuplicateOptions:
         keep=args.keep,
         where=result_filter_from(args),
         exact=args.exact,
+        verify=args.verify,
     )

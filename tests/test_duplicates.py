@@ -132,7 +132,7 @@ def test_find_duplicates_groups_families_and_honours_the_filters(tmp_path):
     feats = families(8, [1, 3], noise=0.05)  # families of 1 and 3 rows, alternating
     taken = {i: f"2020-01-{1 + i % 5:02d}T10:00:00" for i in range(len(feats))}
     index = index_of(tmp_path, feats, taken)
-    report = find_duplicates(index, DuplicateOptions(threshold=0.9), progress=False)
+    report = find_duplicates(index, DuplicateOptions(threshold=0.9, verify="none"), progress=False)
     assert report.images == len(feats) and len(report.groups) == 4
     for g in report.groups:  # the largest file of each family (files grow with the row) is kept
         rows = sorted(int(p[-7:-4]) for p in [g.representative, *(m.path for m in g.members)])
@@ -141,15 +141,17 @@ def test_find_duplicates_groups_families_and_honours_the_filters(tmp_path):
     doc = report.to_dict()
     assert set(doc["groups"][0]) == {"representative", "members"} and doc["redundant"] == 8
     under = find_duplicates(
-        index, DuplicateOptions(threshold=0.9, where=ResultFilter(under=("a",))), progress=False
+        index, DuplicateOptions(0.9, verify="none", where=ResultFilter(under=("a",))), progress=False
     )
     assert under.images == len(feats) // 2
     assert all("/a/" in p for g in under.groups for p in [g.representative, *(m.path for m in g.members)])
     dated = find_duplicates(
-        index, DuplicateOptions(threshold=0.9, where=ResultFilter(since="2020-01-04")), progress=False
+        index,
+        DuplicateOptions(0.9, verify="none", where=ResultFilter(since="2020-01-04")),
+        progress=False,
     )
     assert dated.images == sum(t >= "2020-01-04" for t in taken.values())
-    none = find_duplicates(index, DuplicateOptions(threshold=0.9999), progress=False)
+    none = find_duplicates(index, DuplicateOptions(threshold=0.9999, verify="none"), progress=False)
     assert none.groups == [] and none.pairs == 0
 
 
@@ -165,10 +167,10 @@ def test_a_large_index_without_an_approximate_index_gets_a_temporary_one(tmp_pat
 
     feats = families(30, [1, 2, 4], noise=0.05, dim=48)
     index = index_of(tmp_path, feats)
-    exact = find_duplicates(index, DuplicateOptions(threshold=0.9, exact=True), progress=False)
+    exact = find_duplicates(index, DuplicateOptions(threshold=0.9, verify="none", exact=True), progress=False)
     monkeypatch.setattr(find, "GRAPH_ANN_MIN_ROWS", 10)
     with caplog.at_level("INFO", logger="cbir.duplicates.find"):
-        approx = find_duplicates(index, DuplicateOptions(threshold=0.9), progress=False)
+        approx = find_duplicates(index, DuplicateOptions(threshold=0.9, verify="none"), progress=False)
     assert "temporary approximate index" in caplog.text
     assert len(exact.groups) == 20 and len(approx.groups) == 20 and approx.pairs == exact.pairs
     for a, e in zip(approx.groups, exact.groups):  # the same groups; scores equal up to float rounding

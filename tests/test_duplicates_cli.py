@@ -23,12 +23,14 @@ def make_copies(data: Path) -> dict[str, str]:
     for i, number in enumerate([5, 150, 420, 610, 880]):
         shutil.copy(require(COREL_IMAGES / f"{number}.jpg"), data / f"photo{i}.jpg")
     made = {}
-    for i, edit in [(0, "small"), (0, "bright"), (1, "small"), (2, "crop")]:
+    for i, edit in [(0, "small"), (0, "bright"), (1, "small"), (2, "crop"), (3, "grey")]:
         img = Image.open(data / f"photo{i}.jpg")
         if edit == "small":
             img = img.resize((img.width * 2 // 3, img.height * 2 // 3))
         elif edit == "bright":
             img = ImageEnhance.Brightness(img).enhance(1.15)
+        elif edit == "grey":
+            img = img.convert("L")
         else:
             img = img.crop((10, 6, img.width - 8, img.height - 10))
         name = f"edits/photo{i}_{edit}.jpg"
@@ -58,32 +60,43 @@ def test_duplicates_from_the_stored_vectors_list_link_move_and_undo(
         "photo0.jpg": ["photo0_bright.jpg", "photo0_small.jpg"],
         "photo1.jpg": ["photo1_small.jpg"],
         "photo2.jpg": ["photo2_crop.jpg"],
+        "photo3.jpg": ["photo3_grey.jpg"],
     }  # the originals have the most pixels, so they are kept
-    assert doc["images"] == 9 and doc["redundant"] == 4 and doc["grouping"] == "star"
+    assert doc["images"] == 10 and doc["redundant"] == 5 and doc["grouping"] == "star"
+    assert doc["verify"] == "orb" and doc["candidates"] >= doc["pairs"] == 6
     assert all(doc["threshold"] <= m["score"] <= 1.0001 for g in doc["groups"] for m in g["members"])
+    grey = next(m["score"] for g in doc["groups"] for m in g["members"] if "grey" in m["path"])
+    vectors_only = json.loads(ok(run(data, "--json", "--verify", "none")).stdout)
+    assert vectors_only["threshold"] == 0.93 > grey  # the greyscale copy needs the pixel check
+    assert "photo3.jpg" not in {Path(g["representative"]).name for g in vectors_only["groups"]}
     assert doc["groups"][0]["representative"] == str(data / "photo0.jpg")  # paths as in query results
     assert not (tmp_path / DEFAULT_DUPLICATES_OUT).exists()  # --json draws no plot unless asked
 
     rows = list(csv.DictReader(io.StringIO(ok(run(data, "--csv", "--keep", "newest")).stdout)))
-    assert sum(r["role"] == "keep" for r in rows) == 3 and sum(r["role"] == "member" for r in rows) == 4
+    assert sum(r["role"] == "keep" for r in rows) == 4 and sum(r["role"] == "member" for r in rows) == 5
     text = ok(run(data, "--under", "edits", "--no-plot")).stdout
-    assert text.startswith("1 group(s) of near-duplicates among 4 images")  # two copies of photo0
+    assert text.startswith("1 group(s) of near-duplicates among 5 images")  # two copies of photo0
     assert "photo0_" in text and "photo1" not in text and str(data / "photo0.jpg") not in text
 
     listing = ok(run(data, "--link-to", tmp_path / "review")).stdout
     assert "group 1: keep " + str(data / "photo0.jpg") in listing
     assert (tmp_path / DEFAULT_DUPLICATES_OUT).stat().st_size > 0  # the plot, saved headless
-    assert sorted(p.name for p in (tmp_path / "review").iterdir()) == ["01_photo0", "02_photo1", "03_photo2"]
+    assert sorted(p.name for p in (tmp_path / "review").iterdir()) == [
+        "01_photo0",
+        "02_photo1",
+        "03_photo2",
+        "04_photo3",
+    ]
     assert (tmp_path / "review/01_photo0/01_photo0.jpg").resolve() == (data / "photo0.jpg").resolve()
 
     moved = ok(run(data, "--move-to", tmp_path / "dups", "--no-plot")).stdout
-    assert "moved 4 file(s)" in moved
+    assert "moved 5 file(s)" in moved
     assert sorted(
         p.relative_to(tmp_path / "dups").as_posix() for p in (tmp_path / "dups").rglob("*.jpg")
     ) == sorted(copies)
     log = next((tmp_path / "dups").glob("cbir-moves-*.jsonl"))
     assert not (data / "edits" / "photo0_small.jpg").exists()
-    assert ok(run("--undo", log)).stdout.startswith("put back 4 file(s)")
+    assert ok(run("--undo", log)).stdout.startswith("put back 5 file(s)")
     assert all((data / name).is_file() for name in copies)
 
 

@@ -120,7 +120,7 @@ def test_duplicates_listing_and_csv():
         DuplicateGroup("/p/a.jpg", [Match("/p/x/a copy.jpg", 0.99871), Match("/p/a,small.jpg", 0.9512)]),
         DuplicateGroup("/p/b.jpg", [Match("/p/b2.jpg", 0.9333)]),
     ]
-    report = DuplicateReport("/p", 120, DuplicateOptions(threshold=0.93), 4, groups)
+    report = DuplicateReport("/p", 120, DuplicateOptions(threshold=0.93), 4, 6, groups)
     check_golden("duplicates.txt", format_duplicates(report) + "\n--\n" + format_duplicates_csv(report))
 
 

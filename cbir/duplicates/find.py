@@ -1,56 +1,97 @@
 """Finding the near-duplicate groups of an index, from its stored vectors (no model is built).
 
 The pipeline: the index's searcher (filtered to ``--under``/``--since``/``--until`` when asked) ->
-the similarity graph (:mod:`cbir.duplicates.graph`) -> groups (:mod:`cbir.duplicates.grouping`),
-each led by the image the keep rule prefers (:mod:`cbir.duplicates.keep`).
+the similarity graph of candidate pairs (:mod:`cbir.duplicates.graph`) -> the pixel check of each
+candidate (:mod:`cbir.duplicates.verify`, unless ``--verify none``) -> groups
+(:mod:`cbir.duplicates.grouping`), each led by the image the keep rule prefers
+(:mod:`cbir.duplicates.keep`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from cbir.duplicates.graph import similar_pairs
+from cbir.duplicates.graph import Edges, similar_pairs
 from cbir.duplicates.grouping import GROUPINGS, Group
 from cbir.duplicates.keep import KEEP_RULES, RowFacts
+from cbir.duplicates.verify import count_inliers, keep_verified
 from cbir.index import ann
 from cbir.index.snapshot import Index
 from cbir.output.results import Match
 from cbir.progress import progress_bar
 from cbir.search.approximate import ApproximateSearcher
 from cbir.search.base import Searcher
-from cbir.search.exact import ExactSearcher
 from cbir.search.filters import FilteredSearcher, ResultFilter
 from cbir.types import JSONDict
 
 log = logging.getLogger(__name__)
 
-# Chosen by benchmarks/bench_duplicates.py (docs/duplicates.md): the best F1 of the weaker backbone
-DEFAULT_THRESHOLD = 0.93
 # From here the graph of an index without an approximate index is searched through a temporary HNSW
 # index built in memory: the exact scan compares every pair, which grows with the square of the rows
 # (100k rows: 526 s exact, 134 s with the temporary index; bench_duplicates.py --scale, docs/duplicates.md)
 GRAPH_ANN_MIN_ROWS = 20_000
+# Near-duplicates are a row's nearest neighbours: the graph asks the approximate index with less
+# effort than a query does (200k rows, bench_duplicates.py --scale: efSearch 64 and 16 re-scored
+# candidates found the same pairs as 256 / 64 in 0.31x the time)
+GRAPH_SEARCH = {"hnsw": {"efSearch": 64}}
+GRAPH_CANDIDATES = 16
+
+
+Check = Callable[[Index, Edges, "bool | None"], Edges]
+
+
+def _pixel_check(index: Index, edges: Edges, progress: bool | None) -> Edges:
+    return keep_verified(edges, count_inliers(edges, index.file, progress))
+
+
+@dataclass(frozen=True)
+class Verification:
+    """How candidate pairs become near-duplicates: the default cosine ``threshold`` of candidates,
+    the level above which a row's neighbour list is grown (a range search), and the check."""
+
+    threshold: float
+    grow_above: float
+    check: Check | None
+
+
+# The thresholds are chosen by benchmarks/bench_duplicates.py (docs/duplicates.md): with the pixel
+# check, a floor that keeps every true pair of the set among the candidates; without it, the best
+# F1 of the weaker backbone.
+VERIFICATIONS: dict[str, Verification] = {
+    "orb": Verification(threshold=0.55, grow_above=0.93, check=_pixel_check),
+    "none": Verification(threshold=0.93, grow_above=0.0, check=None),
+}
+DEFAULT_VERIFY = "orb"
 
 
 @dataclass(frozen=True)
 class DuplicateOptions:
-    """How duplicates are found: the similarity threshold, the grouping and keep rules, the filter."""
+    """How duplicates are found: the similarity threshold of candidates (None: the verification's
+    default), the pixel check, the grouping and keep rules, the filter."""
 
-    threshold: float = DEFAULT_THRESHOLD
+    threshold: float | None = None
     grouping: str = "star"
     keep: str = "largest"
     where: ResultFilter = ResultFilter()
     exact: bool = False
+    verify: str = DEFAULT_VERIFY
 
     def __post_init__(self) -> None:
+        if self.verify not in VERIFICATIONS:
+            raise ValueError(f"unknown verification {self.verify!r}; one of {', '.join(VERIFICATIONS)}")
         if self.grouping not in GROUPINGS:
             raise ValueError(f"unknown grouping {self.grouping!r}; one of {', '.join(GROUPINGS)}")
         if self.keep not in KEEP_RULES:
             raise ValueError(f"unknown keep rule {self.keep!r}; one of {', '.join(KEEP_RULES)}")
+
+    @property
+    def floor(self) -> float:
+        """The least cosine similarity of a candidate pair."""
+        return VERIFICATIONS[self.verify].threshold if self.threshold is None else self.threshold
 
 
 @dataclass(frozen=True)
@@ -72,7 +113,8 @@ class DuplicateReport:
     dataset: str
     images: int  # images compared (after the filters)
     options: DuplicateOptions
-    pairs: int  # pairs scoring at least the threshold
+    pairs: int  # near-duplicate pairs (candidates that passed the check)
+    candidates: int = 0  # pairs scoring at least the threshold
     groups: list[DuplicateGroup] = field(default_factory=list)
 
     @property
@@ -87,7 +129,9 @@ class DuplicateReport:
             "images": self.images,
             "pairs": self.pairs,
             "redundant": self.redundant,
-            "threshold": self.options.threshold,
+            "candidates": self.candidates,
+            "threshold": self.options.floor,
+            "verify": self.options.verify,
             "grouping": self.options.grouping,
             "keep": self.options.keep,
         }
@@ -103,11 +147,15 @@ def find_duplicates(
     if allowed is not None:
         searcher = FilteredSearcher(searcher, allowed)
         rows = rows[allowed]
+    how = VERIFICATIONS[options.verify]
     bar = progress_bar(len(rows), "comparing", unit="img", enabled=progress)
     try:
-        edges = similar_pairs(searcher, rows, options.threshold, on_batch=bar.update)
+        candidates = similar_pairs(
+            searcher, rows, options.floor, on_batch=bar.update, grow_above=how.grow_above
+        )
     finally:
         bar.close()
+    edges = candidates if how.check is None else how.check(index, candidates, progress)
     facts = RowFacts(index.root, index.entries)
     keep = KEEP_RULES[options.keep]
 
@@ -120,21 +168,24 @@ def find_duplicates(
         return searcher.vectors(np.array(others, dtype=np.int64)) @ searcher.vectors(np.array([rep]))[0]
 
     groups = GROUPINGS[options.grouping](edges, rank, score)
-    return DuplicateReport(
-        str(index.root), len(rows), options, len(edges), [_named(index, g) for g in groups]
-    )
+    named = [_named(index, g) for g in groups]
+    return DuplicateReport(str(index.root), len(rows), options, len(edges), len(candidates), named)
 
 
 def _graph_searcher(index: Index, exact: bool) -> Searcher:
     """The index's searcher, or for a large index without an approximate index (and not ``exact``)
     a temporary in-memory HNSW index over its vectors, scored exactly like the stored one."""
     searcher = index.searcher(exact=exact)
-    if exact or len(index) < GRAPH_ANN_MIN_ROWS or not isinstance(searcher, ExactSearcher):
+    if exact or len(index) < GRAPH_ANN_MIN_ROWS:
         return searcher
-    log.info("building a temporary approximate index over %d images for the neighbour graph", len(index))
-    params = ann.default_params(ann.DEFAULT_KIND, len(index), index.feats.shape[1])
-    built = ann.build_ann(index.feats, ann.DEFAULT_KIND)
-    return ApproximateSearcher(built, index.feats, int(params["candidates"]))
+    loaded = ann.open_file(index.dir, index.manifest) if isinstance(searcher, ApproximateSearcher) else None
+    if loaded is not None:  # a copy of the stored index: the query searcher keeps its own effort
+        built, kind = loaded[0], loaded[1].kind
+    else:
+        log.info("building a temporary approximate index over %d images for the neighbour graph", len(index))
+        built, kind = ann.build_ann(index.feats, ann.DEFAULT_KIND), ann.DEFAULT_KIND
+    ann.set_search_params(built, kind, GRAPH_SEARCH.get(kind, {}))
+    return ApproximateSearcher(built, index.feats, GRAPH_CANDIDATES)
 
 
 def _named(index: Index, group: Group) -> DuplicateGroup:

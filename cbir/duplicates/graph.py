@@ -3,8 +3,10 @@
 Built from k-nearest-neighbour searches through the index's own :class:`~cbir.search.base.Searcher`
 (an exact scan, or the HNSW index above 200k images), a batch of stored vectors at a time, so the
 memory held is the index and the edges found, never an N x N matrix. A row whose k-th neighbour
-still scores above the threshold is searched again with 4x the k until its list ends below it:
-a range search over any searcher, and a folder of 500 copies of one picture is still one group.
+still scores above ``grow_above`` (by default the threshold) is searched again with 4x the k until
+its list ends below it: a range search over any searcher, and a folder of 500 copies of one picture
+is still one group. A low threshold (candidates for a pixel check) with a higher ``grow_above``
+keeps the first k neighbours above the threshold without growing into whole photo series.
 """
 
 from __future__ import annotations
@@ -44,12 +46,15 @@ def similar_pairs(
     first_k: int = FIRST_K,
     batch: int = BATCH,
     on_batch: Callable[[int], None] | None = None,
+    grow_above: float | None = None,
 ) -> Edges:
-    """Every pair among ``rows`` whose vectors score at least ``threshold``.
+    """Every pair among ``rows`` whose vectors score at least ``threshold`` (with ``grow_above``
+    higher: only among each row's ``first_k`` neighbours, unless they all score ``grow_above``).
 
     ``searcher`` must return only ``rows`` (wrap it in a filter when they are not all of them);
     ``on_batch(n)`` is told after each batch of n rows, for a progress bar.
     """
+    grow = threshold if grow_above is None else max(threshold, grow_above)
     found_a: list[np.ndarray] = []
     found_b: list[np.ndarray] = []
     found_s: list[np.ndarray] = []
@@ -63,7 +68,7 @@ def similar_pairs(
             found_a.append(todo[qi])
             found_b.append(nbr[qi, col])
             found_s.append(scores[qi, col])
-            full = hit.all(axis=1) if nbr.shape[1] else np.zeros(len(todo), dtype=bool)
+            full = (scores >= grow).all(axis=1) if nbr.shape[1] else np.zeros(len(todo), dtype=bool)
             if nbr.shape[1] < k or k >= len(searcher) - 1:
                 break  # every row was ranked: nothing more to find
             todo, k = todo[full], k * 4

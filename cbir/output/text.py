@@ -74,7 +74,7 @@ def format_duplicates(report: DuplicateReport) -> str:
     o = report.options
     lines = [
         f"{len(report.groups)} group(s) of near-duplicates among {report.images} images "
-        f"(threshold {o.threshold:g}, grouping {o.grouping}, keep {o.keep}): "
+        f"(threshold {o.floor:g}, verify {o.verify}, grouping {o.grouping}, keep {o.keep}): "
         f"{report.redundant} image(s) besides the kept ones"
     ]
     for number, group in enumerate(report.groups, 1):

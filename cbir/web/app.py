@@ -18,7 +18,6 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartParser
 
-from cbir.duplicates.find import DEFAULT_THRESHOLD
 from cbir.errors import BadImageError, CbirError, QueryError
 from cbir.types import JSONDict
 from cbir.web.collection import NotFound
@@ -120,7 +119,7 @@ def _add_api(app: FastAPI, service: Service) -> None:
         return await run_in_threadpool(service.upload, data, name, k, under)
 
     @app.get("/api/duplicates")
-    def duplicates(threshold: float = DEFAULT_THRESHOLD) -> JSONDict:
+    def duplicates(threshold: float | None = None) -> JSONDict:
         return service.duplicate_groups(threshold)
 
 

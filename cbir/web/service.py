@@ -35,7 +35,7 @@ class UploadTooLarge(CbirError):
     """An upload above ``--max-upload-mb``."""
 
 
-def duplicate_groups_of(index: Index, threshold: float) -> JSONDict:
+def duplicate_groups_of(index: Index, threshold: float | None) -> JSONDict:
     """The near-duplicate groups of ``index`` (:mod:`cbir.duplicates`, default rules), paths relative
     to the dataset as everywhere in the API; ``paths`` lists each group's images, the kept one first."""
     report = find_duplicates(index, DuplicateOptions(threshold=threshold), progress=False)
@@ -52,7 +52,8 @@ def duplicate_groups_of(index: Index, threshold: float) -> JSONDict:
         }
         for g in report.groups
     ]
-    return {"groups": groups, "threshold": threshold, "images": report.images}
+    options = report.options
+    return {"groups": groups, "threshold": options.floor, "verify": options.verify, "images": report.images}
 
 
 @dataclass
@@ -64,10 +65,10 @@ class Service:
     updater: Updater | None = None
     limits: LoadLimits = LoadLimits()
     max_upload_bytes: int = 32 * 2**20
-    duplicates: Callable[[Index, float], JSONDict] = duplicate_groups_of
+    duplicates: Callable[[Index, float | None], JSONDict] = duplicate_groups_of
     features: JSONDict = field(default_factory=dict)
     _duplicates_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _duplicates_done: dict[tuple[object, float], JSONDict] = field(default_factory=dict, repr=False)
+    _duplicates_done: dict[tuple[object, float | None], JSONDict] = field(default_factory=dict, repr=False)
     # one decode per core at a time: more would only take the cores from the model's batch
     _decoding: threading.BoundedSemaphore = field(
         default_factory=lambda: threading.BoundedSemaphore(os.cpu_count() or 1), repr=False
@@ -114,8 +115,8 @@ class Service:
         found = search_index(index, vector[None, :], [name], k, False, exact=False, where=_where(under))[0]
         return _answer(index, found, {"upload": name}, k, under, t0)
 
-    def duplicate_groups(self, threshold: float) -> JSONDict:
-        if not 0.0 < threshold <= 1.0:
+    def duplicate_groups(self, threshold: float | None) -> JSONDict:
+        if threshold is not None and not 0.0 < threshold <= 1.0:
             raise QueryError("threshold must be in (0, 1]")
         index = self.collection.require()
         key = (index.version, threshold)

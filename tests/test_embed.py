@@ -76,6 +76,21 @@ def test_embed_arrays_matches_embed_files_for_lossless_images(tmp_path, tiny_emb
         np.testing.assert_allclose(from_arrays[i], from_files[i], atol=2e-5)
 
 
+def test_embed_views_of_an_uploaded_file_equal_embedding_the_file(tmp_path, tiny_config):
+    """The server's path (bytes decoded and resized where they arrive, then embed_views) gives the
+    vectors indexing gives the same files, with two scales and a large JPEG decoded in draft mode."""
+    from cbir.ingest.decode import decode_views
+
+    embedder = build_tiny_embedder(tiny_config.replace(scales=(1.0, 0.75)))
+    paths = [save_image(tmp_path / "big.jpg", seed=1, width=900, height=600), *_pngs(tmp_path, [(96, 72)])]
+    from_files = dict(embedder.embed_files(paths))
+    views = [decode_views(p.read_bytes(), embedder.geometry, embedder.config.scales) for p in paths]
+    assert [len(v) for v in views] == [2, 2]
+    from_views = embedder.embed_views(views)
+    for i in range(2):
+        np.testing.assert_allclose(from_views[i], from_files[i], atol=2e-5)
+
+
 def test_embed_all_returns_good_rows_and_their_positions(tmp_path, tiny_embedder):
     paths = _pngs(tmp_path, [(96, 72)] * 2)
     (tmp_path / "empty.jpg").write_bytes(b"")

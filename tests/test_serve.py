@@ -24,8 +24,10 @@ from fastapi.testclient import TestClient  # noqa: E402
 from cbir.cli_options import build_parser, index_options_from, settings_from  # noqa: E402
 from cbir.duplicates.find import DuplicateOptions, find_duplicates  # noqa: E402
 from cbir.ingest.decode import LoadLimits  # noqa: E402
+from cbir.search.filters import ResultFilter  # noqa: E402
 from cbir.web.app import create_app  # noqa: E402
 from cbir.web.model import ModelWorker  # noqa: E402
+from cbir.web.searches import CombinedSearches  # noqa: E402
 from cbir.web.server import ServeOptions, running_service  # noqa: E402
 from cbir.web.service import Service  # noqa: E402
 from cbir.web.thumbnails import thumbnail_path  # noqa: E402
@@ -354,11 +356,11 @@ class GatedModel:
         self.gate = threading.Event()
         self.calls: list[int] = []
 
-    def embed_arrays(self, images):
+    def embed_views(self, views):
         if not self.calls:
             self.gate.wait(10)
-        self.calls.append(len(images))
-        return np.stack([im.reshape(-1, 3).mean(axis=0) for im in images]).astype(np.float32)
+        self.calls.append(len(views))
+        return np.stack([v[0].reshape(-1, 3).mean(axis=0) for v in views]).astype(np.float32)
 
 
 def test_requests_waiting_while_the_model_runs_go_through_together():
@@ -368,7 +370,7 @@ def test_requests_waiting_while_the_model_runs_go_through_together():
     answers: dict[int, np.ndarray] = {}
 
     def ask(i: int) -> None:
-        answers[i] = worker.embed(np.full((4, 4, 3), i, np.uint8))
+        answers[i] = worker.embed([np.full((4, 4, 3), i, np.uint8)])
 
     first = threading.Thread(target=ask, args=(0,))
     first.start()
@@ -397,3 +399,27 @@ def test_rebuild_applies_to_the_first_run_only(tmp_path):
     first, second = updater.run_once(), updater.run_once()
     assert first.added == 2 and first.embedded == 2
     assert second.unchanged == 2 and second.embedded == 0 and second.rebuilt is None
+
+
+def test_searches_waiting_together_are_ranked_in_one_call_each_with_its_own_answer(served):
+    ds, service = served
+    index = service.collection.require()
+    searches = CombinedSearches()
+    names = [f"img{i:02d}.jpg" for i in range(6)]
+    answers: dict[str, str] = {}
+
+    def ask(name: str) -> None:
+        vector = index.feats[index.row_named(name)]
+        answers[name] = searches.search(index, vector, name, 1, ResultFilter()).matches[0].path
+
+    with searches._running:  # a search is running: the six queue up behind it
+        threads = [threading.Thread(target=ask, args=(n,)) for n in names]
+        for t in threads:
+            t.start()
+        wait_until(lambda: len(searches._waiting) == 6, 10, "six waiting searches")
+    for t in threads:
+        t.join(10)
+    assert searches.calls == 1  # one call ranked all six
+    assert answers == {n: str(ds / n) for n in names}
+    other = searches.search(index, index.feats[0], "q", 2, ResultFilter(under=("sub",)))
+    assert searches.calls == 2 and {Path(m.path).parent.name for m in other.matches} <= {"sub", "deeper"}

@@ -26,7 +26,7 @@ from cbir.embedding.weights import Weights
 from cbir.embedding.whiten import Whitening
 from cbir.errors import BadImageError, ModelError
 from cbir.ingest.decode import LoadLimits
-from cbir.ingest.pipeline import BadItem, Batch, ImagePipeline, default_workers
+from cbir.ingest.pipeline import BadItem, Batch, ImagePipeline, Views, default_workers
 from cbir.progress import progress_bar
 from cbir.vectors import finite_rows, l2_normalize
 
@@ -164,8 +164,19 @@ class Embedder:
 
         Returns one row per image; an image that cannot be embedded raises its BadImageError.
         """
-        out = np.zeros((len(images), self.dim), dtype=np.float32)
-        for i, vec in self._embed(self.pipeline.from_arrays(images), len(images)):
+        return self._rows(self.pipeline.from_arrays(images), len(images))
+
+    def embed_views(self, views: Sequence[Views]) -> np.ndarray:
+        """Embed images given as their views (one uint8 network input per scale, as
+        :func:`~cbir.ingest.decode.load_views` makes them): one row per image, computed on this
+        thread only. A server's requests make the views as they arrive, so that its model thread
+        does nothing but run the network (``embed_arrays`` would resize on a pool of threads)."""
+        return self._rows(self.pipeline.from_views(views), len(views))
+
+    def _rows(self, stream: Generator[Batch | BadItem, None, None], n_images: int) -> np.ndarray:
+        """The vectors of ``stream`` as (n_images, dim); an unusable image raises its BadImageError."""
+        out = np.zeros((n_images, self.dim), dtype=np.float32)
+        for i, vec in self._embed(stream, n_images):
             if isinstance(vec, BadImageError):
                 raise BadImageError(f"image {i}: {vec}", transient=vec.transient)
             out[i] = vec

@@ -173,6 +173,21 @@ def decode_bytes(
     return _open_checked(io.BytesIO(data), len(data), limits, draft_for)
 
 
+def decode_views(
+    data: bytes,
+    geometry: Geometry,
+    scales: tuple[float, ...] = (1.0,),
+    limits: LoadLimits = LoadLimits(),
+) -> list[np.ndarray]:
+    """The network inputs of an image file's bytes (an upload), one uint8 HxWx3 array per scale,
+    decoded and resized exactly as :func:`load_views` treats the same file when indexing."""
+    img = decode_bytes(data, limits, geometry, scales)
+    try:
+        return [resize(img, geometry, s) for s in scales]
+    finally:
+        img.close()
+
+
 def _draft_for(
     source: str | os.PathLike[str] | io.BytesIO, geometry: Geometry, scales: tuple[float, ...]
 ) -> tuple[int, int] | None:

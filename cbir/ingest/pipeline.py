@@ -94,6 +94,11 @@ class ImagePipeline:
         """Batches of the views of already-decoded images (positions index ``arrays``)."""
         return self._batched(self._decoded(partial(self.views, a) for a in arrays))
 
+    def from_views(self, views: Sequence[Views]) -> Generator[Batch | BadItem, None, None]:
+        """Batches of views made beforehand (positions index ``views``), with no threads: for callers
+        that decoded and resized each image where it arrived (the server's upload requests)."""
+        return self._batched((i, v) for i, v in enumerate(views))
+
     def _decoded(
         self, jobs: Iterable[Callable[[], Views]]
     ) -> Generator[tuple[int, Views | BadImageError], None, None]:

@@ -1,8 +1,10 @@
 """The one warm model of a server: built once in the background, shared by every upload query.
 
-Queries are not run on the model one by one from many threads: each request hands its decoded image
-to :class:`ModelWorker`, whose single thread takes everything waiting in its queue as one batch
-(up to ``max_batch``), so concurrent uploads share forward passes instead of racing for the cores.
+Queries are not run on the model one by one from many threads: each request decodes and resizes its
+image itself (its views, the network's inputs) and hands them to :class:`ModelWorker`, whose single
+thread takes everything waiting in its queue as one batch (up to ``max_batch``), so concurrent
+uploads share forward passes instead of racing for the cores. The worker's thread does nothing per
+image but run the network: all else happens in the requests' threads, overlapping the network.
 """
 
 from __future__ import annotations
@@ -21,24 +23,25 @@ from cbir.embedding.embedder import Embedder
 from cbir.errors import BadImageError, CbirError
 from cbir.index.indexer import FileEmbedder
 from cbir.ingest.decode import Geometry
+from cbir.ingest.pipeline import Views
 
 log = logging.getLogger(__name__)
 
 
 class WarmModel(FileEmbedder, Protocol):
-    """The server's model: files for the indexer, decoded uint8 RGB arrays for upload queries (one
-    vector per image out), decoded as its ``geometry`` says."""
+    """The server's model: files for the indexer, and for upload queries the views of each image
+    (one uint8 network input per scale, made as its ``geometry`` says; one vector per image out)."""
 
     geometry: Geometry
 
-    def embed_arrays(self, images: Sequence[np.ndarray]) -> np.ndarray: ...
+    def embed_views(self, views: Sequence[Views]) -> np.ndarray: ...
 
 
 class ModelLoading(CbirError):
     """The model is not built yet (or failed to build): the query cannot be answered now."""
 
 
-_Job = tuple[np.ndarray, "Future[np.ndarray]"]
+_Job = tuple[Views, "Future[np.ndarray]"]
 
 
 def warmed_up(embedder: Embedder) -> Embedder:
@@ -95,12 +98,12 @@ class ModelWorker:
             raise ModelLoading(self.error or "the model is still loading; try again in a moment")
         return self._model
 
-    def embed(self, image: np.ndarray, timeout: float = 120.0) -> np.ndarray:
-        """The vector of one decoded image, computed in a batch with whatever else is waiting."""
+    def embed(self, views: Views, timeout: float = 120.0) -> np.ndarray:
+        """The vector of one image given as its views, computed in a batch with whatever else is waiting."""
         if self._model is None:
             raise ModelLoading(self.error or "the model is still loading; try again in a moment")
         done: Future[np.ndarray] = Future()
-        self._queue.put((image, done))
+        self._queue.put((views, done))
         return done.result(timeout)
 
     def _run(self) -> None:
@@ -137,7 +140,7 @@ class ModelWorker:
         self.passes += 1
         self.embedded += len(jobs)
         try:
-            vectors = model.embed_arrays([image for image, _ in jobs])
+            vectors = model.embed_views([views for views, _ in jobs])
         except BadImageError:
             if len(jobs) > 1:  # find which one: each alone
                 for one in jobs:

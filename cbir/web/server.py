@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from starlette.middleware.trustedhost import TrustedHostMiddleware
+from threadpoolctl import threadpool_limits
 
 from cbir.errors import CbirError, DatasetError
 from cbir.index.indexer import IndexOptions
@@ -118,7 +119,12 @@ def serve(
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/" + (f"?token={options.token}" if options.token else "")
-    with running_service(settings, index_options, options) as service:
+    # one BLAS thread: the model's runtime keeps the cores busy, and OpenBLAS's own threads, woken by
+    # each request's search, spin after every call (a third of the server's CPU under load, measured)
+    with (
+        threadpool_limits(limits=1, user_api="blas"),
+        running_service(settings, index_options, options) as service,
+    ):
         app = create_app(service, options.token)
         if is_loopback(options.host):  # a page on another site cannot reach us by DNS rebinding
             app.add_middleware(TrustedHostMiddleware, allowed_hosts=LOCAL_NAMES)

@@ -14,18 +14,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from cbir.duplicates.find import DuplicateOptions, find_duplicates
 from cbir.errors import BadImageError, CbirError, QueryError
 from cbir.index.snapshot import Index
-from cbir.ingest.decode import LoadLimits, decode_bytes
+from cbir.ingest.decode import LoadLimits, decode_views
 from cbir.output.results import QueryResult
 from cbir.search.filters import ResultFilter
-from cbir.search.query import like_index, search_index
+from cbir.search.query import like_index
 from cbir.types import JSONDict
 from cbir.web.collection import Collection, NotFound
 from cbir.web.model import ModelWorker
+from cbir.web.searches import CombinedSearches
 from cbir.web.updater import Updater
 
 MAX_K = 500
@@ -69,6 +68,7 @@ class Service:
     features: JSONDict = field(default_factory=dict)
     _duplicates_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _duplicates_done: dict[tuple[object, float | None], JSONDict] = field(default_factory=dict, repr=False)
+    searches: CombinedSearches = field(default_factory=CombinedSearches, repr=False)
     # one decode per core at a time: more would only take the cores from the model's batch
     _decoding: threading.BoundedSemaphore = field(
         default_factory=lambda: threading.BoundedSemaphore(os.cpu_count() or 1), repr=False
@@ -100,19 +100,19 @@ class Service:
         """The images most like an uploaded image file (embedded by the warm model, batched)."""
         if len(data) > self.max_upload_bytes:
             raise UploadTooLarge(f"the upload is larger than {self.max_upload_bytes // 2**20} MiB")
-        k = _check_k(k)
+        k, where = _check_k(k), _where(under)
         index = self.collection.require()
         model = self.worker.ready()
         t0 = time.perf_counter()
         try:
-            with self._decoding, decode_bytes(data, self.limits, model.geometry, model.config.scales) as img:
-                array = np.asarray(img)
+            with self._decoding:
+                views = decode_views(data, model.geometry, model.config.scales, self.limits)
         except BadImageError as exc:
             raise BadImageError(f"{name or 'the upload'} is not a usable image: {exc}") from None
-        vector = self.worker.embed(array)
+        vector = self.worker.embed(views)
         if vector.shape[0] != index.feats.shape[1]:
             raise QueryError("the index was rebuilt with other features; restart the server")
-        found = search_index(index, vector[None, :], [name], k, False, exact=False, where=_where(under))[0]
+        found = self.searches.search(index, vector, name, k, where)
         return _answer(index, found, {"upload": name}, k, under, t0)
 
     def duplicate_groups(self, threshold: float | None) -> JSONDict:

@@ -17,7 +17,7 @@ from cbir.duplicates.graph import similar_pairs
 from cbir.duplicates.grouping import GROUPINGS, Group
 from cbir.duplicates.keep import KEEP_RULES, RowFacts
 from cbir.index import ann
-from cbir.index.snapshot import Index
+from cbir.index.reader import IndexReader
 from cbir.output.results import Match
 from cbir.progress import progress_bar
 from cbir.search.approximate import ApproximateSearcher
@@ -94,7 +94,7 @@ class DuplicateReport:
 
 
 def find_duplicates(
-    index: Index, options: DuplicateOptions = DuplicateOptions(), progress: bool | None = None
+    index: IndexReader, options: DuplicateOptions = DuplicateOptions(), progress: bool | None = None
 ) -> DuplicateReport:
     """Group the near-duplicates among the images of ``index`` that ``options.where`` allows."""
     searcher = _graph_searcher(index, options.exact)
@@ -125,7 +125,7 @@ def find_duplicates(
     )
 
 
-def _graph_searcher(index: Index, exact: bool) -> Searcher:
+def _graph_searcher(index: IndexReader, exact: bool) -> Searcher:
     """The index's searcher, or for a large index without an approximate index (and not ``exact``)
     a temporary in-memory HNSW index over its vectors, scored exactly like the stored one."""
     searcher = index.searcher(exact=exact)
@@ -137,7 +137,7 @@ def _graph_searcher(index: Index, exact: bool) -> Searcher:
     return ApproximateSearcher(built, index.feats, int(params["candidates"]))
 
 
-def _named(index: Index, group: Group) -> DuplicateGroup:
+def _named(index: IndexReader, group: Group) -> DuplicateGroup:
     return DuplicateGroup(
         str(index.file(group.representative)),
         [Match(str(index.file(r)), s) for r, s in group.members],

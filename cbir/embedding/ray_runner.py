@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,9 +37,14 @@ from cbir.types import JSONDict
 log = logging.getLogger(__name__)
 
 
+def shippable(settings: Settings) -> Settings:
+    """``settings`` without what stays on the driver (a built model, the store's client)."""
+    return replace(settings, _built=[], load_tensorflow=import_tensorflow, store=None)
+
+
 def _embedder(settings: Settings) -> Embedder:
     """A fresh embedder of ``settings`` in this process (each actor builds its own)."""
-    return replace(settings, _built=[], load_tensorflow=import_tensorflow).embedder()
+    return shippable(settings).embedder()
 
 
 class EmbedActor:
@@ -75,6 +81,7 @@ class RayEmbedder:
 
     def __post_init__(self) -> None:
         self.config = self.settings.config
+        self.settings = shippable(self.settings)
 
     @property
     def dim(self) -> int:
@@ -92,13 +99,16 @@ class RayEmbedder:
 
         items: list[JSONDict] = [{"pos": i, "path": str(p)} for i, p in enumerate(paths)]
         batch = self.settings.runtime.batch_size
-        done = ray.data.from_items(items, override_num_blocks=max(1, len(items) // batch)).map_batches(
+        blocks = max(1, min(len(items), max(self.actors, -(-len(items) // batch))))
+        done = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
             EmbedActor,
             fn_constructor_kwargs={"settings": self.settings},
             batch_size=batch,
             batch_format="numpy",
-            concurrency=self.actors,
+            compute=ray.data.ActorPoolStrategy(size=min(self.actors, blocks)),
             num_cpus=1,
+            # a lost actor fails the run (the finished work is committed) instead of restarting
+            ray_remote_args_fn=lambda: {"max_restarts": 0},
         )
         bar = progress_bar(total=len(items), desc=desc, unit="img", enabled=progress)
         try:
@@ -138,6 +148,10 @@ class RaySource:
             import ray
         except ImportError as exc:
             raise StoreError(f"--ray needs the ray extra ({exc}): pip install 'cbir[ray]'") from None
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")  # Ray's notes are not the user's
+        logging.getLogger("ray").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", module=r"ray\..*")
+        warnings.filterwarnings("ignore", message=r".*deprecated and will be removed in Ray")
         if not ray.is_initialized():
             shipped = {"py_modules": [str(Path(cbir.__file__).parent)]} if self.address else None
             try:
@@ -145,7 +159,7 @@ class RaySource:
                     address=self.address or None,
                     runtime_env=shipped,
                     log_to_driver=False,
-                    logging_level=logging.WARNING,
+                    logging_level=logging.ERROR,
                     include_dashboard=False,
                 )
             except (ConnectionError, RuntimeError, ValueError) as exc:

@@ -197,5 +197,9 @@ class MilvusWriter:
                 self.collection.client.upsert(self.collection.name, rows[start : start + self.batch_rows])
 
     def finish(self, ann_mode: str) -> str:
-        """Milvus builds and keeps its HNSW index itself: nothing to compact or rebuild here."""
+        """Seal what was written, so Milvus indexes it (HNSW) instead of scanning it on every search;
+        Milvus builds and keeps the index itself."""
+        if self._exists:
+            with milvus_errors(f"flushing the collection {self.collection.name}"):
+                self.collection.client.flush(self.collection.name)
         return "hnsw (milvus)"

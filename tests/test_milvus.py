@@ -63,13 +63,13 @@ def test_one_line_errors(tmp_path):
     one_line_error(run("index", data, "--store", db, "--dtype", "float16"), "float32")
     one_line_error(run("query", data, "--like", "0.jpg", "--store", db), "no index in")
     one_line_error(run("serve", data, "--store", db), "--store")
-    stubs = tmp_path / "stubs" / "pymilvus"
-    stubs.mkdir(parents=True)
-    (stubs / "__init__.py").write_text("raise ImportError('No module named pymilvus')\n")
-    missing = cli(
-        "query", data, "--like", "0.jpg", "--store", db, cwd=tmp_path, script=None, first_on_path=stubs.parent
-    )
-    one_line_error(missing, "cbir[milvus]")
+    stubs = tmp_path / "stubs"
+    for name in ("pymilvus", "ray"):
+        (stubs / name).mkdir(parents=True)
+        (stubs / name / "__init__.py").write_text(f"raise ImportError('No module named {name}')\n")
+    without = lambda *a: cli(*a, cwd=tmp_path, script=None, first_on_path=stubs)  # noqa: E731
+    one_line_error(without("query", data, "--like", "0.jpg", "--store", db), "cbir[milvus]")
+    one_line_error(without("index", data, "--ray", *TINY_MODEL, "--index", tmp_path / "i"), "cbir[ray]")
 
 
 def test_a_collection_cbir_did_not_make_is_refused_and_kept(tmp_path):

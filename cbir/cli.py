@@ -27,11 +27,11 @@ from cbir.cli_options import (
     settings_from,
 )
 from cbir.cli_serve import cmd_serve
+from cbir.cli_store import source_from, store_from
 from cbir.embedding.backbones import REGISTRY
 from cbir.errors import CbirError, ModelError, QueryError
 from cbir.evaluation.evaluate import evaluate_index
-from cbir.index.indexer import IndexReport, update_index
-from cbir.index.snapshot import open_index
+from cbir.index.indexer import IndexOptions, IndexReport, update_index
 from cbir.index.watch import FolderWatcher
 from cbir.output import text
 from cbir.output.export import export_results
@@ -81,9 +81,12 @@ def _print_json(doc: JSONDict | list[JSONDict]) -> None:
     print(json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False))
 
 
-def _index(args: argparse.Namespace, settings: Settings) -> IndexReport:
+def _index(args: argparse.Namespace, settings: Settings, options: IndexOptions | None = None) -> IndexReport:
     return update_index(
-        settings.dataset, settings, index_dir=settings.index_dir, options=index_options_from(args)
+        settings.dataset,
+        source_from(args, settings),
+        options=options or index_options_from(args),
+        store=settings.home,
     )
 
 
@@ -92,12 +95,11 @@ def cmd_index(args: argparse.Namespace) -> int:
     options = replace(index_options_from(args), rebuild=False)
 
     def again() -> None:
-        report = update_index(settings.dataset, settings, index_dir=settings.index_dir, options=options)
-        _print_report(args, report)
+        _print_report(args, _index(args, settings, options))
 
     # the watcher looks at the folder before the first run: nothing copied in meanwhile is missed
     watcher = (
-        FolderWatcher(settings.dataset, again, skip=[settings.index_dir], options=options)
+        FolderWatcher(settings.dataset, again, skip=settings.home.own_folders, options=options)
         if args.watch
         else None
     )
@@ -129,17 +131,17 @@ def cmd_query(args: argparse.Namespace, update: bool) -> int:
     where = result_filter_from(args)
     exact = getattr(args, "exact", False) or args.ann == "none"
     if like and not args.img_query and not update:
-        index = open_index(args.dataset, args.index)
+        index = store_from(args).open()
         found = like_index(index, like, k=args.top, reranking=reranking, exact=exact, where=where)
         return _answer(args, found, None)
     settings = settings_from(args, _tensorflow_importer(args.verbose), strict=not update)
     report: IndexReport | None = None
     if settings.existing and not update:
-        index = open_index(settings.dataset, settings.index_dir)
+        index = settings.home.open()
         index.check_compatible(settings.config)
     else:
         report = _index(args, settings)
-        index = open_index(settings.dataset, settings.index_dir)
+        index = settings.home.open()
     # run_cbir.py (update) answers an indexed, unchanged query image from its stored vector
     results = query_index(
         index,
@@ -182,7 +184,7 @@ def _answer(args: argparse.Namespace, results: list[QueryResult], report: IndexR
 def cmd_evaluate(args: argparse.Namespace) -> int:
     settings = settings_from(args, _tensorflow_importer(args.verbose), bulk=True)
     report = _index(args, settings)
-    index = open_index(settings.dataset, settings.index_dir)
+    index = settings.home.open()
     result = evaluate_index(index, args.gt, reranking=reranking_from(args))
     if args.json:
         doc = result.to_dict()

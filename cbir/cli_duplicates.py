@@ -7,10 +7,10 @@ import json
 import sys
 
 from cbir.cli_options import DEFAULT_DUPLICATES_OUT, duplicate_options_from
+from cbir.cli_store import store_from
 from cbir.duplicates.find import find_duplicates
 from cbir.duplicates.moves import move_members, undo_moves
 from cbir.errors import QueryError
-from cbir.index.snapshot import open_index
 from cbir.output import text
 from cbir.output.export import export_results
 from cbir.output.results import Match, QueryResult
@@ -24,7 +24,7 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
         return 1 if undone.problems else 0
     if not args.dataset:
         raise QueryError("give the indexed folder (or --undo LOG)")
-    report = find_duplicates(open_index(args.dataset, args.index), duplicate_options_from(args))
+    report = find_duplicates(store_from(args).open(), duplicate_options_from(args))
     for_programs = args.json or args.csv
     notes = sys.stderr if for_programs else sys.stdout
     if args.json:

@@ -7,6 +7,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+from cbir.cli_store import add_spread_options, add_store_option, shard_from, store_from
 from cbir.cli_types import (
     INPUT_SIZE,
     NON_NEGATIVE,
@@ -74,6 +75,7 @@ def add_feature_options(p: argparse.ArgumentParser) -> None:
 def add_index_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("index")
     g.add_argument("--index", metavar="DIR", help="index folder (default: DATASET/.cbir)")
+    add_store_option(g)
     g.add_argument("--rebuild", action="store_true", help="rebuild the index from scratch")
     g.add_argument(
         "--dtype", choices=["float32", "float16"], default="float32", help="storage type of the matrix"
@@ -170,6 +172,7 @@ def add_duplicates_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser("duplicates", help="group the near-duplicate images of an indexed folder")
     p.add_argument("dataset", nargs="?", help="an indexed folder (not needed with --undo)")
     p.add_argument("--index", metavar="DIR", help="index folder (default: DATASET/.cbir)")
+    add_store_option(p)
     p.add_argument(
         "--threshold",
         type=similarity,
@@ -245,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset")
     add_feature_options(p)
     add_index_options(p)
+    add_spread_options(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_watch(p)
     add_verbose(p)
@@ -360,6 +364,7 @@ def settings_from(
         ),
         load_tensorflow=load_tensorflow,
         strict=strict,
+        store=store_from(args),
     )
 
 
@@ -372,6 +377,7 @@ def index_options_from(args: argparse.Namespace) -> IndexOptions:
         exclude=tuple(args.exclude),
         checkpoint_every=args.checkpoint_every,
         ann=args.ann,
+        shard=shard_from(args),
     )
 
 

@@ -39,6 +39,11 @@ class IndexWriteError(IndexFolderError):
     """The index folder cannot be written (disk full, read-only, permissions); nothing was committed."""
 
 
+class StoreError(CbirError):
+    """A store cannot be used: a bad ``--store`` URI, a server that cannot be reached, a missing
+    extra, or something that store cannot hold."""
+
+
 class BadImageError(Exception):
     """One dataset file cannot be used; the indexer skips it with a warning.
 

@@ -26,7 +26,8 @@ from cbir.embedding.weights import Weights
 from cbir.embedding.whiten import Whitening, learn_from_folder, load_for_index
 from cbir.errors import IndexFolderError
 from cbir.index.manifest import Manifest
-from cbir.index.store import default_index_dir, read_manifest
+from cbir.index.store import default_index_dir
+from cbir.index.stores import FolderStore, Store
 from cbir.ingest.decode import LoadLimits
 
 
@@ -103,6 +104,7 @@ class Settings:
 
     ``config`` is the resolved feature config, as recorded in a manifest (whitening digest included).
     ``existing`` says whether an index was found and its settings were the starting point.
+    ``store`` is where the index lives (None: the folder store in ``index_dir``; see ``home``).
     ``load_tensorflow`` is called before TensorFlow is imported, if it ever is (a model the cache
     holds runs without it).
     """
@@ -115,7 +117,13 @@ class Settings:
     runtime: RuntimeOptions = RuntimeOptions()
     existing: bool = False
     load_tensorflow: Callable[[], None] = field(default=import_tensorflow, compare=False, repr=False)
+    store: Store | None = field(default=None, compare=False, repr=False)
     _built: list[Embedder] = field(default_factory=list, compare=False, repr=False)
+
+    @property
+    def home(self) -> Store:
+        """The store of the index: ``store``, else the folder store in ``index_dir``."""
+        return self.store if self.store is not None else FolderStore(self.dataset, self.index_dir)
 
     def embedder(self) -> Embedder:
         """The embedder of these settings (built on the first call)."""
@@ -137,8 +145,9 @@ class Settings:
         return self._built[0]
 
 
-def existing_manifest(index_dir: Path, rebuild: bool = False, strict: bool = False) -> Manifest | None:
-    """The committed manifest to inherit settings from: None when absent or rebuilding.
+def existing_manifest(store: Store, rebuild: bool = False, strict: bool = False) -> Manifest | None:
+    """The committed record (a folder's manifest) to inherit settings from: None when absent or
+    rebuilding.
 
     A damaged one is None too (the indexer rebuilds it), unless ``strict`` (a query, which must not
     rebuild an index with default settings behind the user's back): then it is an error.
@@ -146,7 +155,7 @@ def existing_manifest(index_dir: Path, rebuild: bool = False, strict: bool = Fal
     if rebuild:
         return None
     try:
-        return read_manifest(index_dir)
+        return store.committed()
     except IndexFolderError:
         if strict:
             raise
@@ -186,15 +195,18 @@ def resolve_settings(
     runtime: RuntimeOptions = RuntimeOptions(),
     load_tensorflow: Callable[[], None] = import_tensorflow,
     strict: bool = False,
+    store: Store | None = None,
 ) -> Settings:
     """Resolve what a command needs (see the module docstring for the rules).
 
     Cheap unless ``whiten`` asks for a new whitening, which embeds its folder. ``strict``: a damaged
-    index is an error instead of something to rebuild.
+    index is an error instead of something to rebuild. ``store``: where the index lives (None: the
+    folder store in ``index_dir``).
     """
     root = Path(dataset)
     idir = Path(index_dir) if index_dir is not None else default_index_dir(root)
-    manifest = existing_manifest(idir, rebuild, strict) if root.is_dir() else None
+    home = store if store is not None else FolderStore(root, idir)
+    manifest = existing_manifest(home, rebuild, strict) if root.is_dir() else None
     config, chosen, keep_whitening = choose_features(manifest, features, weights)
     whitening = None
     if manifest is not None and keep_whitening and whiten is None:
@@ -209,6 +221,7 @@ def resolve_settings(
         runtime=runtime,
         existing=manifest is not None,
         load_tensorflow=load_tensorflow,
+        store=store,
     )
     if whiten is None:
         return settings

@@ -93,7 +93,7 @@ class Sparse:
         self.found = np.array(found, dtype=np.int64)
         self.asked: list[int] = []
 
-    def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, x: np.ndarray, k: int, params: object = None) -> tuple[np.ndarray, np.ndarray]:
         self.asked.append(k)
         labels = np.full((len(x), k), -1, dtype=np.int64)
         labels[:, : min(k, len(self.found))] = self.found[:k]
@@ -134,7 +134,7 @@ def test_query_expansion_uses_the_approximate_index(data, hnsw):
         def __init__(self, index) -> None:
             self.index, self.ntotal, self.d, self.calls = index, index.ntotal, index.d, 0
 
-        def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        def search(self, x: np.ndarray, k: int, params: object = None) -> tuple[np.ndarray, np.ndarray]:
             self.calls += 1
             return self.index.search(x, k)
 

@@ -115,7 +115,7 @@ def test_keep_rules_pixels_then_bytes_then_path_and_capture_times(tmp_path):
     assert KEEP_RULES["newest"](dated, [0, 1, 2, 3]) == [0, 3, 2, 1]
 
 
-def index_of(tmp_path, feats, taken=None):
+def index_of(tmp_path, feats, taken=None, ann_mode="none"):
     root = tmp_path / "data"
     with FolderWriter(root / ".cbir", CONFIG) as w:
         w.set_dim(feats.shape[1])
@@ -124,7 +124,7 @@ def index_of(tmp_path, feats, taken=None):
             feats,
         )
         w.commit()
-        w.finish("none")
+        w.finish(ann_mode)
     return open_index(root)
 
 
@@ -178,3 +178,30 @@ def test_a_large_index_without_an_approximate_index_gets_a_temporary_one(tmp_pat
             m.path for m in e.members
         ]
         assert [m.score for m in a.members] == pytest.approx([m.score for m in e.members], abs=1e-5)
+
+
+def test_the_graph_searches_the_stored_index_with_its_own_effort_leaving_the_querys(tmp_path, monkeypatch):
+    import faiss
+
+    from cbir.duplicates import find
+    from cbir.search.approximate import ApproximateSearcher
+
+    feats = families(30, [1, 2, 4], noise=0.05, dim=48)
+    index = index_of(tmp_path, feats, ann_mode="hnsw")
+    query_searcher = index.searcher()
+    assert isinstance(query_searcher, ApproximateSearcher)
+    hnsw = faiss.downcast_index(query_searcher.index).hnsw
+    asked: list[int] = []
+    real = ApproximateSearcher.search
+
+    def spy(self, queries, k, exclude=None):
+        asked.append(-1 if self.params is None else self.params.efSearch)
+        return real(self, queries, k, exclude)
+
+    monkeypatch.setattr(ApproximateSearcher, "search", spy)
+    exact = find_duplicates(index, DuplicateOptions(threshold=0.9, verify="none", exact=True), progress=False)
+    before = hnsw.efSearch
+    graph = find_duplicates(index, DuplicateOptions(threshold=0.9, verify="none"), progress=False)
+    assert asked and set(asked) == {find.GRAPH_EF_SEARCH} != {before}
+    assert hnsw.efSearch == before and query_searcher.params is None  # the query's effort is untouched
+    assert [g.representative for g in graph.groups] == [g.representative for g in exact.groups]

@@ -20,11 +20,12 @@ from cbir.duplicates.grouping import GROUPINGS, Group
 from cbir.duplicates.keep import KEEP_RULES, RowFacts
 from cbir.duplicates.verify import count_inliers, keep_verified
 from cbir.index import ann
-from cbir.index.snapshot import Index
+from cbir.index.reader import IndexReader
 from cbir.output.results import Match
 from cbir.progress import progress_bar
 from cbir.search.approximate import ApproximateSearcher
 from cbir.search.base import Searcher
+from cbir.search.exact import ExactSearcher
 from cbir.search.filters import FilteredSearcher, ResultFilter
 from cbir.types import JSONDict
 
@@ -37,14 +38,14 @@ GRAPH_ANN_MIN_ROWS = 20_000
 # Near-duplicates are a row's nearest neighbours: the graph asks the approximate index with less
 # effort than a query does (200k rows, bench_duplicates.py --scale: efSearch 64 and 16 re-scored
 # candidates found the same pairs as 256 / 64 in 0.31x the time)
-GRAPH_SEARCH = {"hnsw": {"efSearch": 64}}
+GRAPH_EF_SEARCH = 64
 GRAPH_CANDIDATES = 16
 
 
-Check = Callable[[Index, Edges, "bool | None"], Edges]
+Check = Callable[[IndexReader, Edges, "bool | None"], Edges]
 
 
-def _pixel_check(index: Index, edges: Edges, progress: bool | None) -> Edges:
+def _pixel_check(index: IndexReader, edges: Edges, progress: bool | None) -> Edges:
     return keep_verified(edges, count_inliers(edges, index.file, progress))
 
 
@@ -138,7 +139,7 @@ class DuplicateReport:
 
 
 def find_duplicates(
-    index: Index, options: DuplicateOptions = DuplicateOptions(), progress: bool | None = None
+    index: IndexReader, options: DuplicateOptions = DuplicateOptions(), progress: bool | None = None
 ) -> DuplicateReport:
     """Group the near-duplicates among the images of ``index`` that ``options.where`` allows."""
     searcher = _graph_searcher(index, options.exact)
@@ -172,23 +173,20 @@ def find_duplicates(
     return DuplicateReport(str(index.root), len(rows), options, len(edges), len(candidates), named)
 
 
-def _graph_searcher(index: Index, exact: bool) -> Searcher:
+def _graph_searcher(index: IndexReader, exact: bool) -> Searcher:
     """The index's searcher, or for a large index without an approximate index (and not ``exact``)
     a temporary in-memory HNSW index over its vectors, scored exactly like the stored one."""
     searcher = index.searcher(exact=exact)
-    if exact or len(index) < GRAPH_ANN_MIN_ROWS:
-        return searcher
-    loaded = ann.open_file(index.dir, index.manifest) if isinstance(searcher, ApproximateSearcher) else None
-    if loaded is not None:  # a copy of the stored index: the query searcher keeps its own effort
-        built, kind = loaded[0], loaded[1].kind
-    else:
-        log.info("building a temporary approximate index over %d images for the neighbour graph", len(index))
-        built, kind = ann.build_ann(index.feats, ann.DEFAULT_KIND), ann.DEFAULT_KIND
-    ann.set_search_params(built, kind, GRAPH_SEARCH.get(kind, {}))
-    return ApproximateSearcher(built, index.feats, GRAPH_CANDIDATES)
+    if isinstance(searcher, ApproximateSearcher):  # the stored index, with the graph's effort
+        return searcher.with_effort(GRAPH_CANDIDATES, ann.effort(searcher.index, GRAPH_EF_SEARCH))
+    if exact or len(index) < GRAPH_ANN_MIN_ROWS or not isinstance(searcher, ExactSearcher):
+        return searcher  # exact by request or small enough; or a database's own search
+    log.info("building a temporary approximate index over %d images for the neighbour graph", len(index))
+    built = ann.build_ann(index.feats, ann.DEFAULT_KIND)
+    return ApproximateSearcher(built, index.feats, GRAPH_CANDIDATES, ann.effort(built, GRAPH_EF_SEARCH))
 
 
-def _named(index: Index, group: Group) -> DuplicateGroup:
+def _named(index: IndexReader, group: Group) -> DuplicateGroup:
     return DuplicateGroup(
         str(index.file(group.representative)),
         [Match(str(index.file(r)), s) for r, s in group.members],

@@ -139,6 +139,17 @@ def set_search_params(index: FaissIndex, kind: str, params: JSONDict) -> None:
         space.set_index_parameter(index, "nprobe", int(params["nprobe"]))
 
 
+def effort(index: FaissIndex, ef_search: int) -> object:
+    """Per-call search parameters asking an HNSW ``index`` for ``ef_search`` (None for other kinds,
+    which keep their own)."""
+    faiss = _faiss()
+    if isinstance(faiss.downcast_index(index), faiss.IndexHNSW):
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = int(ef_search)
+        return params
+    return None
+
+
 def save_ann(index: FaissIndex, path: str | os.PathLike[str]) -> None:
     """Write ``index`` to ``path`` atomically (streamed through the index folder's write helper)."""
     faiss = _faiss()

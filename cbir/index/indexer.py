@@ -28,6 +28,7 @@ from cbir.errors import BadImageError, DatasetError, IndexWriteError
 from cbir.index.ann import ANN_MODES
 from cbir.index.manifest import Entry, Skipped
 from cbir.index.plan import Plan, make_plan, stat_files
+from cbir.index.shard import Shard
 from cbir.index.store import IndexWriter
 from cbir.index.stores import FolderStore, Store
 from cbir.ingest.decode import capture_time
@@ -83,6 +84,7 @@ class IndexOptions:
     checkpoint_seconds: float = 120.0
     progress: bool | None = None
     ann: str = "auto"
+    shard: Shard = Shard()
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -148,6 +150,7 @@ def update_index(
     )
     if not files:
         raise DatasetError(f"no images found in {root}")
+    files = [f for f in files if options.shard.owns(f)]
     report = IndexReport(dataset=str(root), index_dir=home.location)
     weights = source.weights
     writer = home.writer(
@@ -157,7 +160,7 @@ def update_index(
         whitening=source.whitening,
         weights_path=str(weights.path.resolve()) if weights.path is not None else None,
     )
-    with writer as target:
+    with options.shard.view(writer) as target:
         report.rebuilt = target.rebuilt
         found, unreadable = stat_files(root, files)
         plan = make_plan(found, target.held(), target.known_bad(), unreadable)

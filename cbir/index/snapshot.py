@@ -19,18 +19,17 @@ from pathlib import Path
 import numpy as np
 
 from cbir.embedding.features import FeatureConfig
-from cbir.errors import IncompatibleIndexError, IndexFolderError
+from cbir.errors import IndexFolderError
 from cbir.index import ann
 from cbir.index.manifest import Entry, Manifest
+from cbir.index.reader import IndexedFiles, check_same_settings
 from cbir.index.store import MANIFEST, default_index_dir, load_matrix, read_manifest_stat
-from cbir.ingest.files import safe_join
 from cbir.search.approximate import ApproximateSearcher
 from cbir.search.base import Searcher
 from cbir.search.exact import ExactSearcher
 
 log = logging.getLogger(__name__)
 
-RESOLVE_ALL_LIMIT = 20_000
 OPEN_ATTEMPTS = 50
 
 between_reads: Callable[[], None] | None = None
@@ -38,7 +37,7 @@ between_reads: Callable[[], None] | None = None
 
 
 @dataclass
-class Index:
+class Index(IndexedFiles):
     """One committed version of an index: ``feats[i]`` is the L2-normalised feature of ``paths[i]``."""
 
     root: Path
@@ -56,71 +55,13 @@ class Index:
     def config(self) -> FeatureConfig:
         return self.manifest.config
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def file(self, row: int) -> Path:
-        """The image file of ``row`` (always inside the dataset root)."""
-        return safe_join(self.root, self.paths[row])
-
-    def row_of(self, image: str | os.PathLike[str]) -> int | None:
-        """The row of ``image`` if it is one of the indexed files (compared by resolved path)."""
-        real = os.path.realpath(image)
-        root = os.path.realpath(self.root)
-        try:
-            rel: str | None = Path(os.path.relpath(real, root)).as_posix()
-        except ValueError:
-            return None
-        if rel is not None and (rel.startswith("../") or rel == ".."):
-            rel = None
-        if rel is not None and rel in self._lookup():
-            return self._lookup()[rel]
-        # an indexed path may itself be a symlink: resolve every indexed file (once per Index), which
-        # costs a stat per file, so only for indexes small enough for that to stay well under a second
-        if len(self.paths) > RESOLVE_ALL_LIMIT:
-            return None
-        if self._by_real is None:
-            self._by_real = {os.path.realpath(self.file(i)): i for i in range(len(self.paths))}
-        return self._by_real.get(real)
-
-    def row_named(self, rel: str) -> int | None:
-        """The row of the image indexed under exactly ``rel`` (nothing resolved: for untrusted names)."""
-        return self._lookup().get(rel)
-
-    def _lookup(self) -> dict[str, int]:
-        if self._by_path is None:
-            self._by_path = {p: i for i, p in enumerate(self.paths)}
-        return self._by_path
-
-    def taken(self) -> list[str | None]:
-        """When each row's photo was taken (from the manifest), None where not read yet."""
-        return [e.taken for e in self.entries]
-
-    def indexed_row(self, image: str | os.PathLike[str], unchanged: bool = False) -> int | None:
-        """The row of an indexed image named as indexed (relative to the dataset root) or by its own
-        path; with ``unchanged``, only while the file has the size and mtime it was embedded at."""
-        row = None if Path(image).is_absolute() else self._lookup().get(Path(image).as_posix())
-        if row is None:
-            row = self.row_of(image)
-        if row is None or not unchanged:
-            return row
-        entry = self.entries[row]
-        try:
-            st = os.stat(self.file(row))
-        except OSError:
-            return None
-        return row if (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns) else None
+    @property
+    def location(self) -> str:
+        return str(self.dir)
 
     def check_compatible(self, config: FeatureConfig) -> None:
         """Refuse to mix features: raise IncompatibleIndexError if ``config`` differs from the index's."""
-        mine = self.manifest.config.to_dict()
-        theirs = config.to_dict()
-        diffs = [k for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)]
-        if diffs:
-            shown = ", ".join(f"{k}={mine.get(k)!r} (asked {theirs.get(k)!r})" for k in diffs[:4])
-            raise IncompatibleIndexError(
-                f"the index in {self.dir} was built with other settings: {shown}; rebuild it with --rebuild"
-            )
+        check_same_settings(self.manifest.config, config, self.location)
 
     def searcher(self, exact: bool = False) -> Searcher:
         """The searcher of this version: its fresh approximate index unless ``exact``, else a scan.

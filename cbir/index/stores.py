@@ -1,8 +1,9 @@
 """Where an index lives: the :class:`Store` seam, and the folder store every command uses today.
 
-A store gives the indexer an :class:`~cbir.index.store.IndexWriter` and readers one committed
-version (:class:`~cbir.index.snapshot.Index`). A vector database becomes a second implementation
-of this protocol; the indexer and the commands do not change.
+A store gives the indexer an :class:`~cbir.index.store.IndexWriter`, readers one committed
+version (an :class:`~cbir.index.reader.IndexReader`), and settings resolution the record of what
+it holds (``committed()``). The Milvus store (:mod:`cbir.index.milvus_store`) is a second
+implementation; ``--store URI`` picks one through :mod:`cbir.index.store_uri`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from typing import Protocol
 
 from cbir.embedding.features import FeatureConfig
 from cbir.embedding.whiten import Whitening
+from cbir.index.manifest import Manifest
+from cbir.index.reader import IndexReader
 from cbir.index.snapshot import Index, open_index
-from cbir.index.store import FolderWriter, IndexWriter, default_index_dir
+from cbir.index.store import FolderWriter, IndexWriter, default_index_dir, read_manifest
 
 
 class Store(Protocol):
@@ -42,7 +45,12 @@ class Store(Protocol):
         """A writer holding the store's lock while it is entered."""
         ...
 
-    def open(self) -> Index:
+    def committed(self) -> Manifest | None:
+        """What the store holds (feature settings, dimension, weights file; for the folder store the
+        whole manifest), None when it holds no index; IndexFolderError when that cannot be read."""
+        ...
+
+    def open(self) -> IndexReader:
         """The newest committed version."""
         ...
 
@@ -80,6 +88,9 @@ class FolderStore:
             root=self.root,
             weights_path=weights_path,
         )
+
+    def committed(self) -> Manifest | None:
+        return read_manifest(self.dir)
 
     def open(self) -> Index:
         return open_index(self.root, self.dir)

@@ -26,8 +26,9 @@ class FaissIndex(Protocol):
     @property
     def d(self) -> int: ...
 
-    def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(distances (n, k) float32, labels (n, k) int64)``; label -1 where fewer were found."""
+    def search(self, x: np.ndarray, k: int, params: object = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(distances (n, k) float32, labels (n, k) int64)``; label -1 where fewer were found.
+        ``params``: faiss ``SearchParameters`` for this call only (e.g. another efSearch)."""
         ...
 
 
@@ -38,7 +39,7 @@ class ApproximateSearcher:
     k' of them by exact score (ties to the lower row).
     """
 
-    def __init__(self, index: FaissIndex, feats: np.ndarray, candidates: int) -> None:
+    def __init__(self, index: FaissIndex, feats: np.ndarray, candidates: int, params: object = None) -> None:
         if int(index.ntotal) != feats.shape[0] or int(index.d) != feats.shape[1]:
             raise ValueError(
                 f"the approximate index holds {index.ntotal} x {index.d} vectors, the features "
@@ -47,6 +48,12 @@ class ApproximateSearcher:
         self.index = index
         self.feats = feats
         self.candidates = int(candidates)
+        self.params = params  # faiss SearchParameters of every call (None: the index's own)
+
+    def with_effort(self, candidates: int, params: object) -> ApproximateSearcher:
+        """The same index searched with other parameters per call (the index itself is unchanged,
+        so other users of it keep theirs)."""
+        return ApproximateSearcher(self.index, self.feats, candidates, params)
 
     @property
     def dim(self) -> int:
@@ -69,7 +76,7 @@ class ApproximateSearcher:
             return no_results(len(q))
         n_excl = longest_exclusion(exclude)
         fetch = min(n, max(k_eff + n_excl, self.candidates))
-        _, cand = self.index.search(q, fetch)
+        _, cand = self.index.search(q, fetch, params=self.params)
         exact = _exact_scores(self.feats, q, cand)
         rows = np.zeros((len(q), k_eff), dtype=np.int64)
         scores = np.zeros((len(q), k_eff), dtype=np.float32)

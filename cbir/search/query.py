@@ -23,13 +23,8 @@ from cbir.search.rerank import Reranking, rerank
 
 
 class QueryableIndex(SearchableIndex, Protocol):
-    """An opened index that can also check a query embedder's settings against its own, and hand
-    out the vectors it stores."""
-
-    @property
-    def feats(self) -> np.ndarray:
-        """The stored vectors, one row per indexed image."""
-        ...
+    """An opened index that can also check a query embedder's settings against its own (its
+    searcher hands out the vectors it stores)."""
 
     def check_compatible(self, config: FeatureConfig) -> None:
         """Raise IncompatibleIndexError if ``config`` differs from the index's."""
@@ -125,13 +120,14 @@ def query_index(
     snapshot.check_compatible(source.config)
     check_query_files(images)
     rows = [snapshot.indexed_row(image, unchanged=True) if reuse_stored else None for image in images]
-    vectors = np.zeros((len(images), snapshot.feats.shape[1]), dtype=np.float32)
+    searcher = snapshot.searcher(exact=exact)
+    vectors = np.zeros((len(images), searcher.dim), dtype=np.float32)
     fresh = [i for i, row in enumerate(rows) if row is None]
     if fresh:
         vectors[fresh] = embed_queries(source.embedder(), [images[i] for i in fresh])
-    for i, row in enumerate(rows):
-        if row is not None:
-            vectors[i] = snapshot.feats[row]
+    stored = [(i, row) for i, row in enumerate(rows) if row is not None]
+    if stored:
+        vectors[[i for i, _ in stored]] = searcher.vectors(np.array([r for _, r in stored], dtype=np.int64))
     return search_index(snapshot, vectors, images, k, exclude_self, reranking, exact, where)
 
 
@@ -151,6 +147,7 @@ def like_index(
         if row is None:
             raise QueryError(f"not in the index: {image} (name an indexed image, or query by file)")
         rows.append(row)
-    vectors = np.asarray(snapshot.feats[np.array(rows, dtype=np.int64)], dtype=np.float32)
+    stored = snapshot.searcher(exact=exact).vectors(np.array(rows, dtype=np.int64))
+    vectors = np.asarray(stored, dtype=np.float32)
     files = [snapshot.file(r) for r in rows]
     return search_index(snapshot, vectors, files, k, True, reranking, exact, where)

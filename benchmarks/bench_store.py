@@ -1,0 +1,181 @@
+"""The Milvus store against the folder store, and Ray indexing against the plain indexer, in one run.
+
+Part 1 (stores): ``--rows`` synthetic vectors from the generator of ``bench_search.py`` (2048-d,
+clustered, L2-normalised) are written through each store's writer (``--checkpoint`` rows per
+commit, as the indexer does) and made searchable (the folder store builds its faiss HNSW in
+``finish``; Milvus Lite indexes as it goes). Then, per store: single-query latency (one query per
+call, median and p95) and recall@10 of its default searcher against exact float32 search.
+
+Part 2 (Ray): ``--images`` Corel-1k images (copied to a temporary folder) indexed by the plain
+indexer and by ``--ray`` on a local Ray with this machine's cores, same model (MobileNetV2 0.35, real
+weights, Keras runtime), into the folder store. Ray's figure includes starting Ray and its actors.
+
+    python3 benchmarks/bench_store.py --rows 20000 --images 100     # a few minutes
+    python3 benchmarks/bench_store.py --rows 100000 --images 300    # the figures of docs/scale.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+from bench_search import Space  # noqa: E402
+from machine import SHARED, describe  # noqa: E402
+
+from cbir.embedding.features import FeatureConfig  # noqa: E402
+from cbir.index.indexer import IndexOptions, update_index  # noqa: E402
+from cbir.index.manifest import Entry  # noqa: E402
+from cbir.index.milvus_store import MilvusStore  # noqa: E402
+from cbir.index.stores import FolderStore, Store  # noqa: E402
+from cbir.search.exact import top_k  # noqa: E402
+from cbir.settings import FeatureChoice, RuntimeOptions, resolve_settings  # noqa: E402
+
+K = 10
+CONFIG = FeatureConfig(model="synthetic", weights="none", size=224)
+WEIGHTS = SHARED / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
+COREL = SHARED / "datasets" / "corel1k" / "images"
+
+
+def version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def insert(store: Store, feats: np.ndarray, checkpoint: int) -> tuple[float, float]:
+    """Write every row through the store's writer; (seconds to write, seconds to finish)."""
+    t0 = time.perf_counter()
+    with store.writer(CONFIG, dtype="float32", rebuild=True, whitening=None, weights_path=None) as w:
+        w.set_dim(feats.shape[1])
+        for start in range(0, len(feats), checkpoint):
+            block = np.ascontiguousarray(feats[start : start + checkpoint])
+            w.put([Entry(f"v{start + i:07d}.jpg", 1, 1) for i in range(len(block))], block)
+            w.commit()
+        t1 = time.perf_counter()
+        w.finish("hnsw")
+    return t1 - t0, time.perf_counter() - t1
+
+
+def measure(store: Store, feats: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Latency of single queries (ms) and recall@10 of the store's default searcher."""
+    index = store.open()
+    order = np.array([int(p[1:8]) for p in index.paths])  # the store's rows -> generated rows
+    searcher = index.searcher()
+    searcher.search(queries[:1], K)  # warm up
+    times, found = [], []
+    for q in queries:
+        t = time.perf_counter()
+        rows, _ = searcher.search(q[None], K)
+        times.append(time.perf_counter() - t)
+        found.append(order[rows[0]])
+    recall = np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth)])
+    return {
+        "p50": 1e3 * float(np.median(times)),
+        "p95": 1e3 * float(np.percentile(times, 95)),
+        "recall": recall,
+    }
+
+
+def bench_stores(args: argparse.Namespace, tmp: Path) -> None:
+    space = Space()
+    feats = np.concatenate(
+        [
+            space.draw(min(65536, args.rows - s), seed=1000 + i)
+            for i, s in enumerate(range(0, args.rows, 65536))
+        ]
+    )[:, : args.dim]
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    queries = space.draw(args.queries, seed=7)[:, : args.dim]
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    truth, _ = top_k(feats, queries, K)
+    print(
+        f"\n{args.rows} vectors of {args.dim} dimensions, {args.queries} queries, "
+        f"commits of {args.checkpoint} rows"
+    )
+    print(
+        f"{'store':<16}{'insert rows/s':>14}{'finish s':>10}{'p50 ms':>9}{'p95 ms':>9}"
+        f"{'recall@10':>11}{'x folder':>12}"
+    )
+    results = {}
+    for name, store in (
+        ("folder (faiss)", FolderStore(tmp, tmp / "folder-index")),
+        ("milvus lite", MilvusStore.from_uri(f"milvus:{tmp / 'bench.db'}", tmp)),
+    ):
+        write, finish = insert(store, feats, args.checkpoint)
+        m = measure(store, feats, queries, truth)
+        rate = args.rows / (write + finish)
+        results[name] = (rate, m)
+        base_rate, base = results["folder (faiss)"]
+        ratio = f"{rate / base_rate:.2f}/{m['p50'] / base['p50']:.1f}"
+        print(
+            f"{name:<16}{rate:>14,.0f}{finish:>10.1f}{m['p50']:>9.2f}{m['p95']:>9.2f}{m['recall']:>11.3f}{ratio:>12}"
+        )
+    print("x folder: insert rate / p50 latency, as ratios of the folder store's in this run")
+
+
+def bench_ray(args: argparse.Namespace, tmp: Path) -> None:
+    if not (WEIGHTS.exists() and COREL.is_dir()):
+        print(f"\nRay: skipped (needs {WEIGHTS} and {COREL})")
+        return
+    data = tmp / "images"
+    data.mkdir()
+    for src in sorted(COREL.glob("*.jpg"))[: args.images]:
+        shutil.copy2(src, data / src.name)
+    settings = resolve_settings(
+        data,
+        features=FeatureChoice(model="mobilenetv2"),
+        weights=str(WEIGHTS),
+        runtime=RuntimeOptions(runtime="keras", bulk=True),
+    )
+    from cbir.embedding.ray_runner import RaySource
+
+    print(f"\n{args.images} Corel images, MobileNetV2 0.35 at 224 (Keras), into the folder store")
+    print(f"{'indexer':<28}{'seconds':>9}{'img/s':>8}{'x plain':>9}")
+    base = 0.0
+    for name, source in (
+        ("plain (threads)", settings),
+        (f"ray local ({os.cpu_count()} actors)", RaySource(settings)),
+    ):
+        t = time.perf_counter()
+        report = update_index(
+            data,
+            source,
+            options=IndexOptions(progress=False, rebuild=True),
+            store=FolderStore(data, tmp / f"index-{len(name)}"),
+        )
+        seconds = time.perf_counter() - t
+        assert report.total == args.images, report
+        rate = args.images / seconds
+        base = base or rate
+        print(f"{name:<28}{seconds:>9.1f}{rate:>8.1f}{rate / base:>9.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=2048)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--checkpoint", type=int, default=5000, help="rows per commit")
+    parser.add_argument("--images", type=int, default=300, help="images for the Ray part (0: skip it)")
+    args = parser.parse_args()
+    print(describe())
+    print(", ".join(f"{n} {version(n)}" for n in ("pymilvus", "milvus-lite", "faiss-cpu", "ray")))
+    with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
+        bench_stores(args, Path(tmp))
+        if args.images:
+            bench_ray(args, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,12 @@ database vector (computed in memory, blocked; meant for collections up to ~100k 
 :func:`rerank` applies them on top of any :class:`~cbir.search.base.Searcher`, so queries,
 evaluation and benchmarks share one implementation, and QE uses the approximate index when the
 searcher has one.
+
+A fixed top-n assumes every query has at least n true neighbours. That holds for category search
+(Corel-1k: 99 per query) but not for instance search (two or three views of the same scene), where
+n=5 pulls in irrelevant neighbours and hurts (docs/quality.md). ``threshold`` makes both adaptive:
+only neighbours at least that similar count, so a query with two close matches is expanded by two
+and a query with none is left alone; n is then an upper bound.
 """
 
 from __future__ import annotations
@@ -23,11 +29,13 @@ from cbir.vectors import l2_normalize
 @dataclass(frozen=True)
 class Reranking:
     """Which re-ranking to apply: top-``qe`` query expansion, top-``dba`` database augmentation
-    (0 turns either off), neighbours weighted by similarity^``alpha`` (the CLI's ``--alpha``)."""
+    (0 turns either off), neighbours weighted by similarity^``alpha`` (the CLI's ``--alpha``); with a
+    ``threshold`` (``--rerank-threshold``) only neighbours at least that similar are used."""
 
     qe: int = 0
     dba: int = 0
     alpha: float = 3.0
+    threshold: float | None = None
 
     @property
     def active(self) -> bool:
@@ -41,9 +49,12 @@ def _augment(
     n: int,
     alpha: float,
     exclude: Sequence[Sequence[int]] | None,
+    threshold: float | None = None,
 ) -> np.ndarray:
     rows, scores = searcher.search(vectors, n, exclude=exclude)
     weights = np.maximum(scores, 0) ** alpha
+    if threshold is not None:
+        weights = np.where(scores >= threshold, weights, 0.0)
     neigh = searcher.vectors(rows.ravel()).reshape(rows.shape + (searcher.dim,))
     return l2_normalize(vectors + np.einsum("qk,qkd->qd", weights, neigh))
 
@@ -54,19 +65,26 @@ def query_expansion(
     n: int = 5,
     alpha: float = 3.0,
     exclude: Sequence[Sequence[int]] | None = None,
+    threshold: float | None = None,
 ) -> np.ndarray:
     """alpha-QE: add the top ``n`` neighbours ``searcher`` finds for each query (never the rows of
-    ``exclude[q]``), weighted by similarity^alpha; returns the re-normalised float32 queries."""
+    ``exclude[q]``; only those at least ``threshold`` similar, if given), weighted by
+    similarity^alpha; returns the re-normalised float32 queries."""
     if n <= 0:
         return np.asarray(queries, dtype=np.float32)
-    return _augment(as_queries(queries), searcher, n, alpha, exclude)
+    return _augment(as_queries(queries), searcher, n, alpha, exclude, threshold)
 
 
 def database_augmentation(
-    database: np.ndarray, n: int = 5, alpha: float = 3.0, block: int = 4096
+    database: np.ndarray,
+    n: int = 5,
+    alpha: float = 3.0,
+    block: int = 4096,
+    threshold: float | None = None,
 ) -> np.ndarray:
     """DBA: replace every database vector by the weighted mean of itself and its top ``n`` neighbours
-    (other rows), ``block`` rows at a time; returns a new float32 matrix held in memory."""
+    (other rows; only those at least ``threshold`` similar, if given), ``block`` rows at a time;
+    returns a new float32 matrix held in memory."""
     db = np.asarray(database, dtype=np.float32)
     if n <= 0:
         return db
@@ -75,7 +93,7 @@ def database_augmentation(
     for start in range(0, len(db), block):
         q = db[start : start + block]
         own = [[start + i] for i in range(len(q))]
-        out[start : start + len(q)] = _augment(q, searcher, n, alpha, own)
+        out[start : start + len(q)] = _augment(q, searcher, n, alpha, own, threshold)
     return out
 
 
@@ -83,15 +101,16 @@ class QueryExpandingSearcher(SearcherWrapper):
     """A :class:`~cbir.search.base.Searcher` that expands each query with its top ``n`` neighbours
     in ``base`` (leaving out the rows it must not return), then searches ``base`` again."""
 
-    def __init__(self, base: Searcher, n: int, alpha: float) -> None:
+    def __init__(self, base: Searcher, n: int, alpha: float, threshold: float | None = None) -> None:
         super().__init__(base)
         self.n = n
         self.alpha = alpha
+        self.threshold = threshold
 
     def search(
         self, queries: np.ndarray, k: int, exclude: Sequence[Sequence[int]] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        expanded = query_expansion(queries, self.base, self.n, self.alpha, exclude)
+        expanded = query_expansion(queries, self.base, self.n, self.alpha, exclude, self.threshold)
         return self.base.search(expanded, k, exclude)
 
 
@@ -100,7 +119,10 @@ def rerank(searcher: Searcher, reranking: Reranking) -> Searcher:
     since DBA changes every row and an approximate index no longer matches them), then QE."""
     if reranking.dba > 0:
         everything = searcher.vectors(np.arange(len(searcher), dtype=np.int64))
-        searcher = ExactSearcher(database_augmentation(everything, reranking.dba, reranking.alpha))
+        augmented = database_augmentation(
+            everything, reranking.dba, reranking.alpha, threshold=reranking.threshold
+        )
+        searcher = ExactSearcher(augmented)
     if reranking.qe > 0:
-        searcher = QueryExpandingSearcher(searcher, reranking.qe, reranking.alpha)
+        searcher = QueryExpandingSearcher(searcher, reranking.qe, reranking.alpha, reranking.threshold)
     return searcher

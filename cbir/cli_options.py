@@ -21,8 +21,8 @@ from cbir.cli_types import (
 from cbir.duplicates.find import DEFAULT_THRESHOLD, DuplicateOptions
 from cbir.duplicates.grouping import GROUPINGS
 from cbir.duplicates.keep import KEEP_RULES
-from cbir.embedding.features import POOLINGS
 from cbir.embedding.model_cache import ENV as MODEL_CACHE_ENV
+from cbir.embedding.pooling import POOLINGS
 from cbir.embedding.runtimes import RUNTIMES, import_tensorflow
 from cbir.index.ann import AUTO_MIN_ROWS
 from cbir.index.indexer import IndexOptions
@@ -43,7 +43,7 @@ def add_feature_options(p: argparse.ArgumentParser) -> None:
         "--weights",
         help="local weights file instead of the ImageNet download ('random': untrained, for tests)",
     )
-    g.add_argument("--pooling", choices=POOLINGS, help="global pooling of the last feature map")
+    g.add_argument("--pooling", choices=list(POOLINGS), help="pooling of the last feature map")
     g.add_argument("--gem-p", type=POSITIVE, help="GeM exponent (default 3)")
     g.add_argument("--size", type=INPUT_SIZE, help="input size, at least 32 (default: the backbone's)")
     g.add_argument("--geometry", choices=GEOMETRY_MODES, help="how images are fitted to the input size")
@@ -128,6 +128,12 @@ def add_rerank_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--alpha", type=NON_NEGATIVE, default=3.0, help="similarity exponent for --qe/--dba (default 3)"
+    )
+    g.add_argument(
+        "--rerank-threshold",
+        type=similarity,
+        metavar="T",
+        help="adaptive --qe/--dba: only neighbours at least T similar (N becomes an upper bound)",
     )
 
 
@@ -372,7 +378,7 @@ def result_filter_from(args: argparse.Namespace) -> ResultFilter:
 
 
 def reranking_from(args: argparse.Namespace) -> Reranking:
-    return Reranking(qe=args.qe, dba=args.dba, alpha=args.alpha)
+    return Reranking(qe=args.qe, dba=args.dba, alpha=args.alpha, threshold=args.rerank_threshold)
 
 
 def duplicate_options_from(args: argparse.Namespace) -> DuplicateOptions:

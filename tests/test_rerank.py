@@ -193,3 +193,33 @@ def test_dba_makes_an_exact_searcher_over_the_augmented_rows():
     expanded = query_expansion(augmented[:2], ExactSearcher(augmented), n=2, alpha=2.0, exclude=[[0], [1]])
     rows, _ = both.search(augmented[:2], 5, exclude=[[0], [1]])
     np.testing.assert_array_equal(rows, top_k(augmented, expanded, 5, exclude=[[0], [1]])[0])
+
+
+def test_a_threshold_expands_by_the_true_neighbours_only():
+    """With a threshold between the cluster (0.72-0.80) and the rest (<= 0.40), a generous n adds the
+    cluster and nothing else: n becomes an upper bound, adapted to how many true neighbours exist."""
+    adaptive = query_expansion(QUERY, over(DATABASE), n=8, threshold=0.6)[0]
+    np.testing.assert_allclose(adaptive, query_expansion(QUERY, over(DATABASE), n=3)[0], atol=1e-6)
+    assert np.abs(query_expansion(QUERY, over(DATABASE), n=8)[0] - adaptive).max() > 1e-3  # without it
+    # a query without any neighbour that close is left as it is
+    alone = query_expansion(QUERY, over(DATABASE), n=8, threshold=0.9)[0]
+    np.testing.assert_allclose(alone, QUERY, atol=1e-6)
+
+
+def test_thresholded_dba_leaves_rows_without_close_neighbours_alone():
+    out = database_augmentation(DATABASE, n=5, threshold=0.75)
+    for row in (0, 1, 5, 6, 7):  # no other row is 0.75 similar to these
+        np.testing.assert_allclose(out[row], DATABASE[row], atol=1e-6)
+    cluster = [2, 3, 4]  # each has two cluster neighbours at 0.8: the mean of the three, weighted
+    for row in cluster:
+        others = [r for r in cluster if r != row]
+        manual = DATABASE[row] + sum(float(DATABASE[r] @ DATABASE[row]) ** 3 * DATABASE[r] for r in others)
+        np.testing.assert_allclose(out[row], unit(manual), atol=1e-5)
+
+
+def test_rerank_passes_the_threshold_to_both():
+    searcher = rerank(over(DATABASE), Reranking(qe=8, dba=5, threshold=0.75))
+    augmented = database_augmentation(DATABASE, n=5, threshold=0.75)
+    expected = query_expansion(QUERY, over(augmented), n=8, threshold=0.75)
+    rows, _ = searcher.search(QUERY[None], 4)
+    np.testing.assert_array_equal(rows, over(augmented).search(expected, 4)[0])

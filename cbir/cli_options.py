@@ -135,6 +135,12 @@ def add_rerank_options(p: argparse.ArgumentParser) -> None:
         metavar="T",
         help="adaptive --qe/--dba: only neighbours at least T similar (N becomes an upper bound)",
     )
+    g.add_argument(
+        "--mutual",
+        type=NON_NEGATIVE_INT,
+        metavar="K",
+        help="adaptive --qe/--dba: only neighbours that have the query among their K nearest",
+    )
 
 
 def add_output_options(p: argparse.ArgumentParser) -> None:
@@ -378,7 +384,7 @@ def result_filter_from(args: argparse.Namespace) -> ResultFilter:
 
 
 def reranking_from(args: argparse.Namespace) -> Reranking:
-    return Reranking(qe=args.qe, dba=args.dba, alpha=args.alpha, threshold=args.rerank_threshold)
+    return Reranking(args.qe, args.dba, args.alpha, args.rerank_threshold, args.mutual or 0)
 
 
 def duplicate_options_from(args: argparse.Namespace) -> DuplicateOptions:

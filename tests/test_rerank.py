@@ -223,3 +223,45 @@ def test_rerank_passes_the_threshold_to_both():
     expected = query_expansion(QUERY, over(augmented), n=8, threshold=0.75)
     rows, _ = searcher.search(QUERY[None], 4)
     np.testing.assert_array_equal(rows, over(augmented).search(expected, 4)[0])
+
+
+def test_mutual_neighbours_keep_a_small_group_and_drop_the_hubs():
+    """Two views of one scene (a, b) and a tight category cluster of five images that the query also
+    resembles: fixed top-3 QE drags the query into the cluster; with mutual=2 only b is used (the
+    cluster members have each other as nearest neighbours, not the query)."""
+
+    def v(*pairs: tuple[int, float]) -> np.ndarray:
+        x = np.zeros(16)
+        for i, w in pairs:
+            x[i] = w
+        return unit(x)
+
+    a = v((0, 1.0), (1, 0.9))  # scene 0, category 1
+    b = v((0, 1.0), (1, 0.9), (2, 0.3))  # another view of the same scene
+    cluster = np.stack([v((1, 1.0), (3 + i, 0.3)) for i in range(5)])  # the category, 0.92 to each other
+    others = np.stack([v((8 + i, 1.0), (1, 0.2)) for i in range(6)])
+    db = np.concatenate([b[None], cluster, others])
+    s = db @ a
+    assert np.argmax(s) == 0 and set(np.argsort(-s)[1:3]) <= set(range(1, 6))  # b, then the cluster
+    mutual = query_expansion(a, over(db), n=3, mutual=2)[0]
+    np.testing.assert_allclose(mutual, query_expansion(a, over(db), n=1)[0], atol=1e-6)  # b alone
+    fixed = query_expansion(a, over(db), n=3)[0]
+    assert cos(mutual, b) > cos(fixed, b) and cos(fixed, cluster.mean(0)) > cos(mutual, cluster.mean(0))
+
+
+def test_mutual_dba_and_the_searcher_agree_with_the_functions():
+    db = random_unit(40, 16, seed=9)
+    out = database_augmentation(db, n=5, mutual=2)
+    # a row whose nearest neighbours all prefer others stays as it is; one in a mutual pair moves
+    s = db @ db.T
+    np.fill_diagonal(s, -np.inf)
+    second = -np.sort(-s, axis=1)[:, 1]
+    for row in range(len(db)):
+        partners = [j for j in np.argsort(-s[row])[:5] if s[row, j] >= second[j] - 1e-6]
+        manual = db[row] + sum(max(s[row, j], 0) ** 3 * db[j] for j in partners)
+        np.testing.assert_allclose(out[row], unit(manual), atol=1e-5)
+    searcher = rerank(over(db), Reranking(qe=5, mutual=2))
+    q = random_unit(3, 16, seed=10)
+    np.testing.assert_array_equal(
+        searcher.search(q, 6)[0], over(db).search(query_expansion(q, over(db), n=5, mutual=2), 6)[0]
+    )

@@ -79,13 +79,14 @@ class Row:
     qe: int = 0
     dba: int = 0
     threshold: float | None = None
+    mutual: int = 0
     extra: str | None = None  # an EXTRA_POOLINGS name (the config's pooling is then ignored)
     note: str = ""
     flags: list[str] = field(default_factory=list)
 
     @property
     def reranking(self) -> Reranking:
-        return Reranking(qe=self.qe, dba=self.dba, threshold=self.threshold)
+        return Reranking(qe=self.qe, dba=self.dba, threshold=self.threshold, mutual=self.mutual)
 
 
 def rows_for(size: int, base: str) -> list[Row]:
@@ -160,36 +161,42 @@ def regional_rows(size: int, base: str) -> list[Row]:
     }
     rows = []
     for suffix, config in geometries.items():
-        for pooling in ("avg", "max", "gem", "rmac"):
-            rows.append(Row(f"{pooling}{suffix}", config.replace(pooling=pooling)))
+        for name, changes in POOLING_ROWS.items():
+            rows.append(Row(f"{name}{suffix}", config.replace(**changes)))
         for extra in EXTRA_POOLINGS:
             rows.append(Row(f"{extra}{suffix}", config, extra=extra, note="exploration only"))
     by_name = {r.name: r for r in rows}
     b = by_name[base]
     rerankings = [
-        (f"{base}+qe5", {"qe": 5}, "alpha-QE, n=5, alpha=3 (fixed n)"),
-        (f"{base}+qe2", {"qe": 2}, "alpha-QE, n=2"),
-        (f"{base}+dba5+qe5", {"qe": 5, "dba": 5}, "DBA n=5 then alpha-QE n=5 (fixed n)"),
+        ("+qe5", {"qe": 5, "mutual": 0}, "alpha-QE, n=5, alpha=3 (fixed n)"),
+        ("+qe2", {"qe": 2, "mutual": 0}, "alpha-QE, n=2 (fixed n)"),
+        ("+dba5+qe5", {"qe": 5, "dba": 5, "mutual": 0}, "DBA n=5 then alpha-QE n=5 (fixed n)"),
+        ("+dba2+qe2", {"qe": 2, "dba": 2, "mutual": 0}, "DBA n=2 then alpha-QE n=2 (fixed n)"),
     ]
-    for t in THRESHOLDS:
-        rerankings += [
-            (
-                f"{base}+qe10@{t:g}",
-                {"qe": 10, "threshold": t},
-                f"adaptive alpha-QE: up to 10, similarity >= {t:g}",
-            ),
-            (
-                f"{base}+dba10+qe10@{t:g}",
-                {"qe": 10, "dba": 10, "threshold": t},
-                f"adaptive DBA + alpha-QE: up to 10, similarity >= {t:g}",
-            ),
-        ]
-    for name, options, note in rerankings:
-        rows.append(Row(name, b.config, extra=b.extra, note=note, **options))  # type: ignore[arg-type]
+    for t in (0.5, 0.7, 0.8, 0.9):
+        note = f"adaptive: up to 10 neighbours at least {t:g} similar"
+        rerankings.append((f"+qe10@{t:g}", {"qe": 10, "threshold": t, "mutual": 0}, f"alpha-QE, {note}"))
+    rerankings.append(
+        ("+dba10+qe10@0.8", {"qe": 10, "dba": 10, "threshold": 0.8, "mutual": 0}, "DBA + QE, " + note)
+    )
+    for n, k in ((5, 2), (5, 3), (10, 3), (5, 4)):
+        note = f"adaptive: up to {n} neighbours, mutual {k}-nearest"
+        rerankings.append((f"+qe{n}m{k}", {"qe": n, "mutual": k}, f"alpha-QE, {note}"))
+    rerankings.append(
+        ("+dba5+qe5m3", {"qe": 5, "dba": 5, "mutual": 3}, "DBA + alpha-QE, up to 5, mutual 3-nearest")
+    )
+    for suffix, options, note in rerankings:
+        rows.append(Row(base + suffix, b.config, extra=b.extra, note=note, **options))  # type: ignore[arg-type]
     return rows
 
 
-THRESHOLDS = (0.5, 0.6, 0.7, 0.8)
+POOLING_ROWS: dict[str, dict[str, str | float]] = {
+    "avg": {"pooling": "avg"},
+    "max": {"pooling": "max"},
+    "gem": {"pooling": "gem", "gem_p": 3.0},
+    "gem0.5": {"pooling": "gem", "gem_p": 0.5},
+    "rmac": {"pooling": "rmac"},
+}
 
 
 def command(row: Row, dataset: str, weights: str, model: str) -> str:
@@ -210,6 +217,8 @@ def command(row: Row, dataset: str, weights: str, model: str) -> str:
         cmd += f" --dba {row.dba}"
     if row.threshold is not None:
         cmd += f" --rerank-threshold {row.threshold:g}"
+    if row.qe or row.dba:
+        cmd += f" --mutual {row.mutual}"
     if row.whiten == "leak":
         cmd += f" --whiten-on {dataset} --whiten-dim {row.whiten_dim} --whiten-power {row.whiten_power}"
     return cmd

@@ -265,3 +265,17 @@ def test_mutual_dba_and_the_searcher_agree_with_the_functions():
     np.testing.assert_array_equal(
         searcher.search(q, 6)[0], over(db).search(query_expansion(q, over(db), n=5, mutual=2), 6)[0]
     )
+
+
+def test_the_command_line_default_is_adaptive_query_expansion():
+    from cbir.cli_options import build_legacy_parser, build_parser, reranking_from
+    from cbir.search.rerank import DEFAULT_RERANKING
+
+    parse = build_parser().parse_args
+    assert reranking_from(parse(["query", "d", "q.jpg"])) == DEFAULT_RERANKING == Reranking(qe=10, mutual=3)
+    assert reranking_from(parse(["evaluate", "d"])) == DEFAULT_RERANKING
+    legacy = build_legacy_parser().parse_args(["-dataset", "d", "-img_query", "q.jpg"])
+    assert reranking_from(legacy) == DEFAULT_RERANKING
+    assert not reranking_from(parse(["evaluate", "d", "--qe", "0"])).active  # off
+    fixed = reranking_from(parse(["query", "d", "--qe", "5", "--mutual", "0", "--rerank-threshold", "0.8"]))
+    assert fixed == Reranking(qe=5, mutual=0, threshold=0.8)

@@ -49,6 +49,12 @@ class Reranking:
         return self.qe > 0 or self.dba > 0
 
 
+DEFAULT_RERANKING = Reranking(qe=10, mutual=3)
+"""The command line's default: adaptive alpha-QE (up to 10 mutual 3-nearest neighbours). It gains on
+category search (Corel-1k) and on instance search (the generated benchmark), where a fixed top-5
+loses; measured in docs/quality.md. The library's ``Reranking()`` stays off."""
+
+
 class _KthSimilarity:
     """The similarity of each database row to its k-th nearest other row (what a vector must reach
     to be among that row's k nearest), searched on first need and kept."""

@@ -211,8 +211,7 @@ def command(row: Row, dataset: str, weights: str, model: str) -> str:
     )
     if len(c.scales) > 1:
         cmd += " --scales 1,1/sqrt2,sqrt2"
-    if row.qe:
-        cmd += f" --qe {row.qe}"
+    cmd += f" --qe {row.qe}"  # always: the command line's default is --qe 10 --mutual 3
     if row.dba:
         cmd += f" --dba {row.dba}"
     if row.threshold is not None:

@@ -176,6 +176,7 @@ def regional_rows(size: int, base: str) -> list[Row]:
     for t in (0.5, 0.7, 0.8, 0.9):
         note = f"adaptive: up to 10 neighbours at least {t:g} similar"
         rerankings.append((f"+qe10@{t:g}", {"qe": 10, "threshold": t, "mutual": 0}, f"alpha-QE, {note}"))
+    note = "adaptive: up to 10 neighbours at least 0.8 similar"
     rerankings.append(
         ("+dba10+qe10@0.8", {"qe": 10, "dba": 10, "threshold": 0.8, "mutual": 0}, "DBA + QE, " + note)
     )
@@ -244,7 +245,7 @@ class Features:
     def of(self, row: Row) -> tuple[np.ndarray, float]:
         config = resolve_config(row.config.replace(model=self.args.model), self.weights)
         if self.args.maps and len(config.scales) == 1:
-            key = f"{config.replace(pooling='avg', gem_p=3.0)!r}|{row.extra or config.pooling}"
+            key = f"{config.replace(pooling='avg', gem_p=3.0)!r}|{row.extra or config.pooling}|{config.gem_p}"
             if key not in self.memory:
                 from feature_maps import feature_maps
 

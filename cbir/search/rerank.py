@@ -9,9 +9,13 @@ searcher has one.
 
 A fixed top-n assumes every query has at least n true neighbours. That holds for category search
 (Corel-1k: 99 per query) but not for instance search (two or three views of the same scene), where
-n=5 pulls in irrelevant neighbours and hurts (docs/quality.md). ``threshold`` makes both adaptive:
-only neighbours at least that similar count, so a query with two close matches is expanded by two
-and a query with none is left alone; n is then an upper bound.
+n=5 pulls in irrelevant neighbours and hurts (docs/quality.md). ``mutual`` = k makes both adaptive:
+a neighbour counts only if the vector being expanded is among that neighbour's own k nearest (one
+small search per neighbour, through the same searcher), so a query with two true matches is
+expanded by two and a query with none is left alone; n is then an upper bound. Views of one scene
+are each other's nearest neighbours; members of a category cluster are each other's, not the
+query's. ``threshold`` (a least similarity) is the simpler rule; measured, it does not separate the
+two kinds of neighbours.
 """
 
 from __future__ import annotations

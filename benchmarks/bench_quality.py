@@ -1,13 +1,25 @@
-"""Retrieval quality of feature configurations on Corel-1k (Wang), with images/s for each row.
+"""Retrieval quality of feature configurations on a benchmark folder, with images/s for each row.
 
-Every configuration embeds the 1000 images with the same backbone and weights (Xception, real
-ImageNet weights from ../shared/weights), then scores mAP and P@10 with the standard protocol
-(every image a query, relevant = the other 99 of its class, the query excluded). The first row is
-the original script's configuration. Prints a Markdown table (docs/quality.md holds a copy).
+Every configuration embeds the dataset's images with the same backbone and weights (Xception, real
+ImageNet weights from ../shared/weights), then scores mAP, P@10 and the N-S-style top-4 score with
+the dataset's ground truth (Corel-1k: every image a query, relevant = the other 99 of its class; the
+generated instance benchmark of make_instance.py: gt.json, one query per group of views). The
+query is excluded from its ranking, except in N-S (the UKBench protocol counts it: the number of
+its group's images, itself included, in its top 4; a perfect score is the mean group size, at most
+4). Prints a Markdown table (docs/quality.md holds the copies).
 
-    python3 benchmarks/bench_quality.py                 # all rows (about 25 min on 2 cores)
+Two row sets: ``--rows classic`` (the first study: pooling, resizing, multi-scale, whitening on
+Corel-1k) and ``--rows regional`` (issue 14: regional poolings x input resolution, and adaptive
+re-ranking). ``--maps DIR`` runs the backbone once per input geometry and keeps its last feature
+maps (float16) in DIR; every single-scale row is then pooled from them in NumPy with the product's
+reference poolings (cbir/embedding/pooling.py), so a new pooling or re-ranking row costs seconds.
+The images/s of such rows is the backbone's (pooling is not timed); ``--throughput N`` measures the
+real embedder of each row side by side on N images instead.
+
+    python3 benchmarks/bench_quality.py                 # all classic rows (about 25 min on 2 cores)
     python3 benchmarks/bench_quality.py --only gem-long # one row
-    python3 benchmarks/bench_quality.py --model mobilenetv2 --weights FILE
+    python3 benchmarks/bench_quality.py --rows regional --maps /tmp/maps --dataset /tmp/instance
+    python3 benchmarks/bench_quality.py --rows regional --throughput 200 --only avg --only rmac
 """
 
 from __future__ import annotations
@@ -17,6 +29,7 @@ import hashlib
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,15 +41,30 @@ from machine import SHARED, describe  # noqa: E402
 
 from cbir.embedding.embedder import Embedder  # noqa: E402
 from cbir.embedding.features import FeatureConfig, resolve_config  # noqa: E402
+from cbir.embedding.pooling import pool, regional_sum  # noqa: E402
 from cbir.embedding.weights import Weights  # noqa: E402
 from cbir.embedding.whiten import learn_whitening  # noqa: E402
 from cbir.evaluation.evaluate import evaluate  # noqa: E402
-from cbir.evaluation.groundtruth import load_ground_truth  # noqa: E402
+from cbir.evaluation.groundtruth import GroundTruth, load_ground_truth  # noqa: E402
 from cbir.ingest.files import find_images  # noqa: E402
+from cbir.search.base import Searcher  # noqa: E402
 from cbir.search.exact import ExactSearcher  # noqa: E402
 from cbir.search.rerank import Reranking, rerank  # noqa: E402
 
 CORE = "--pooling {pooling} --gem-p {gem_p:g} --geometry {geometry} --resample {resample} --size {size}"
+
+
+def _l2(v: np.ndarray) -> np.ndarray:
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
+EXTRA_POOLINGS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "ravg": lambda m: regional_sum(m, lambda r: r.mean(axis=(1, 2))),
+    "rgem": lambda m: regional_sum(m, lambda r: pool(r, "gem", 3.0)),
+    "avg+rmac": lambda m: _l2(pool(m, "avg")) + _l2(pool(m, "rmac")),
+}
+"""Exploration-only poolings (NumPy, from cached maps): regional average, regional GeM (p=3), and
+the sum of the L2-normalised global average and R-MAC vectors."""
 
 
 @dataclass
@@ -50,8 +78,15 @@ class Row:
     whiten_power: float = 0.5
     qe: int = 0
     dba: int = 0
+    threshold: float | None = None
+    mutual: int = 0
+    extra: str | None = None  # an EXTRA_POOLINGS name (the config's pooling is then ignored)
     note: str = ""
     flags: list[str] = field(default_factory=list)
+
+    @property
+    def reranking(self) -> Reranking:
+        return Reranking(qe=self.qe, dba=self.dba, threshold=self.threshold, mutual=self.mutual)
 
 
 def rows_for(size: int, base: str) -> list[Row]:
@@ -116,23 +151,181 @@ def rows_for(size: int, base: str) -> list[Row]:
     return rows
 
 
+def regional_rows(size: int, base: str) -> list[Row]:
+    """Issue 14: pooling x input resolution, then re-ranking (fixed and adaptive) on ``base``."""
+    squash = FeatureConfig(pooling="avg", geometry="squash", resample="bilinear", size=size)
+    geometries = {
+        "": squash,
+        "-long384": squash.replace(geometry="long", size=384),
+        "-long448": squash.replace(geometry="long", size=448),
+    }
+    rows = []
+    for suffix, config in geometries.items():
+        for name, changes in POOLING_ROWS.items():
+            rows.append(Row(f"{name}{suffix}", config.replace(**changes)))
+        for extra in EXTRA_POOLINGS:
+            rows.append(Row(f"{extra}{suffix}", config, extra=extra, note="exploration only"))
+    by_name = {r.name: r for r in rows}
+    b = by_name[base]
+    rerankings = [
+        ("+qe5", {"qe": 5, "mutual": 0}, "alpha-QE, n=5, alpha=3 (fixed n)"),
+        ("+qe2", {"qe": 2, "mutual": 0}, "alpha-QE, n=2 (fixed n)"),
+        ("+dba5+qe5", {"qe": 5, "dba": 5, "mutual": 0}, "DBA n=5 then alpha-QE n=5 (fixed n)"),
+        ("+dba2+qe2", {"qe": 2, "dba": 2, "mutual": 0}, "DBA n=2 then alpha-QE n=2 (fixed n)"),
+    ]
+    for t in (0.5, 0.7, 0.8, 0.9):
+        note = f"adaptive: up to 10 neighbours at least {t:g} similar"
+        rerankings.append((f"+qe10@{t:g}", {"qe": 10, "threshold": t, "mutual": 0}, f"alpha-QE, {note}"))
+    note = "adaptive: up to 10 neighbours at least 0.8 similar"
+    rerankings.append(
+        ("+dba10+qe10@0.8", {"qe": 10, "dba": 10, "threshold": 0.8, "mutual": 0}, "DBA + QE, " + note)
+    )
+    for n, k in ((5, 2), (5, 3), (10, 3), (5, 4)):
+        note = f"adaptive: up to {n} neighbours, mutual {k}-nearest"
+        rerankings.append((f"+qe{n}m{k}", {"qe": n, "mutual": k}, f"alpha-QE, {note}"))
+    rerankings.append(
+        ("+dba5+qe5m3", {"qe": 5, "dba": 5, "mutual": 3}, "DBA + alpha-QE, up to 5, mutual 3-nearest")
+    )
+    for suffix, options, note in rerankings:
+        rows.append(Row(base + suffix, b.config, extra=b.extra, note=note, **options))  # type: ignore[arg-type]
+    return rows
+
+
+POOLING_ROWS: dict[str, dict[str, str | float]] = {
+    "avg": {"pooling": "avg"},
+    "max": {"pooling": "max"},
+    "gem": {"pooling": "gem", "gem_p": 3.0},
+    "gem0.5": {"pooling": "gem", "gem_p": 0.5},
+    "rmac": {"pooling": "rmac"},
+}
+
+
 def command(row: Row, dataset: str, weights: str, model: str) -> str:
     c = row.config
+    if row.extra is not None or row.whiten == "heldout":
+        rows = "" if row.extra is None else " --rows regional --maps /tmp/maps"
+        bench = "python3 benchmarks/bench_quality.py"
+        return f"{bench} --dataset {dataset} --model {model} --weights {weights}{rows} --only {row.name}"
     cmd = (
         f"cbir evaluate {dataset} --index /tmp/cbir-{row.name} --model {model} --weights {weights} "
         + CORE.format(pooling=c.pooling, gem_p=c.gem_p, geometry=c.geometry, resample=c.resample, size=c.size)
     )
     if len(c.scales) > 1:
         cmd += " --scales 1,1/sqrt2,sqrt2"
-    if row.qe:
-        cmd += f" --qe {row.qe}"
+    cmd += f" --qe {row.qe}"  # always: the command line's default is --qe 10 --mutual 3
     if row.dba:
         cmd += f" --dba {row.dba}"
+    if row.threshold is not None:
+        cmd += f" --rerank-threshold {row.threshold:g}"
+    if row.qe or row.dba:
+        cmd += f" --mutual {row.mutual}"
     if row.whiten == "leak":
         cmd += f" --whiten-on {dataset} --whiten-dim {row.whiten_dim} --whiten-power {row.whiten_power}"
-    if row.whiten == "heldout":
-        cmd = f"python3 benchmarks/bench_quality.py --model {model} --weights {weights} --only {row.name}"
     return cmd
+
+
+def ns_top4(searcher: Searcher, files: list[str], gt: GroundTruth) -> float:
+    """N-S-style: the mean number of a query's group images (itself included) in its top 4."""
+    row_of = {f: i for i, f in enumerate(files)}
+    rows = np.array([row_of[q] for q in gt.queries])
+    top = searcher.search(searcher.vectors(rows), 4)[0]
+    hits = [sum(files[r] in gt.relevant[q] or r == rows[i] for r in top[i]) for i, q in enumerate(gt.queries)]
+    return float(np.mean(hits))
+
+
+class Features:
+    """The vectors of each row: embedded by the real Embedder, or pooled from cached maps."""
+
+    def __init__(self, args: argparse.Namespace, paths: list[str], weights: Weights) -> None:
+        self.args = args
+        self.paths = paths
+        self.weights = weights
+        self.memory: dict[str, tuple[np.ndarray, float]] = {}
+
+    def of(self, row: Row) -> tuple[np.ndarray, float]:
+        config = resolve_config(row.config.replace(model=self.args.model), self.weights)
+        if self.args.maps and len(config.scales) == 1:
+            key = f"{config.replace(pooling='avg', gem_p=3.0)!r}|{row.extra or config.pooling}|{config.gem_p}"
+            if key not in self.memory:
+                from feature_maps import feature_maps
+
+                maps = feature_maps(self.paths, config, self.weights, Path(self.args.maps))
+                fn = EXTRA_POOLINGS.get(row.extra or "") or (lambda m: pool(m, config.pooling, config.gem_p))
+                self.memory[key] = (maps.pooled(fn), maps.ips)
+            return self.memory[key]
+        if row.extra is not None:
+            raise SystemExit(f"row {row.name} needs --maps (its pooling exists only in NumPy)")
+        return self._embedded(row.config, config)
+
+    def _embedded(self, row_config: FeatureConfig, config: FeatureConfig) -> tuple[np.ndarray, float]:
+        key = repr(row_config)
+        args, paths = self.args, self.paths
+        disk = (
+            Path(args.cache)
+            / (hashlib.sha1(f"{key}{args.model}{args.weights}{len(paths)}".encode()).hexdigest()[:16])
+            if args.cache
+            else None
+        )
+        if key not in self.memory and disk is not None and disk.with_suffix(".npy").exists():
+            self.memory[key] = (
+                np.load(disk.with_suffix(".npy")),
+                float(disk.with_suffix(".ips").read_text()),
+            )
+        if key not in self.memory:
+            emb = Embedder(config, self.weights)
+            emb.embed_all(paths[:8], progress=False)  # warm-up: graph tracing is not throughput
+            t = time.perf_counter()
+            feats, order = emb.embed_all(paths, progress=False)
+            self.memory[key] = (feats, len(order) / (time.perf_counter() - t))
+            assert len(order) == len(paths), "benchmark images must all decode"
+            if disk is not None:
+                disk.parent.mkdir(parents=True, exist_ok=True)
+                np.save(disk.with_suffix(".npy"), self.memory[key][0])
+                disk.with_suffix(".ips").write_text(str(self.memory[key][1]))
+        return self.memory[key]
+
+
+def throughput(rows: list[Row], paths: list[str], weights: Weights, model: str, rounds: int = 2) -> None:
+    """Images/s of each row's real embedder (the default runtime) on ``paths``, measured side by side:
+    every row once per round, rounds interleaved, best round kept; ratio to the first row."""
+    embedders = {}
+    for row in rows:
+        emb = Embedder(resolve_config(row.config.replace(model=model), weights), weights)
+        emb.embed_all(paths[:8], progress=False)  # warm-up
+        embedders[row.name] = emb
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for name, emb in embedders.items():
+            t = time.perf_counter()
+            emb.embed_all(paths, progress=False)
+            best[name] = max(best.get(name, 0.0), len(paths) / (time.perf_counter() - t))
+    base = best[rows[0].name]
+    print(f"| configuration | runtime | images/s | ratio to {rows[0].name} |")
+    print("|---|---|---|---|")
+    for row in rows:
+        runtime = embedders[row.name].network.name
+        print(f"| {row.name} | {runtime} | {best[row.name]:.2f} | {best[row.name] / base:.2f} |")
+
+
+def query_cost(rows: int, dim: int = 2048, queries: int = 50) -> None:
+    """Search time per query (k=9) without and with the default re-ranking, on ``rows`` random
+    unit vectors (exact search; the images' embedding time is not included)."""
+    from cbir.search.rerank import DEFAULT_RERANKING
+
+    rng = np.random.default_rng(0)
+    db = rng.standard_normal((rows, dim)).astype(np.float32)
+    db /= np.linalg.norm(db, axis=1, keepdims=True)
+    q = db[:queries] + 0.1 * rng.standard_normal((queries, dim)).astype(np.float32)
+    print("| rows | plain ms/query | --qe 10 --mutual 3 ms/query | ratio |\n|---|---|---|---|")
+    times = []
+    for reranking in (Reranking(), DEFAULT_RERANKING):
+        searcher = rerank(ExactSearcher(db), reranking)
+        searcher.search(q[:1], 9)  # warm-up
+        t = time.perf_counter()
+        for i in range(queries):
+            searcher.search(q[i : i + 1], 9)
+        times.append((time.perf_counter() - t) / queries * 1000)
+    print(f"| {rows} | {times[0]:.1f} | {times[1]:.1f} | {times[1] / times[0]:.1f} |")
 
 
 def main() -> None:
@@ -142,67 +335,63 @@ def main() -> None:
     ap.add_argument(
         "--weights", default=str(SHARED / "weights" / "xception_weights_tf_dim_ordering_tf_kernels_notop.h5")
     )
+    ap.add_argument("--rows", choices=["classic", "regional"], default="classic")
     ap.add_argument("--only", action="append", help="run only these rows")
-    ap.add_argument("--base", default="gem-antialias", help="row that re-ranking and whitening rows build on")
+    ap.add_argument("--base", help="row that re-ranking (and whitening) rows build on")
     ap.add_argument("--limit", type=int, help="use the first N images (quick checks)")
     ap.add_argument(
         "--cache", help="folder to keep embeddings between runs (re-scoring rows is then instant)"
     )
+    ap.add_argument("--maps", help="folder of cached feature maps: single-scale rows are pooled from them")
+    ap.add_argument("--throughput", type=int, metavar="N", help="only time the rows' embedders on N images")
+    ap.add_argument("--query-cost", type=int, metavar="N", help="only time searches over N random vectors")
     args = ap.parse_args()
     import logging
 
     logging.getLogger("cbir.groundtruth").setLevel(logging.ERROR)  # halves leave labelled files out
     print(describe())
+    if args.query_cost:
+        query_cost(args.query_cost)
+        return
     from cbir.embedding.backbones import get_backbone
 
     size = get_backbone(args.model).input_size
     weights = Weights.parse(args.weights)  # resolved once, for every row
-    rows = [r for r in rows_for(size, args.base) if not args.only or r.name in args.only]
+    all_rows = (
+        rows_for(size, args.base or "gem-antialias")
+        if args.rows == "classic"
+        else regional_rows(size, args.base or "avg")
+    )
+    rows = [r for r in all_rows if not args.only or r.name in args.only]
     files = find_images(args.dataset)[: args.limit]
-    gt = load_ground_truth(Path(args.dataset), files)
     paths = [os.path.join(args.dataset, f) for f in files]
     print(
         f"dataset: {args.dataset} ({len(files)} images), model {args.model}, "
         f"weights {os.path.basename(args.weights)}"
     )
     print()
-    print("| configuration | mAP | P@10 | images/s | notes |")
-    print("|---|---|---|---|---|")
-    cache: dict[str, tuple[np.ndarray, float]] = {}
+    if args.throughput:
+        throughput(rows, paths[: args.throughput], weights, args.model)
+        return
+    gt = load_ground_truth(Path(args.dataset), files)
+    print("| configuration | mAP | P@10 | N-S | images/s | notes |")
+    print("|---|---|---|---|---|---|")
+    features = Features(args, paths, weights)
     commands = []
     for row in rows:
-        key = repr(row.config)
-        disk = (
-            Path(args.cache)
-            / (hashlib.sha1(f"{key}{args.model}{args.weights}{len(files)}".encode()).hexdigest()[:16])
-        )
-        if key not in cache and args.cache and disk.with_suffix(".npy").exists():
-            cache[key] = (np.load(disk.with_suffix(".npy")), float(disk.with_suffix(".ips").read_text()))
-        if key not in cache:
-            emb = Embedder(resolve_config(row.config.replace(model=args.model), weights), weights)
-            emb.embed_all(paths[:8], progress=False)  # warm-up: graph tracing is not throughput
-            t = time.perf_counter()
-            feats, order = emb.embed_all(paths, progress=False)
-            cache[key] = (feats, len(order) / (time.perf_counter() - t))
-            assert len(order) == len(paths), "benchmark images must all decode"
-            if args.cache:
-                Path(args.cache).mkdir(parents=True, exist_ok=True)
-                np.save(disk.with_suffix(".npy"), cache[key][0])
-                disk.with_suffix(".ips").write_text(str(cache[key][1]))
-        feats, ips = cache[key]
+        feats, ips = features.of(row)
+        commands.append(f"- {row.name}: `{command(row, args.dataset, args.weights, args.model)}`")
         if row.whiten == "heldout":
             cells, base = _heldout_whitening(feats, files, args.dataset, row.whiten_dim, row.whiten_power)
-            print(f"| {row.name} | {cells} | {ips:.1f} | {row.note}; {base} |", flush=True)
-            commands.append(f"- {row.name}: `{command(row, args.dataset, args.weights, args.model)}`")
+            print(f"| {row.name} | {cells} | - | {ips:.1f} | {row.note}; {base} |", flush=True)
             continue
         if row.whiten == "leak":
             feats = learn_whitening(feats, row.whiten_dim, power=row.whiten_power).apply(feats)
-        searcher = rerank(ExactSearcher(feats), Reranking(qe=row.qe, dba=row.dba))
+        searcher = rerank(ExactSearcher(feats), row.reranking)
         rep = evaluate(searcher, files, gt)
-        print(
-            f"| {row.name} | {rep.map:.4f} | {rep.precision[10]:.4f} | {ips:.1f} | {row.note} |", flush=True
-        )
-        commands.append(f"- {row.name}: `{command(row, args.dataset, args.weights, args.model)}`")
+        ns = ns_top4(searcher, files, gt)
+        cells = f"{rep.map:.4f} | {rep.precision[10]:.4f} | {ns:.3f} | {ips:.1f}"
+        print(f"| {row.name} | {cells} | {row.note} |", flush=True)
     print()
     print("\n".join(commands))
 

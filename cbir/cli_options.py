@@ -22,14 +22,14 @@ from cbir.cli_types import (
 from cbir.duplicates.find import DEFAULT_VERIFY, VERIFICATIONS, DuplicateOptions
 from cbir.duplicates.grouping import GROUPINGS
 from cbir.duplicates.keep import KEEP_RULES
-from cbir.embedding.features import POOLINGS
 from cbir.embedding.model_cache import ENV as MODEL_CACHE_ENV
+from cbir.embedding.pooling import POOLINGS
 from cbir.embedding.runtimes import RUNTIMES, import_tensorflow
 from cbir.index.ann import AUTO_MIN_ROWS
 from cbir.index.indexer import IndexOptions
 from cbir.ingest.decode import GEOMETRY_MODES, RESAMPLERS, LoadLimits
 from cbir.search.filters import ResultFilter
-from cbir.search.rerank import Reranking
+from cbir.search.rerank import DEFAULT_RERANKING, Reranking
 from cbir.settings import FeatureChoice, RuntimeOptions, Settings, WhitenRequest, resolve_settings
 
 DEFAULT_OUT = "cbir_results.png"
@@ -44,7 +44,7 @@ def add_feature_options(p: argparse.ArgumentParser) -> None:
         "--weights",
         help="local weights file instead of the ImageNet download ('random': untrained, for tests)",
     )
-    g.add_argument("--pooling", choices=POOLINGS, help="global pooling of the last feature map")
+    g.add_argument("--pooling", choices=list(POOLINGS), help="pooling of the last feature map")
     g.add_argument("--gem-p", type=POSITIVE, help="GeM exponent (default 3)")
     g.add_argument("--size", type=INPUT_SIZE, help="input size, at least 32 (default: the backbone's)")
     g.add_argument("--geometry", choices=GEOMETRY_MODES, help="how images are fitted to the input size")
@@ -117,19 +117,30 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_rerank_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("re-ranking")
+    g = p.add_argument_group("re-ranking (default: adaptive query expansion, --qe 10 --mutual 3)")
+    d = DEFAULT_RERANKING
     g.add_argument(
-        "--qe", type=NON_NEGATIVE_INT, default=0, metavar="N", help="alpha query expansion with the top N"
+        "--qe", type=NON_NEGATIVE_INT, default=d.qe, metavar="N", help="query expansion, up to N (0: off)"
     )
     g.add_argument(
         "--dba",
         type=NON_NEGATIVE_INT,
-        default=0,
+        default=d.dba,
         metavar="N",
-        help="database-side augmentation with the top N (in memory; up to ~100k images)",
+        help="database-side augmentation, up to N (in memory; up to ~100k images)",
     )
     g.add_argument(
-        "--alpha", type=NON_NEGATIVE, default=3.0, help="similarity exponent for --qe/--dba (default 3)"
+        "--alpha", type=NON_NEGATIVE, default=d.alpha, help="similarity exponent for --qe/--dba (default 3)"
+    )
+    g.add_argument(
+        "--mutual",
+        type=NON_NEGATIVE_INT,
+        default=d.mutual,
+        metavar="K",
+        help=f"only neighbours that have the query among their K nearest (default {d.mutual}; 0: the top N)",
+    )
+    g.add_argument(
+        "--rerank-threshold", type=similarity, metavar="T", help="only neighbours at least T similar"
     )
 
 
@@ -386,7 +397,7 @@ def result_filter_from(args: argparse.Namespace) -> ResultFilter:
 
 
 def reranking_from(args: argparse.Namespace) -> Reranking:
-    return Reranking(qe=args.qe, dba=args.dba, alpha=args.alpha)
+    return Reranking(args.qe, args.dba, args.alpha, args.rerank_threshold, args.mutual)
 
 
 def duplicate_options_from(args: argparse.Namespace) -> DuplicateOptions:

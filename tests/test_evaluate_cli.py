@@ -144,7 +144,8 @@ def test_index_stores_the_whitening(whitened):
 @pytest.mark.slow
 def test_query_uses_the_stored_whitening(whitened, tmp_path):
     data, _, _ = whitened
-    proc = ok(cbir("query", data, data / "0.jpg", "--no-plot", "--json", cwd=tmp_path))
+    # --qe 0: the plain ranking, whose scores are dot products with the stored rows
+    proc = ok(cbir("query", data, data / "0.jpg", "--no-plot", "--json", "--qe", "0", cwd=tmp_path))
     (result,) = json.loads(proc.stdout)["results"]
     check_result(result, data)
     assert same_class(result) >= 2, result  # chance is 1.4 of 9; 3 measured (16 dims learned on 60 images)

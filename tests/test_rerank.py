@@ -193,3 +193,89 @@ def test_dba_makes_an_exact_searcher_over_the_augmented_rows():
     expanded = query_expansion(augmented[:2], ExactSearcher(augmented), n=2, alpha=2.0, exclude=[[0], [1]])
     rows, _ = both.search(augmented[:2], 5, exclude=[[0], [1]])
     np.testing.assert_array_equal(rows, top_k(augmented, expanded, 5, exclude=[[0], [1]])[0])
+
+
+def test_a_threshold_expands_by_the_true_neighbours_only():
+    """With a threshold between the cluster (0.72-0.80) and the rest (<= 0.40), a generous n adds the
+    cluster and nothing else: n becomes an upper bound, adapted to how many true neighbours exist."""
+    adaptive = query_expansion(QUERY, over(DATABASE), n=8, threshold=0.6)[0]
+    np.testing.assert_allclose(adaptive, query_expansion(QUERY, over(DATABASE), n=3)[0], atol=1e-6)
+    assert np.abs(query_expansion(QUERY, over(DATABASE), n=8)[0] - adaptive).max() > 1e-3  # without it
+    # a query without any neighbour that close is left as it is
+    alone = query_expansion(QUERY, over(DATABASE), n=8, threshold=0.9)[0]
+    np.testing.assert_allclose(alone, QUERY, atol=1e-6)
+
+
+def test_thresholded_dba_leaves_rows_without_close_neighbours_alone():
+    out = database_augmentation(DATABASE, n=5, threshold=0.75)
+    for row in (0, 1, 5, 6, 7):  # no other row is 0.75 similar to these
+        np.testing.assert_allclose(out[row], DATABASE[row], atol=1e-6)
+    cluster = [2, 3, 4]  # each has two cluster neighbours at 0.8: the mean of the three, weighted
+    for row in cluster:
+        others = [r for r in cluster if r != row]
+        manual = DATABASE[row] + sum(float(DATABASE[r] @ DATABASE[row]) ** 3 * DATABASE[r] for r in others)
+        np.testing.assert_allclose(out[row], unit(manual), atol=1e-5)
+
+
+def test_rerank_passes_the_threshold_to_both():
+    searcher = rerank(over(DATABASE), Reranking(qe=8, dba=5, threshold=0.75))
+    augmented = database_augmentation(DATABASE, n=5, threshold=0.75)
+    expected = query_expansion(QUERY, over(augmented), n=8, threshold=0.75)
+    rows, _ = searcher.search(QUERY[None], 4)
+    np.testing.assert_array_equal(rows, over(augmented).search(expected, 4)[0])
+
+
+def test_mutual_neighbours_keep_a_small_group_and_drop_the_hubs():
+    """Two views of one scene (a, b) and a tight category cluster of five images that the query also
+    resembles: fixed top-3 QE drags the query into the cluster; with mutual=2 only b is used (the
+    cluster members have each other as nearest neighbours, not the query)."""
+
+    def v(*pairs: tuple[int, float]) -> np.ndarray:
+        x = np.zeros(16)
+        for i, w in pairs:
+            x[i] = w
+        return unit(x)
+
+    a = v((0, 1.0), (1, 0.9))  # scene 0, category 1
+    b = v((0, 1.0), (1, 0.9), (2, 0.3))  # another view of the same scene
+    cluster = np.stack([v((1, 1.0), (3 + i, 0.3)) for i in range(5)])  # the category, 0.92 to each other
+    others = np.stack([v((8 + i, 1.0), (1, 0.2)) for i in range(6)])
+    db = np.concatenate([b[None], cluster, others])
+    s = db @ a
+    assert np.argmax(s) == 0 and set(np.argsort(-s)[1:3]) <= set(range(1, 6))  # b, then the cluster
+    mutual = query_expansion(a, over(db), n=3, mutual=2)[0]
+    np.testing.assert_allclose(mutual, query_expansion(a, over(db), n=1)[0], atol=1e-6)  # b alone
+    fixed = query_expansion(a, over(db), n=3)[0]
+    assert cos(mutual, b) > cos(fixed, b) and cos(fixed, cluster.mean(0)) > cos(mutual, cluster.mean(0))
+
+
+def test_mutual_dba_and_the_searcher_agree_with_the_functions():
+    db = random_unit(40, 16, seed=9)
+    out = database_augmentation(db, n=5, mutual=2)
+    # a row whose nearest neighbours all prefer others stays as it is; one in a mutual pair moves
+    s = db @ db.T
+    np.fill_diagonal(s, -np.inf)
+    second = -np.sort(-s, axis=1)[:, 1]
+    for row in range(len(db)):
+        partners = [j for j in np.argsort(-s[row])[:5] if s[row, j] >= second[j] - 1e-6]
+        manual = db[row] + sum(max(s[row, j], 0) ** 3 * db[j] for j in partners)
+        np.testing.assert_allclose(out[row], unit(manual), atol=1e-5)
+    searcher = rerank(over(db), Reranking(qe=5, mutual=2))
+    q = random_unit(3, 16, seed=10)
+    np.testing.assert_array_equal(
+        searcher.search(q, 6)[0], over(db).search(query_expansion(q, over(db), n=5, mutual=2), 6)[0]
+    )
+
+
+def test_the_command_line_default_is_adaptive_query_expansion():
+    from cbir.cli_options import build_legacy_parser, build_parser, reranking_from
+    from cbir.search.rerank import DEFAULT_RERANKING
+
+    parse = build_parser().parse_args
+    assert reranking_from(parse(["query", "d", "q.jpg"])) == DEFAULT_RERANKING == Reranking(qe=10, mutual=3)
+    assert reranking_from(parse(["evaluate", "d"])) == DEFAULT_RERANKING
+    legacy = build_legacy_parser().parse_args(["-dataset", "d", "-img_query", "q.jpg"])
+    assert reranking_from(legacy) == DEFAULT_RERANKING
+    assert not reranking_from(parse(["evaluate", "d", "--qe", "0"])).active  # off
+    fixed = reranking_from(parse(["query", "d", "--qe", "5", "--mutual", "0", "--rerank-threshold", "0.8"]))
+    assert fixed == Reranking(qe=5, mutual=0, threshold=0.8)

@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 
 from cbir.embedding.backbones import get_backbone, width_multiplier
+from cbir.embedding.pooling import POOLINGS
 from cbir.embedding.weights import Weights
 from cbir.ingest.decode import Geometry
 from cbir.types import JSONDict, Param
-
-POOLINGS = ("max", "avg", "gem")
 
 
 @dataclass(frozen=True)

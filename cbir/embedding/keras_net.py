@@ -9,28 +9,9 @@ import numpy as np
 
 from cbir.embedding.backbones import build_backbone, get_backbone
 from cbir.embedding.features import FeatureConfig
+from cbir.embedding.pooling import POOLINGS
 from cbir.embedding.weights import Weights
 from cbir.types import KerasModel
-
-
-def _pooling_layer(pooling: str, p: float) -> KerasModel:
-    """The global pooling that turns the trunk's feature map into one vector per image."""
-    import keras
-    from keras import ops
-
-    if pooling == "max":
-        return keras.layers.GlobalMaxPooling2D()
-    if pooling == "avg":
-        return keras.layers.GlobalAveragePooling2D()
-
-    class GeM(keras.layers.Layer):
-        """Generalised-mean pooling: (mean x^p)^(1/p); p=1 is average, p->inf is max."""
-
-        def call(self, x: KerasModel) -> KerasModel:  # a backend tensor
-            x = ops.maximum(x, 1e-6)
-            return ops.power(ops.mean(ops.power(x, p), axis=(1, 2)), 1.0 / p)
-
-    return GeM(name="gem")
 
 
 def build_keras_model(config: FeatureConfig, weights: Weights) -> KerasModel:
@@ -38,7 +19,7 @@ def build_keras_model(config: FeatureConfig, weights: Weights) -> KerasModel:
     import keras
 
     trunk = build_backbone(get_backbone(config.model), weights, config.width_multiplier)
-    pooled = _pooling_layer(config.pooling, config.gem_p)(trunk.output)
+    pooled = POOLINGS[config.pooling].layer(config.gem_p)(trunk.output)
     return keras.Model(trunk.input, pooled)
 
 

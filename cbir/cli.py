@@ -22,10 +22,10 @@ from cbir.cli_options import (
     build_legacy_parser,
     build_parser,
     index_options_from,
-    reranking_from,
     result_filter_from,
     settings_from,
 )
+from cbir.cli_rerank import reranking_from
 from cbir.cli_serve import cmd_serve
 from cbir.cli_store import source_from, store_from
 from cbir.embedding.backbones import REGISTRY

@@ -1,5 +1,6 @@
 """The command line's parsers, with every numeric option checked at parse time, and their values
-turned into the library's option values (settings, index options, re-ranking)."""
+turned into the library's option values (settings, index options, duplicates options); the
+re-ranking options are in :mod:`cbir.cli_rerank`."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+from cbir.cli_rerank import add_rerank_options
 from cbir.cli_store import add_spread_options, add_store_option, shard_from, store_from
 from cbir.cli_types import (
     INPUT_SIZE,
-    NON_NEGATIVE,
     NON_NEGATIVE_INT,
     POSITIVE,
     POSITIVE_INT,
@@ -29,7 +30,6 @@ from cbir.index.ann import AUTO_MIN_ROWS
 from cbir.index.indexer import IndexOptions
 from cbir.ingest.decode import GEOMETRY_MODES, RESAMPLERS, LoadLimits
 from cbir.search.filters import ResultFilter
-from cbir.search.rerank import DEFAULT_RERANKING, Reranking
 from cbir.settings import FeatureChoice, RuntimeOptions, Settings, WhitenRequest, resolve_settings
 
 DEFAULT_OUT = "cbir_results.png"
@@ -113,34 +113,6 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
         type=POSITIVE,
         default=0.5,
         help="eigenvalue exponent: 0.5 classic PCA-whitening, 0.25 softened (default 0.5)",
-    )
-
-
-def add_rerank_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("re-ranking (default: adaptive query expansion, --qe 10 --mutual 3)")
-    d = DEFAULT_RERANKING
-    g.add_argument(
-        "--qe", type=NON_NEGATIVE_INT, default=d.qe, metavar="N", help="query expansion, up to N (0: off)"
-    )
-    g.add_argument(
-        "--dba",
-        type=NON_NEGATIVE_INT,
-        default=d.dba,
-        metavar="N",
-        help="database-side augmentation, up to N (in memory; up to ~100k images)",
-    )
-    g.add_argument(
-        "--alpha", type=NON_NEGATIVE, default=d.alpha, help="similarity exponent for --qe/--dba (default 3)"
-    )
-    g.add_argument(
-        "--mutual",
-        type=NON_NEGATIVE_INT,
-        default=d.mutual,
-        metavar="K",
-        help=f"only neighbours that have the query among their K nearest (default {d.mutual}; 0: the top N)",
-    )
-    g.add_argument(
-        "--rerank-threshold", type=similarity, metavar="T", help="only neighbours at least T similar"
     )
 
 
@@ -394,10 +366,6 @@ def index_options_from(args: argparse.Namespace) -> IndexOptions:
 
 def result_filter_from(args: argparse.Namespace) -> ResultFilter:
     return ResultFilter(under=tuple(args.under), since=args.since, until=args.until)
-
-
-def reranking_from(args: argparse.Namespace) -> Reranking:
-    return Reranking(args.qe, args.dba, args.alpha, args.rerank_threshold, args.mutual)
 
 
 def duplicate_options_from(args: argparse.Namespace) -> DuplicateOptions:

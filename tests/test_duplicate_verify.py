@@ -10,7 +10,15 @@ from conftest import COREL_IMAGES, require
 from PIL import Image, ImageEnhance
 
 from cbir.duplicates.graph import Edges, similar_pairs
-from cbir.duplicates.verify import MIN_INLIERS, agreeing_matches, count_inliers, keep_verified, keypoints_of
+from cbir.duplicates.verify import (
+    MIN_INLIERS,
+    SAME_PICTURE,
+    agreeing_matches,
+    count_inliers,
+    keep_verified,
+    keypoints_of,
+    verified,
+)
 from cbir.errors import CbirError
 from cbir.search.exact import ExactSearcher
 
@@ -90,3 +98,23 @@ def test_a_low_threshold_keeps_only_the_first_neighbours_unless_they_all_score_h
     per_row = np.bincount(np.concatenate([capped.a, capped.b]), minlength=len(feats))
     assert len(capped) <= 4 * len(feats) < len(grown) and per_row.min() >= 4
     assert len(grown) == int(np.triu(feats @ feats.T >= 0.3, 1).sum())  # without the cap: every pair
+
+
+def test_the_same_picture_needs_no_check_even_without_keypoints(tmp_path):
+    Image.new("RGB", (60, 40), (200, 30, 30)).save(tmp_path / "red.png")
+    Image.new("RGB", (60, 40), (200, 30, 30)).save(tmp_path / "red copy.png")
+    files = [tmp_path / "red.png", tmp_path / "red copy.png", tmp_path / "gone.png"]
+    edges = Edges(
+        np.array([0, 0], dtype=np.int64),
+        np.array([1, 2], dtype=np.int64),
+        np.array([1.0, SAME_PICTURE - 0.01], dtype=np.float32),
+    )
+    opened: list[int] = []
+
+    def file_of(row: int):
+        opened.append(row)
+        return files[row]
+
+    kept = verified(edges, file_of, progress=False)
+    assert list(zip(kept.a.tolist(), kept.b.tolist())) == [(0, 1)]  # flat: no keypoints, same picture
+    assert sorted(set(opened)) == [0, 2]  # only the pair below SAME_PICTURE was read

@@ -18,7 +18,7 @@ import numpy as np
 from cbir.duplicates.graph import Edges, similar_pairs
 from cbir.duplicates.grouping import GROUPINGS, Group
 from cbir.duplicates.keep import KEEP_RULES, RowFacts
-from cbir.duplicates.verify import count_inliers, keep_verified
+from cbir.duplicates.verify import verified
 from cbir.index import ann
 from cbir.index.reader import IndexReader
 from cbir.output.results import Match
@@ -46,7 +46,7 @@ Check = Callable[[IndexReader, Edges, "bool | None"], Edges]
 
 
 def _pixel_check(index: IndexReader, edges: Edges, progress: bool | None) -> Edges:
-    return keep_verified(edges, count_inliers(edges, index.file, progress))
+    return verified(edges, index.file, progress)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,11 @@ RATIO = 0.8  # Lowe's ratio test: best match clearly better than the second
 RANSAC_PX = 5.0  # reprojection error (pixels at SIDE) for a match to agree with the transform
 # Chosen by benchmarks/bench_duplicates.py (docs/duplicates.md): F1 is flat from 25 to 40 inliers
 MIN_INLIERS = 30
+# Vectors this close are one picture (re-saved, renamed, re-tagged): such a pair needs no check, so
+# small or flat images with few keypoints are still found as copies of themselves. On the
+# benchmark no other photo scores above 0.97 (bench_duplicates.py), and no copy above this
+# threshold failed the check.
+SAME_PICTURE = 0.995
 BLOCK = 2048  # pairs checked per step (keypoints of rows no later pair needs are then dropped)
 
 
@@ -139,6 +144,18 @@ def _last_use(edges: Edges) -> dict[int, int]:
 
 
 def keep_verified(edges: Edges, inliers: np.ndarray, min_inliers: int = MIN_INLIERS) -> Edges:
-    """The pairs of ``edges`` with at least ``min_inliers`` agreeing matches."""
-    keep = inliers >= min_inliers
+    """The pairs of ``edges`` with at least ``min_inliers`` agreeing matches (``inliers``, one per
+    pair), or scoring :data:`SAME_PICTURE`."""
+    keep = (inliers >= min_inliers) | (edges.score >= SAME_PICTURE)
     return Edges(edges.a[keep], edges.b[keep], edges.score[keep])
+
+
+def verified(edges: Edges, file_of: Callable[[int], Path], progress: bool | None = None) -> Edges:
+    """The pairs of ``edges`` that pass the pixel check; pairs scoring :data:`SAME_PICTURE` are
+    kept without reading their files."""
+    check = edges.score < SAME_PICTURE
+    inliers = np.zeros(len(edges), dtype=np.int32)
+    inliers[check] = count_inliers(
+        Edges(edges.a[check], edges.b[check], edges.score[check]), file_of, progress
+    )
+    return keep_verified(edges, inliers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -163,3 +164,12 @@ def clustered_data() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(5)
     q = q + 0.05 * rng.standard_normal(q.shape).astype(np.float32)
     return x, q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+def interruptible() -> None:
+    """``preexec_fn`` for a child that a test stops with SIGINT: Ctrl-C restored to its default.
+
+    A shell starts background jobs with SIGINT ignored, and children inherit that (Python then
+    never raises KeyboardInterrupt); a test suite run in the background must still test Ctrl-C.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO, Source, never
+from helpers import REPO, Source, interruptible, never
 from helpers import run_index as run
 
 from cbir.errors import DatasetError, IndexLockedError
@@ -401,6 +401,7 @@ def test_killed_indexer_subprocess(image_folder, tiny_config, tiny_embedder, sig
         stderr=subprocess.PIPE,
         env=env,
         cwd=REPO,
+        preexec_fn=interruptible,
     )
     try:
         deadline = time.monotonic() + 120

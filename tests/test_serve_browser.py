@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import save_image
-from helpers import REPO, TINY_MODEL, cli, one_line_error
+from helpers import REPO, TINY_MODEL, cli, interruptible, one_line_error
 
 pytest.importorskip("fastapi", reason="cbir serve needs the web extra (pip install 'cbir[web]')")
 
@@ -53,6 +53,7 @@ def server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=interruptible,
     )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()

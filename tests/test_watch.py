@@ -15,7 +15,7 @@ import time
 
 import pytest
 from conftest import save_image
-from helpers import REPO, TINY_MODEL
+from helpers import REPO, TINY_MODEL, interruptible
 
 from cbir.index.indexer import IndexOptions
 from cbir.index.watch import FolderWatcher, folder_state
@@ -106,6 +106,7 @@ def test_cbir_index_watch_indexes_a_photo_copied_in(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=interruptible,
     )
     reports: queue.Queue[dict] = queue.Queue()
 

@@ -98,6 +98,25 @@ class RuntimeOptions:
             raise ValueError("workers must be at least 1")
 
 
+class SettingsFeatures:
+    """The features of ``self.settings`` (config, weights, whitening), for an ``EmbedderSource``
+    that embeds a command's settings another way (the web worker's model, Ray actors)."""
+
+    settings: Settings
+
+    @property
+    def config(self) -> FeatureConfig:
+        return self.settings.config
+
+    @property
+    def weights(self) -> Weights:
+        return self.settings.weights
+
+    @property
+    def whitening(self) -> Whitening | None:
+        return self.settings.whitening
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything resolved for one command; builds the embedder at most once, on first use.

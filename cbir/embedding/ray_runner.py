@@ -27,11 +27,9 @@ import cbir
 from cbir.embedding.embedder import Embedder, Result
 from cbir.embedding.features import FeatureConfig
 from cbir.embedding.runtimes import import_tensorflow
-from cbir.embedding.weights import Weights
-from cbir.embedding.whiten import Whitening
 from cbir.errors import BadImageError, StoreError
 from cbir.progress import progress_bar
-from cbir.settings import Settings
+from cbir.settings import Settings, SettingsFeatures
 from cbir.types import JSONDict
 
 log = logging.getLogger(__name__)
@@ -124,23 +122,11 @@ class RayEmbedder:
 
 
 @dataclass(frozen=True)
-class RaySource:
+class RaySource(SettingsFeatures):
     """The command's settings, embedded on Ray: an ``EmbedderSource`` for ``update_index``."""
 
     settings: Settings
     address: str | None = None
-
-    @property
-    def config(self) -> FeatureConfig:
-        return self.settings.config
-
-    @property
-    def weights(self) -> Weights:
-        return self.settings.weights
-
-    @property
-    def whitening(self) -> Whitening | None:
-        return self.settings.whitening
 
     def embedder(self) -> RayEmbedder:
         """Join (or start) the cluster; one actor per CPU it has."""

@@ -17,12 +17,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from cbir.embedding.features import FeatureConfig
-from cbir.embedding.weights import Weights
-from cbir.embedding.whiten import Whitening
 from cbir.errors import BadImageError, CbirError
 from cbir.index.indexer import FileEmbedder, IndexOptions, IndexReport, update_index
-from cbir.settings import Settings
+from cbir.settings import Settings, SettingsFeatures
 from cbir.types import JSONDict
 
 log = logging.getLogger(__name__)
@@ -77,25 +74,13 @@ class _Counting:
             yield pos, result
 
 
-class _Source:
+class _Source(SettingsFeatures):
     """The settings' features, embedded with the worker's model once it is built."""
 
     def __init__(self, settings: Settings, model: Callable[[], FileEmbedder], progress: Progress) -> None:
         self.settings = settings
         self.model = model
         self.progress = progress
-
-    @property
-    def config(self) -> FeatureConfig:
-        return self.settings.config
-
-    @property
-    def weights(self) -> Weights:
-        return self.settings.weights
-
-    @property
-    def whitening(self) -> Whitening | None:
-        return self.settings.whitening
 
     def embedder(self) -> FileEmbedder:
         return _Counting(self.model(), self.progress, self.settings.dataset)

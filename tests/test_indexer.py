@@ -184,6 +184,23 @@ def test_indexed_file_that_becomes_unreadable(image_folder, tiny_config, tiny_em
     assert sorted(open_index(root).paths) == ["img00.jpg", "img02.jpg"]
 
 
+def test_odd_but_legal_file_names_keep_the_index_readable(image_folder, tiny_config, tiny_embedder):
+    """A backslash is an ordinary character of a POSIX name: indexed, and the index stays readable
+    (it once read as damaged and was rebuilt on every run). A name with a control character is
+    skipped with its reason, the character shown escaped, and the rest is indexed."""
+    root = image_folder(2)
+    (root / "img00.jpg").rename(root / "back\\slash.jpg")
+    (root / "img01.jpg").rename(root / "new\nline.jpg")
+    first = run(root, tiny_config, tiny_embedder)
+    assert first.added == 1 and first.skipped == [
+        {"path": "new\\x0aline.jpg", "reason": "a control character in its name; rename it to index it"}
+    ]
+    again = run(root, tiny_config, never)
+    assert (again.unchanged, again.rebuilt, len(again.skipped)) == (1, None, 1)
+    index = open_index(root)
+    assert index.paths == ["back\\slash.jpg"] and index.file(0) == root / "back\\slash.jpg"
+
+
 def test_only_bad_files(tmp_path, tiny_config, tiny_embedder):
     root = tmp_path / "data"
     root.mkdir()

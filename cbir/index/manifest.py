@@ -23,7 +23,7 @@ FORMAT = "cbir-index"
 VERSION = 2
 READABLE_VERSIONS = (1, 2)
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TAKEN = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}$")
 
 
@@ -207,7 +207,7 @@ def _entry(item: list[object]) -> Entry:
 
 def _rel_path(value: object) -> str:
     """A manifest path: a string, no control characters, relative and inside the dataset root."""
-    if not isinstance(value, str) or _CONTROL.search(value):
+    if not isinstance(value, str) or CONTROL.search(value):
         raise ValueError(f"unsafe path in index: {value!r}")
     safe_join(".", value)
     return value

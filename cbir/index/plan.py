@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cbir.index.manifest import Entry, Skipped
+from cbir.index.manifest import CONTROL, Entry, Skipped
 
 
 @dataclass
@@ -38,10 +38,15 @@ class Plan:
 
 
 def stat_files(root: Path, files: Iterable[str]) -> tuple[dict[str, Entry], list[dict[str, str]]]:
-    """The size and mtime of each file; files that cannot be stat-ed are listed with the reason."""
+    """The size and mtime of each file; files that cannot be stat-ed, or whose names hold control
+    characters (a newline in a name would forge lines of every listing), are listed with the reason."""
     stats: dict[str, Entry] = {}
     failed: list[dict[str, str]] = []
     for rel in files:
+        if CONTROL.search(rel):
+            shown = CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", rel)
+            failed.append({"path": shown, "reason": "a control character in its name; rename it to index it"})
+            continue
         try:
             st = os.stat(root / rel)
         except OSError as exc:

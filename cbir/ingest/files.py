@@ -91,8 +91,14 @@ def find_images(
     return found
 
 
+SEPARATORS = "/" + os.sep + (os.altsep or "")
+"""What separates folders here; a backslash is an ordinary character of a POSIX file name."""
+
+
 def safe_join(root: str | os.PathLike[str], rel: str) -> Path:
-    """Join a manifest path to the dataset root, refusing anything that escapes it."""
-    if not rel or rel.startswith("/") or "\\" in rel or any(p in ("..", "") for p in rel.split("/")):
+    """Join a manifest path (``/``-separated) to the dataset root, refusing anything that escapes it."""
+    if not rel or any(c in rel for c in SEPARATORS if c != "/"):
+        raise ValueError(f"unsafe path in index: {rel!r}")
+    if rel.startswith("/") or any(p in ("..", "") for p in rel.split("/")):
         raise ValueError(f"unsafe path in index: {rel!r}")
     return Path(root) / rel

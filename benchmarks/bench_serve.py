@@ -21,7 +21,11 @@ upload (2% of a core), so moving them elsewhere would not change the verdict.
 Targets (issue 12): like p50 <= 20 ms; upload p50 <= 1.3 x forward pass + 30 ms; 32 clients for
 60 s: zero errors and upload throughput >= 0.8 x batched embedding throughput.
 
+With ``--stores`` (issue 13) it measures only like and upload latency, with the same rows served
+from the folder store and from a Milvus Lite collection (``--store milvus:...``), side by side.
+
     python3 benchmarks/bench_serve.py [--images 10000] [--seconds 60] [--model mobilenet --weights FILE]
+    python3 benchmarks/bench_serve.py --stores [--images 10000]
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import argparse
 import http.client
 import io
 import json
+import multiprocessing
 import os
 import resource
 import subprocess
@@ -167,12 +172,90 @@ def embedded_so_far(port: int) -> tuple[int, int]:
     return done["passes"], done["images"]
 
 
+def start_server(ds: Path, features: list[str], store: list[str] = ()) -> tuple[subprocess.Popen, int]:
+    """``cbir serve`` on a free port, returned once its model is ready and its index up to date."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "cbir", "serve", str(ds), "--port", "0", *features, *store],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    line = server.stdout.readline()
+    port = int(line.rsplit(":", 1)[1].strip("/\n"))
+    c = Client(port)
+    while True:
+        c.conn.request("GET", "/api/info")
+        info = json.loads(c.conn.getresponse().read())
+        if info["ready"] and info["indexing"]["state"] == "idle":
+            return server, port
+        time.sleep(0.2)
+
+
+def sample_rows(images: int, count: int = 200) -> list[str]:
+    return [f"f{i // 1000:02d}/{i:05d}.jpg" for i in range(0, images, max(1, images // count))]
+
+
+def fill_milvus(ds: str, uri: str, features: list[str], dim: int) -> None:
+    """The synthetic rows into a Milvus Lite collection, in a process of its own (a Lite database is
+    opened by one process at a time: the server's, next)."""
+    settings = settings_from(build_parser().parse_args(["index", ds, *features, "--store", uri]))
+    update_index(ds, Synthetic(settings, dim), options=IndexOptions(progress=False), store=settings.home)
+
+
+def latencies(c: Client, rels: list[str], body: bytes, kind: str) -> tuple[float, float, float, float]:
+    """Like p50, p95 and upload p50, p95 (ms) of one client, after one warm-up query of each."""
+    if c.like(rels[0]) != 200 or c.upload(body, kind) != 200:
+        raise SystemExit("the server did not answer the warm-up queries")
+    like = [timed(lambda r=r: c.like(r), 1)[0] for r in rels]
+    upload = timed(lambda: c.upload(body, kind), 30)
+    return (*percentiles(like), *percentiles(upload))
+
+
+def compare_stores(
+    ds: Path, settings: Settings, dim: int, features: list[str], images: int, query: bytes
+) -> None:
+    """``--stores``: the same rows served from the folder store and from Milvus Lite, side by side."""
+    uri = f"milvus:{ds.parent / 'bench.db'}"
+    fill = multiprocessing.get_context("spawn").Process(
+        target=fill_milvus, args=(str(ds), uri, features, dim)
+    )
+    fill.start()
+    fill.join()
+    body, kind = multipart(query)
+    rels = sample_rows(images)
+    rows = []
+    for name, store in (("folder", []), ("milvus lite", ["--store", uri])):
+        server, port = start_server(ds, features, store)
+        try:
+            rows.append((name, *latencies(Client(port), rels, body, kind)))
+        finally:
+            server.terminate()
+            server.wait(30)
+    base = rows[0]
+    print(f"served from each store ({images} rows; {len(rels)} like queries, 30 uploads, one client)")
+    print(
+        "store        like p50   like p95   upload p50  upload p95   like p50 / folder  upload p50 / folder"
+    )
+    for name, lp50, lp95, up50, up95 in rows:
+        print(
+            f"{name:12s} {lp50:7.1f} ms {lp95:7.1f} ms {up50:8.1f} ms {up95:8.1f} ms   "
+            f"{lp50 / base[1]:12.2f}x {up50 / base[3]:16.2f}x"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=10_000)
     ap.add_argument("--seconds", type=float, default=60.0, help="the 32-client run (1 and 8: a sixth)")
     ap.add_argument("--model", default="mobilenet")
     ap.add_argument("--weights", default=str(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.exists() else "random")
+    ap.add_argument(
+        "--stores",
+        action="store_true",
+        help="only like and upload latency, served from the folder store and from Milvus Lite (issue 13)",
+    )
     args = ap.parse_args()
     print(describe())
     features = ["--model", args.model, "--weights", args.weights]
@@ -200,27 +283,13 @@ def main() -> None:
             f"batched (32): {batched_before:.1f} img/s"
         )
 
-        env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
-        server = subprocess.Popen(
-            [sys.executable, "-m", "cbir", "serve", str(ds), "--port", "0", *features],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
+        if args.stores:
+            compare_stores(ds, settings, model.dim, features, args.images, query)
+            return
+        server, port = start_server(ds, features)
         try:
-            line = server.stdout.readline()
-            port = int(line.rsplit(":", 1)[1].strip("/\n"))
             c = Client(port)
-            while True:
-                c.conn.request("GET", "/api/info")
-                info = json.loads(c.conn.getresponse().read())
-                if info["ready"] and info["indexing"]["state"] == "idle":
-                    break
-                time.sleep(0.2)
-            rels = [
-                f"f{i // 1000:02d}/{i:05d}.jpg" for i in range(0, args.images, max(1, args.images // 200))
-            ]
+            rels = sample_rows(args.images)
             c.like(rels[0])
             like = [timed(lambda r=r: c.like(r), 1)[0] for r in rels]
             body, kind = multipart(query)

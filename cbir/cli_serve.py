@@ -16,8 +16,6 @@ def cmd_serve(args: argparse.Namespace, load_tensorflow: Callable[[], None]) -> 
         from cbir.web.server import ServeOptions, is_loopback, serve  # FastAPI: only when serving
     except ImportError as exc:
         raise CbirError(f"cbir serve needs the web extra ({exc}): pip install 'cbir[web]'") from None
-    if args.store:
-        raise CbirError("cbir serve reads the folder store only for now; leave out --store (docs/scale.md)")
     if not is_loopback(args.host):
         print(
             f"cbir: warning: listening on {args.host}: anyone who can reach this machine can see the "

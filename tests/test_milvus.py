@@ -3,14 +3,16 @@ and the whole command line against a ``milvus-lite server`` on 127.0.0.1 through
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from conftest import save_image
-from helpers import TINY_MODEL, cli, ok, one_line_error
+from helpers import TINY_MODEL, Source, cli, ok, one_line_error
 
 from cbir.errors import StoreError
 from cbir.index.milvus import MilvusAddress, parse_milvus_uri
@@ -62,7 +64,7 @@ def test_one_line_errors(tmp_path):
     db = f"milvus:{tmp_path / 'm.db'}"
     one_line_error(run("index", data, "--store", db, "--dtype", "float16"), "float32")
     one_line_error(run("query", data, "--like", "0.jpg", "--store", db), "no index in")
-    one_line_error(run("serve", data, "--store", db), "--store")
+    one_line_error(run("serve", data, "--store", f"milvus://127.0.0.1:{free_port()}"), "Milvus", "connecting")
     stubs = tmp_path / "stubs"
     for name in ("pymilvus", "ray"):
         (stubs / name).mkdir(parents=True)
@@ -160,3 +162,43 @@ def test_the_command_line_against_a_milvus_server(tmp_path, milvus_server, monke
         cli("query", data, data / "img2.jpg", "--store", store, "--size", "96", cwd=tmp_path, script=None),
         "rebuild",
     )
+
+
+def test_filters_are_searched_inside_milvus(tmp_path, monkeypatch):
+    """A narrow --under and a date range go to Milvus as one filter expression, so the query costs
+    one search call; a filter too long to write as one stays a mask, with the same answer."""
+    from stores import PixelEmbedder
+
+    from cbir.embedding.features import FeatureConfig
+    from cbir.index import milvus_reader
+    from cbir.index.indexer import IndexOptions, update_index
+    from cbir.index.milvus_store import MilvusStore
+    from cbir.search.filters import ResultFilter
+    from cbir.search.query import like_index
+
+    root = tmp_path / "data"
+    for i in range(60):
+        path = save_image(root / ("rare" if i < 3 else f"f{i % 5}") / f"{i}.jpg", seed=i)
+        os.utime(path, (1_700_000_000 + i * 3600,) * 2)
+    config = FeatureConfig(model="mobilenet", width_multiplier=0.25, size=64)
+    store = MilvusStore.from_uri(f"milvus:{tmp_path / 'm.db'}", root)
+    embedder = PixelEmbedder(Source(None, config).config)
+    update_index(root, Source(embedder, config), options=IndexOptions(progress=False), store=store)
+    index = store.open()
+    asked: list[tuple[str, int]] = []
+    search = index.collection.client.search
+
+    def spy(name, **kw):
+        asked.append((kw["filter"], kw["limit"]))
+        return search(name, **kw)
+
+    monkeypatch.setattr(index.collection.client, "search", spy)
+    where = ResultFilter(("rare",), until=index.taken()[index.row_named("rare/2.jpg")])
+    (found,) = like_index(index, ["f1/6.jpg"], k=5, where=where)
+    assert sorted(Path(m.path).name for m in found.matches) == ["0.jpg", "1.jpg", "2.jpg"]
+    assert len(asked) == 1 and 'folder in ["rare"]' in asked[0][0] and "taken <=" in asked[0][0]
+    monkeypatch.setattr(milvus_reader, "MAX_LISTED", 0)
+    asked.clear()
+    (masked,) = like_index(index, ["f1/6.jpg"], k=5, where=where)
+    assert [m.path for m in masked.matches] == [m.path for m in found.matches]
+    assert all(f == "status == 0" for f, _ in asked) and len(asked) > 1  # more candidates, asked again

@@ -240,7 +240,7 @@ def test_files_and_upright_thumbnails_are_served_and_cached(served, client):
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
     assert Image.open(io.BytesIO(thumb.content)).size == (60, 120)  # EXIF orientation applied
     st = (ds / "rotated.jpg").stat()
-    cached = thumbnail_path(service.collection.index_dir, "rotated.jpg", st.st_size, st.st_mtime_ns)
+    cached = thumbnail_path(service.collection.cache_dir, "rotated.jpg", st.st_size, st.st_mtime_ns)
     assert cached.read_bytes() == thumb.content
     stamp = cached.stat().st_mtime_ns
     assert client.get("/thumbs/rotated.jpg").content == thumb.content

@@ -22,6 +22,7 @@ from cbir.index.indexer import IndexOptions, update_index
 from cbir.index.stores import FolderStore, Store
 from cbir.search.filters import ResultFilter
 from cbir.search.query import like_index, search_index
+from cbir.search.rerank import Reranking
 
 pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
 pytest.importorskip("milvus_lite", reason="the milvus extra is not installed")
@@ -146,6 +147,46 @@ def test_like_and_filters(tmp_path, make_store):
     assert len(taken) == 30
     (dated,) = search_index(index, query, ["q"], k=50, where=ResultFilter(since=taken[0][:10]))
     assert len(dated.matches) == 30
+
+
+def test_filters_with_reranking_equal_the_exact_scan(tmp_path, make_store):
+    """Folders (a name with a quote, a backslash and wildcards), a named file, dates and their
+    mix, with query expansion and a query that is itself indexed: the store's own search (filtered
+    inside the engine where it can be) returns what an exact scan with the mask returns."""
+    root = tmp_path / "data"
+    folders = ["", "sub", "sub/deep", 'odd "quote" \\ 50%_off', "été"]
+    for i in range(40):
+        path = save_image(root / folders[i % len(folders)] / f"img{i:03d}.jpg", seed=i, quality=92)
+        day = 1_700_000_000 + (i % 8) * 86_400  # eight days, five images each
+        os.utime(path, (day, day))
+    store = make_store(root)
+    emb = PixelEmbedder(Source(None, CONFIG).config)
+    sync(root, store, emb)
+    index = store.open()
+    days = sorted({t[:10] for t in index.taken()})
+    wheres = [
+        ResultFilter(("sub",)),
+        ResultFilter((folders[3],)),
+        ResultFilter(("été", "img000.jpg")),
+        ResultFilter(since=days[2], until=days[4]),
+        ResultFilter(("sub",), since=days[5]),
+    ]
+    for where in wheres:
+        for reranking in (Reranking(), Reranking(qe=3, mutual=3)):
+            for query in (index.paths[0], index.paths[17]):
+                kw = {"k": 5, "reranking": reranking, "where": where}
+                (got,) = like_index(index, [query], **kw)
+                (want,) = like_index(index, [query], exact=True, **kw)
+                assert [m.path for m in got.matches] == [m.path for m in want.matches], (where, reranking)
+                np.testing.assert_allclose(
+                    [m.score for m in got.matches], [m.score for m in want.matches], atol=1e-4
+                )
+                allowed = where.mask(root, index.paths, index.taken())
+                assert all(
+                    allowed[index.paths.index(str(Path(m.path).relative_to(root).as_posix()))]
+                    for m in got.matches
+                )
+                assert len(got.matches) == min(5, int(allowed.sum()) - bool(allowed[index.row_named(query)]))
 
 
 class FailingEmbedder(PixelEmbedder):

@@ -26,7 +26,7 @@ from cbir.progress import progress_bar
 from cbir.search.approximate import ApproximateSearcher
 from cbir.search.base import Searcher
 from cbir.search.exact import ExactSearcher
-from cbir.search.filters import FilteredSearcher, ResultFilter
+from cbir.search.filters import ResultFilter, only_allowed
 from cbir.types import JSONDict
 
 log = logging.getLogger(__name__)
@@ -145,8 +145,8 @@ def find_duplicates(
     searcher = _graph_searcher(index, options.exact)
     allowed = options.where.mask(index.root, index.paths, index.taken() if options.where.dated else [])
     rows = np.arange(len(index), dtype=np.int64)
+    searcher = only_allowed(searcher, allowed, options.where)
     if allowed is not None:
-        searcher = FilteredSearcher(searcher, allowed)
         rows = rows[allowed]
     how = VERIFICATIONS[options.verify]
     bar = progress_bar(len(rows), "comparing", unit="img", enabled=progress)

@@ -86,6 +86,11 @@ def parse_milvus_uri(text: str) -> MilvusAddress:
     raise StoreError(f"--store {text}: not a Milvus URI (milvus:PATH.db or milvus://HOST:PORT)")
 
 
+def folder_of(path: str) -> str:
+    """A row's ``folder`` field: the folder of its relative path, "" at the top."""
+    return path.rpartition("/")[0]
+
+
 def default_collection(root: Path) -> str:
     """One collection per dataset: its folder name and a digest of its full path."""
     real = os.path.realpath(root)

@@ -18,11 +18,12 @@ import numpy as np
 from cbir.embedding.features import FeatureConfig
 from cbir.errors import IndexFolderError
 from cbir.index.manifest import Entry
-from cbir.index.milvus import EF_SEARCH, MilvusCollection, milvus_errors
+from cbir.index.milvus import EF_SEARCH, MilvusCollection, folder_of, milvus_errors
 from cbir.index.milvus_writer import OK, row_entry
 from cbir.index.reader import IndexedFiles, check_same_settings
 from cbir.search.base import Searcher, as_queries, check_finite, effective_k, longest_exclusion, no_results
 from cbir.search.exact import ExactSearcher
+from cbir.search.filters import ResultFilter, folder_prefix, moments
 
 MAX_TOPK = 16_384  # Milvus' largest search limit
 CHANGED = "the collection {} changed while it was read; run the command again"
@@ -47,6 +48,7 @@ class MilvusIndex(IndexedFiles):
         self._by_path: dict[str, int] | None = None
         self._by_real: dict[str, int] | None = None
         self._feats: np.ndarray | None = None
+        self._folders: list[str] | None = None
         self._searchers: dict[bool, Searcher] = {}
 
     @classmethod
@@ -69,8 +71,19 @@ class MilvusIndex(IndexedFiles):
     def location(self) -> str:
         return self.collection.where
 
+    @property
+    def version(self) -> str:
+        """The collection's commit stamp when this reader opened it."""
+        return self.commit
+
     def check_compatible(self, config: FeatureConfig) -> None:
         check_same_settings(self._config, config, self.location)
+
+    def folders(self) -> list[str]:
+        """Every folder holding a row (the ``folder`` field's values), sorted; listed once."""
+        if self._folders is None:
+            self._folders = sorted(set(map(folder_of, self.paths)))
+        return self._folders
 
     @property
     def feats(self) -> np.ndarray:
@@ -124,10 +137,17 @@ class MilvusIndex(IndexedFiles):
 
 class MilvusSearcher:
     """A :class:`~cbir.search.base.Searcher` asking Milvus (HNSW, inner product) for the rows of a
-    :class:`MilvusIndex`; ties go to the lower row, as everywhere."""
+    :class:`MilvusIndex`; ties go to the lower row, as everywhere.
 
-    def __init__(self, index: MilvusIndex, ef: int = EF_SEARCH) -> None:
-        self.index, self.ef = index, ef
+    ``restricted`` gives one whose searches carry a filter expression on ``folder``, ``path`` and
+    ``taken`` that matches exactly the rows a :class:`~cbir.search.filters.ResultFilter` allows, so
+    Milvus filters while it searches (:mod:`cbir.search.filters`).
+    """
+
+    def __init__(
+        self, index: MilvusIndex, ef: int = EF_SEARCH, expr: str = "", allowed: np.ndarray | None = None
+    ) -> None:
+        self.index, self.ef, self.expr, self.allowed = index, ef, expr, allowed
 
     @property
     def dim(self) -> int:
@@ -139,19 +159,35 @@ class MilvusSearcher:
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         return self.index.vectors(rows)
 
+    def restricted(self, allowed: np.ndarray, where: ResultFilter) -> Searcher:
+        """This searcher with ``where`` as a Milvus filter expression (itself when it cannot be
+        written as one: the mask around it still filters)."""
+        expr = filter_expression(self.index, where)
+        if expr is None:
+            return self
+        return MilvusSearcher(self.index, self.ef, expr, np.asarray(allowed, dtype=bool))
+
+    def _fill(self, k: int, exclude: Sequence[Sequence[int]] | None) -> tuple[int, int]:
+        """(k', the rows there are to search): every query can fill k' (see ``Searcher.search``)."""
+        if self.allowed is None:
+            return effective_k(len(self), k, exclude), len(self)
+        count = int(self.allowed.sum())
+        banned = max((int(self.allowed[list(e)].sum()) for e in exclude), default=0) if exclude else 0
+        return max(0, min(k, count - banned)), count
+
     def search(
         self, queries: np.ndarray, k: int, exclude: Sequence[Sequence[int]] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         q = as_queries(queries)
-        k_eff = effective_k(len(self), k, exclude)
+        k_eff, rows_there = self._fill(k, exclude)
         if k_eff == 0 or len(q) == 0:
             return no_results(len(q))
-        limit = min(len(self), k_eff + longest_exclusion(exclude))
+        limit = min(rows_there, k_eff + longest_exclusion(exclude))
         while True:
             if limit > MAX_TOPK:  # more than Milvus answers at once: scan every vector instead
-                return self.index.searcher(exact=True).search(q, k, exclude)
+                return self.index.searcher(exact=True).search(q, k, exclude)  # a mask around narrows it
             found = self._ask(q, limit, exclude)
-            if all(len(rows) >= k_eff for rows, _ in found) or limit >= len(self) + 64:
+            if all(len(rows) >= k_eff for rows, _ in found) or limit >= rows_there + 64:
                 break
             limit *= 2  # rows committed after this reader opened took some places
         if not all(len(rows) >= k_eff for rows, _ in found):
@@ -171,7 +207,7 @@ class MilvusSearcher:
                 name,
                 data=q.tolist(),
                 limit=limit,
-                filter=f"status == {OK}",
+                filter=f"status == {OK}" + (f" and {self.expr}" if self.expr else ""),
                 output_fields=["path"],
                 search_params={"metric_type": "IP", "params": {"ef": max(self.ef, limit)}},
             )
@@ -187,3 +223,37 @@ class MilvusSearcher:
             pairs.sort()
             out.append(([r for _, r in pairs], [-s for s, _ in pairs]))
         return out
+
+
+MAX_LISTED = 4096  # folders or files named in one expression; a filter naming more stays a mask
+
+
+def filter_expression(index: MilvusIndex, where: ResultFilter) -> str | None:
+    """A Milvus expression true for exactly the rows of ``index`` that ``where`` allows (None when
+    it would be too long or a name cannot be quoted): the folders under ``--under`` (and indexed
+    files named by it) by equality, capture times by string comparison, as :meth:`ResultFilter.mask`
+    decides them."""
+    parts: list[str] = []
+    if where.under:
+        prefixes = [folder_prefix(index.root, f) for f in where.under]
+        if "" not in prefixes:
+            folders = [f for f in index.folders() if any(f == p or f.startswith(p + "/") for p in prefixes)]
+            files = sorted(p for p in prefixes if index.row_named(p) is not None)
+            if len(folders) + len(files) > MAX_LISTED:
+                return None
+            names = [f"folder in [{', '.join(map(quoted, folders))}]"] if folders else []
+            names += [f"path in [{', '.join(map(quoted, files))}]"] if files else []
+            if not names:
+                return None
+            parts.append("(" + " or ".join(names) + ")")
+    if where.dated:
+        low, high = moments(where.since, where.until)
+        parts.append(f"taken >= {quoted(low)} and taken <= {quoted(high)}")
+    if not parts or any(ord(c) < 32 for part in parts for c in part):
+        return None
+    return " and ".join(parts)
+
+
+def quoted(text: str) -> str:
+    """``text`` as a Milvus string literal."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -48,6 +48,14 @@ class MilvusStore:
             return []
         return [Path(self.address.uri)]  # a Lite database (a folder) inside the dataset is not scanned
 
+    @property
+    def cache_dir(self) -> Path:
+        """``cbir/stores/COLLECTION`` in the user's cache folder: nothing is written next to the
+        database, which may be on another machine."""
+        import platformdirs  # light, but only needed here
+
+        return Path(platformdirs.user_cache_dir("cbir")) / "stores" / self.name
+
     def collection(self) -> MilvusCollection:
         """The collection, its client connected on first use (a Lite file starts its server once)."""
         if self._client is None:

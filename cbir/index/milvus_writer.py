@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import PurePosixPath
 from types import TracebackType
 
 import numpy as np
 
 from cbir.embedding.features import FeatureConfig
 from cbir.index.manifest import Entry, Skipped
-from cbir.index.milvus import MAX_REASON, MilvusCollection, Record, milvus_errors, new_commit_stamp
+from cbir.index.milvus import MAX_REASON, MilvusCollection, Record, folder_of, milvus_errors, new_commit_stamp
 from cbir.types import JSONDict
 
 log = logging.getLogger(__name__)
@@ -36,13 +35,12 @@ def row_entry(row: JSONDict) -> Entry:
 
 
 def _row(entry: Entry, vector: list[float], status: int = OK, reason: str = "") -> JSONDict:
-    folder = PurePosixPath(entry.path).parent.as_posix()
     return {
         "path": entry.path,
         "vector": vector,
         "size": entry.size,
         "mtime_ns": entry.mtime_ns,
-        "folder": "" if folder == "." else folder,
+        "folder": folder_of(entry.path),
         "taken": entry.taken or "",
         "status": status,
         "reason": reason[:MAX_REASON],

@@ -9,7 +9,7 @@ queries, evaluation, duplicates and the web app take any of them.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -38,6 +38,16 @@ class IndexReader(Protocol):
 
     @property
     def config(self) -> FeatureConfig: ...
+
+    @property
+    def dim(self) -> int:
+        """The length of every stored vector."""
+        ...
+
+    @property
+    def version(self) -> Hashable:
+        """What names this committed version: another commit reads as another version."""
+        ...
 
     @property
     def location(self) -> str:

@@ -56,6 +56,10 @@ class Index(IndexedFiles):
         return self.manifest.config
 
     @property
+    def dim(self) -> int:
+        return int(self.feats.shape[1])
+
+    @property
     def location(self) -> str:
         return str(self.dir)
 

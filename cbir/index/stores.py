@@ -33,6 +33,12 @@ class Store(Protocol):
         """Folders the store keeps files in, which the image scan must leave out (none for a database)."""
         ...
 
+    @property
+    def cache_dir(self) -> Path:
+        """A folder for what can be made again from the images (the web app's thumbnails): the
+        folder store's own folder, a database store's in the user's cache folder."""
+        ...
+
     def writer(
         self,
         config: FeatureConfig,
@@ -69,6 +75,10 @@ class FolderStore:
     @property
     def own_folders(self) -> list[Path]:
         return [self.dir]
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.dir
 
     def writer(
         self,

@@ -1,9 +1,13 @@
 """Restricting results to part of the collection (``--under DIR``, ``--since``/``--until DATE``),
 over any searcher.
 
-The wrapped searcher is asked for more candidates until every query has its k allowed rows (or
-everything was ranked), so the filter works the same over an exact scan, an approximate index or a
-vector database, and keeps their order and tie rules.
+:class:`FilteredSearcher` asks the wrapped searcher for more candidates until every query has its
+k allowed rows (or everything was ranked), so the filter works the same over an exact scan, an
+approximate index or a vector database, and keeps their order and tie rules. A searcher that can
+filter inside its engine (a :class:`Restrictable`: Milvus, with a filter expression on its
+``folder`` and ``taken`` fields) is asked to first (:func:`only_allowed`), so a narrow filter over
+a large collection costs one engine call instead of a growing series of them; the mask still
+decides, so results are the same either way.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -53,12 +58,16 @@ def rows_taken(taken: Sequence[str | None], since: str | None, until: str | None
     both included; a date alone means the whole day)."""
     if any(t is None for t in taken):
         raise QueryError("this index has no capture times yet: run `cbir index` on it once")
-    low = _moment(since, "T00:00:00") if since else ""
-    high = _moment(until, "T23:59:59") if until else "9999"
+    low, high = moments(since, until)
     inside = np.array([low <= str(t) <= high for t in taken], dtype=bool)
     if not inside.any():
         raise QueryError(f"no indexed image taken between {since or 'the start'} and {until or 'now'}")
     return inside
+
+
+def moments(since: str | None, until: str | None) -> tuple[str, str]:
+    """The first and last capture time allowed, as the strings the index stores compare."""
+    return (_moment(since, "T00:00:00") if since else "", _moment(until, "T23:59:59") if until else "9999")
 
 
 def _moment(text: str, day_part: str) -> str:
@@ -124,3 +133,25 @@ class FilteredSearcher(SearcherWrapper):
             keep = np.flatnonzero(ok[qi])[:k_eff]
             out_rows[qi], out_scores[qi] = rows[qi, keep], scores[qi, keep]
         return out_rows, out_scores
+
+
+@runtime_checkable
+class Restrictable(Protocol):
+    """A searcher that can leave out the rows a filter refuses inside its own engine."""
+
+    def restricted(self, allowed: np.ndarray, where: ResultFilter) -> Searcher:
+        """This searcher returning only rows that ``where`` allows (``allowed``: the same, as a
+        mask); it may return a few more, never fewer."""
+        ...
+
+
+def restrict(searcher: Searcher, allowed: np.ndarray, where: ResultFilter) -> Searcher:
+    """``searcher`` narrowed inside its engine where it can be, else itself."""
+    return searcher.restricted(allowed, where) if isinstance(searcher, Restrictable) else searcher
+
+
+def only_allowed(searcher: Searcher, allowed: np.ndarray | None, where: ResultFilter) -> Searcher:
+    """``searcher`` returning only the ``allowed`` rows (None: every row)."""
+    if allowed is None:
+        return searcher
+    return FilteredSearcher(restrict(searcher, allowed, where), allowed)

@@ -18,7 +18,7 @@ from cbir.embedding.features import FeatureConfig
 from cbir.errors import BadImageError, QueryError
 from cbir.output.results import Match, QueryResult
 from cbir.search.base import SearchableIndex
-from cbir.search.filters import FilteredSearcher, ResultFilter
+from cbir.search.filters import ResultFilter, only_allowed
 from cbir.search.rerank import Reranking, rerank
 
 
@@ -86,8 +86,7 @@ def search_index(
     exclude = [[r] if r is not None else [] for r in own]
     searcher = rerank(snapshot.searcher(exact=exact), reranking)
     allowed = where.mask(snapshot.root, snapshot.paths, snapshot.taken() if where.dated else [])
-    if allowed is not None:
-        searcher = FilteredSearcher(searcher, allowed)
+    searcher = only_allowed(searcher, allowed, where)
     rows, scores = searcher.search(query_vectors, k, exclude=exclude)
     root = Path(snapshot.root)
     return [

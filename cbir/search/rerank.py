@@ -27,6 +27,7 @@ import numpy as np
 
 from cbir.search.base import Searcher, SearcherWrapper, as_queries
 from cbir.search.exact import ExactSearcher
+from cbir.search.filters import ResultFilter, restrict
 from cbir.vectors import l2_normalize
 
 
@@ -147,10 +148,13 @@ def database_augmentation(
 
 class QueryExpandingSearcher(SearcherWrapper):
     """A :class:`~cbir.search.base.Searcher` that expands each query with its top ``n`` neighbours
-    in ``base`` (leaving out the rows it must not return), then searches ``base`` again."""
+    in ``base`` (leaving out the rows it must not return), then searches ``final`` (by default
+    ``base`` again; a filtered one when results are restricted: the expansion still sees every row)."""
 
-    def __init__(self, base: Searcher, reranking: Reranking) -> None:
+    def __init__(self, base: Searcher, reranking: Reranking, final: Searcher | None = None) -> None:
         super().__init__(base)
+        self.reranking = reranking
+        self.final = final if final is not None else base
         self.n = reranking.qe
         self.alpha = reranking.alpha
         self.threshold = reranking.threshold
@@ -162,7 +166,11 @@ class QueryExpandingSearcher(SearcherWrapper):
         expanded = query_expansion(
             queries, self.base, self.n, self.alpha, exclude, self.threshold, self.mutual
         )
-        return self.base.search(expanded, k, exclude)
+        return self.final.search(expanded, k, exclude)
+
+    def restricted(self, allowed: np.ndarray, where: ResultFilter) -> Searcher:
+        """The same expansion, with the final search narrowed where ``base`` can be."""
+        return QueryExpandingSearcher(self.base, self.reranking, restrict(self.base, allowed, where))
 
 
 def rerank(searcher: Searcher, reranking: Reranking) -> Searcher:

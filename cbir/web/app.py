@@ -2,7 +2,8 @@
 
 Errors are JSON ``{"error": "..."}``: 400 for bad input (not an image, bad k), 401 without the
 token, 404 for anything that is not an indexed image or folder, 413 for an upload over the cap, 501
-for a feature this version lacks, 503 while the model loads. No CORS headers: only pages served
+for a feature this version lacks, 503 while the model loads or when the store (a Milvus server)
+fails. No CORS headers: only pages served
 from here may call the API.
 """
 
@@ -18,7 +19,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartParser
 
-from cbir.errors import BadImageError, CbirError, QueryError
+from cbir.errors import BadImageError, CbirError, QueryError, StoreError
 from cbir.types import JSONDict
 from cbir.web.collection import NotFound
 from cbir.web.model import ModelLoading
@@ -29,6 +30,7 @@ STATUS: dict[type[Exception], int] = {
     NotFound: 404,
     UploadTooLarge: 413,
     ModelLoading: 503,
+    StoreError: 503,
     BadImageError: 400,
     QueryError: 400,
 }
@@ -128,7 +130,7 @@ def _add_files(app: FastAPI, service: Service) -> None:
     def thumb(rel: str) -> FileResponse:
         path = service.collection.file(rel)
         try:
-            made = thumbnail(service.collection.index_dir, rel, path, service.limits)
+            made = thumbnail(service.collection.cache_dir, rel, path, service.limits)
         except (BadImageError, OSError) as exc:
             raise NotFound(f"no thumbnail for {rel}: {exc}") from None
         return FileResponse(made, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})

@@ -1,8 +1,10 @@
 """The served collection: the newest committed index version, its folders, and safe file lookup.
 
-Every request asks :meth:`Collection.current`, which costs one ``stat`` of the manifest and switches
-to a newer committed version when an indexer (ours in the background, or another process) made one,
-so the server never restarts and never sees a half-written index (:mod:`cbir.index.snapshot`).
+The index lives in any :class:`~cbir.index.stores.Store` (the folder store, or ``--store URI``).
+Every request asks :meth:`Collection.current`, which asks the store whether a newer version was
+committed (the folder store: one ``stat`` of the manifest; Milvus: the collection's commit stamp)
+and switches to it when an indexer (ours in the background, or another process) made one, so the
+server never restarts and never sees a half-written index (:mod:`cbir.index.snapshot`).
 
 A name from a URL is served only if it is exactly the name of an indexed image and its real path is
 still inside the dataset: ``..``, absolute paths, encoded variants and symlinks leaving the root all
@@ -18,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cbir.errors import CbirError, IndexFolderError
-from cbir.index.snapshot import Index, open_index
+from cbir.index.reader import IndexReader
+from cbir.index.stores import Store
 from cbir.types import JSONDict
 
 PER_PAGE = 60
@@ -56,36 +59,38 @@ class Folders:
 
 
 class Collection:
-    """The index of ``root`` in ``index_dir`` as it is now (None while none is committed)."""
+    """The index of ``root`` in ``store`` as it is now (None while none is committed); the
+    thumbnails go to the store's cache folder."""
 
-    def __init__(self, root: Path, index_dir: Path) -> None:
+    def __init__(self, root: Path, store: Store) -> None:
         self.root = root
-        self.index_dir = index_dir
+        self.store = store
+        self.cache_dir = store.cache_dir
         self._real_root = os.path.realpath(root)
         self._lock = threading.Lock()
-        self._index: Index | None = None
-        self._folders: tuple[Index, Folders] | None = None
+        self._index: IndexReader | None = None
+        self._folders: tuple[IndexReader, Folders] | None = None
         self.per_page = PER_PAGE
 
-    def current(self) -> Index | None:
+    def current(self) -> IndexReader | None:
         """The newest committed version (reopened only when a new one was committed)."""
         with self._lock:
             try:
                 if self._index is None:
-                    self._index = open_index(self.root, self.index_dir)
+                    self._index = self.store.open()
                 else:
                     self._index = self._index.refresh()
             except IndexFolderError:
                 pass  # none yet, or changing right now: keep answering from what we have
             return self._index
 
-    def require(self) -> Index:
+    def require(self) -> IndexReader:
         index = self.current()
         if index is None:
             raise NotFound("nothing is indexed yet")
         return index
 
-    def row(self, rel: str) -> tuple[Index, int]:
+    def row(self, rel: str) -> tuple[IndexReader, int]:
         """The index and row of the image indexed as ``rel``; NotFound for anything else."""
         index = self.require()
         row = index.row_named(rel)
@@ -105,10 +110,10 @@ class Collection:
             raise NotFound(f"not an indexed image: {rel}")
         return path
 
-    def folders(self, index: Index) -> Folders:
+    def folders(self, index: IndexReader) -> Folders:
         with self._lock:
             if self._folders is None or self._folders[0] is not index:
-                self._folders = (index, Folders.of(index.paths))
+                self._folders = (index, Folders.of(list(index.paths)))
             return self._folders[1]
 
     def browse(self, folder: str, page: int) -> JSONDict:

@@ -14,12 +14,12 @@ from concurrent.futures import Future
 
 import numpy as np
 
-from cbir.index.snapshot import Index
+from cbir.index.reader import IndexReader
 from cbir.output.results import QueryResult
 from cbir.search.filters import ResultFilter
 from cbir.search.query import search_index
 
-_Job = tuple[Index, int, ResultFilter, np.ndarray, str, "Future[QueryResult]"]
+_Job = tuple[IndexReader, int, ResultFilter, np.ndarray, str, "Future[QueryResult]"]
 
 
 class CombinedSearches:
@@ -31,7 +31,9 @@ class CombinedSearches:
         self._running = threading.Lock()
         self.calls = 0  # search calls so far (queries / calls: how well they combine)
 
-    def search(self, index: Index, vector: np.ndarray, name: str, k: int, where: ResultFilter) -> QueryResult:
+    def search(
+        self, index: IndexReader, vector: np.ndarray, name: str, k: int, where: ResultFilter
+    ) -> QueryResult:
         """The top ``k`` of ``index`` for ``vector`` (a query called ``name``, never excluded as
         itself), from ``where`` only: as :func:`~cbir.search.query.search_index` ranks it."""
         done: Future[QueryResult] = Future()

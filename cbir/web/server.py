@@ -80,8 +80,9 @@ def running_service(
         lambda: warmed_up(settings.embedder()), max_batch=settings.runtime.batch_size
     ).start()
     updater = Updater(settings, index_options, lambda: worker.wait()).start()
+    store = settings.home
     service = Service(
-        Collection(settings.dataset, settings.index_dir),
+        Collection(settings.dataset, store),
         worker,
         updater,
         limits=settings.runtime.limits,
@@ -91,7 +92,10 @@ def running_service(
     watcher = None
     if options.watch:  # it looks at the folder before the first run: nothing added meanwhile is missed
         watcher = FolderWatcher(
-            settings.dataset, updater.request, skip=[settings.index_dir], options=index_options
+            settings.dataset,
+            updater.request,
+            skip=[*store.own_folders, store.cache_dir],
+            options=index_options,
         ).start()
     if options.update or options.watch:
         updater.request()

@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cbir.duplicates.find import DuplicateOptions, find_duplicates
 from cbir.errors import BadImageError, CbirError, QueryError
-from cbir.index.snapshot import Index
+from cbir.index.reader import IndexReader
 from cbir.ingest.decode import LoadLimits, decode_views
 from cbir.output.results import QueryResult
 from cbir.search.filters import ResultFilter
@@ -34,7 +34,7 @@ class UploadTooLarge(CbirError):
     """An upload above ``--max-upload-mb``."""
 
 
-def duplicate_groups_of(index: Index, threshold: float | None) -> JSONDict:
+def duplicate_groups_of(index: IndexReader, threshold: float | None) -> JSONDict:
     """The near-duplicate groups of ``index`` (:mod:`cbir.duplicates`, default rules), paths relative
     to the dataset as everywhere in the API; ``paths`` lists each group's images, the kept one first."""
     report = find_duplicates(index, DuplicateOptions(threshold=threshold), progress=False)
@@ -64,10 +64,10 @@ class Service:
     updater: Updater | None = None
     limits: LoadLimits = LoadLimits()
     max_upload_bytes: int = 32 * 2**20
-    duplicates: Callable[[Index, float | None], JSONDict] = duplicate_groups_of
+    duplicates: Callable[[IndexReader, float | None], JSONDict] = duplicate_groups_of
     features: JSONDict = field(default_factory=dict)
     _duplicates_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _duplicates_done: dict[tuple[object, float | None], JSONDict] = field(default_factory=dict, repr=False)
+    _duplicates_done: dict[tuple[Hashable, float | None], JSONDict] = field(default_factory=dict, repr=False)
     searches: CombinedSearches = field(default_factory=CombinedSearches, repr=False)
     # one decode per core at a time: more would only take the cores from the model's batch
     _decoding: threading.BoundedSemaphore = field(
@@ -110,7 +110,7 @@ class Service:
         except BadImageError as exc:
             raise BadImageError(f"{name or 'the upload'} is not a usable image: {exc}") from None
         vector = self.worker.embed(views)
-        if vector.shape[0] != index.feats.shape[1]:
+        if vector.shape[0] != index.dim:
             raise QueryError("the index was rebuilt with other features; restart the server")
         found = self.searches.search(index, vector, name, k, where)
         return _answer(index, found, {"upload": name}, k, under, t0)
@@ -142,7 +142,7 @@ def _where(under: str | None) -> ResultFilter:
 
 
 def _answer(
-    index: Index, found: QueryResult, query: JSONDict, k: int, under: str | None, t0: float
+    index: IndexReader, found: QueryResult, query: JSONDict, k: int, under: str | None, t0: float
 ) -> JSONDict:
     root = Path(index.root)
     return {

@@ -132,7 +132,7 @@ class Updater:
         p.state, p.done, p.total, p.bad, p.error = "indexing", 0, 0, [], None
         try:
             report = update_index(
-                self.settings.dataset, self._source, index_dir=self.settings.index_dir, options=self.options
+                self.settings.dataset, self._source, options=self.options, store=self.settings.home
             )
         except (CbirError, OSError) as exc:
             p.state, p.error = "failed", str(exc)

@@ -283,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_watch(p)
     add_feature_options(p)
     add_index_options(p)
+    add_rerank_options(p, dba=False)
     add_verbose(p)
     p = sub.add_parser("models", help="list the available backbones")
     p.add_argument("--json", action="store_true", help="print the list as JSON")

@@ -1,5 +1,5 @@
-"""The re-ranking options of ``query``, ``evaluate`` and ``run_cbir.py`` and the library's
-:class:`~cbir.search.rerank.Reranking` they make."""
+"""The re-ranking options of ``query``, ``evaluate``, ``serve`` and ``run_cbir.py`` and the
+library's :class:`~cbir.search.rerank.Reranking` they make."""
 
 from __future__ import annotations
 
@@ -9,19 +9,22 @@ from cbir.cli_types import NON_NEGATIVE, NON_NEGATIVE_INT, similarity
 from cbir.search.rerank import DEFAULT_RERANKING, Reranking
 
 
-def add_rerank_options(p: argparse.ArgumentParser) -> None:
+def add_rerank_options(p: argparse.ArgumentParser, dba: bool = True) -> None:
+    """The options; ``dba=False`` leaves out ``--dba``, which augments the whole index per search
+    (fine for one command, not for a server answering many)."""
     g = p.add_argument_group("re-ranking (default: adaptive query expansion, --qe 10 --mutual 3)")
     d = DEFAULT_RERANKING
     g.add_argument(
         "--qe", type=NON_NEGATIVE_INT, default=d.qe, metavar="N", help="query expansion, up to N (0: off)"
     )
-    g.add_argument(
-        "--dba",
-        type=NON_NEGATIVE_INT,
-        default=d.dba,
-        metavar="N",
-        help="database-side augmentation, up to N (in memory; up to ~100k images)",
-    )
+    if dba:
+        g.add_argument(
+            "--dba",
+            type=NON_NEGATIVE_INT,
+            default=d.dba,
+            metavar="N",
+            help="database-side augmentation, up to N (in memory; up to ~100k images)",
+        )
     g.add_argument(
         "--alpha", type=NON_NEGATIVE, default=d.alpha, help="similarity exponent for --qe/--dba (default 3)"
     )
@@ -38,4 +41,4 @@ def add_rerank_options(p: argparse.ArgumentParser) -> None:
 
 
 def reranking_from(args: argparse.Namespace) -> Reranking:
-    return Reranking(args.qe, args.dba, args.alpha, args.rerank_threshold, args.mutual)
+    return Reranking(args.qe, getattr(args, "dba", 0), args.alpha, args.rerank_threshold, args.mutual)

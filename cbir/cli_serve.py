@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 
 from cbir.cli_options import index_options_from, settings_from
+from cbir.cli_rerank import reranking_from
 from cbir.errors import CbirError
 
 
@@ -23,7 +24,9 @@ def cmd_serve(args: argparse.Namespace, load_tensorflow: Callable[[], None]) -> 
             file=sys.stderr,
         )
     settings = settings_from(args, load_tensorflow)
-    options = ServeOptions(args.host, args.port, args.token, args.max_upload_mb, args.watch)
+    options = ServeOptions(
+        args.host, args.port, args.token, args.max_upload_mb, args.watch, reranking=reranking_from(args)
+    )
     serve(
         settings,
         index_options_from(args),

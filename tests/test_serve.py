@@ -22,9 +22,12 @@ pytest.importorskip("fastapi", reason="cbir serve needs the web extra (pip insta
 from fastapi.testclient import TestClient  # noqa: E402
 
 from cbir.cli_options import build_parser, index_options_from, settings_from  # noqa: E402
+from cbir.cli_rerank import reranking_from  # noqa: E402
 from cbir.duplicates.find import DuplicateOptions, find_duplicates  # noqa: E402
 from cbir.ingest.decode import LoadLimits  # noqa: E402
 from cbir.search.filters import ResultFilter  # noqa: E402
+from cbir.search.query import like_index, search_index  # noqa: E402
+from cbir.search.rerank import DEFAULT_RERANKING, Reranking  # noqa: E402
 from cbir.web.app import create_app  # noqa: E402
 from cbir.web.model import ModelWorker  # noqa: E402
 from cbir.web.searches import CombinedSearches  # noqa: E402
@@ -75,6 +78,11 @@ def client(served) -> TestClient:
     return TestClient(create_app(served[1]))
 
 
+def plain_client(service: Service) -> TestClient:
+    """A client of ``service`` without re-ranking (``--qe 0``): scores are plain cosines."""
+    return TestClient(create_app(dataclasses.replace(service, reranking=Reranking())))
+
+
 def upload(client: TestClient, data: bytes, name: str = "q.jpg", query: str = "k=5", field: str = "file"):
     return client.post(f"/api/search?{query}", files={field: (name, data, "image/jpeg")})
 
@@ -117,14 +125,28 @@ def test_like_search_answers_from_the_stored_vectors(served, client):
     assert body["query"] == {"like": "img03.jpg"} and body["k"] == 4
     assert len(paths) == 4 and "img03.jpg" not in paths and scores == sorted(scores, reverse=True)
     index = served[1].collection.current()
+    (cli_default,) = like_index(index, ["img03.jpg"], k=4, reranking=DEFAULT_RERANKING)
+    assert paths == [Path(m.path).relative_to(served[0]).as_posix() for m in cli_default.matches]
+    assert scores == pytest.approx([m.score for m in cli_default.matches], abs=1e-6)
+    under = client.get("/api/search", params={"like": "img03.jpg", "k": 9, "under": "sub"}).json()
+    assert {r["path"] for r in under["results"]} == {"sub/a.png", "sub/deeper/b.png"}
+    # with --qe 0: the plain ranking by the stored vectors
+    body = plain_client(served[1]).get("/api/search", params={"like": "img03.jpg", "k": 4}).json()
     q = index.feats[index.row_named("img03.jpg")]
     expected = sorted(
         (p for p in index.paths if p != "img03.jpg"),
         key=lambda p: -float(index.feats[index.row_named(p)] @ q),
     )
-    assert paths == expected[:4]
-    under = client.get("/api/search", params={"like": "img03.jpg", "k": 9, "under": "sub"}).json()
-    assert {r["path"] for r in under["results"]} == {"sub/a.png", "sub/deeper/b.png"}
+    assert [r["path"] for r in body["results"]] == expected[:4]
+
+
+def test_serve_takes_the_query_re_ranking_options_but_not_dba(tmp_path):
+    args = build_parser().parse_args(["serve", str(tmp_path)])
+    assert reranking_from(args) == DEFAULT_RERANKING
+    args = build_parser().parse_args(["serve", str(tmp_path), "--qe", "0"])
+    assert not reranking_from(args).active
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", str(tmp_path), "--dba", "5"])
 
 
 @pytest.mark.parametrize(
@@ -148,8 +170,13 @@ def test_upload_search_embeds_with_the_warm_model(served, client):
     data = (served[0] / "img05.jpg").read_bytes()
     body = upload(client, data, "img05.jpg").json()
     assert body["query"] == {"upload": "img05.jpg"}
-    assert body["results"][0]["path"] == "img05.jpg" and body["results"][0]["score"] > 0.999
-    assert len(body["results"]) == 5
+    assert body["results"][0]["path"] == "img05.jpg" and len(body["results"]) == 5
+    # the upload is embedded as indexing embedded it, then ranked and re-ranked as the CLI does
+    index = served[1].collection.current()
+    stored = index.feats[index.row_named("img05.jpg")][None]
+    (want,) = search_index(index, stored, ["q"], k=5, exclude_self=False, reranking=DEFAULT_RERANKING)
+    assert [r["path"] for r in body["results"]] == [Path(m.path).name for m in want.matches]
+    assert [r["score"] for r in body["results"]] == pytest.approx([m.score for m in want.matches], abs=1e-4)
     under = upload(client, data, query="k=5&under=sub").json()
     assert {r["path"] for r in under["results"]} == {"sub/a.png", "sub/deeper/b.png"}
 
@@ -340,7 +367,7 @@ def test_a_new_commit_is_served_without_a_restart(served, client):
         assert len(client.get("/api/search", params={"like": "sub/new.jpg", "k": 3}).json()["results"]) == 3
         assert service.collection.current() is not old and not old.is_current()
         # an upload of an indexed photo is decoded as indexing decoded it: the very same vector
-        found = upload(client, new.read_bytes(), "new.jpg", "k=1").json()["results"][0]
+        found = upload(plain_client(service), new.read_bytes(), "new.jpg", "k=1").json()["results"][0]
         assert found["path"] == "sub/new.jpg" and found["score"] > 0.99999
     finally:
         new.unlink()

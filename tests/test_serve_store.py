@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import save_image
 from helpers import TINY_MODEL
-from test_serve import settled, upload, wait_until
+from test_serve import plain_client, settled, upload, wait_until
 
 pytest.importorskip("fastapi", reason="cbir serve needs the web extra (pip install 'cbir[web]')")
 pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
@@ -24,6 +24,7 @@ from cbir.cli_options import build_parser, index_options_from, settings_from  # 
 from cbir.index.milvus_reader import MilvusIndex  # noqa: E402
 from cbir.search.filters import ResultFilter  # noqa: E402
 from cbir.search.query import like_index  # noqa: E402
+from cbir.search.rerank import DEFAULT_RERANKING  # noqa: E402
 from cbir.web.app import create_app  # noqa: E402
 from cbir.web.server import ServeOptions, running_service  # noqa: E402
 from cbir.web.service import Service  # noqa: E402
@@ -78,13 +79,17 @@ def test_like_and_upload_answers_are_the_collections_ranking(served, client):
         )
         assert got.status_code == 200, got.text
         where = ResultFilter(under=(under,)) if under else ResultFilter()
-        want = like_index(index, ["img01.jpg"], k=4, exact=True, where=where)[0].matches
+        want = like_index(index, ["img01.jpg"], k=4, exact=True, where=where, reranking=DEFAULT_RERANKING)[
+            0
+        ].matches
         results = got.json()["results"]
         assert [r["path"] for r in results] == [Path(m.path).relative_to(ds).as_posix() for m in want]
         assert [r["score"] for r in results] == pytest.approx([m.score for m in want], abs=1e-4)
         assert "img01.jpg" not in [r["path"] for r in results]
     assert all(r["path"].startswith("sub/") for r in got.json()["results"])
-    found = upload(client, (ds / "img03.jpg").read_bytes(), "q.jpg", "k=1").json()["results"][0]
+    found = upload(plain_client(service), (ds / "img03.jpg").read_bytes(), "q.jpg", "k=1").json()["results"][
+        0
+    ]
     assert found["path"] == "img03.jpg" and found["score"] > 0.9999
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future
+from typing import NamedTuple
 
 import numpy as np
 
@@ -18,8 +19,17 @@ from cbir.index.reader import IndexReader
 from cbir.output.results import QueryResult
 from cbir.search.filters import ResultFilter
 from cbir.search.query import search_index
+from cbir.search.rerank import Reranking
 
-_Job = tuple[IndexReader, int, ResultFilter, np.ndarray, str, "Future[QueryResult]"]
+
+class _Job(NamedTuple):
+    reader: IndexReader
+    k: int
+    where: ResultFilter
+    reranking: Reranking
+    vector: np.ndarray
+    name: str
+    done: Future[QueryResult]
 
 
 class CombinedSearches:
@@ -32,13 +42,19 @@ class CombinedSearches:
         self.calls = 0  # search calls so far (queries / calls: how well they combine)
 
     def search(
-        self, index: IndexReader, vector: np.ndarray, name: str, k: int, where: ResultFilter
+        self,
+        index: IndexReader,
+        vector: np.ndarray,
+        name: str,
+        k: int,
+        where: ResultFilter,
+        reranking: Reranking = Reranking(),
     ) -> QueryResult:
         """The top ``k`` of ``index`` for ``vector`` (a query called ``name``, never excluded as
-        itself), from ``where`` only: as :func:`~cbir.search.query.search_index` ranks it."""
+        itself), from ``where`` only, re-ranked: as :func:`~cbir.search.query.search_index` ranks it."""
         done: Future[QueryResult] = Future()
         with self._waiting_lock:
-            self._waiting.append((index, k, where, vector, name, done))
+            self._waiting.append(_Job(index, k, where, reranking, vector, name, done))
         with self._running:
             if not done.done():
                 with self._waiting_lock:
@@ -47,18 +63,21 @@ class CombinedSearches:
         return done.result()
 
     def _answer(self, jobs: list[_Job]) -> None:
-        groups: dict[tuple[int, int, ResultFilter], list[_Job]] = {}
+        groups: dict[tuple[int, int, ResultFilter, Reranking], list[_Job]] = {}
         for job in jobs:
-            groups.setdefault((id(job[0]), job[1], job[2]), []).append(job)
+            groups.setdefault((id(job.reader), job.k, job.where, job.reranking), []).append(job)
         for group in groups.values():
-            index, k, where = group[0][:3]
+            first = group[0]
             self.calls += 1
             try:
-                vectors = np.stack([job[3] for job in group])
-                found = search_index(index, vectors, [job[4] for job in group], k, False, where=where)
+                vectors = np.stack([job.vector for job in group])
+                names = [job.name for job in group]
+                found = search_index(
+                    first.reader, vectors, names, first.k, False, first.reranking, where=first.where
+                )
             except Exception as exc:  # each request of the group reports it
                 for job in group:
-                    job[5].set_exception(exc)
+                    job.done.set_exception(exc)
                 continue
             for job, result in zip(group, found):
-                job[5].set_result(result)
+                job.done.set_result(result)

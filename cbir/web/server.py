@@ -21,6 +21,7 @@ from threadpoolctl import threadpool_limits
 from cbir.errors import CbirError, DatasetError
 from cbir.index.indexer import IndexOptions
 from cbir.index.watch import FolderWatcher
+from cbir.search.rerank import DEFAULT_RERANKING, Reranking
 from cbir.settings import Settings
 from cbir.web.app import create_app
 from cbir.web.collection import Collection
@@ -41,6 +42,7 @@ class ServeOptions:
     max_upload_mb: float = 32.0
     watch: bool = False
     update: bool = True  # bring the index up to date at start
+    reranking: Reranking = DEFAULT_RERANKING  # of like and upload searches, as the CLI's query
 
 
 def is_loopback(host: str) -> bool:
@@ -88,6 +90,7 @@ def running_service(
         limits=settings.runtime.limits,
         max_upload_bytes=int(options.max_upload_mb * 2**20),
         features=settings.config.to_dict(),
+        reranking=options.reranking,
     )
     watcher = None
     if options.watch:  # it looks at the folder before the first run: nothing added meanwhile is missed

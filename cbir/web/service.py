@@ -21,6 +21,7 @@ from cbir.ingest.decode import LoadLimits, decode_views
 from cbir.output.results import QueryResult
 from cbir.search.filters import ResultFilter
 from cbir.search.query import like_index
+from cbir.search.rerank import Reranking
 from cbir.types import JSONDict
 from cbir.web.collection import Collection, NotFound
 from cbir.web.model import ModelWorker
@@ -66,6 +67,7 @@ class Service:
     max_upload_bytes: int = 32 * 2**20
     duplicates: Callable[[IndexReader, float | None], JSONDict] = duplicate_groups_of
     features: JSONDict = field(default_factory=dict)
+    reranking: Reranking = Reranking()  # of like and upload searches (``cbir serve``: the CLI's default)
     _duplicates_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _duplicates_done: dict[tuple[Hashable, float | None], JSONDict] = field(default_factory=dict, repr=False)
     searches: CombinedSearches = field(default_factory=CombinedSearches, repr=False)
@@ -93,7 +95,7 @@ class Service:
         """More like the indexed image ``rel``, from its stored vector (no model)."""
         index, _ = self.collection.row(rel)
         t0 = time.perf_counter()
-        found = like_index(index, [rel], k=_check_k(k), where=_where(under))[0]
+        found = like_index(index, [rel], k=_check_k(k), reranking=self.reranking, where=_where(under))[0]
         return _answer(index, found, {"like": rel}, k, under, t0)
 
     def upload(self, data: bytes, name: str, k: int, under: str | None) -> JSONDict:
@@ -112,7 +114,7 @@ class Service:
         vector = self.worker.embed(views)
         if vector.shape[0] != index.dim:
             raise QueryError("the index was rebuilt with other features; restart the server")
-        found = self.searches.search(index, vector, name, k, where)
+        found = self.searches.search(index, vector, name, k, where, self.reranking)
         return _answer(index, found, {"upload": name}, k, under, t0)
 
     def duplicate_groups(self, threshold: float | None) -> JSONDict:

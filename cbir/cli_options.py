@@ -30,6 +30,7 @@ from cbir.index.ann import AUTO_MIN_ROWS
 from cbir.index.indexer import IndexOptions
 from cbir.ingest.decode import GEOMETRY_MODES, RESAMPLERS, LoadLimits
 from cbir.search.filters import ResultFilter
+from cbir.search.rerank import Reranking
 from cbir.settings import FeatureChoice, RuntimeOptions, Settings, WhitenRequest, resolve_settings
 
 DEFAULT_OUT = "cbir_results.png"
@@ -283,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_watch(p)
     add_feature_options(p)
     add_index_options(p)
-    add_rerank_options(p, dba=False)
+    add_rerank_options(p, Reranking(), dba=False)  # speed first: docs/decisions.md
     add_verbose(p)
     p = sub.add_parser("models", help="list the available backbones")
     p.add_argument("--json", action="store_true", help="print the list as JSON")

@@ -9,11 +9,17 @@ from cbir.cli_types import NON_NEGATIVE, NON_NEGATIVE_INT, similarity
 from cbir.search.rerank import DEFAULT_RERANKING, Reranking
 
 
-def add_rerank_options(p: argparse.ArgumentParser, dba: bool = True) -> None:
-    """The options; ``dba=False`` leaves out ``--dba``, which augments the whole index per search
-    (fine for one command, not for a server answering many)."""
-    g = p.add_argument_group("re-ranking (default: adaptive query expansion, --qe 10 --mutual 3)")
-    d = DEFAULT_RERANKING
+def add_rerank_options(
+    p: argparse.ArgumentParser, d: Reranking = DEFAULT_RERANKING, dba: bool = True
+) -> None:
+    """The options, defaulting to ``d``; ``dba=False`` leaves out ``--dba``, which augments the
+    whole index per search (fine for one command, not for a server answering many)."""
+    title = (
+        f"re-ranking (default: adaptive query expansion, --qe {d.qe} --mutual {d.mutual})"
+        if d.active
+        else "re-ranking (default: none; the command line's is --qe 10 --mutual 3)"
+    )
+    g = p.add_argument_group(title)
     g.add_argument(
         "--qe", type=NON_NEGATIVE_INT, default=d.qe, metavar="N", help="query expansion, up to N (0: off)"
     )

@@ -68,7 +68,8 @@ def served(tmp_path_factory) -> Iterator[tuple[Path, Service]]:
     os.symlink(outside, ds / "link-out.jpg")
     args = build_parser().parse_args(["serve", str(ds), *TINY_MODEL])
     options = dataclasses.replace(index_options_from(args), progress=False)
-    with running_service(settings_from(args), options, ServeOptions()) as service:
+    # re-ranked as the command line ranks (the server's default is none), so both paths are tested
+    with running_service(settings_from(args), options, ServeOptions(reranking=DEFAULT_RERANKING)) as service:
         wait_until(lambda: settled(service), what="the model and the first indexing run")
         yield ds, service
 
@@ -79,7 +80,7 @@ def client(served) -> TestClient:
 
 
 def plain_client(service: Service) -> TestClient:
-    """A client of ``service`` without re-ranking (``--qe 0``): scores are plain cosines."""
+    """A client of ``service`` without re-ranking (the server's default): scores are plain cosines."""
     return TestClient(create_app(dataclasses.replace(service, reranking=Reranking())))
 
 
@@ -130,7 +131,7 @@ def test_like_search_answers_from_the_stored_vectors(served, client):
     assert scores == pytest.approx([m.score for m in cli_default.matches], abs=1e-6)
     under = client.get("/api/search", params={"like": "img03.jpg", "k": 9, "under": "sub"}).json()
     assert {r["path"] for r in under["results"]} == {"sub/a.png", "sub/deeper/b.png"}
-    # with --qe 0: the plain ranking by the stored vectors
+    # without re-ranking (the server's default): the plain ranking by the stored vectors
     body = plain_client(served[1]).get("/api/search", params={"like": "img03.jpg", "k": 4}).json()
     q = index.feats[index.row_named("img03.jpg")]
     expected = sorted(
@@ -142,9 +143,9 @@ def test_like_search_answers_from_the_stored_vectors(served, client):
 
 def test_serve_takes_the_query_re_ranking_options_but_not_dba(tmp_path):
     args = build_parser().parse_args(["serve", str(tmp_path)])
+    assert not reranking_from(args).active and ServeOptions().reranking == reranking_from(args)
+    args = build_parser().parse_args(["serve", str(tmp_path), "--qe", "10", "--mutual", "3"])
     assert reranking_from(args) == DEFAULT_RERANKING
-    args = build_parser().parse_args(["serve", str(tmp_path), "--qe", "0"])
-    assert not reranking_from(args).active
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", str(tmp_path), "--dba", "5"])
 
@@ -175,7 +176,9 @@ def test_upload_search_embeds_with_the_warm_model(served, client):
     index = served[1].collection.current()
     stored = index.feats[index.row_named("img05.jpg")][None]
     (want,) = search_index(index, stored, ["q"], k=5, exclude_self=False, reranking=DEFAULT_RERANKING)
-    assert [r["path"] for r in body["results"]] == [Path(m.path).name for m in want.matches]
+    assert [r["path"] for r in body["results"]] == [
+        Path(m.path).relative_to(served[0]).as_posix() for m in want.matches
+    ]
     assert [r["score"] for r in body["results"]] == pytest.approx([m.score for m in want.matches], abs=1e-4)
     under = upload(client, data, query="k=5&under=sub").json()
     assert {r["path"] for r in under["results"]} == {"sub/a.png", "sub/deeper/b.png"}

@@ -48,7 +48,9 @@ def served(tmp_path_factory) -> Iterator[tuple[Path, Path, Service]]:
     args = build_parser().parse_args(["serve", str(ds), *TINY_MODEL, "--store", f"milvus:{base / 'm.db'}"])
     options = dataclasses.replace(index_options_from(args), progress=False)
     try:
-        with running_service(settings_from(args), options, ServeOptions()) as service:
+        with running_service(
+            settings_from(args), options, ServeOptions(reranking=DEFAULT_RERANKING)
+        ) as service:
             wait_until(lambda: settled(service), what="the model and the first indexing run")
             yield ds, cache, service
     finally:

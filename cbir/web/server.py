@@ -21,7 +21,7 @@ from threadpoolctl import threadpool_limits
 from cbir.errors import CbirError, DatasetError
 from cbir.index.indexer import IndexOptions
 from cbir.index.watch import FolderWatcher
-from cbir.search.rerank import DEFAULT_RERANKING, Reranking
+from cbir.search.rerank import Reranking
 from cbir.settings import Settings
 from cbir.web.app import create_app
 from cbir.web.collection import Collection
@@ -42,7 +42,7 @@ class ServeOptions:
     max_upload_mb: float = 32.0
     watch: bool = False
     update: bool = True  # bring the index up to date at start
-    reranking: Reranking = DEFAULT_RERANKING  # of like and upload searches, as the CLI's query
+    reranking: Reranking = Reranking()  # of like and upload searches (none: speed first)
 
 
 def is_loopback(host: str) -> bool:

@@ -67,7 +67,7 @@ class Service:
     max_upload_bytes: int = 32 * 2**20
     duplicates: Callable[[IndexReader, float | None], JSONDict] = duplicate_groups_of
     features: JSONDict = field(default_factory=dict)
-    reranking: Reranking = Reranking()  # of like and upload searches (``cbir serve``: the CLI's default)
+    reranking: Reranking = Reranking()  # of like and upload searches (``cbir serve --qe``)
     _duplicates_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _duplicates_done: dict[tuple[Hashable, float | None], JSONDict] = field(default_factory=dict, repr=False)
     searches: CombinedSearches = field(default_factory=CombinedSearches, repr=False)

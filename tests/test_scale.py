@@ -5,16 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import save_image
 from helpers import Source, cli, ok, one_line_error
-from stores import PixelEmbedder
+from stores import PixelEmbedder, same_rows
 
 from cbir.embedding.features import FeatureConfig
 from cbir.errors import StoreError
 from cbir.index.indexer import IndexOptions, update_index
-from cbir.index.reader import IndexReader
 from cbir.index.shard import Shard
 from cbir.index.stores import FolderStore, Store
 from cbir.settings import FeatureChoice, RuntimeOptions, resolve_settings
@@ -23,17 +21,6 @@ pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
 from cbir.index.milvus_store import MilvusStore  # noqa: E402
 
 CONFIG = FeatureConfig(model="mobilenet", width_multiplier=0.25, size=64)
-
-
-def rows_of(index: IndexReader) -> dict[str, np.ndarray]:
-    return {p: np.asarray(index.feats[i]) for i, p in enumerate(index.paths)}
-
-
-def same_rows(a: IndexReader, b: IndexReader, atol: float = 1e-6) -> None:
-    ra, rb = rows_of(a), rows_of(b)
-    assert sorted(ra) == sorted(rb)
-    for path, vec in ra.items():
-        np.testing.assert_allclose(vec, rb[path], atol=atol)
 
 
 def folder(root: Path, n: int) -> Path:

@@ -165,7 +165,7 @@ def test_a_ray_run_stopped_midway_is_completed_by_a_plain_run(
     into = RayEmbedder.embed_into
 
     def stopping(*args: object, **kwargs: object) -> Iterator[SinkResult]:
-        for n, result in enumerate(into(*args, **kwargs)):  # type: ignore[arg-type]
+        for n, result in enumerate(into(*args, **kwargs)):
             if n == 4:  # the driver stops (Ctrl-C) after two batches
                 raise KeyboardInterrupt
             yield result

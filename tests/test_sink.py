@@ -4,6 +4,7 @@ the indexer, and the store ends with the rows, counts and failures of the plain 
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,44 @@ def test_a_stop_in_the_middle_keeps_what_the_workers_wrote(tmp_path, monkeypatch
     plain = FolderStore(root, tmp_path / "plain")
     sync(root, plain, PixelEmbedder(RESOLVED))
     same_rows(plain.open(), store.open())
+
+
+def test_the_ray_worker_writes_its_batch_and_returns_no_vectors(tmp_path):
+    """What one Ray actor does with a batch (without Ray): rows written through the sink it was
+    shipped, outcomes back without a vector column, and the store's one-line error when it cannot write."""
+    import numpy as np
+
+    from cbir.embedding.ray_runner import SinkActor
+    from cbir.index.milvus_writer import MilvusSink
+
+    root = photos(tmp_path / "data", 3)
+    store = MilvusStore.from_uri(f"milvus:{tmp_path / 'm.db'}", root)
+    sync(root, store, PixelEmbedder(RESOLVED))  # the collection, then one file changes
+    save_image(root / "img01.jpg", seed=7, width=64)
+    with store.writer(RESOLVED, dtype="float32", rebuild=False, whitening=None, weights_path=None) as w:
+        w.set_skipped([])
+        sink = w.sink(same_machine=True)
+    assert sink is not None
+    st = (root / "img01.jpg").stat()
+    batch = {
+        "pos": np.array([0, 1]),
+        "rel": np.array(["broken.jpg", "img01.jpg"]),
+        "size": np.array([1, st.st_size]),
+        "mtime_ns": np.array([1, st.st_mtime_ns]),
+    }
+
+    def actor(target: object) -> SinkActor:
+        worker = SinkActor.__new__(SinkActor)
+        worker.embedder, worker.sink, worker.root = PixelEmbedder(RESOLVED), target, root
+        return worker
+
+    out = actor(pickle.loads(pickle.dumps(sink)))(batch)
+    assert "vector" not in out and list(out["fatal"]) == ["", ""]
+    assert out["error"][0] and not out["error"][1]
+    index = store.open()
+    row = index.paths.index("img01.jpg")
+    want = PixelEmbedder(RESOLVED).vector(root / "img01.jpg")
+    np.testing.assert_allclose(index.feats[row], want, atol=1e-6)
+    nowhere = MilvusSink("http://127.0.0.1:9", sink.collection)
+    fatal = actor(nowhere)(batch)["fatal"]
+    assert "Milvus" in fatal[0] and "\n" not in fatal[0]

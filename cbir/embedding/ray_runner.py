@@ -78,7 +78,8 @@ class EmbedActor:
 
 class SinkActor:
     """One model per Ray actor that writes its rows itself: a batch of plan entries ``{pos, rel,
-    size, mtime_ns}`` in, rows written through the sink, only outcomes (failure, capture time) out."""
+    size, mtime_ns}`` in, rows written through the sink, only outcomes (failure, capture time) out;
+    ``fatal``: the store's one-line error when the rows could not be written."""
 
     def __init__(self, settings: Settings, sink: RowSink, root: str) -> None:
         self.embedder, self.sink, self.root = _embedder(settings), sink, Path(root)
@@ -90,19 +91,21 @@ class SinkActor:
         taken = [""] * len(rels)
         for i in good:
             taken[i] = capture_time(self.root / rels[i]) or ""
-        self.sink.write(
-            [
-                Entry(rels[i], int(batch["size"][i]), int(batch["mtime_ns"][i]), taken[i] or None)
-                for i in good
-            ],
-            vectors[good],
-        )
-        return {
+        entries = [
+            Entry(rels[i], int(batch["size"][i]), int(batch["mtime_ns"][i]), taken[i] or None) for i in good
+        ]
+        fatal = ""
+        try:
+            self.sink.write(entries, vectors[good])
+        except StoreError as exc:  # Ray would hand the driver a traceback, not this one line
+            fatal = str(exc)
+        out = {
             "pos": batch["pos"],
             "error": np.array(errors),
             "transient": transient,
             "taken": np.array(taken),
         }
+        return {**out, "fatal": np.array([fatal] * len(rels))}
 
 
 def _dim_of(settings: Settings) -> int:
@@ -166,6 +169,8 @@ class RayEmbedder:
         ]
         kwargs = {"settings": self.settings, "sink": sink, "root": str(root)}
         for out in self._run(items, SinkActor, kwargs, progress, desc, pin=True):
+            if len(out["fatal"]) and str(out["fatal"][0]):
+                raise StoreError(str(out["fatal"][0]))  # the rows were not written: the run stops
             for pos, error, transient, taken in zip(out["pos"], out["error"], out["transient"], out["taken"]):
                 failed = _failure(error, transient)
                 yield int(pos), failed if failed is not None else Written(str(taken) or None)

@@ -7,11 +7,17 @@ commit, as the indexer does) and made searchable (the folder store builds its fa
 call, median and p95) and recall@10 of its default searcher against exact float32 search.
 
 Part 2 (Ray): ``--images`` Corel-1k images (copied to a temporary folder) indexed by the plain
-indexer and by ``--ray`` on a local Ray with this machine's cores, same model (MobileNetV2 0.35, real
-weights, Keras runtime), into the folder store. Ray's figure includes starting Ray and its actors.
+indexer (into the folder store and into Milvus Lite) and by ``--ray`` on a local Ray with this
+machine's cores into Milvus Lite, twice: the rows sent back to the driver, which writes them (the
+folder store's path), and the rows written by the actors themselves (Milvus' path). Same model
+(MobileNetV2 0.35, real weights, Keras runtime); Ray is started before the timings, each Ray figure
+includes starting its actors. On one machine the two Ray paths should be about equal: direct writes
+remove the driver as the one writer and the vectors' trip through Ray's object store, which matters
+on a cluster, not here.
 
     python3 benchmarks/bench_store.py --rows 20000 --images 100     # a few minutes
     python3 benchmarks/bench_store.py --rows 100000 --images 300    # the figures of docs/scale.md
+    python3 benchmarks/bench_store.py --rows 0 --images 200         # the Ray part only
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -32,8 +40,10 @@ import numpy as np  # noqa: E402
 from bench_search import Space  # noqa: E402
 from machine import SHARED, describe  # noqa: E402
 
+from cbir.embedding.embedder import Result  # noqa: E402
 from cbir.embedding.features import FeatureConfig  # noqa: E402
-from cbir.index.indexer import IndexOptions, update_index  # noqa: E402
+from cbir.embedding.ray_runner import RayEmbedder, RaySource  # noqa: E402
+from cbir.index.indexer import EmbedderSource, IndexOptions, update_index  # noqa: E402
 from cbir.index.manifest import Entry  # noqa: E402
 from cbir.index.milvus_store import MilvusStore  # noqa: E402
 from cbir.index.stores import FolderStore, Store  # noqa: E402
@@ -124,6 +134,35 @@ def bench_stores(args: argparse.Namespace, tmp: Path) -> None:
     print("x folder: insert rate / p50 latency, as ratios of the folder store's in this run")
 
 
+@dataclass
+class DriverOnly:
+    """A Ray embedder seen only as a ``FileEmbedder`` (no ``embed_into``): its rows come back to the
+    driver even into Milvus, the path before direct writes (and still the folder store's)."""
+
+    ray: RayEmbedder
+
+    @property
+    def config(self) -> FeatureConfig:
+        return self.ray.config
+
+    @property
+    def dim(self) -> int:
+        return self.ray.dim
+
+    def embed_files(
+        self, paths: Sequence[str | os.PathLike[str]], progress: bool | None = False, desc: str = ""
+    ) -> Iterator[Result]:
+        return self.ray.embed_files(paths, progress, desc)
+
+
+@dataclass(frozen=True)
+class ViaDriver(RaySource):
+    """``RaySource`` whose embedder is :class:`DriverOnly`."""
+
+    def embedder(self) -> DriverOnly:
+        return DriverOnly(super().embedder())
+
+
 def bench_ray(args: argparse.Namespace, tmp: Path) -> None:
     if not (WEIGHTS.exists() and COREL.is_dir()):
         print(f"\nRay: skipped (needs {WEIGHTS} and {COREL})")
@@ -138,32 +177,39 @@ def bench_ray(args: argparse.Namespace, tmp: Path) -> None:
         weights=str(WEIGHTS),
         runtime=RuntimeOptions(runtime="keras", bulk=True),
     )
-    from cbir.embedding.ray_runner import RaySource
-
-    print(f"\n{args.images} Corel images, MobileNetV2 0.35 at 224 (Keras), into the folder store")
-    print(f"{'indexer':<28}{'seconds':>9}{'img/s':>8}{'x plain':>9}")
-    base = 0.0
-    for name, source in (
-        ("plain (threads)", settings),
-        (f"ray local ({os.cpu_count()} actors)", RaySource(settings)),
-    ):
+    RaySource(settings).embedder()  # Ray started once, outside the timings (each run starts its actors)
+    milvus = lambda name: MilvusStore.from_uri(f"milvus:{tmp / name}.db", data)  # noqa: E731
+    runs: list[tuple[str, EmbedderSource, Store]] = [
+        ("plain (threads)", replace(settings, _built=[]), FolderStore(data, tmp / "index-plain")),
+        ("plain (threads)", replace(settings, _built=[]), milvus("plain")),
+        ("ray, rows via the driver", ViaDriver(settings), milvus("driver")),
+        ("ray, rows from the workers", RaySource(settings), milvus("direct")),
+    ]
+    print(
+        f"\n{args.images} Corel images, MobileNetV2 0.35 at 224 (Keras), local Ray, {os.cpu_count()} actors"
+    )
+    print("(Ray started before the timings; every run includes building its model(s), Ray's its actors)")
+    print(f"{'indexer':<28}{'store':<14}{'seconds':>9}{'img/s':>8}{'x plain':>9}")
+    rates: dict[str, float] = {}
+    for name, source, store in runs:
         t = time.perf_counter()
-        report = update_index(
-            data,
-            source,
-            options=IndexOptions(progress=False, rebuild=True),
-            store=FolderStore(data, tmp / f"index-{len(name)}"),
-        )
+        report = update_index(data, source, options=IndexOptions(progress=False, rebuild=True), store=store)
         seconds = time.perf_counter() - t
         assert report.total == args.images, report
         rate = args.images / seconds
-        base = base or rate
-        print(f"{name:<28}{seconds:>9.1f}{rate:>8.1f}{rate / base:>9.2f}")
+        kind = "folder" if isinstance(store, FolderStore) else "milvus lite"
+        base = rates.setdefault(kind, rate)  # the plain indexer into the same store
+        rates[name] = rate
+        print(f"{name:<28}{kind:<14}{seconds:>9.1f}{rate:>8.1f}{rate / base:>9.2f}")
+    direct = rates["ray, rows from the workers"] / rates["ray, rows via the driver"]
+    print(
+        f"rows from the workers / via the driver: {direct:.2f} (one machine: no driver bottleneck to remove)"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--rows", type=int, default=100_000, help="vectors for the store part (0: skip it)")
     parser.add_argument("--dim", type=int, default=2048)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--checkpoint", type=int, default=5000, help="rows per commit")
@@ -172,7 +218,8 @@ def main() -> None:
     print(describe())
     print(", ".join(f"{n} {version(n)}" for n in ("pymilvus", "milvus-lite", "faiss-cpu", "ray")))
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
-        bench_stores(args, Path(tmp))
+        if args.rows:
+            bench_stores(args, Path(tmp))
         if args.images:
             bench_ray(args, Path(tmp))
 

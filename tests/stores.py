@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import pickle
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -11,6 +13,10 @@ from PIL import Image
 
 from cbir.embedding.features import FeatureConfig
 from cbir.errors import BadImageError
+from cbir.index.manifest import Entry
+from cbir.index.reader import IndexReader
+from cbir.index.sink import RowSink, SinkResult, Written
+from cbir.ingest.decode import capture_time
 
 DIM = 48
 
@@ -39,6 +45,62 @@ class PixelEmbedder:
                 yield i, self.vector(p)
             except (OSError, ValueError) as exc:
                 yield i, BadImageError(f"cannot decode: {exc}")
+
+
+class DirectPixelEmbedder(PixelEmbedder):
+    """The pixel embedder as a ``DirectEmbedder``: it writes the rows through the store's sink itself,
+    the sink going through pickle first as it does to a Ray worker. ``ahead``: rows written before
+    the indexer hears of the first (a worker ahead of the driver, with commits in between);
+    ``stop_after``: KeyboardInterrupt once that many outcomes were handed over."""
+
+    one_machine = True
+
+    def __init__(self, config: FeatureConfig, ahead: int = 0, stop_after: int | None = None) -> None:
+        super().__init__(config)
+        self.ahead, self.stop_after = ahead, stop_after
+        self.written: list[str] = []
+
+    def embed_into(
+        self,
+        sink: RowSink,
+        root: Path,
+        entries: Sequence[Entry],
+        progress: bool | None = False,
+        desc: str = "",
+    ) -> Iterator[SinkResult]:
+        worker_sink: RowSink = pickle.loads(pickle.dumps(sink))
+        outcomes: list[SinkResult] = []
+        for i, entry in enumerate(entries):
+            self.embedded.append(Path(entry.path).name)
+            try:
+                vector = self.vector(root / entry.path)
+            except (OSError, ValueError) as exc:
+                outcomes.append((i, BadImageError(f"cannot decode: {exc}")))
+            else:
+                taken = capture_time(root / entry.path)
+                worker_sink.write([dataclasses.replace(entry, taken=taken)], vector[None])
+                self.written.append(entry.path)
+                outcomes.append((i, Written(taken)))
+            while len(outcomes) > self.ahead:
+                yield self._hand_over(outcomes.pop(0))
+        while outcomes:
+            yield self._hand_over(outcomes.pop(0))
+
+    def _hand_over(self, outcome: SinkResult) -> SinkResult:
+        if self.stop_after is not None and outcome[0] >= self.stop_after:
+            raise KeyboardInterrupt
+        return outcome
+
+
+def rows_of(index: IndexReader) -> dict[str, np.ndarray]:
+    return {p: np.asarray(index.feats[i]) for i, p in enumerate(index.paths)}
+
+
+def same_rows(a: IndexReader, b: IndexReader, atol: float = 1e-6) -> None:
+    ra, rb = rows_of(a), rows_of(b)
+    assert sorted(ra) == sorted(rb)
+    for path, vec in ra.items():
+        np.testing.assert_allclose(vec, rb[path], atol=atol)
 
 
 def exact_top(feats: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

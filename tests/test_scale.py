@@ -3,37 +3,27 @@ indexer, and ``--shard 0/2`` + ``--shard 1/2`` fill one collection as one run do
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import save_image
 from helpers import Source, cli, ok, one_line_error
-from stores import PixelEmbedder
+from stores import PixelEmbedder, same_rows
 
 from cbir.embedding.features import FeatureConfig
 from cbir.errors import StoreError
 from cbir.index.indexer import IndexOptions, update_index
-from cbir.index.reader import IndexReader
 from cbir.index.shard import Shard
+from cbir.index.sink import SinkResult
 from cbir.index.stores import FolderStore, Store
-from cbir.settings import FeatureChoice, RuntimeOptions, resolve_settings
+from cbir.settings import FeatureChoice, RuntimeOptions, Settings, resolve_settings
 
 pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
 from cbir.index.milvus_store import MilvusStore  # noqa: E402
+from cbir.index.milvus_writer import MilvusWriter  # noqa: E402
 
 CONFIG = FeatureConfig(model="mobilenet", width_multiplier=0.25, size=64)
-
-
-def rows_of(index: IndexReader) -> dict[str, np.ndarray]:
-    return {p: np.asarray(index.feats[i]) for i, p in enumerate(index.paths)}
-
-
-def same_rows(a: IndexReader, b: IndexReader, atol: float = 1e-6) -> None:
-    ra, rb = rows_of(a), rows_of(b)
-    assert sorted(ra) == sorted(rb)
-    for path, vec in ra.items():
-        np.testing.assert_allclose(vec, rb[path], atol=atol)
 
 
 def folder(root: Path, n: int) -> Path:
@@ -116,26 +106,81 @@ def local_ray():
     ray.shutdown()
 
 
-@pytest.mark.slow
-def test_ray_indexing_gives_the_rows_of_the_plain_indexer(tmp_path, mobilenetv2_weights, local_ray):
-    from cbir.embedding.ray_runner import RaySource
-
-    root = folder(tmp_path / "data", 10)
-    settings = resolve_settings(
+def ray_settings(root: Path, weights: Path) -> Settings:
+    return resolve_settings(
         root,
         features=FeatureChoice(model="mobilenetv2", size=64),
-        weights=str(mobilenetv2_weights),
-        runtime=RuntimeOptions(runtime="keras", batch_size=4, workers=1),
+        weights=str(weights),
+        runtime=RuntimeOptions(runtime="keras", batch_size=2, workers=1),
     )
-    plain_store = FolderStore(root, tmp_path / "plain")
+
+
+@pytest.mark.slow
+def test_ray_writes_milvus_rows_from_the_workers(tmp_path, mobilenetv2_weights, local_ray, monkeypatch):
+    """Into Milvus the actors write the rows (the driver's writer never sees a vector); into the
+    folder store the vectors come back to the driver. Both give the plain indexer's rows."""
+    from cbir.embedding.ray_runner import RayEmbedder, RaySource
+
+    root = folder(tmp_path / "data", 10)
+    settings = ray_settings(root, mobilenetv2_weights)
+    plain_store, ray_folder = FolderStore(root, tmp_path / "plain"), FolderStore(root, tmp_path / "ray")
     ray_store = MilvusStore.from_uri(f"milvus:{tmp_path / 'ray.db'}", root)
     options = IndexOptions(progress=False, checkpoint_every=4)
     plain = update_index(root, settings, options=options, store=plain_store)
+    outcomes: list[object] = []
+    into = RayEmbedder.embed_into
+    monkeypatch.setattr(MilvusWriter, "put", lambda *a: pytest.fail("a vector went through the driver"))
+    monkeypatch.setattr(
+        RayEmbedder, "embed_into", lambda *a, **k: (outcomes.append(r[1]) or r for r in into(*a, **k))
+    )
     spread = update_index(root, RaySource(settings), options=options, store=ray_store)
-    assert (spread.added, spread.total, [s["path"] for s in spread.skipped]) == (10, 10, ["broken.jpg"])
-    assert (plain.added, plain.total) == (10, 10)
+    assert (
+        (spread.added, spread.embedded, spread.total)
+        == (plain.added, plain.embedded, plain.total)
+        == (10, 10, 10)
+    )
+    assert [s["path"] for s in spread.skipped] == ["broken.jpg"]
+    assert sorted(type(o).__name__ for o in outcomes) == ["BadImageError"] + ["Written"] * 10
+    with ray_store.writer(
+        settings.config, dtype="float32", rebuild=False, whitening=None, weights_path=None
+    ) as w:
+        assert list(w.known_bad()) == ["broken.jpg"]  # a status row, written by the driver's commit
     same_rows(plain_store.open(), ray_store.open(), atol=1e-5)
+    outcomes.clear()
+    driver = update_index(root, RaySource(settings), options=options, store=ray_folder)
+    assert (driver.added, driver.total, outcomes) == (10, 10, [])
+    same_rows(plain_store.open(), ray_folder.open(), atol=1e-5)
     assert local_ray.is_initialized()
+
+
+@pytest.mark.slow
+def test_a_ray_run_stopped_midway_is_completed_by_a_plain_run(
+    tmp_path, mobilenetv2_weights, local_ray, monkeypatch
+):
+    from cbir.embedding.ray_runner import RayEmbedder, RaySource
+
+    root = folder(tmp_path / "data", 10)
+    settings = ray_settings(root, mobilenetv2_weights)
+    store = MilvusStore.from_uri(f"milvus:{tmp_path / 'm.db'}", root)
+    into = RayEmbedder.embed_into
+
+    def stopping(*args: object, **kwargs: object) -> Iterator[SinkResult]:
+        for n, result in enumerate(into(*args, **kwargs)):
+            if n == 4:  # the driver stops (Ctrl-C) after two batches
+                raise KeyboardInterrupt
+            yield result
+
+    monkeypatch.setattr(RayEmbedder, "embed_into", stopping)
+    options = IndexOptions(progress=False, checkpoint_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        update_index(root, RaySource(settings), options=options, store=store)
+    assert len(store.open()) >= 3  # what the driver heard of (four files, maybe broken.jpg) is committed
+    resumed = update_index(root, settings, options=options, store=store)
+    # the rows the workers wrote, heard of or not, are held: only the others are embedded again
+    assert resumed.unchanged >= 3 and resumed.embedded + resumed.unchanged == 10 and resumed.total == 10
+    plain = FolderStore(root, tmp_path / "plain")
+    update_index(root, settings, options=options, store=plain)
+    same_rows(plain.open(), store.open(), atol=1e-5)
 
 
 @pytest.mark.slow

@@ -3,9 +3,12 @@
 The files the plan says to embed go through Ray Data: ``map_batches`` with one actor per CPU, each
 holding one model built from the command's settings. The actors decode with cbir's own rules
 (:class:`~cbir.embedding.embedder.Embedder`: EXIF orientation, size limits, bad files reported, not
-Ray's image reader) and hand back vectors or the reason a file failed; the indexer writes them to
-the chosen store, commit by commit, as it does for a local embedder. :class:`RaySource` is an
-``EmbedderSource`` whose embedder is :class:`RayEmbedder`, so the indexer does not change.
+Ray's image reader). Into a store that hands out a sink (Milvus) each actor writes its rows itself
+(:class:`SinkActor`, :meth:`RayEmbedder.embed_into`) and sends the driver only each file's position,
+outcome and capture time: no vector goes through the driver or Ray's object store. Otherwise (the
+folder store) the actors hand back vectors or the reason a file failed and the indexer writes them,
+commit by commit, as it does for a local embedder. :class:`RaySource` is an ``EmbedderSource``
+whose embedder is :class:`RayEmbedder`, so the indexer only asks whether it is a ``DirectEmbedder``.
 
 Without ADDRESS, Ray joins the cluster ``$RAY_ADDRESS`` names, else starts one on this machine.
 With one, cbir's code is shipped to the workers (``runtime_env`` ``py_modules``); its dependencies
@@ -28,6 +31,9 @@ from cbir.embedding.embedder import Embedder, Result
 from cbir.embedding.features import FeatureConfig
 from cbir.embedding.runtimes import import_tensorflow
 from cbir.errors import BadImageError, StoreError
+from cbir.index.manifest import Entry
+from cbir.index.sink import RowSink, SinkResult, Written
+from cbir.ingest.decode import capture_time
 from cbir.progress import progress_bar
 from cbir.settings import Settings, SettingsFeatures
 from cbir.types import JSONDict
@@ -45,6 +51,20 @@ def _embedder(settings: Settings) -> Embedder:
     return shippable(settings).embedder()
 
 
+def _embed_batch(embedder: Embedder, paths: Sequence[Path]) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """The vectors of ``paths`` (zero where a file failed), each failure's reason ('' if none) and
+    whether it may pass."""
+    vectors = np.zeros((len(paths), embedder.dim), dtype=np.float32)
+    errors = [""] * len(paths)
+    transient = np.zeros(len(paths), dtype=bool)
+    for i, result in embedder.embed_files(paths, progress=False):
+        if isinstance(result, BadImageError):
+            errors[i], transient[i] = str(result) or "unreadable", result.transient
+        else:
+            vectors[i] = result
+    return vectors, errors, transient
+
+
 class EmbedActor:
     """One model per Ray actor: a batch of ``{pos, path}`` in, vectors (or failures) out."""
 
@@ -52,28 +72,58 @@ class EmbedActor:
         self.embedder = _embedder(settings)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        paths = [str(p) for p in batch["path"]]
-        vectors = np.zeros((len(paths), self.embedder.dim), dtype=np.float32)
-        errors = [""] * len(paths)
-        transient = np.zeros(len(paths), dtype=bool)
-        for i, result in self.embedder.embed_files(paths, progress=False):
-            if isinstance(result, BadImageError):
-                errors[i], transient[i] = str(result) or "unreadable", result.transient
-            else:
-                vectors[i] = result
+        vectors, errors, transient = _embed_batch(self.embedder, [Path(str(p)) for p in batch["path"]])
         return {"pos": batch["pos"], "vector": vectors, "error": np.array(errors), "transient": transient}
+
+
+class SinkActor:
+    """One model per Ray actor that writes its rows itself: a batch of plan entries ``{pos, rel,
+    size, mtime_ns}`` in, rows written through the sink, only outcomes (failure, capture time) out;
+    ``fatal``: the store's one-line error when the rows could not be written."""
+
+    def __init__(self, settings: Settings, sink: RowSink, root: str) -> None:
+        self.embedder, self.sink, self.root = _embedder(settings), sink, Path(root)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rels = [str(r) for r in batch["rel"]]
+        vectors, errors, transient = _embed_batch(self.embedder, [self.root / r for r in rels])
+        good = [i for i, error in enumerate(errors) if not error]
+        taken = [""] * len(rels)
+        for i in good:
+            taken[i] = capture_time(self.root / rels[i]) or ""
+        entries = [
+            Entry(rels[i], int(batch["size"][i]), int(batch["mtime_ns"][i]), taken[i] or None) for i in good
+        ]
+        fatal = ""
+        try:
+            self.sink.write(entries, vectors[good])
+        except StoreError as exc:  # Ray would hand the driver a traceback, not this one line
+            fatal = str(exc)
+        out = {
+            "pos": batch["pos"],
+            "error": np.array(errors),
+            "transient": transient,
+            "taken": np.array(taken),
+        }
+        return {**out, "fatal": np.array([fatal] * len(rels))}
 
 
 def _dim_of(settings: Settings) -> int:
     return _embedder(settings).dim
 
 
+def _failure(error: object, transient: object) -> BadImageError | None:
+    return BadImageError(str(error), bool(transient)) if str(error) else None
+
+
 @dataclass
 class RayEmbedder:
-    """A ``FileEmbedder`` whose files are embedded by Ray actors (see the module docstring)."""
+    """A ``FileEmbedder`` (and a ``DirectEmbedder``) whose files are embedded by Ray actors (see the
+    module docstring). ``node``: the Ray node of this machine when it is the cluster's only one."""
 
     settings: Settings
     actors: int
+    node: str | None = None
     config: FeatureConfig = field(init=False)
     _dim: int | None = None
 
@@ -90,32 +140,74 @@ class RayEmbedder:
             self._dim = int(ray.get(ray.remote(num_cpus=1)(_dim_of).remote(self.settings)))
         return self._dim
 
+    @property
+    def one_machine(self) -> bool:
+        return self.node is not None
+
     def embed_files(
         self, paths: Sequence[str | os.PathLike[str]], progress: bool | None = False, desc: str = "embedding"
     ) -> Iterator[Result]:
-        import ray.data
-
         items: list[JSONDict] = [{"pos": i, "path": str(p)} for i, p in enumerate(paths)]
+        for out in self._run(items, EmbedActor, {"settings": self.settings}, progress, desc, pin=False):
+            for pos, vector, error, transient in zip(
+                out["pos"], out["vector"], out["error"], out["transient"]
+            ):
+                failed = _failure(error, transient)
+                yield int(pos), failed if failed is not None else np.asarray(vector, dtype=np.float32)
+
+    def embed_into(
+        self,
+        sink: RowSink,
+        root: Path,
+        entries: Sequence[Entry],
+        progress: bool | None = False,
+        desc: str = "embedding",
+    ) -> Iterator[SinkResult]:
+        """The actors write the rows through ``sink``; only each file's outcome comes back."""
+        items: list[JSONDict] = [
+            {"pos": i, "rel": e.path, "size": e.size, "mtime_ns": e.mtime_ns} for i, e in enumerate(entries)
+        ]
+        kwargs = {"settings": self.settings, "sink": sink, "root": str(root)}
+        for out in self._run(items, SinkActor, kwargs, progress, desc, pin=True):
+            if len(out["fatal"]) and str(out["fatal"][0]):
+                raise StoreError(str(out["fatal"][0]))  # the rows were not written: the run stops
+            for pos, error, transient, taken in zip(out["pos"], out["error"], out["transient"], out["taken"]):
+                failed = _failure(error, transient)
+                yield int(pos), failed if failed is not None else Written(str(taken) or None)
+
+    def _run(
+        self,
+        items: list[JSONDict],
+        actor: type[EmbedActor | SinkActor],
+        kwargs: JSONDict,
+        progress: bool | None,
+        desc: str,
+        *,
+        pin: bool,
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """``items`` through ``map_batches`` with a pool of ``actor``; ``pin``: kept on this node when
+        the cluster was only this machine (a sink only it reaches stays reachable if nodes join)."""
+        import ray.data
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         batch = self.settings.runtime.batch_size
         blocks = max(1, min(len(items), max(self.actors, -(-len(items) // batch))))
+        remote: JSONDict = {"max_restarts": 0}  # a lost actor fails the run (finished work committed)
+        if pin and self.node is not None:
+            remote["scheduling_strategy"] = NodeAffinitySchedulingStrategy(self.node, soft=False)
         done = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-            EmbedActor,
-            fn_constructor_kwargs={"settings": self.settings},
+            actor,
+            fn_constructor_kwargs=kwargs,
             batch_size=batch,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=min(self.actors, blocks)),
             num_cpus=1,
-            # a lost actor fails the run (the finished work is committed) instead of restarting
-            ray_remote_args_fn=lambda: {"max_restarts": 0},
+            ray_remote_args_fn=lambda: dict(remote),
         )
         bar = progress_bar(total=len(items), desc=desc, unit="img", enabled=progress)
         try:
             for out in done.iter_batches(batch_size=None, batch_format="numpy"):
-                for pos, vector, error, transient in zip(
-                    out["pos"], out["vector"], out["error"], out["transient"]
-                ):
-                    failed = BadImageError(str(error), bool(transient)) if error else None
-                    yield int(pos), failed if failed is not None else np.asarray(vector, dtype=np.float32)
+                yield out
                 bar.update(len(out["pos"]))
         finally:
             bar.close()
@@ -154,4 +246,13 @@ class RaySource(SettingsFeatures):
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
         cpus = int(ray.cluster_resources().get("CPU", 1))
-        return RayEmbedder(self.settings, actors=max(1, cpus))
+        return RayEmbedder(self.settings, actors=max(1, cpus), node=_only_node())
+
+
+def _only_node() -> str | None:
+    """This machine's Ray node when the cluster has no other, else None (checked once, at the start)."""
+    import ray
+
+    here = ray.get_runtime_context().get_node_id()
+    alive = [str(n["NodeID"]) for n in ray.nodes() if n.get("Alive")]
+    return here if alive == [here] else None

@@ -5,7 +5,9 @@ remembered and not retried until they change (:mod:`cbir.index.plan`). Progress 
 ``checkpoint_every`` images or ``checkpoint_seconds`` seconds, so a crash loses at most the work
 since the last checkpoint (Ctrl-C and ordinary errors lose nothing: the finished work is committed
 before the exception goes on). The end of a run compacts the rows and refreshes the approximate
-index (:meth:`cbir.index.store.IndexWriter.finish`).
+index (:meth:`cbir.index.store.IndexWriter.finish`). An embedder whose workers can write rows
+themselves (:class:`~cbir.index.sink.DirectEmbedder`, ``--ray``) does so when the store hands out a
+sink (Milvus); the indexer then gets each file's outcome, not its vector, and commits as before.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from cbir.index.ann import ANN_MODES
 from cbir.index.manifest import Entry, Skipped
 from cbir.index.plan import Plan, make_plan, stat_files
 from cbir.index.shard import Shard
+from cbir.index.sink import DirectEmbedder, Written
 from cbir.index.store import IndexWriter
 from cbir.index.stores import FolderStore, Store
 from cbir.ingest.decode import capture_time
@@ -212,6 +215,24 @@ def _count(plan: Plan, report: IndexReport) -> None:
         report.skipped.append(failure)
 
 
+def _results(
+    root: Path,
+    store: IndexWriter,
+    emb: FileEmbedder,
+    todo: Sequence[Entry],
+    skipped: list[Skipped],
+    progress: bool | None,
+) -> Iterator[tuple[int, np.ndarray | Written | BadImageError]]:
+    """The embedder's results for ``todo``: rows written straight into the store by the embedder's
+    workers when both can (only their outcomes come back), else vectors for the indexer to put."""
+    if isinstance(emb, DirectEmbedder):
+        store.set_skipped(skipped)  # the sink's commit deletes the failures this run retries, first
+        sink = store.sink(same_machine=emb.one_machine)
+        if sink is not None:
+            return emb.embed_into(sink, root, todo, progress=progress, desc="indexing")
+    return emb.embed_files([root / e.path for e in todo], progress=progress, desc="indexing")
+
+
 def _embed(
     root: Path,
     store: IndexWriter,
@@ -226,6 +247,7 @@ def _embed(
     was_indexed = {e.path for e in plan.changed}
     vecs: list[np.ndarray] = []
     entries: list[Entry] = []
+    adopted: list[Entry] = []  # rows the embedder's workers wrote themselves
     last = time.monotonic()
 
     def checkpoint() -> None:
@@ -234,14 +256,15 @@ def _embed(
             store.put(list(entries), np.stack(vecs))
             vecs.clear()
             entries.clear()
+        if adopted:
+            store.adopt(list(adopted))
+            adopted.clear()
         store.set_skipped(skipped)
         store.commit()
         last = time.monotonic()
 
     try:
-        for pos, result in emb.embed_files(
-            [root / e.path for e in todo], progress=options.progress, desc="indexing"
-        ):
+        for pos, result in _results(root, store, emb, todo, skipped, options.progress):
             entry = todo[pos]
             if isinstance(result, BadImageError):
                 log.warning("skipped %s: %s", entry.path, result)
@@ -253,11 +276,15 @@ def _embed(
                     report.removed += 1
                 else:
                     report.added -= 1
+            elif isinstance(result, Written):
+                adopted.append(dataclasses.replace(entry, taken=result.taken))
+                report.embedded += 1
             else:
                 vecs.append(result)
                 entries.append(dataclasses.replace(entry, taken=capture_time(root / entry.path)))
                 report.embedded += 1
-            if len(vecs) >= options.checkpoint_every or time.monotonic() - last >= options.checkpoint_seconds:
+            pending = len(vecs) + len(adopted)
+            if pending >= options.checkpoint_every or time.monotonic() - last >= options.checkpoint_seconds:
                 checkpoint()
     except BaseException as exc:
         try:

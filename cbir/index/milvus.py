@@ -114,6 +114,16 @@ def milvus_errors(what: str) -> Iterator[None]:
 
 def connect(address: MilvusAddress) -> MilvusClient:
     """A client of ``address``; StoreError when the extra is missing or the server cannot be reached."""
+    return open_client(address.uri, token_for(address))
+
+
+def token_for(address: MilvusAddress) -> str:
+    """The token for ``address``: ``$CBIR_MILVUS_TOKEN`` for a server, none for Milvus Lite."""
+    return "" if address.lite else os.environ.get(TOKEN_ENV, "")
+
+
+def open_client(uri: str, token: str) -> MilvusClient:
+    """A client of ``uri`` (a ``.db`` file or a gRPC address) with ``token``; one-line errors."""
     try:
         from pymilvus import MilvusClient  # the milvus extra: only for this store
     except ImportError as exc:
@@ -121,9 +131,22 @@ def connect(address: MilvusAddress) -> MilvusClient:
             f"the Milvus store needs the milvus extra ({exc}): pip install 'cbir[milvus]'"
         ) from None
     logging.getLogger("pymilvus").setLevel(logging.ERROR)  # its iterator warnings are not the user's
-    token = os.environ.get(TOKEN_ENV, "")
-    with milvus_errors(f"connecting to {address.uri}"):
-        return MilvusClient(uri=address.uri, token="" if address.lite else token, timeout=CONNECT_TIMEOUT)
+    with milvus_errors(f"connecting to {uri}"):
+        return MilvusClient(uri=uri, token=token, timeout=CONNECT_TIMEOUT)
+
+
+def served_uri(address: MilvusAddress) -> str:
+    """The address other processes reach ``address`` at: a server's own, or for Milvus Lite the gRPC
+    port its in-process server listens on (127.0.0.1: this machine only). A second process must not
+    open the ``.db`` file itself: that would start a second server on the same files."""
+    if not address.lite:
+        return address.uri
+    from milvus_lite.server_manager import server_manager_instance  # the same call pymilvus makes
+
+    uri = server_manager_instance.start_and_get_uri(address.uri)  # the running server, not a new one
+    if uri is None:
+        raise StoreError(f"Milvus Lite could not serve {address.uri}")
+    return str(uri)
 
 
 def new_commit_stamp() -> str:

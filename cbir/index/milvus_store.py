@@ -81,7 +81,9 @@ class MilvusStore:
             raise StoreError("the Milvus store holds float32 vectors only; leave out --dtype")
         if whitening is not None:
             raise StoreError("the Milvus store cannot hold a whitening; index without --whiten-on")
-        return MilvusWriter(self.collection(), config, rebuild=rebuild, weights_path=weights_path)
+        return MilvusWriter(
+            self.collection(), config, rebuild=rebuild, weights_path=weights_path, address=self.address
+        )
 
     def open(self) -> MilvusIndex:
         return MilvusIndex.read(self.collection(), self.root)

@@ -8,20 +8,43 @@ the failed files as rows of status 1 or 2, then stamps the collection's ``cbir.c
 which readers compare to notice a new version. A crash or Ctrl-C loses at most the batch being
 written; the next run resumes by rescanning. Milvus has no lock: several writers may share a
 collection when each owns a slice of the files (``--shard``).
+
+Other processes (Ray workers) may write rows themselves through a :class:`MilvusSink`. Handing one
+out commits first: a rebuild drops and makes the collection then (not at the first checkpoint, so a
+run that fails after it leaves an empty collection rather than the old one), and the deletes of
+dropped and no-longer-failed files are done before any worker writes, so no later commit can delete
+a row a worker wrote before the indexer heard of it. The indexer then adopts those rows
+(:meth:`~MilvusWriter.adopt`); a crash leaves them in the collection, found by the next run as held.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cbir.embedding.features import FeatureConfig
 from cbir.index.manifest import Entry, Skipped
-from cbir.index.milvus import MAX_REASON, MilvusCollection, Record, folder_of, milvus_errors, new_commit_stamp
+from cbir.index.milvus import (
+    MAX_REASON,
+    MilvusAddress,
+    MilvusCollection,
+    Record,
+    folder_of,
+    milvus_errors,
+    new_commit_stamp,
+    open_client,
+    served_uri,
+    token_for,
+)
 from cbir.types import JSONDict
+
+if TYPE_CHECKING:
+    from pymilvus import MilvusClient
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +70,39 @@ def _row(entry: Entry, vector: list[float], status: int = OK, reason: str = "") 
     }
 
 
+def upsert(client: MilvusClient, collection: str, rows: list[JSONDict], batch_rows: int) -> None:
+    """Write ``rows`` in batches of ``batch_rows`` (each row whole on its own)."""
+    for start in range(0, len(rows), batch_rows):
+        with milvus_errors(f"writing to the collection {collection}"):
+            client.upsert(collection, rows[start : start + batch_rows])
+
+
+@dataclass
+class MilvusSink:
+    """A :class:`~cbir.index.sink.RowSink` into one collection: a worker connects on its first write.
+
+    It carries the server's address and token (never a client) to the workers; for Milvus Lite the
+    address is the driver's in-process server on 127.0.0.1, which only this machine can reach.
+    """
+
+    uri: str
+    collection: str
+    batch_rows: int = BATCH_ROWS
+    token: str = field(default="", repr=False)
+    _client: MilvusClient | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, object]:
+        return {**self.__dict__, "_client": None}  # a client does not travel; each process opens its own
+
+    def write(self, entries: Sequence[Entry], vectors: np.ndarray) -> None:
+        if len(entries) != len(vectors):
+            raise ValueError("one vector per entry")
+        if self._client is None:
+            self._client = open_client(self.uri, self.token)
+        rows = [_row(e, v.tolist()) for e, v in zip(entries, np.asarray(vectors, dtype=np.float32))]
+        upsert(self._client, self.collection, rows, self.batch_rows)
+
+
 class MilvusWriter:
     """Writes one collection for the indexer (see the module docstring)."""
 
@@ -57,10 +113,11 @@ class MilvusWriter:
         *,
         rebuild: bool,
         weights_path: str | None,
+        address: MilvusAddress,
         batch_rows: int = BATCH_ROWS,
     ) -> None:
         self.collection, self.config, self.rebuild = collection, config, rebuild
-        self.weights_path, self.batch_rows = weights_path, batch_rows
+        self.weights_path, self.batch_rows, self.address = weights_path, batch_rows, address
         self.rebuilt: str | None = "asked" if rebuild else None
         self._exists = False  # a collection of ours is there now
         self._reset = False  # drop it at the first commit
@@ -71,6 +128,7 @@ class MilvusWriter:
         self._drops: set[str] = set()
         self._skipped: list[Skipped] | None = None
         self._taken: dict[str, str] = {}
+        self._adopted = False  # rows a sink wrote were adopted since the last commit
 
     def __enter__(self) -> MilvusWriter:
         record = self.collection.record()
@@ -110,7 +168,14 @@ class MilvusWriter:
         self._dim = dim
 
     def unchanged_since_commit(self) -> bool:
-        return not (self._puts or self._drops or self._taken or self._reset or self._skipped is not None)
+        return not (
+            self._puts
+            or self._drops
+            or self._taken
+            or self._reset
+            or self._adopted
+            or self._skipped is not None
+        )
 
     def held(self) -> dict[str, Entry]:
         return dict(self._held)
@@ -123,6 +188,20 @@ class MilvusWriter:
             raise ValueError("one vector per entry")
         if len(entries):
             self._puts.append((list(entries), np.asarray(vectors, dtype=np.float32)))
+
+    def sink(self, *, same_machine: bool) -> MilvusSink | None:
+        """A sink into this collection, after a commit of what is pending (module docstring); None for
+        Milvus Lite when the writers are not all on this machine (its server is on 127.0.0.1)."""
+        if self.address.lite and not same_machine:
+            return None
+        self.commit()
+        return MilvusSink(
+            served_uri(self.address), self.collection.name, self.batch_rows, token=token_for(self.address)
+        )
+
+    def adopt(self, entries: Sequence[Entry]) -> None:
+        self._held.update({e.path: e for e in entries})
+        self._adopted = self._adopted or bool(entries)
 
     def set_taken(self, taken: Mapping[str, str]) -> None:
         self._taken.update({p: t for p, t in taken.items() if p in self._held})
@@ -165,6 +244,7 @@ class MilvusWriter:
         self._puts.clear()
         self._drops.clear()
         self._skipped = None
+        self._adopted = False
 
     def _retake(self) -> None:
         """Capture times of held rows (upserted with their stored vectors)."""
@@ -190,9 +270,7 @@ class MilvusWriter:
                 self.collection.client.delete(self.collection.name, ids=paths[start : start + step])
 
     def _upsert(self, rows: list[JSONDict]) -> None:
-        for start in range(0, len(rows), self.batch_rows):
-            with milvus_errors(f"writing to the collection {self.collection.name}"):
-                self.collection.client.upsert(self.collection.name, rows[start : start + self.batch_rows])
+        upsert(self.collection.client, self.collection.name, rows, self.batch_rows)
 
     def finish(self, ann_mode: str) -> str:
         """Seal what was written, so Milvus indexes it (HNSW) instead of scanning it on every search;

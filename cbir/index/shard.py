@@ -18,6 +18,7 @@ import numpy as np
 
 from cbir.errors import StoreError
 from cbir.index.manifest import Entry, Skipped
+from cbir.index.sink import RowSink
 from cbir.index.store import IndexWriter
 
 
@@ -88,6 +89,12 @@ class ShardView:
 
     def put(self, entries: Sequence[Entry], vectors: np.ndarray) -> None:
         self.inner.put(entries, vectors)
+
+    def sink(self, *, same_machine: bool) -> RowSink | None:
+        return self.inner.sink(same_machine=same_machine)
+
+    def adopt(self, entries: Sequence[Entry]) -> None:
+        self.inner.adopt(entries)
 
     def set_taken(self, taken: Mapping[str, str]) -> None:
         self.inner.set_taken(taken)

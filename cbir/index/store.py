@@ -16,7 +16,8 @@ content, so the folder always holds one complete committed index and readers see
 (:mod:`cbir.index.snapshot`). Files no committed manifest names are removed after each commit.
 
 :class:`IndexWriter` is the seam a second store (a vector database) implements: what it holds
-(path, size, mtime), put rows, drop paths, remember skipped files, commit, finish.
+(path, size, mtime), put rows, drop paths, remember skipped files, commit, finish; and, for a store
+other processes can write, a sink for them and the adoption of what they wrote (:mod:`cbir.index.sink`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from cbir.errors import IndexFolderError, IndexWriteError
 from cbir.index import ann
 from cbir.index.files import LOCK, Lock, read_matrix, write_atomic, write_bytes, write_matrix
 from cbir.index.manifest import Entry, Manifest, Segment, Skipped
+from cbir.index.sink import RowSink
 from cbir.ingest.files import INDEX_DIRNAME
 
 log = logging.getLogger(__name__)
@@ -125,6 +127,16 @@ class IndexWriter(Protocol):
 
     def put(self, entries: Sequence[Entry], vectors: np.ndarray) -> None:
         """Add rows (visible at the next commit)."""
+        ...
+
+    def sink(self, *, same_machine: bool) -> RowSink | None:
+        """Where other processes can write rows themselves (``same_machine``: they all run on this
+        one), or None when every row must come through :meth:`put`. Handing one out first commits
+        what is pending (a rebuild, deletes), so no later commit deletes a row a sink wrote."""
+        ...
+
+    def adopt(self, entries: Sequence[Entry]) -> None:
+        """Hold rows a sink wrote (part of the version at the next commit, which stamps them)."""
         ...
 
     def set_taken(self, taken: Mapping[str, str]) -> None:
@@ -271,6 +283,13 @@ class FolderWriter:
             raise ValueError("one vector per entry")
         if len(entries):
             self._pending.append((list(entries), np.asarray(vectors)))
+
+    def sink(self, *, same_machine: bool) -> None:
+        """None: a folder has one writer (under its lock), so every row comes through :meth:`put`."""
+        return None
+
+    def adopt(self, entries: Sequence[Entry]) -> None:
+        raise ValueError("the folder store hands out no sink; its rows come through put")
 
     def set_taken(self, taken: Mapping[str, str]) -> None:
         if self._denied is not None:

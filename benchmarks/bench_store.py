@@ -18,6 +18,12 @@ on a cluster, not here.
     python3 benchmarks/bench_store.py --rows 20000 --images 100     # a few minutes
     python3 benchmarks/bench_store.py --rows 100000 --images 300    # the figures of docs/scale.md
     python3 benchmarks/bench_store.py --rows 0 --images 200         # the Ray part only
+    python3 benchmarks/bench_store.py --rows 0 --images 0 --filter-rows 50000 --dim 1024   # --under
+
+Part 3 (``--filter-rows N``): N synthetic vectors in 1,000 folders, in both stores; a query with
+``--under`` one folder (0.1% of the rows) and ten folders (1%), k=10: the folder store's mask,
+Milvus with the filter expression (the default), and Milvus with the mask alone (how it was
+before: more candidates asked until k pass, and past 16,384 of them every vector read).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
@@ -43,11 +49,14 @@ from machine import SHARED, describe  # noqa: E402
 from cbir.embedding.embedder import Result  # noqa: E402
 from cbir.embedding.features import FeatureConfig  # noqa: E402
 from cbir.embedding.ray_runner import RayEmbedder, RaySource  # noqa: E402
+from cbir.index import milvus_reader  # noqa: E402
 from cbir.index.indexer import EmbedderSource, IndexOptions, update_index  # noqa: E402
 from cbir.index.manifest import Entry  # noqa: E402
 from cbir.index.milvus_store import MilvusStore  # noqa: E402
 from cbir.index.stores import FolderStore, Store  # noqa: E402
 from cbir.search.exact import top_k  # noqa: E402
+from cbir.search.filters import ResultFilter  # noqa: E402
+from cbir.search.query import search_index  # noqa: E402
 from cbir.settings import FeatureChoice, RuntimeOptions, resolve_settings  # noqa: E402
 
 K = 10
@@ -63,14 +72,21 @@ def version(name: str) -> str:
         return "not installed"
 
 
-def insert(store: Store, feats: np.ndarray, checkpoint: int) -> tuple[float, float]:
-    """Write every row through the store's writer; (seconds to write, seconds to finish)."""
+def flat_name(i: int) -> str:
+    return f"v{i:07d}.jpg"
+
+
+def insert(
+    store: Store, feats: np.ndarray, checkpoint: int, name: Callable[[int], str] = flat_name
+) -> tuple[float, float]:
+    """Write every row (row i as ``name(i)``) through the store's writer; (seconds to write,
+    seconds to finish)."""
     t0 = time.perf_counter()
     with store.writer(CONFIG, dtype="float32", rebuild=True, whitening=None, weights_path=None) as w:
         w.set_dim(feats.shape[1])
         for start in range(0, len(feats), checkpoint):
             block = np.ascontiguousarray(feats[start : start + checkpoint])
-            w.put([Entry(f"v{start + i:07d}.jpg", 1, 1) for i in range(len(block))], block)
+            w.put([Entry(name(start + i), 1, 1) for i in range(len(block))], block)
             w.commit()
         t1 = time.perf_counter()
         w.finish("hnsw")
@@ -207,6 +223,61 @@ def bench_ray(args: argparse.Namespace, tmp: Path) -> None:
     )
 
 
+FOLDERS = 1000
+
+
+def foldered_name(i: int) -> str:
+    return f"f{i % FOLDERS:04d}/v{i:07d}.jpg"
+
+
+def filtered_latency(store: Store, queries: np.ndarray, where: ResultFilter) -> tuple[float, float]:
+    """A fresh reader's first filtered query and the median of the rest (ms), k=10."""
+    index = store.open()
+    times = []
+    for q in queries:
+        t = time.perf_counter()
+        (found,) = search_index(index, q[None], ["q"], k=10, exclude_self=False, where=where)
+        times.append(time.perf_counter() - t)
+        assert len(found.matches) == 10
+    return 1e3 * times[0], 1e3 * float(np.median(times[1:]))
+
+
+def bench_filters(args: argparse.Namespace, tmp: Path) -> None:
+    """``--under`` on Milvus searched inside Milvus (a filter expression) against the mask alone
+    (more candidates asked until k pass), and the folder store's mask, same rows and queries."""
+    space = Space()
+    feats = space.draw(args.filter_rows, seed=2000)[:, : args.dim]
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    queries = space.draw(11, seed=8)[:, : args.dim]
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    stores = {
+        "folder": FolderStore(tmp, tmp / "filter-index"),
+        "milvus lite": MilvusStore.from_uri(f"milvus:{tmp / 'filters.db'}", tmp),
+    }
+    for store in stores.values():
+        insert(store, feats, args.checkpoint, foldered_name)
+    print(
+        f"\n--under on {args.filter_rows} vectors of {args.dim} dimensions in {FOLDERS} folders, k=10, "
+        "a fresh reader: first query, then the median of 10"
+    )
+    print(f"{'store, filter':<34}{'share':>7}{'first ms':>10}{'p50 ms':>9}{'p50 x folder':>14}")
+    listed = milvus_reader.MAX_LISTED
+    for share, folders in (("1%", 10), ("0.1%", 1)):
+        where = ResultFilter(tuple(f"f{i:04d}" for i in range(folders)))
+        rows = []
+        for name, store, limit in (
+            ("folder (mask)", stores["folder"], listed),
+            ("milvus lite (expression + mask)", stores["milvus lite"], listed),
+            ("milvus lite (mask only)", stores["milvus lite"], 0),
+        ):
+            milvus_reader.MAX_LISTED = limit
+            rows.append((name, *filtered_latency(store, queries, where)))
+        milvus_reader.MAX_LISTED = listed
+        base = rows[0][2]
+        for name, first, p50 in rows:
+            print(f"{name:<34}{share:>7}{first:>10.1f}{p50:>9.1f}{p50 / base:>13.1f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000, help="vectors for the store part (0: skip it)")
@@ -214,12 +285,17 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--checkpoint", type=int, default=5000, help="rows per commit")
     parser.add_argument("--images", type=int, default=300, help="images for the Ray part (0: skip it)")
+    parser.add_argument(
+        "--filter-rows", type=int, default=0, help="vectors for the --under part (0: skip it; 50000 in docs)"
+    )
     args = parser.parse_args()
     print(describe())
     print(", ".join(f"{n} {version(n)}" for n in ("pymilvus", "milvus-lite", "faiss-cpu", "ray")))
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
         if args.rows:
             bench_stores(args, Path(tmp))
+        if args.filter_rows:
+            bench_filters(args, Path(tmp))
         if args.images:
             bench_ray(args, Path(tmp))
 

@@ -22,7 +22,7 @@ from cbir.index.milvus import EF_SEARCH, MilvusCollection, folder_of, milvus_err
 from cbir.index.milvus_writer import OK, row_entry
 from cbir.index.reader import IndexedFiles, check_same_settings
 from cbir.search.base import Searcher, as_queries, check_finite, effective_k, longest_exclusion, no_results
-from cbir.search.exact import ExactSearcher
+from cbir.search.exact import ExactSearcher, top_k
 from cbir.search.filters import ResultFilter, folder_prefix, moments
 
 MAX_TOPK = 16_384  # Milvus' largest search limit
@@ -191,11 +191,27 @@ class MilvusSearcher:
                 break
             limit *= 2  # rows committed after this reader opened took some places
         if not all(len(rows) >= k_eff for rows, _ in found):
+            if self.allowed is not None:  # a narrow filter can starve the graph search: scan its rows
+                return self._scan_allowed(q, k_eff, exclude)
             raise IndexFolderError(CHANGED.format(self.index.location))
         rows_out = np.array([rows[:k_eff] for rows, _ in found], dtype=np.int64)
         scores_out = np.array([scores[:k_eff] for _, scores in found], dtype=np.float32)
         check_finite(scores_out)
         return rows_out, scores_out
+
+    def _scan_allowed(
+        self, q: np.ndarray, k: int, exclude: Sequence[Sequence[int]] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The exact top ``k`` among the allowed rows, their vectors read by id (few, since a filter
+        that starves HNSW is narrow; past MAX_TOPK rows, every vector is scanned instead)."""
+        assert self.allowed is not None
+        rows = np.flatnonzero(self.allowed)
+        if len(rows) > MAX_TOPK:
+            return self.index.searcher(exact=True).search(q, k, exclude)  # the mask around narrows it
+        local = {int(r): i for i, r in enumerate(rows)}
+        banned = [[local[r] for r in e if r in local] for e in exclude] if exclude else None
+        found, scores = top_k(self.index.vectors(rows), q, k, banned)
+        return rows[found], scores
 
     def _ask(
         self, q: np.ndarray, limit: int, exclude: Sequence[Sequence[int]] | None

@@ -98,6 +98,31 @@ def test_shard_options_on_the_command_line(tmp_path):
     one_line_error(cli("index", data, "--shard", "0/2", "--ray", cwd=tmp_path, script=None), "--ray")
 
 
+class FakeRayError(Exception):
+    """Shaped like Ray's task errors: a traceback as its text, the worker's exception as ``cause``."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__("ray::EmbedActor.__init__()\nTraceback (most recent call last):\n  ...")
+        self.cause = cause
+
+
+def test_a_ray_workers_failure_is_one_line():
+    from cbir.embedding.ray_runner import worker_error
+    from cbir.errors import ModelError
+
+    ours = ModelError("cannot read weights file w.h5: file signature not found")
+    assert worker_error(FakeRayError(ours)) is ours  # the cbir error itself, its one line
+    wrapped = RuntimeError("user code failed")
+    wrapped.__cause__ = FakeRayError(ours)
+    assert worker_error(wrapped) is ours
+    # Ray's task error subclasses the worker's exception class, with its traceback as its text
+    dual = type("RayTaskError(ModelError)", (ModelError,), {})("ray::_dim_of()\nTraceback ...")
+    dual.cause = ours
+    assert worker_error(dual) is ours
+    other = worker_error(FakeRayError(MemoryError("\nout of memory\nmore")))
+    assert str(other) == "a Ray worker failed: MemoryError: out of memory"
+
+
 @pytest.fixture
 def local_ray():
     ray = pytest.importorskip("ray", reason="the ray extra is not installed")
@@ -221,3 +246,8 @@ def test_cli_index_with_ray_into_milvus_then_query(tmp_path, mobilenetv2_weights
         )
     )
     assert found.stdout.count('"path"') == 3 and "img01.jpg" not in found.stdout.split('"matches"')[1]
+    # weights a worker cannot read: the worker's own one-line error, not Ray's traceback
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"not hdf5")
+    bad = ("--model", "xception", "--size", "71", "--weights", junk, "--index", tmp_path / "i")
+    one_line_error(cli("index", data, "--ray", *bad, cwd=tmp_path, script=None), "weights file", "junk.h5")

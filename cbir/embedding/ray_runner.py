@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ import cbir
 from cbir.embedding.embedder import Embedder, Result
 from cbir.embedding.features import FeatureConfig
 from cbir.embedding.runtimes import import_tensorflow
-from cbir.errors import BadImageError, StoreError
+from cbir.errors import BadImageError, CbirError, StoreError
 from cbir.index.manifest import Entry
 from cbir.index.sink import RowSink, SinkResult, Written
 from cbir.ingest.decode import capture_time
@@ -112,6 +113,21 @@ def _dim_of(settings: Settings) -> int:
     return _embedder(settings).dim
 
 
+def worker_error(exc: BaseException) -> CbirError:
+    """A Ray worker's failure in one line: the cbir error it raised (a missing weights file, an
+    unreachable store), else the first line of its root cause; Ray's own message is a traceback."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = getattr(cause, "cause", None) or cause.__cause__
+    for err in reversed(chain):  # the worker's own, not Ray's wrapper (which may subclass it)
+        if isinstance(err, CbirError) and "\n" not in str(err).strip():
+            return err
+    root = chain[-1]
+    return CbirError(f"a Ray worker failed: {type(root).__name__}: {first_line(root)}")
+
+
 def _failure(error: object, transient: object) -> BadImageError | None:
     return BadImageError(str(error), bool(transient)) if str(error) else None
 
@@ -137,7 +153,10 @@ class RayEmbedder:
         if self._dim is None:
             import ray
 
-            self._dim = int(ray.get(ray.remote(num_cpus=1)(_dim_of).remote(self.settings)))
+            try:
+                self._dim = int(ray.get(ray.remote(num_cpus=1)(_dim_of).remote(self.settings)))
+            except ray.exceptions.RayError as exc:
+                raise worker_error(exc) from None
         return self._dim
 
     @property
@@ -209,6 +228,8 @@ class RayEmbedder:
             for out in done.iter_batches(batch_size=None, batch_format="numpy"):
                 yield out
                 bar.update(len(out["pos"]))
+        except ray.exceptions.RayError as exc:
+            raise worker_error(exc) from None
         finally:
             bar.close()
 
@@ -231,7 +252,19 @@ class RaySource(SettingsFeatures):
         warnings.filterwarnings("ignore", module=r"ray\..*")
         warnings.filterwarnings("ignore", message=r".*deprecated and will be removed in Ray")
         if not ray.is_initialized():
-            shipped = {"py_modules": [str(Path(cbir.__file__).parent)]} if self.address else None
+            self._start(ray)
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        return RayEmbedder(self.settings, actors=max(1, cpus), node=_only_node())
+
+    def _start(self, ray: Any) -> None:
+        """Join the cluster at ``address``, or start a local one; a local start that times out (Ray's
+        own processes starting on a loaded machine: seen on 2 busy cores) is tried once more."""
+        shipped = {"py_modules": [str(Path(cbir.__file__).parent)]} if self.address else None
+        tries = 1 if self.address else 2
+        for attempt in range(tries):
             try:
                 ray.init(
                     address=self.address or None,
@@ -240,13 +273,17 @@ class RaySource(SettingsFeatures):
                     logging_level=logging.ERROR,
                     include_dashboard=False,
                 )
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise StoreError(f"cannot join the Ray cluster {self.address or '(local)'}: {exc}") from None
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        ctx.print_on_execution_start = False
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        return RayEmbedder(self.settings, actors=max(1, cpus), node=_only_node())
+                return
+            except Exception as exc:  # Ray raises bare Exception, RuntimeError, ConnectionError...
+                ray.shutdown()
+                if attempt + 1 == tries:
+                    where = self.address or "(local)"
+                    raise StoreError(f"cannot join the Ray cluster {where}: {first_line(exc)}") from None
+                log.warning("Ray did not start (%s); trying once more", first_line(exc))
+
+
+def first_line(exc: BaseException) -> str:
+    return next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
 def _only_node() -> str | None:

@@ -23,7 +23,6 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -252,16 +251,18 @@ class RaySource(SettingsFeatures):
         warnings.filterwarnings("ignore", module=r"ray\..*")
         warnings.filterwarnings("ignore", message=r".*deprecated and will be removed in Ray")
         if not ray.is_initialized():
-            self._start(ray)
+            self._start()
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
         cpus = int(ray.cluster_resources().get("CPU", 1))
         return RayEmbedder(self.settings, actors=max(1, cpus), node=_only_node())
 
-    def _start(self, ray: Any) -> None:
+    def _start(self) -> None:
         """Join the cluster at ``address``, or start a local one; a local start that times out (Ray's
         own processes starting on a loaded machine: seen on 2 busy cores) is tried once more."""
+        import ray
+
         shipped = {"py_modules": [str(Path(cbir.__file__).parent)]} if self.address else None
         tries = 1 if self.address else 2
         for attempt in range(tries):

@@ -17,6 +17,7 @@ machine, the tables, and the threshold with the best F1 over the backbones (the 
     pip install -e '.[bench]'                       # imagehash, for the hash rows
     python3 benchmarks/bench_duplicates.py            # Xception and MobileNet-0.25 (about 6 min)
     python3 benchmarks/bench_duplicates.py --scale 100000 1000000   # synthetic vectors: time, memory
+    python3 benchmarks/bench_duplicates.py --effort 200000 100000    # the graph's HNSW search effort
 """
 
 from __future__ import annotations
@@ -352,19 +353,19 @@ def main() -> None:
     ap.add_argument("--originals", type=int, default=300, help="images given copies (default 300)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
-    ap.add_argument(
-        "--scale", type=int, nargs="+", help="synthetic collection sizes instead (see bench_scale)"
-    )
+    synthetic = ap.add_mutually_exclusive_group()
+    synthetic.add_argument("--scale", type=int, nargs="+", help="synthetic collection sizes instead")
+    synthetic.add_argument("--effort", type=int, nargs="+", help="synthetic sizes: the graph's HNSW effort")
     ap.add_argument("--tmp", help="folder for the generated set and indexes (default: the system temp)")
     ap.add_argument(
         "--workdir", help="keep the set and its indexes in this folder, reused by the next run (same seed)"
     )
     args = ap.parse_args()
     print(describe())
-    if args.scale:
-        from bench_duplicates_scale import run_scale
+    if args.scale or args.effort:  # bench_duplicates_scale.py
+        from bench_duplicates_scale import run_effort, run_scale
 
-        run_scale(args.scale, args.tmp)
+        (run_scale if args.scale else run_effort)(args.scale or args.effort, args.tmp)
         return
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp_name:
         tmp = Path(args.workdir or tmp_name)

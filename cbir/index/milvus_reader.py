@@ -23,7 +23,7 @@ from cbir.index.milvus_writer import OK, row_entry
 from cbir.index.reader import IndexedFiles, check_same_settings
 from cbir.search.base import Searcher, as_queries, check_finite, effective_k, longest_exclusion, no_results
 from cbir.search.exact import ExactSearcher, top_k
-from cbir.search.filters import ResultFilter, folder_prefix, moments
+from cbir.search.filters import ResultFilter, allowed_k, folder_prefix, moments
 
 MAX_TOPK = 16_384  # Milvus' largest search limit
 CHANGED = "the collection {} changed while it was read; run the command again"
@@ -171,9 +171,7 @@ class MilvusSearcher:
         """(k', the rows there are to search): every query can fill k' (see ``Searcher.search``)."""
         if self.allowed is None:
             return effective_k(len(self), k, exclude), len(self)
-        count = int(self.allowed.sum())
-        banned = max((int(self.allowed[list(e)].sum()) for e in exclude), default=0) if exclude else 0
-        return max(0, min(k, count - banned)), count
+        return allowed_k(self.allowed, k, exclude), int(self.allowed.sum())
 
     def search(
         self, queries: np.ndarray, k: int, exclude: Sequence[Sequence[int]] | None = None

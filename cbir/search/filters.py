@@ -102,6 +102,12 @@ class ResultFilter:
         return allowed
 
 
+def allowed_k(allowed: np.ndarray, k: int, exclude: Sequence[Sequence[int]] | None) -> int:
+    """k' among the ``allowed`` rows: what every query can fill once its excluded rows are gone."""
+    banned = max((int(allowed[list(e)].sum()) for e in exclude), default=0) if exclude else 0
+    return max(0, min(k, int(allowed.sum()) - banned))
+
+
 class FilteredSearcher(SearcherWrapper):
     """A :class:`~cbir.search.base.Searcher` returning only the rows where ``allowed`` is True."""
 
@@ -116,8 +122,7 @@ class FilteredSearcher(SearcherWrapper):
     ) -> tuple[np.ndarray, np.ndarray]:
         q = as_queries(queries)
         longest = longest_exclusion(exclude)
-        banned = max((sum(bool(self.allowed[r]) for r in e) for e in exclude), default=0) if exclude else 0
-        k_eff = max(0, min(k, int(self.allowed.sum()) - banned))  # what every query can fill
+        k_eff = allowed_k(self.allowed, k, exclude)
         if k_eff == 0 or len(q) == 0:
             return no_results(len(q))
         fetch = min(len(self), k_eff + longest)

@@ -7,7 +7,7 @@ All options: ``python3 run_cbir.py --help``; the full tool is the ``cbir`` comma
 
 import sys
 
-from cbir.cli import legacy_main
+from cbir.cli.main import legacy_main
 
 if __name__ == "__main__":
     sys.exit(legacy_main())

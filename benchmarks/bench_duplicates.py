@@ -40,12 +40,12 @@ import numpy as np  # noqa: E402
 from machine import SHARED, describe  # noqa: E402
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps  # noqa: E402
 
-from cbir.duplicates.find import VERIFICATIONS  # noqa: E402
 from cbir.duplicates.graph import Edges, similar_pairs  # noqa: E402
 from cbir.duplicates.grouping import GROUPINGS, Group, Ranker, Scorer, components  # noqa: E402
 from cbir.duplicates.keep import KEEP_RULES, RowFacts  # noqa: E402
 from cbir.duplicates.verify import MIN_INLIERS, SAME_PICTURE, count_inliers, keep_verified  # noqa: E402
-from cbir.index.snapshot import Index, open_index  # noqa: E402
+from cbir.service.duplicates import VERIFICATIONS  # noqa: E402
+from cbir.stores.folder.snapshot import Index, open_index  # noqa: E402
 
 COREL = SHARED / "datasets" / "corel1k" / "images"
 WEIGHTS = SHARED / "weights"

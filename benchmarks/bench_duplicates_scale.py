@@ -30,14 +30,14 @@ from pathlib import Path
 import numpy as np
 from bench_search import CHUNK, DIM, Space
 
-from cbir.duplicates.find import GRAPH_CANDIDATES, GRAPH_EF_SEARCH, VERIFICATIONS
+from cbir.core.records import Entry
 from cbir.duplicates.graph import Edges, similar_pairs
-from cbir.embedding.features import FeatureConfig
-from cbir.index import ann
-from cbir.index.manifest import Entry
-from cbir.index.snapshot import open_index
-from cbir.index.store import FolderWriter
+from cbir.encoders.features import FeatureConfig
 from cbir.search.approximate import ApproximateSearcher
+from cbir.service.duplicates import GRAPH_CANDIDATES, GRAPH_EF_SEARCH, VERIFICATIONS
+from cbir.stores.folder import ann
+from cbir.stores.folder.snapshot import open_index
+from cbir.stores.folder.writer import FolderWriter
 
 # the files are placeholders: the graph of the stored vectors is what is measured here (the pixel
 # check's cost per image and per pair is printed by the benchmark on real photos)

@@ -71,7 +71,7 @@ def original_approach(paths: list[Path], model) -> float:
 
 
 def our_indexer(folder: Path, config, embedder) -> float:
-    from cbir.index.indexer import IndexOptions, update_index
+    from cbir.indexing.indexer import IndexOptions, update_index
 
     index_dir = Path(tempfile.mkdtemp(prefix="cbir-bench-index-"))
     try:
@@ -131,9 +131,10 @@ def main() -> None:
     print(describe())
     import keras
 
-    from cbir.embedding.embedder import Embedder
-    from cbir.embedding.features import ORIGINAL, FeatureConfig, resolve_config
-    from cbir.embedding.weights import Weights
+    from cbir.encoders.embedder import Embedder
+    from cbir.encoders.features import ORIGINAL, FeatureConfig
+    from cbir.encoders.registry import resolve_config
+    from cbir.encoders.weights import Weights
 
     tmp = Path(tempfile.mkdtemp(prefix="cbir-bench-"))
     try:

@@ -28,11 +28,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import numpy as np  # noqa: E402
 from machine import SHARED, describe  # noqa: E402
 
-from cbir.embedding.convert import lowest_cosine  # noqa: E402
-from cbir.embedding.embedder import Embedder  # noqa: E402
-from cbir.embedding.features import FeatureConfig, resolve_config  # noqa: E402
-from cbir.embedding.model_cache import ModelCache  # noqa: E402
-from cbir.embedding.weights import Weights  # noqa: E402
+from cbir.encoders.convert import lowest_cosine  # noqa: E402
+from cbir.encoders.embedder import Embedder  # noqa: E402
+from cbir.encoders.features import FeatureConfig  # noqa: E402
+from cbir.encoders.model_cache import ModelCache  # noqa: E402
+from cbir.encoders.registry import resolve_config  # noqa: E402
+from cbir.encoders.weights import Weights  # noqa: E402
 
 W = SHARED / "weights"
 MODELS = {

@@ -12,7 +12,7 @@ Two row sets: ``--rows classic`` (the first study: pooling, resizing, multi-scal
 Corel-1k) and ``--rows regional`` (issue 14: regional poolings x input resolution, and adaptive
 re-ranking). ``--maps DIR`` runs the backbone once per input geometry and keeps its last feature
 maps (float16) in DIR; every single-scale row is then pooled from them in NumPy with the product's
-reference poolings (cbir/embedding/pooling.py), so a new pooling or re-ranking row costs seconds.
+reference poolings (cbir/encoders/pooling.py), so a new pooling or re-ranking row costs seconds.
 The images/s of such rows is the backbone's (pooling is not timed); ``--throughput N`` measures the
 real embedder of each row side by side on N images instead.
 
@@ -39,17 +39,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from machine import SHARED, describe  # noqa: E402
 
-from cbir.embedding.embedder import Embedder  # noqa: E402
-from cbir.embedding.features import FeatureConfig, resolve_config  # noqa: E402
-from cbir.embedding.pooling import pool, regional_sum  # noqa: E402
-from cbir.embedding.weights import Weights  # noqa: E402
-from cbir.embedding.whiten import learn_whitening  # noqa: E402
-from cbir.evaluation.evaluate import evaluate  # noqa: E402
+from cbir.encoders.embedder import Embedder  # noqa: E402
+from cbir.encoders.features import FeatureConfig
+from cbir.encoders.pooling import pool, regional_sum  # noqa: E402
+from cbir.encoders.registry import resolve_config
+from cbir.encoders.weights import Weights  # noqa: E402
+from cbir.encoders.whiten import learn_whitening  # noqa: E402
 from cbir.evaluation.groundtruth import GroundTruth, load_ground_truth  # noqa: E402
 from cbir.ingest.files import find_images  # noqa: E402
 from cbir.search.base import Searcher  # noqa: E402
 from cbir.search.exact import ExactSearcher  # noqa: E402
 from cbir.search.rerank import Reranking, rerank  # noqa: E402
+from cbir.service.evaluate import evaluate  # noqa: E402
 
 CORE = "--pooling {pooling} --gem-p {gem_p:g} --geometry {geometry} --resample {resample} --size {size}"
 
@@ -353,7 +354,7 @@ def main() -> None:
     if args.query_cost:
         query_cost(args.query_cost)
         return
-    from cbir.embedding.backbones import get_backbone
+    from cbir.encoders.backbones import get_backbone
 
     size = get_backbone(args.model).input_size
     weights = Weights.parse(args.weights)  # resolved once, for every row

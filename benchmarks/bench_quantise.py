@@ -27,16 +27,17 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import numpy as np  # noqa: E402
 from machine import SHARED, describe  # noqa: E402
 
-from cbir.embedding.convert import export_saved_model, lowest_cosine  # noqa: E402
-from cbir.embedding.embedder import Embedder  # noqa: E402
-from cbir.embedding.features import FeatureConfig, resolve_config  # noqa: E402
-from cbir.embedding.litert_net import LiteRTNetwork  # noqa: E402
-from cbir.embedding.preprocess import preprocess  # noqa: E402
-from cbir.embedding.weights import Weights  # noqa: E402
-from cbir.evaluation.evaluate import evaluate  # noqa: E402
+from cbir.encoders.convert import export_saved_model, lowest_cosine  # noqa: E402
+from cbir.encoders.embedder import Embedder  # noqa: E402
+from cbir.encoders.features import FeatureConfig  # noqa: E402
+from cbir.encoders.litert_net import LiteRTNetwork  # noqa: E402
+from cbir.encoders.preprocess import preprocess  # noqa: E402
+from cbir.encoders.registry import resolve_config  # noqa: E402
+from cbir.encoders.weights import Weights  # noqa: E402
 from cbir.evaluation.groundtruth import load_ground_truth  # noqa: E402
 from cbir.ingest.decode import load_views  # noqa: E402
 from cbir.ingest.files import find_images  # noqa: E402
+from cbir.service.evaluate import evaluate  # noqa: E402
 
 XCEPTION = SHARED / "weights" / "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
 COREL = SHARED / "datasets" / "corel1k" / "images"

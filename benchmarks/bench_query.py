@@ -49,10 +49,10 @@ if runtime == "keras":
     import tensorflow, keras
 else:
     import ai_edge_litert.interpreter
-from cbir.index.snapshot import open_index
-from cbir.embedding.embedder import Embedder
-from cbir.embedding.weights import Weights
-from cbir.search.query import embed_queries, search_index
+from cbir.stores.folder.snapshot import open_index
+from cbir.encoders.embedder import Embedder
+from cbir.encoders.weights import Weights
+from cbir.service.query import embed_queries, search_index
 t["import"] = time.perf_counter() - t0
 t0 = time.perf_counter(); index = open_index(dataset, index_dir); t["index load"] = time.perf_counter() - t0
 t0 = time.perf_counter(); emb = Embedder(index.config, Weights.parse(weights), runtime=runtime)
@@ -61,7 +61,7 @@ t["model+weights"] = time.perf_counter() - t0
 t0 = time.perf_counter(); q = embed_queries(emb, [query]); t["embed"] = time.perf_counter() - t0
 t0 = time.perf_counter(); res = search_index(index, q, [query], 9); t["search"] = time.perf_counter() - t0
 t0 = time.perf_counter()
-from cbir.output.plot import plot_results
+from cbir.cli.plot import plot_results
 plot_results(res, out); t["plot"] = time.perf_counter() - t0
 assert "tensorflow" not in sys.modules or runtime == "keras"
 print(json.dumps(t))

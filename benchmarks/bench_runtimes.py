@@ -3,7 +3,7 @@
 For each, on the same batch of real images (the sample dataset, resized to 224x224): images/s and
 the lowest cosine similarity of its features to plain Keras ``predict_on_batch`` (must be >= 0.999).
 LiteRT (the project's second runtime, ``--runtime litert``) is the model converted by
-``cbir.embedding.convert`` and run by ``ai-edge-litert`` with 1 thread and with every core; the
+``cbir.encoders.convert`` and run by ``ai-edge-litert`` with 1 thread and with every core; the
 conversion time is reported. ONNX Runtime is measured only when ``tf2onnx`` and ``onnxruntime``
 are importable (they are not project dependencies: see docs/speed.md); the export time is
 reported too.
@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from machine import describe  # noqa: E402
 
-from cbir.embedding.preprocess import preprocess  # noqa: E402
+from cbir.encoders.preprocess import preprocess  # noqa: E402
 from cbir.ingest.decode import Geometry, load_views  # noqa: E402
 
 
@@ -48,9 +48,9 @@ def cosine_min(a: np.ndarray, b: np.ndarray) -> float:
 def litert_rows(model, x: np.ndarray, ref: np.ndarray, repeats: int) -> list[tuple[str, float, float, str]]:
     """LiteRT with 1 thread and with every core, on the model converted as ``--runtime litert`` does."""
     try:
-        from cbir.embedding.convert import to_litert
-        from cbir.embedding.keras_net import KerasNetwork
-        from cbir.embedding.litert_net import LiteRTNetwork
+        from cbir.encoders.convert import to_litert
+        from cbir.encoders.keras_net import KerasNetwork
+        from cbir.encoders.litert_net import LiteRTNetwork
     except ImportError as exc:
         return [("LiteRT", float("nan"), float("nan"), f"not importable: {exc}")]
     t0 = time.perf_counter()
@@ -77,7 +77,7 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    from cbir.embedding.backbones import get_backbone
+    from cbir.encoders.backbones import get_backbone
 
     backbone = get_backbone(args.model)
     images = sorted((ROOT / "dataset").glob("*.jpg"))

@@ -46,7 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from machine import describe  # noqa: E402
 
-import cbir.index.ann as ann_mod  # noqa: E402
+import cbir.stores.folder.ann as ann_mod  # noqa: E402
 from cbir.search.approximate import ApproximateSearcher  # noqa: E402
 from cbir.search.exact import ExactSearcher, top_k  # noqa: E402
 

@@ -49,9 +49,9 @@ import numpy as np
 from machine import SHARED, describe
 from PIL import Image
 
-from cbir.cli_options import build_parser, settings_from
-from cbir.index.indexer import IndexOptions, update_index
-from cbir.settings import Settings
+from cbir.cli.options import build_parser, settings_from
+from cbir.indexing.indexer import IndexOptions, update_index
+from cbir.service.settings import Settings
 from cbir.web.model import warmed_up
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ class Synthetic:
     def embedder(self) -> Synthetic:
         return self
 
-    def embed_files(self, paths, progress=False, desc=""):  # noqa: ANN001, ANN201 (the FileEmbedder shape)
+    def embed_files(self, paths, progress=False, desc=""):  # noqa: ANN001, ANN201 (the Encoder shape)
         rng = np.random.default_rng(len(paths))
         for i in range(len(paths)):
             v = rng.standard_normal(self.dim).astype(np.float32)

@@ -25,9 +25,9 @@ from machine import describe
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import StandIn, stand_in_vector  # noqa: E402  (the tests' stand-in embedder)
 
-from cbir.errors import CbirError
-from cbir.index.indexer import IndexOptions, update_index
-from cbir.index.snapshot import open_index
+from cbir.core.errors import CbirError
+from cbir.indexing.indexer import IndexOptions, update_index
+from cbir.stores.folder.snapshot import open_index
 
 
 def main() -> None:

@@ -46,18 +46,20 @@ import numpy as np  # noqa: E402
 from bench_search import Space  # noqa: E402
 from machine import SHARED, describe  # noqa: E402
 
-from cbir.embedding.embedder import Result  # noqa: E402
-from cbir.embedding.features import FeatureConfig  # noqa: E402
-from cbir.embedding.ray_runner import RayEmbedder, RaySource  # noqa: E402
-from cbir.index import milvus_reader  # noqa: E402
-from cbir.index.indexer import EmbedderSource, IndexOptions, update_index  # noqa: E402
-from cbir.index.manifest import Entry  # noqa: E402
-from cbir.index.milvus_store import MilvusStore  # noqa: E402
-from cbir.index.stores import FolderStore, Store  # noqa: E402
+from cbir.core.records import Entry
+from cbir.encoders.base import EncoderSource  # noqa: E402
+from cbir.encoders.embedder import Result  # noqa: E402
+from cbir.encoders.features import FeatureConfig  # noqa: E402
+from cbir.indexing.indexer import IndexOptions, update_index  # noqa: E402
+from cbir.indexing.ray_runner import RayEmbedder, RaySource  # noqa: E402
 from cbir.search.exact import top_k  # noqa: E402
 from cbir.search.filters import ResultFilter  # noqa: E402
-from cbir.search.query import search_index  # noqa: E402
-from cbir.settings import FeatureChoice, RuntimeOptions, resolve_settings  # noqa: E402
+from cbir.service.query import SearchRequest, search_index  # noqa: E402
+from cbir.service.settings import FeatureChoice, RuntimeOptions, resolve_settings  # noqa: E402
+from cbir.stores.base import Store
+from cbir.stores.folder.store import FolderStore
+from cbir.stores.milvus import reader as milvus_reader  # noqa: E402
+from cbir.stores.milvus.store import MilvusStore  # noqa: E402
 
 K = 10
 CONFIG = FeatureConfig(model="synthetic", weights="none", size=224)
@@ -152,7 +154,7 @@ def bench_stores(args: argparse.Namespace, tmp: Path) -> None:
 
 @dataclass
 class DriverOnly:
-    """A Ray embedder seen only as a ``FileEmbedder`` (no ``embed_into``): its rows come back to the
+    """A Ray embedder seen only as a ``Encoder`` (no ``embed_into``): its rows come back to the
     driver even into Milvus, the path before direct writes (and still the folder store's)."""
 
     ray: RayEmbedder
@@ -195,7 +197,7 @@ def bench_ray(args: argparse.Namespace, tmp: Path) -> None:
     )
     RaySource(settings).embedder()  # Ray started once, outside the timings (each run starts its actors)
     milvus = lambda name: MilvusStore.from_uri(f"milvus:{tmp / name}.db", data)  # noqa: E731
-    runs: list[tuple[str, EmbedderSource, Store]] = [
+    runs: list[tuple[str, EncoderSource, Store]] = [
         ("plain (threads)", replace(settings, _built=[]), FolderStore(data, tmp / "index-plain")),
         ("plain (threads)", replace(settings, _built=[]), milvus("plain")),
         ("ray, rows via the driver", ViaDriver(settings), milvus("driver")),
@@ -236,7 +238,7 @@ def filtered_latency(store: Store, queries: np.ndarray, where: ResultFilter) -> 
     times = []
     for q in queries:
         t = time.perf_counter()
-        (found,) = search_index(index, q[None], ["q"], k=10, exclude_self=False, where=where)
+        (found,) = search_index(index, q[None], ["q"], SearchRequest(k=10, exclude_self=False, where=where))
         times.append(time.perf_counter() - t)
         assert len(found.matches) == 10
     return 1e3 * times[0], 1e3 * float(np.median(times[1:]))

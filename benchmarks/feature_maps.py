@@ -2,10 +2,10 @@
 network run per (dataset, model, weights, input geometry).
 
 The trunk (the backbone without pooling) is converted to LiteRT once (the same converter as the
-product, :func:`cbir.embedding.convert.to_litert`) and run on the product's own image pipeline and
+product, :func:`cbir.encoders.convert.to_litert`) and run on the product's own image pipeline and
 preprocessing, so the maps are the ones the product's models pool. Maps are stored as float16 (one
 flat array plus an index of offsets and shapes); poolings run in NumPy with the product's reference
-definitions (:mod:`cbir.embedding.pooling`).
+definitions (:mod:`cbir.encoders.pooling`).
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from cbir.embedding.backbones import build_backbone, get_backbone
-from cbir.embedding.features import FeatureConfig
-from cbir.embedding.keras_net import KerasNetwork
-from cbir.embedding.litert_net import LiteRTNetwork
-from cbir.embedding.preprocess import preprocess
-from cbir.embedding.weights import Weights
+from cbir.core.vectors import l2_normalize
+from cbir.encoders.backbones import build_backbone, get_backbone
+from cbir.encoders.features import FeatureConfig
+from cbir.encoders.keras_net import KerasNetwork
+from cbir.encoders.litert_net import LiteRTNetwork
+from cbir.encoders.preprocess import preprocess
+from cbir.encoders.weights import Weights
 from cbir.ingest.decode import LoadLimits
 from cbir.ingest.pipeline import BadItem, ImagePipeline, default_workers
-from cbir.vectors import l2_normalize
 
 
 class Maps:
@@ -67,7 +67,7 @@ class Maps:
 
 def _trunk(config: FeatureConfig, weights: Weights, work: Path) -> LiteRTNetwork:
     """The backbone without pooling, converted to LiteRT (kept in ``work``)."""
-    from cbir.embedding.convert import to_litert
+    from cbir.encoders.convert import to_litert
 
     name = hashlib.sha1(f"{config.model}{weights.identity}{config.width_multiplier}".encode()).hexdigest()
     path = work / f"trunk-{config.model}-{name[:12]}.tflite"
@@ -117,7 +117,7 @@ def feature_maps(paths: list[str], config: FeatureConfig, weights: Weights, work
 
 def main() -> None:
     """Fill the cache for one dataset and geometry (what bench_quality.py --maps would do first)."""
-    from cbir.embedding.features import resolve_config
+    from cbir.encoders.registry import resolve_config
     from cbir.ingest.files import find_images
 
     ap = argparse.ArgumentParser(description="cache the feature maps of a dataset")

@@ -16,39 +16,39 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from cbir.types import LazyAttribute
+from cbir.core.types import LazyAttribute
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "FeatureConfig": "embedding.features",
-    "ORIGINAL": "embedding.features",
-    "Embedder": "embedding.embedder",
-    "l2_normalize": "vectors",
-    "update_index": "index.indexer",
-    "IndexReport": "index.indexer",
-    "open_index": "index.snapshot",
-    "Index": "index.snapshot",
-    "query_index": "search.query",
-    "search_index": "search.query",
-    "embed_queries": "search.query",
+    "FeatureConfig": "encoders.features",
+    "ORIGINAL": "encoders.features",
+    "Embedder": "encoders.embedder",
+    "l2_normalize": "core.vectors",
+    "update_index": "indexing.indexer",
+    "IndexReport": "indexing.indexer",
+    "open_index": "stores.folder.snapshot",
+    "Index": "stores.folder.snapshot",
+    "query_index": "service.query",
+    "search_index": "service.query",
+    "embed_queries": "service.query",
     "top_k": "search.exact",
     "find_images": "ingest.files",
-    "plot_results": "output.plot",
-    "QueryResult": "output.results",
-    "Match": "output.results",
+    "plot_results": "cli.plot",
+    "QueryResult": "core.results",
+    "Match": "core.results",
     "Geometry": "ingest.decode",
     "LoadLimits": "ingest.decode",
-    "REGISTRY": "embedding.backbones",
-    "CbirError": "errors",
-    "Weights": "embedding.weights",
-    "resolve_settings": "settings",
-    "Settings": "settings",
-    "FeatureChoice": "settings",
-    "IndexOptions": "index.indexer",
+    "REGISTRY": "encoders.backbones",
+    "CbirError": "core.errors",
+    "Weights": "encoders.weights",
+    "resolve_settings": "service.settings",
+    "Settings": "service.settings",
+    "FeatureChoice": "service.settings",
+    "IndexOptions": "indexing.indexer",
     "Reranking": "search.rerank",
     "Searcher": "search.base",
-    "FolderStore": "index.stores",
+    "FolderStore": "stores.folder.store",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,5 +1,5 @@
 """``python -m cbir``: the same as the ``cbir`` command."""
 
-from cbir.cli import main
+from cbir.cli.main import main
 
 raise SystemExit(main())

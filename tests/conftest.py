@@ -77,7 +77,7 @@ def tiny_config():
     MobileNetV2 0.35 with average pooling: random-weights MobileNet v1 has dead (all-zero) final
     activations, which makes every image embed to the same vector and would hide bugs.
     """
-    from cbir.embedding.features import FeatureConfig
+    from cbir.encoders.features import FeatureConfig
 
     return FeatureConfig(
         model="mobilenetv2", width_multiplier=0.35, pooling="avg", size=64, geometry="squash"
@@ -100,9 +100,9 @@ def build_tiny_embedder(config, seed: int = 1234, **kwargs):
     """A random-weights Embedder of ``config`` (resolved here, as every caller of Embedder does)."""
     import keras
 
-    from cbir.embedding.embedder import Embedder
-    from cbir.embedding.features import resolve_config
-    from cbir.embedding.weights import Weights
+    from cbir.encoders.embedder import Embedder
+    from cbir.encoders.registry import resolve_config
+    from cbir.encoders.weights import Weights
 
     keras.utils.set_random_seed(seed)
     weights = Weights.random()

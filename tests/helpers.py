@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from cbir.embedding.features import FeatureConfig, resolve_config
-from cbir.embedding.weights import Weights
-from cbir.embedding.whiten import Whitening
-from cbir.index.indexer import IndexOptions, IndexReport, update_index
+from cbir.encoders.features import FeatureConfig
+from cbir.encoders.registry import resolve_config
+from cbir.encoders.weights import Weights
+from cbir.encoders.whiten import Whitening
+from cbir.indexing.indexer import IndexOptions, IndexReport, update_index
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = ("--weights", "random", "--model", "mobilenetv2", "--size", "64")
@@ -26,7 +27,7 @@ TINY_MODEL = ("--weights", "random", "--model", "mobilenetv2", "--size", "64")
 
 @dataclass
 class Source:
-    """An ``EmbedderSource`` around a test embedder (or a factory of one) with random weights."""
+    """An ``EncoderSource`` around a test embedder (or a factory of one) with random weights."""
 
     given: Any  # an Embedder, a stand-in with embed_files/dim/config, or a zero-argument factory
     features: FeatureConfig

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cbir.embedding.features import FeatureConfig
-from cbir.errors import BadImageError
-from cbir.index.manifest import Entry
-from cbir.index.reader import IndexReader
-from cbir.index.sink import RowSink, SinkResult, Written
+from cbir.core.errors import BadImageError
+from cbir.core.records import Entry
+from cbir.encoders.features import FeatureConfig
 from cbir.ingest.decode import capture_time
+from cbir.stores.base import IndexReader
+from cbir.stores.sink import RowSink, SinkResult, Written
 
 DIM = 48
 

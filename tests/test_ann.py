@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 from helpers import clustered_data, run_index
 
-import cbir.index.ann as ann_mod
-from cbir.embedding.features import FeatureConfig
-from cbir.index.ann import build_ann, is_fresh, load_ann, open_file, save_ann
-from cbir.index.manifest import Entry
-from cbir.index.snapshot import open_index
-from cbir.index.store import FolderWriter, read_manifest
+import cbir.stores.folder.ann as ann_mod
+from cbir.core.records import Entry
+from cbir.encoders.features import FeatureConfig
 from cbir.search.approximate import ApproximateSearcher
 from cbir.search.exact import ExactSearcher, top_k
-from cbir.search.query import search_index
+from cbir.service.query import SearchRequest, search_index
+from cbir.stores.folder.ann import build_ann, is_fresh, load_ann, open_file, save_ann
+from cbir.stores.folder.snapshot import open_index
+from cbir.stores.folder.writer import FolderWriter, read_manifest
 
 CONFIG = FeatureConfig(model="mobilenet", weights="random", width_multiplier=0.25)
 
@@ -108,10 +108,10 @@ def test_query_uses_ann_unless_exact(data, tmp_path, monkeypatch):
     monkeypatch.setattr(ApproximateSearcher, "search", spy)
     names = [root / index.paths[3], "elsewhere.jpg"]
     vecs = np.stack([np.asarray(index.feats[3], np.float32), q[0]])
-    approx = search_index(index, vecs, names, k=10)
+    approx = search_index(index, vecs, names, SearchRequest(k=10))
     assert calls == [1]
     assert approx[0].excluded_self and str(root / index.paths[3]) not in [m.path for m in approx[0].matches]
-    exact = search_index(index, vecs, names, k=10, exact=True)
+    exact = search_index(index, vecs, names, SearchRequest(k=10, exact=True))
     assert calls == [1]  # exact search did not touch the ANN
     for a, e in zip(approx, exact):
         assert len({m.path for m in a.matches} & {m.path for m in e.matches}) >= 9
@@ -133,7 +133,7 @@ def test_changed_features_make_the_ann_stale(data, tmp_path, monkeypatch, caplog
     index = open_index(root)
     monkeypatch.setattr(ApproximateSearcher, "search", lambda *a, **k: pytest.fail("a stale ANN was used"))
     with caplog.at_level(logging.WARNING, logger="cbir"):
-        results = search_index(index, q[:3], ["a.jpg", "b.jpg", "c.jpg"], k=5)
+        results = search_index(index, q[:3], ["a.jpg", "b.jpg", "c.jpg"], SearchRequest(k=5))
     assert "out of date" in caplog.text
     truth, _ = top_k(index.feats, q[:3], 5)
     assert [[m.path for m in r.matches] for r in results] == [
@@ -192,7 +192,9 @@ def test_indexer_builds_refreshes_and_skips(image_folder, make_image, tiny_confi
     manifest = read_manifest(root / ".cbir")
     assert manifest.generation != generation and is_fresh(manifest.ann, manifest)
     index = open_index(root)
-    (result,) = search_index(index, np.asarray(index.feats[:1], np.float32), [root / index.paths[0]], k=3)
+    (result,) = search_index(
+        index, np.asarray(index.feats[:1], np.float32), [root / index.paths[0]], SearchRequest(k=3)
+    )
     assert len(result.matches) == 3 and result.excluded_self
     make_image(root / "img03.jpg", seed=98, quality=92)
     assert run().ann.startswith("removed")  # auto: a stale ANN of a small index is dropped
@@ -202,7 +204,7 @@ def test_indexer_builds_refreshes_and_skips(image_folder, make_image, tiny_confi
 
 
 def test_cli_options():
-    from cbir.cli_options import build_parser
+    from cbir.cli.options import build_parser
 
     args = build_parser().parse_args(["query", "data", "q.jpg", "--exact", "--ann", "hnsw"])
     assert args.exact and args.ann == "hnsw"

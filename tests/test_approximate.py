@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from helpers import clustered_data
 
-import cbir.index.ann as ann_mod
-from cbir.errors import IndexFolderError
-from cbir.index.ann import ANN_KINDS, build_ann
+import cbir.stores.folder.ann as ann_mod
+from cbir.core.errors import IndexFolderError
 from cbir.search.approximate import ApproximateSearcher
 from cbir.search.base import Searcher
 from cbir.search.exact import top_k
 from cbir.search.rerank import Reranking, rerank
+from cbir.stores.folder.ann import ANN_KINDS, build_ann
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from cbir.core.errors import CbirError
+from cbir.core.results import Match
 from cbir.duplicates import moves
-from cbir.duplicates.find import DuplicateGroup
+from cbir.duplicates.grouping import DuplicateGroup
 from cbir.duplicates.moves import move_members, undo_moves
-from cbir.errors import CbirError
-from cbir.output.results import Match
 
 
 def dataset(tmp_path: Path) -> tuple[Path, list[DuplicateGroup]]:

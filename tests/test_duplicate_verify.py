@@ -9,6 +9,7 @@ import pytest
 from conftest import COREL_IMAGES, require
 from PIL import Image, ImageEnhance
 
+from cbir.core.errors import CbirError
 from cbir.duplicates.graph import Edges, similar_pairs
 from cbir.duplicates.verify import (
     MIN_INLIERS,
@@ -19,7 +20,6 @@ from cbir.duplicates.verify import (
     keypoints_of,
     verified,
 )
-from cbir.errors import CbirError
 from cbir.search.exact import ExactSearcher
 
 EDITS = {

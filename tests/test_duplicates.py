@@ -7,15 +7,15 @@ import pytest
 from conftest import save_image
 from test_ann import CONFIG
 
-from cbir.duplicates.find import DuplicateOptions, find_duplicates
+from cbir.core.records import Entry
 from cbir.duplicates.graph import Edges, similar_pairs
 from cbir.duplicates.grouping import components, group_connected, group_star
 from cbir.duplicates.keep import KEEP_RULES, RowFacts
-from cbir.index.manifest import Entry
-from cbir.index.snapshot import open_index
-from cbir.index.store import FolderWriter
 from cbir.search.exact import ExactSearcher
 from cbir.search.filters import FilteredSearcher, ResultFilter
+from cbir.service.duplicates import DuplicateOptions, find_duplicates
+from cbir.stores.folder.snapshot import open_index
+from cbir.stores.folder.writer import FolderWriter
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -139,7 +139,7 @@ def test_find_duplicates_groups_families_and_honours_the_filters(tmp_path):
         assert g.representative.endswith(f"{rows[-1]:03d}.jpg") and rows == list(range(rows[0], rows[0] + 3))
         assert all(m.score >= 0.9 for m in g.members)
     doc = report.to_dict()
-    assert set(doc["groups"][0]) == {"representative", "members"} and doc["redundant"] == 8
+    assert set(doc["groups"][0]) == {"representative", "members", "paths"} and doc["redundant"] == 8
     under = find_duplicates(
         index, DuplicateOptions(0.9, verify="none", where=ResultFilter(under=("a",))), progress=False
     )
@@ -163,13 +163,13 @@ def test_options_refuse_unknown_rules():
 
 
 def test_a_large_index_without_an_approximate_index_gets_a_temporary_one(tmp_path, monkeypatch, caplog):
-    from cbir.duplicates import find
+    from cbir.service import duplicates as find
 
     feats = families(30, [1, 2, 4], noise=0.05, dim=48)
     index = index_of(tmp_path, feats)
     exact = find_duplicates(index, DuplicateOptions(threshold=0.9, verify="none", exact=True), progress=False)
     monkeypatch.setattr(find, "GRAPH_ANN_MIN_ROWS", 10)
-    with caplog.at_level("INFO", logger="cbir.duplicates.find"):
+    with caplog.at_level("INFO", logger="cbir.service.duplicates"):
         approx = find_duplicates(index, DuplicateOptions(threshold=0.9, verify="none"), progress=False)
     assert "temporary approximate index" in caplog.text
     assert len(exact.groups) == 20 and len(approx.groups) == 20 and approx.pairs == exact.pairs
@@ -183,8 +183,8 @@ def test_a_large_index_without_an_approximate_index_gets_a_temporary_one(tmp_pat
 def test_the_graph_searches_the_stored_index_with_its_own_effort_leaving_the_querys(tmp_path, monkeypatch):
     import faiss
 
-    from cbir.duplicates import find
     from cbir.search.approximate import ApproximateSearcher
+    from cbir.service import duplicates as find
 
     feats = families(30, [1, 2, 4], noise=0.05, dim=48)
     index = index_of(tmp_path, feats, ann_mode="hnsw")

@@ -13,7 +13,7 @@ from conftest import COREL_IMAGES, require
 from helpers import cli, ok, one_line_error
 from PIL import Image, ImageEnhance
 
-from cbir.cli_options import DEFAULT_DUPLICATES_OUT
+from cbir.cli.options import DEFAULT_DUPLICATES_OUT
 
 
 def make_copies(data: Path) -> dict[str, str]:

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from conftest import build_tiny_embedder, save_image, smooth_image
 
-from cbir.embedding import backbones, features
-from cbir.embedding.embedder import Embedder
-from cbir.embedding.features import resolve_config
-from cbir.embedding.weights import Weights
-from cbir.errors import BadImageError
+from cbir.core.errors import BadImageError
+from cbir.encoders import backbones, features
+from cbir.encoders.embedder import Embedder
+from cbir.encoders.registry import resolve_config
+from cbir.encoders.weights import Weights
 
 
 def _pngs(tmp_path, sizes):
@@ -157,7 +157,7 @@ def test_non_finite_features_are_a_bad_image_never_a_vector(tmp_path, tiny_confi
 
 
 def test_embed_files_drives_a_progress_bar(tmp_path, tiny_embedder, monkeypatch):
-    from cbir.embedding import embedder as embedder_module
+    from cbir.encoders import embedder as embedder_module
 
     bars = []
 
@@ -184,7 +184,7 @@ def test_embed_files_drives_a_progress_bar(tmp_path, tiny_embedder, monkeypatch)
 
 
 def test_stopping_early_closes_the_bar(tmp_path, tiny_embedder, monkeypatch):
-    from cbir.embedding import embedder as embedder_module
+    from cbir.encoders import embedder as embedder_module
 
     closed = []
 

@@ -6,12 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import cbir.evaluation.evaluate as ev
-from cbir.errors import DatasetError, IndexFolderError
-from cbir.evaluation.evaluate import evaluate, evaluate_index
+import cbir.service.evaluate as ev
+from cbir.core.errors import DatasetError, IndexFolderError
 from cbir.evaluation.groundtruth import GroundTruth, LabelRelevance
 from cbir.search.exact import ExactSearcher
 from cbir.search.rerank import Reranking, database_augmentation, query_expansion, rerank
+from cbir.service.evaluate import evaluate, evaluate_index
 
 
 def labelled(labels: dict[str, str], kind: str = "labels", **kw) -> GroundTruth:

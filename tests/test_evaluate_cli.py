@@ -17,7 +17,7 @@ import pytest
 from helpers import cbir_cli as cbir
 from helpers import check_result, ok, one_line_error, same_class
 
-from cbir.embedding.whiten import Whitening
+from cbir.encoders.whiten import Whitening
 
 CHANCE_MAP = 9 / 59  # a random ranking: 9 relevant images among the 59 others
 

@@ -20,13 +20,13 @@ import pytest
 from helpers import REPO, TINY_MODEL, StandIn, cli, never, stand_in_vector
 from helpers import run_index as run
 
-import cbir.index.files as files_mod
-import cbir.index.snapshot as snapshot_mod
-from cbir.errors import BadImageError, IndexWriteError
-from cbir.index.indexer import IndexOptions, update_index
-from cbir.index.snapshot import open_index
-from cbir.index.store import read_manifest
+import cbir.stores.folder.files as files_mod
+import cbir.stores.folder.snapshot as snapshot_mod
+from cbir.core.errors import BadImageError, IndexWriteError
+from cbir.indexing.indexer import IndexOptions, update_index
 from cbir.search.approximate import ApproximateSearcher
+from cbir.stores.folder.snapshot import open_index
+from cbir.stores.folder.writer import read_manifest
 
 
 def vectors(index) -> dict[str, np.ndarray]:
@@ -126,7 +126,7 @@ def test_disk_full_injected(image_folder, tiny_config, tiny_embedder, monkeypatc
             raise files_mod.write_error(path.parent, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
         real(path, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("cbir.index.store.write_matrix", full)
+    monkeypatch.setattr("cbir.stores.folder.writer.write_matrix", full)
     touch(root / "img03.jpg", 10**9)
     with pytest.raises(
         IndexWriteError, match=r"cannot write the index in .*No space left on device \(the disk is full"
@@ -321,9 +321,9 @@ import os, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[4])
 from helpers import StandIn
-import cbir.index.files as files
-import cbir.index.store as store
-from cbir.index.indexer import IndexOptions, update_index
+import cbir.stores.folder.files as files
+import cbir.stores.folder.writer as store
+from cbir.indexing.indexer import IndexOptions, update_index
 
 target, where = int(sys.argv[2]), sys.argv[3]
 seen = [0]

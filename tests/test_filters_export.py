@@ -13,14 +13,14 @@ import pytest
 from conftest import save_image
 from helpers import TINY_MODEL, cli, run_index
 
-from cbir.errors import CbirError, QueryError
-from cbir.index.snapshot import open_index
-from cbir.output.export import export_plan, export_results
-from cbir.output.results import Match, QueryResult
-from cbir.output.text import format_csv
+from cbir.cli.text import format_csv
+from cbir.core.errors import CbirError, QueryError
+from cbir.core.results import Match, QueryResult
 from cbir.search.exact import ExactSearcher, top_k
 from cbir.search.filters import FilteredSearcher, ResultFilter, folder_prefix, rows_taken, rows_under
-from cbir.search.query import like_index
+from cbir.service.export import export_plan, export_results
+from cbir.service.query import SearchRequest, like_index
+from cbir.stores.folder.snapshot import open_index
 
 PATHS = ["a.jpg", "2024/b.jpg", "2024/summer/c.jpg", "2024-old/d.jpg", "2025/e.jpg"]
 
@@ -108,9 +108,9 @@ def test_like_under_a_folder(tmp_path, tiny_config, tiny_embedder):
         save_image(root / "2025" / f"{i}.jpg", seed=10 + i)
     run_index(root, tiny_config, tiny_embedder)
     index = open_index(root)
-    (res,) = like_index(index, ["2024/0.jpg"], k=9, where=ResultFilter(under=("2025",)))
+    (res,) = like_index(index, ["2024/0.jpg"], SearchRequest(k=9, where=ResultFilter(under=("2025",))))
     assert len(res.matches) == 4 and all("/2025/" in m.path for m in res.matches)
-    (everything,) = like_index(index, ["2024/0.jpg"], k=9)
+    (everything,) = like_index(index, ["2024/0.jpg"], SearchRequest(k=9))
     assert [m for m in everything.matches if "/2025/" in m.path] == res.matches  # same order and scores
 
 
@@ -202,7 +202,7 @@ def test_rows_taken_bounds_are_inclusive():
 def test_capture_times_are_indexed_and_added_to_older_indexes(tmp_path, tiny_config, tiny_embedder):
     from helpers import never
 
-    from cbir.index.store import FolderWriter, read_manifest
+    from cbir.stores.folder.writer import FolderWriter, read_manifest
 
     root = tmp_path / "photos"
     for year in (2018, 2019, 2020):
@@ -217,9 +217,9 @@ def test_capture_times_are_indexed_and_added_to_older_indexes(tmp_path, tiny_con
     report = run_index(root, tiny_config, never)  # no re-embedding: the headers are read
     assert report.unchanged == 3 and open_index(root).taken()[1] == "2019-05-01T10:00:00"
     index = open_index(root)
-    (res,) = like_index(index, ["2019.jpg"], k=5, where=ResultFilter(since="2020-01-01"))
+    (res,) = like_index(index, ["2019.jpg"], SearchRequest(k=5, where=ResultFilter(since="2020-01-01")))
     assert [Path(m.path).name for m in res.matches] == ["2020.jpg"]
-    (res,) = like_index(index, ["2019.jpg"], k=5, where=ResultFilter(until="2018-05-01"))
+    (res,) = like_index(index, ["2019.jpg"], SearchRequest(k=5, where=ResultFilter(until="2018-05-01")))
     assert [Path(m.path).name for m in res.matches] == ["2018.jpg"]
 
 

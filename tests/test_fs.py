@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cbir.errors import DatasetError
+from cbir.core.errors import DatasetError
 from cbir.ingest.files import find_images, safe_join
 
 

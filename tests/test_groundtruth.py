@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cbir.errors import DatasetError
+from cbir.core.errors import DatasetError
 from cbir.evaluation.groundtruth import load_ground_truth
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

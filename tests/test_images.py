@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, features
 
-from cbir.errors import BadImageError
+from cbir.core.errors import BadImageError
 from cbir.ingest import decode as decode_module
 from cbir.ingest.decode import (
     Geometry,

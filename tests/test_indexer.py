@@ -17,12 +17,12 @@ import pytest
 from helpers import REPO, Source, interruptible, never
 from helpers import run_index as run
 
-from cbir.errors import DatasetError, IndexLockedError
-from cbir.index.files import Lock, write_matrix
-from cbir.index.indexer import IndexOptions, update_index
-from cbir.index.snapshot import open_index
-from cbir.index.store import MANIFEST, read_manifest
-from cbir.index.stores import FolderStore
+from cbir.core.errors import DatasetError, IndexLockedError
+from cbir.indexing.indexer import IndexOptions, update_index
+from cbir.stores.folder.files import Lock, write_matrix
+from cbir.stores.folder.snapshot import open_index
+from cbir.stores.folder.store import FolderStore
+from cbir.stores.folder.writer import MANIFEST, read_manifest
 
 
 def vectors(root: Path, index_dir: Path | None = None) -> dict[str, np.ndarray]:
@@ -378,10 +378,10 @@ def test_crash_after_writing_a_matrix_before_committing_it(image_folder, tiny_co
 CRASH_SCRIPT = """
 import json, sys, time
 import keras
-from cbir.embedding.embedder import Embedder
-from cbir.embedding.features import FeatureConfig, resolve_config
-from cbir.embedding.weights import Weights
-from cbir.index.indexer import IndexOptions, update_index
+from cbir.encoders.embedder import Embedder
+from cbir.encoders.features import FeatureConfig, resolve_config
+from cbir.encoders.weights import Weights
+from cbir.indexing.indexer import IndexOptions, update_index
 
 config = FeatureConfig.from_dict(json.loads(sys.argv[2]))
 keras.utils.set_random_seed(1234)
@@ -393,7 +393,7 @@ def slow(batch, **kwargs):
     return run_batch(batch, **kwargs)
 
 embedder.run_batch = slow
-embedder.embedder = lambda: embedder  # the Embedder is its own EmbedderSource
+embedder.embedder = lambda: embedder  # the Embedder is its own EncoderSource
 update_index(sys.argv[1], embedder, options=IndexOptions(checkpoint_every=5, progress=False))
 print("finished", flush=True)
 """

@@ -11,9 +11,9 @@ import pytest
 from conftest import save_image
 from helpers import cli, run_index
 
-from cbir.errors import QueryError
-from cbir.index.snapshot import open_index
-from cbir.search.query import like_index, query_index, search_index
+from cbir.core.errors import QueryError
+from cbir.service.query import SearchRequest, like_index, query_index, search_index
+from cbir.stores.folder.snapshot import open_index
 
 
 def same_results(a, b) -> None:
@@ -43,9 +43,9 @@ def test_like_equals_the_query_by_file(image_folder, tiny_config, tiny_embedder)
     root = image_folder(8)
     run_index(root, tiny_config, tiny_embedder)
     index = open_index(root)
-    (by_file,) = query_index(index, tiny_embedder, [root / "img03.jpg"], k=5)
+    (by_file,) = query_index(index, tiny_embedder, [root / "img03.jpg"], SearchRequest(k=5))
     for name in ("img03.jpg", root / "img03.jpg"):  # as indexed, or by its own path
-        (like,) = like_index(index, [name], k=5)
+        (like,) = like_index(index, [name], SearchRequest(k=5))
         assert like.query == str(root / "img03.jpg") and like.excluded_self
         assert [m.path for m in like.matches] == [m.path for m in by_file.matches]
         np.testing.assert_allclose(
@@ -59,17 +59,25 @@ def test_stored_vectors_are_reused_only_while_the_file_is_unchanged(image_folder
     root = image_folder(6)
     run_index(root, tiny_config, tiny_embedder)
     index = open_index(root)
-    stored = query_index(index, NoModel(tiny_embedder.config), [root / "img01.jpg"], k=3, reuse_stored=True)
-    same_results(stored, query_index(index, tiny_embedder, [root / "img01.jpg"], k=3))
+    stored = query_index(
+        index, NoModel(tiny_embedder.config), [root / "img01.jpg"], SearchRequest(k=3), reuse_stored=True
+    )
+    same_results(stored, query_index(index, tiny_embedder, [root / "img01.jpg"], SearchRequest(k=3)))
     st = (root / "img01.jpg").stat()
     os.utime(root / "img01.jpg", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # changed since indexed
     with pytest.raises(AssertionError, match="a model was built"):
-        query_index(index, NoModel(tiny_embedder.config), [root / "img01.jpg"], k=3, reuse_stored=True)
+        query_index(
+            index, NoModel(tiny_embedder.config), [root / "img01.jpg"], SearchRequest(k=3), reuse_stored=True
+        )
     outside = save_image(root.parent / "outside.jpg", seed=77)  # not indexed: embedded
-    mixed = query_index(index, tiny_embedder, [root / "img02.jpg", outside], k=3, reuse_stored=True)
+    mixed = query_index(
+        index, tiny_embedder, [root / "img02.jpg", outside], SearchRequest(k=3), reuse_stored=True
+    )
     stored_row = np.asarray(index.feats[index.paths.index("img02.jpg")])[None]
-    same_results(mixed[:1], search_index(index, stored_row, [root / "img02.jpg"], k=3))  # the stored vector
-    same_results(mixed[1:], query_index(index, tiny_embedder, [outside], k=3))
+    same_results(
+        mixed[:1], search_index(index, stored_row, [root / "img02.jpg"], SearchRequest(k=3))
+    )  # the stored vector
+    same_results(mixed[1:], query_index(index, tiny_embedder, [outside], SearchRequest(k=3)))
 
 
 @pytest.mark.slow

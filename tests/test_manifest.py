@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from cbir.embedding.features import FeatureConfig
-from cbir.index.manifest import AnnRecord, Entry, Manifest, Segment, Skipped
+from cbir.core.records import Entry, Skipped
+from cbir.encoders.features import FeatureConfig
+from cbir.stores.manifest import AnnRecord, Manifest, Segment
 
 CONFIG = FeatureConfig(model="mobilenet", width_multiplier=0.25)
 

@@ -14,10 +14,10 @@ import pytest
 from conftest import save_image
 from helpers import TINY_MODEL, Source, cli, ok, one_line_error
 
-from cbir.errors import StoreError
-from cbir.index.milvus import MilvusAddress, parse_milvus_uri
-from cbir.index.store_uri import store_for
-from cbir.index.stores import FolderStore
+from cbir.core.errors import StoreError
+from cbir.stores.folder.store import FolderStore
+from cbir.stores.milvus.client import MilvusAddress, parse_milvus_uri
+from cbir.stores.uri import store_for
 
 pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
 pytest.importorskip("milvus_lite", reason="the milvus extra is not installed")
@@ -77,7 +77,7 @@ def test_one_line_errors(tmp_path):
 def test_a_collection_cbir_did_not_make_is_refused_and_kept(tmp_path):
     from pymilvus import MilvusClient
 
-    from cbir.index.milvus_store import MilvusStore
+    from cbir.stores.milvus.store import MilvusStore
 
     client = MilvusClient(str(tmp_path / "m.db"))
     client.create_collection("theirs", dimension=4)
@@ -169,12 +169,12 @@ def test_filters_are_searched_inside_milvus(tmp_path, monkeypatch):
     one search call; a filter too long to write as one stays a mask, with the same answer."""
     from stores import PixelEmbedder
 
-    from cbir.embedding.features import FeatureConfig
-    from cbir.index import milvus_reader
-    from cbir.index.indexer import IndexOptions, update_index
-    from cbir.index.milvus_store import MilvusStore
+    from cbir.encoders.features import FeatureConfig
+    from cbir.indexing.indexer import IndexOptions, update_index
     from cbir.search.filters import ResultFilter
-    from cbir.search.query import like_index
+    from cbir.service.query import SearchRequest, like_index
+    from cbir.stores.milvus import reader as milvus_reader
+    from cbir.stores.milvus.store import MilvusStore
 
     root = tmp_path / "data"
     for i in range(60):
@@ -194,12 +194,12 @@ def test_filters_are_searched_inside_milvus(tmp_path, monkeypatch):
 
     monkeypatch.setattr(index.collection.client, "search", spy)
     where = ResultFilter(("rare",), until=index.taken()[index.row_named("rare/2.jpg")])
-    (found,) = like_index(index, ["f1/6.jpg"], k=5, where=where)
+    (found,) = like_index(index, ["f1/6.jpg"], SearchRequest(k=5, where=where))
     assert sorted(Path(m.path).name for m in found.matches) == ["0.jpg", "1.jpg", "2.jpg"]
     assert len(asked) == 1 and 'folder in ["rare"]' in asked[0][0] and "taken <=" in asked[0][0]
     monkeypatch.setattr(milvus_reader, "MAX_LISTED", 0)
     asked.clear()
-    (masked,) = like_index(index, ["f1/6.jpg"], k=5, where=where)
+    (masked,) = like_index(index, ["f1/6.jpg"], SearchRequest(k=5, where=where))
     assert [m.path for m in masked.matches] == [m.path for m in found.matches]
     assert all(f == "status == 0" for f, _ in asked) and len(asked) > 1  # more candidates, asked again
     # a narrow filter may starve Milvus' graph search (seen at 0.1% of 50k rows): the allowed rows'
@@ -208,7 +208,7 @@ def test_filters_are_searched_inside_milvus(tmp_path, monkeypatch):
     monkeypatch.setattr(
         milvus_reader.MilvusSearcher, "_ask", lambda self, q, limit, exclude: [([], [])] * len(q)
     )
-    (starved,) = like_index(index, ["f1/6.jpg"], k=5, where=where)
+    (starved,) = like_index(index, ["f1/6.jpg"], SearchRequest(k=5, where=where))
     assert [(m.path, round(m.score, 5)) for m in starved.matches] == [
         (m.path, round(m.score, 5)) for m in found.matches
     ]

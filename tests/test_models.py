@@ -1,4 +1,4 @@
-"""The backbone registry, weights files and their errors (cbir.embedding.backbones)."""
+"""The backbone registry, weights files and their errors (cbir.encoders.backbones)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import h5py
 import numpy as np
 import pytest
 
-from cbir.embedding.backbones import (
+from cbir.core.errors import ModelError
+from cbir.encoders.backbones import (
     ALIASES,
     REGISTRY,
     build_backbone,
@@ -14,9 +15,9 @@ from cbir.embedding.backbones import (
     keras_cache_dir,
     width_multiplier,
 )
-from cbir.embedding.features import FeatureConfig, resolve_config
-from cbir.embedding.weights import Weights
-from cbir.errors import ModelError
+from cbir.encoders.features import FeatureConfig
+from cbir.encoders.registry import resolve_config
+from cbir.encoders.weights import Weights
 
 DOWNLOAD_FAILURE = (
     "URL fetch failure on https://storage.googleapis.com/x/"
@@ -201,8 +202,8 @@ def test_build_with_local_weights(mobilenet_weights):
 def test_every_registry_entry_names_a_keras_constructor_and_a_preprocessing_mode():
     import keras
 
-    from cbir.embedding.backbones import REGISTRY
-    from cbir.embedding.preprocess import PREPROCESS_MODES
+    from cbir.encoders.backbones import REGISTRY
+    from cbir.encoders.preprocess import PREPROCESS_MODES
 
     for backbone in REGISTRY.values():
         assert callable(getattr(keras.applications, backbone.constructor)), backbone.name
@@ -215,8 +216,8 @@ def test_every_registry_entry_names_a_keras_constructor_and_a_preprocessing_mode
 def test_registry_dimension_matches_the_built_network(name):
     import numpy as np
 
-    from cbir.embedding.backbones import REGISTRY
-    from cbir.embedding.preprocess import preprocess
+    from cbir.encoders.backbones import REGISTRY
+    from cbir.encoders.preprocess import preprocess
 
     backbone = REGISTRY[name]
     model = backbone.build(None)

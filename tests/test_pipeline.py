@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import save_image, smooth_image
 
-from cbir.errors import BadImageError
+from cbir.core.errors import BadImageError
 from cbir.ingest.decode import Geometry, load_views
 from cbir.ingest.pipeline import BadItem, Batch, ImagePipeline
 

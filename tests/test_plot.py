@@ -1,4 +1,4 @@
-"""The saved result sheet (cbir.output.plot): composed with Pillow, laid out as documented."""
+"""The saved result sheet (cbir.cli.plot): composed with Pillow, laid out as documented."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cbir.output.plot import CELL, MISSING, PAD, TITLE, cell_box, plot_results
-from cbir.output.results import Match, QueryResult
+from cbir.cli.plot import CELL, MISSING, PAD, TITLE, cell_box, plot_results
+from cbir.core.results import Match, QueryResult
 
 COLORS = [(220, 30, 30), (30, 180, 40), (40, 60, 210), (240, 200, 20), (150, 40, 170), (20, 190, 200)]
 
@@ -130,8 +130,8 @@ def test_zero_matches_and_no_output_file(tmp_path, pictures):
 def test_saving_does_not_import_matplotlib(tmp_path, pictures):
     script = (
         "import sys\n"
-        "from cbir.output.plot import plot_results\n"
-        "from cbir.output.results import Match, QueryResult\n"
+        "from cbir.cli.plot import plot_results\n"
+        "from cbir.core.results import Match, QueryResult\n"
         f"result = QueryResult({pictures[0]!r}, [Match({pictures[1]!r}, 0.5)])\n"
         f"plot_results([result], {str(tmp_path / 's.png')!r})\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))\n"

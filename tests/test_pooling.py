@@ -1,4 +1,4 @@
-"""The poolings (cbir.embedding.pooling): the R-MAC region grid, its invariances, the Keras layer
+"""The poolings (cbir.encoders.pooling): the R-MAC region grid, its invariances, the Keras layer
 against the NumPy reference on maps of any shape, and the converted (LiteRT) model against Keras."""
 
 from __future__ import annotations
@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 from conftest import smooth_image
 
-from cbir.embedding.convert import lowest_cosine
-from cbir.embedding.embedder import Embedder
-from cbir.embedding.features import FeatureConfig, resolve_config
-from cbir.embedding.model_cache import ModelCache
-from cbir.embedding.pooling import POOLINGS, pool, region_grid
-from cbir.embedding.preprocess import preprocess
-from cbir.embedding.weights import Weights
+from cbir.encoders.convert import lowest_cosine
+from cbir.encoders.embedder import Embedder
+from cbir.encoders.features import FeatureConfig
+from cbir.encoders.model_cache import ModelCache
+from cbir.encoders.pooling import POOLINGS, pool, region_grid
+from cbir.encoders.preprocess import preprocess
+from cbir.encoders.registry import resolve_config
+from cbir.encoders.weights import Weights
 
 
 def test_the_grid_of_a_square_map_is_tolias_grid():

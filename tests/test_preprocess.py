@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cbir.embedding.backbones import REGISTRY
-from cbir.embedding.preprocess import PREPROCESS_MODES, preprocess
+from cbir.encoders.backbones import REGISTRY
+from cbir.encoders.preprocess import PREPROCESS_MODES, preprocess
 from cbir.ingest.decode import Geometry, load_views
 
 keras = pytest.importorskip("keras")

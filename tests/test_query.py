@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from helpers import run_index
 
-from cbir.errors import IncompatibleIndexError, IndexFolderError, QueryError
-from cbir.index.snapshot import open_index
-from cbir.output.results import results_to_dict
-from cbir.search.query import embed_queries, query_index, search_index
+from cbir.core.errors import IncompatibleIndexError, IndexFolderError, QueryError
+from cbir.core.results import results_to_dict
+from cbir.service.query import SearchRequest, embed_queries, query_index, search_index
+from cbir.stores.folder.snapshot import open_index
 
 needs_symlinks = pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
 
@@ -81,7 +81,7 @@ def test_row_of_indexed_symlink(image_folder, make_image, tmp_path, tiny_config,
 
 def test_query_excludes_itself(indexed, tiny_embedder):
     root, index = indexed
-    (result,) = query_index(index, tiny_embedder, [root / "img02.jpg"], k=10)
+    (result,) = query_index(index, tiny_embedder, [root / "img02.jpg"], SearchRequest(k=10))
     assert result.excluded_self
     paths = [m.path for m in result.matches]
     assert len(paths) == 5 and str(root / "img02.jpg") not in paths
@@ -92,7 +92,9 @@ def test_query_excludes_itself(indexed, tiny_embedder):
 
 def test_query_included_when_asked(indexed, tiny_embedder):
     root, index = indexed
-    (result,) = query_index(index, tiny_embedder, [root / "img02.jpg"], k=3, exclude_self=False)
+    (result,) = query_index(
+        index, tiny_embedder, [root / "img02.jpg"], SearchRequest(k=3, exclude_self=False)
+    )
     assert not result.excluded_self
     assert result.matches[0].path == str(root / "img02.jpg")
     assert result.matches[0].score == pytest.approx(1.0, abs=1e-4)
@@ -104,7 +106,7 @@ def test_query_by_other_path_still_excluded(indexed, tiny_embedder, monkeypatch)
     monkeypatch.chdir(root.parent)
     query = f"{root.name}/sub/../img04.jpg"
     (root / "sub").mkdir()
-    (result,) = query_index(index, tiny_embedder, [query], k=9)
+    (result,) = query_index(index, tiny_embedder, [query], SearchRequest(k=9))
     assert result.query == query
     assert result.excluded_self and len(result.matches) == 5
     assert str(root / "img04.jpg") not in [m.path for m in result.matches]
@@ -115,7 +117,7 @@ def test_query_through_symlink_still_excluded(indexed, tiny_embedder, tmp_path):
     root, index = indexed
     link = tmp_path / "alias.jpg"
     link.symlink_to(root / "img04.jpg")
-    (result,) = query_index(index, tiny_embedder, [link], k=9)
+    (result,) = query_index(index, tiny_embedder, [link], SearchRequest(k=9))
     assert result.excluded_self
     assert str(root / "img04.jpg") not in [m.path for m in result.matches]
 
@@ -124,7 +126,7 @@ def test_copy_outside_the_dataset_is_not_excluded(indexed, tiny_embedder, tmp_pa
     root, index = indexed
     copy = tmp_path / "copy.jpg"
     shutil.copy(root / "img01.jpg", copy)
-    (result,) = query_index(index, tiny_embedder, [copy], k=3)
+    (result,) = query_index(index, tiny_embedder, [copy], SearchRequest(k=3))
     assert not result.excluded_self
     assert result.matches[0].path == str(root / "img01.jpg")
     assert result.matches[0].score == pytest.approx(1.0, abs=1e-4)
@@ -133,7 +135,7 @@ def test_copy_outside_the_dataset_is_not_excluded(indexed, tiny_embedder, tmp_pa
 def test_several_queries(indexed, tiny_embedder):
     root, index = indexed
     queries = [root / "img00.jpg", root / "img05.jpg", root / "img03.jpg"]
-    results = query_index(index, tiny_embedder, queries, k=2)
+    results = query_index(index, tiny_embedder, queries, SearchRequest(k=2))
     assert [r.query for r in results] == [str(q) for q in queries]
     for r in results:
         assert len(r.matches) == 2 and r.query not in [m.path for m in r.matches]
@@ -142,7 +144,7 @@ def test_several_queries(indexed, tiny_embedder):
 def test_search_index_with_given_vectors(indexed):
     root, index = indexed
     vecs = np.asarray(index.feats[[1, 4]], np.float32)
-    results = search_index(index, vecs, ["not/in/index.jpg", root / index.paths[4]], k=1)
+    results = search_index(index, vecs, ["not/in/index.jpg", root / index.paths[4]], SearchRequest(k=1))
     assert results[0].matches[0].path == str(root / index.paths[1])
     assert results[1].matches[0].path != str(root / index.paths[4])
 
@@ -179,7 +181,7 @@ def test_no_index(tmp_path):
 
 def test_results_json(indexed, tiny_embedder):
     root, index = indexed
-    results = query_index(index, tiny_embedder, [root / "img00.jpg"], k=4)
+    results = query_index(index, tiny_embedder, [root / "img00.jpg"], SearchRequest(k=4))
     doc = json.loads(json.dumps(results_to_dict(results, {"added": 0})))
     assert doc["index"] == {"added": 0}
     (r,) = doc["results"]

@@ -6,7 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
-from cbir.cli_options import build_legacy_parser, build_parser
+from cbir.cli.options import build_legacy_parser, build_parser
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 NOT_DOCUMENTED = {"-h", "--help"}

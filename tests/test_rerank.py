@@ -268,8 +268,8 @@ def test_mutual_dba_and_the_searcher_agree_with_the_functions():
 
 
 def test_the_command_line_default_is_adaptive_query_expansion():
-    from cbir.cli_options import build_legacy_parser, build_parser
-    from cbir.cli_rerank import reranking_from
+    from cbir.cli.options import build_legacy_parser, build_parser
+    from cbir.cli.rerank import reranking_from
     from cbir.search.rerank import DEFAULT_RERANKING
 
     parse = build_parser().parse_args

@@ -1,4 +1,4 @@
-"""The runtimes (cbir.embedding.runtimes): LiteRT against Keras, the model cache, the fallbacks.
+"""The runtimes (cbir.encoders.runtimes): LiteRT against Keras, the model cache, the fallbacks.
 
 Conversions run on MobileNet 0.25 at 64x64 (real weights: a converted model is cached by the
 weights' identity) or on a random-weights MobileNetV2 (never cached): a few seconds each.
@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 from conftest import smooth_image
 
-from cbir.embedding import runtimes
-from cbir.embedding.convert import Conversion, lowest_cosine
-from cbir.embedding.embedder import Embedder
-from cbir.embedding.features import FeatureConfig, resolve_config
-from cbir.embedding.model_cache import ModelCache
-from cbir.embedding.weights import Weights
-from cbir.errors import ModelError
+from cbir.core.errors import ModelError
+from cbir.encoders import runtimes
+from cbir.encoders.convert import Conversion, lowest_cosine
+from cbir.encoders.embedder import Embedder
+from cbir.encoders.features import FeatureConfig
+from cbir.encoders.model_cache import ModelCache
+from cbir.encoders.registry import resolve_config
+from cbir.encoders.weights import Weights
 
 
 def no_tensorflow() -> None:

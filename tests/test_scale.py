@@ -11,17 +11,18 @@ from conftest import save_image
 from helpers import Source, cli, ok, one_line_error
 from stores import PixelEmbedder, same_rows
 
-from cbir.embedding.features import FeatureConfig
-from cbir.errors import StoreError
-from cbir.index.indexer import IndexOptions, update_index
-from cbir.index.shard import Shard
-from cbir.index.sink import SinkResult
-from cbir.index.stores import FolderStore, Store
-from cbir.settings import FeatureChoice, RuntimeOptions, Settings, resolve_settings
+from cbir.core.errors import StoreError
+from cbir.encoders.features import FeatureConfig
+from cbir.indexing.indexer import IndexOptions, update_index
+from cbir.indexing.shard import Shard
+from cbir.service.settings import FeatureChoice, RuntimeOptions, Settings, resolve_settings
+from cbir.stores.base import Store
+from cbir.stores.folder.store import FolderStore
+from cbir.stores.sink import SinkResult
 
 pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
-from cbir.index.milvus_store import MilvusStore  # noqa: E402
-from cbir.index.milvus_writer import MilvusWriter  # noqa: E402
+from cbir.stores.milvus.store import MilvusStore  # noqa: E402
+from cbir.stores.milvus.writer import MilvusWriter  # noqa: E402
 
 CONFIG = FeatureConfig(model="mobilenet", width_multiplier=0.25, size=64)
 
@@ -107,8 +108,8 @@ class FakeRayError(Exception):
 
 
 def test_a_ray_workers_failure_is_one_line():
-    from cbir.embedding.ray_runner import worker_error
-    from cbir.errors import ModelError
+    from cbir.core.errors import ModelError
+    from cbir.indexing.ray_runner import worker_error
 
     ours = ModelError("cannot read weights file w.h5: file signature not found")
     assert worker_error(FakeRayError(ours)) is ours  # the cbir error itself, its one line
@@ -144,7 +145,7 @@ def ray_settings(root: Path, weights: Path) -> Settings:
 def test_ray_writes_milvus_rows_from_the_workers(tmp_path, mobilenetv2_weights, local_ray, monkeypatch):
     """Into Milvus the actors write the rows (the driver's writer never sees a vector); into the
     folder store the vectors come back to the driver. Both give the plain indexer's rows."""
-    from cbir.embedding.ray_runner import RayEmbedder, RaySource
+    from cbir.indexing.ray_runner import RayEmbedder, RaySource
 
     root = folder(tmp_path / "data", 10)
     settings = ray_settings(root, mobilenetv2_weights)
@@ -182,7 +183,7 @@ def test_ray_writes_milvus_rows_from_the_workers(tmp_path, mobilenetv2_weights, 
 def test_a_ray_run_stopped_midway_is_completed_by_a_plain_run(
     tmp_path, mobilenetv2_weights, local_ray, monkeypatch
 ):
-    from cbir.embedding.ray_runner import RayEmbedder, RaySource
+    from cbir.indexing.ray_runner import RayEmbedder, RaySource
 
     root = folder(tmp_path / "data", 10)
     settings = ray_settings(root, mobilenetv2_weights)

@@ -1,5 +1,5 @@
 """Exact search (cbir.search.exact: blocked top-k, ExactSearcher) against a brute-force full sort,
-and search_index (cbir.search.query) on a stand-in for an opened index."""
+and search_index (cbir.service.query) on a stand-in for an opened index."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cbir.errors import IndexFolderError
-from cbir.output.results import Match, QueryResult, results_to_dict
+from cbir.core.errors import IndexFolderError
+from cbir.core.results import Match, QueryResult, results_to_dict
+from cbir.core.vectors import l2_normalize
 from cbir.search.base import Searcher
 from cbir.search.exact import ExactSearcher, top_k
-from cbir.search.query import search_index
 from cbir.search.rerank import Reranking
-from cbir.vectors import l2_normalize
+from cbir.service.query import SearchRequest, search_index
 
 
 def brute_force(feats, queries, k, exclude=None):
@@ -199,7 +199,7 @@ def test_exact_searcher_is_a_searcher(tmp_path, data):
         ExactSearcher(feats[0])
 
 
-# --- search_index on a stand-in for cbir.index.snapshot.Index -------------------------------------
+# --- search_index on a stand-in for cbir.stores.folder.snapshot.Index -------------------------------------
 
 
 class FakeIndex:
@@ -228,14 +228,16 @@ def test_search_index_excludes_the_query_itself(tmp_path, data):
     index = FakeIndex(tmp_path, feats)
     names = [tmp_path / "img010.jpg", "elsewhere/q.jpg"]
     vecs = np.stack([feats[10], queries[0]])
-    results = search_index(index, vecs, names, k=4)
+    results = search_index(index, vecs, names, SearchRequest(k=4))
     assert [r.query for r in results] == [str(n) for n in names]
     assert results[0].excluded_self and not results[1].excluded_self
     ref_rows, ref_scores = brute_force(feats, vecs, 4, [[10], []])
     for r, rows, scores in zip(results, ref_rows, ref_scores):
         assert [m.path for m in r.matches] == [str(tmp_path / f"img{i:03d}.jpg") for i in rows]
         np.testing.assert_allclose([m.score for m in r.matches], scores, atol=1e-6)
-    (kept,) = search_index(index, feats[10], [tmp_path / "img010.jpg"], k=1, exclude_self=False)
+    (kept,) = search_index(
+        index, feats[10], [tmp_path / "img010.jpg"], SearchRequest(k=1, exclude_self=False)
+    )
     assert not kept.excluded_self and kept.matches[0].path == str(tmp_path / "img010.jpg")
     assert index.asked == [False, False]
 
@@ -248,8 +250,8 @@ def test_search_index_uses_the_searcher_the_index_gives(tmp_path, data):
             return super().search(-np.asarray(queries), k, exclude)
 
     index = FakeIndex(tmp_path, feats, approximate=Reversed(feats))
-    (approx,) = search_index(index, queries[0], ["q.jpg"], k=3)
-    (exact,) = search_index(index, queries[0], ["q.jpg"], k=3, exact=True)
+    (approx,) = search_index(index, queries[0], ["q.jpg"], SearchRequest(k=3))
+    (exact,) = search_index(index, queries[0], ["q.jpg"], SearchRequest(k=3, exact=True))
     assert index.asked == [False, True]
     worst = brute_force(feats, -queries[:1], 3)[0][0]
     assert [m.path for m in approx.matches] == [str(tmp_path / index.paths[i]) for i in worst]
@@ -259,9 +261,13 @@ def test_search_index_uses_the_searcher_the_index_gives(tmp_path, data):
 def test_search_index_reranks(tmp_path, data):
     feats, queries = data
     index = FakeIndex(tmp_path, feats)
-    plain = search_index(index, feats[[3]], [tmp_path / "img003.jpg"], k=5)
-    expanded = search_index(index, feats[[3]], [tmp_path / "img003.jpg"], k=5, reranking=Reranking(qe=3))
-    augmented = search_index(index, feats[[3]], [tmp_path / "img003.jpg"], k=5, reranking=Reranking(dba=3))
+    plain = search_index(index, feats[[3]], [tmp_path / "img003.jpg"], SearchRequest(k=5))
+    expanded = search_index(
+        index, feats[[3]], [tmp_path / "img003.jpg"], SearchRequest(k=5, reranking=Reranking(qe=3))
+    )
+    augmented = search_index(
+        index, feats[[3]], [tmp_path / "img003.jpg"], SearchRequest(k=5, reranking=Reranking(dba=3))
+    )
     for results in (expanded, augmented):
         assert str(tmp_path / "img003.jpg") not in [m.path for m in results[0].matches]
         assert [m.score for m in results[0].matches] != [m.score for m in plain[0].matches]
@@ -269,7 +275,9 @@ def test_search_index_reranks(tmp_path, data):
 
 def test_results_are_strict_json(tmp_path, data):
     feats, queries = data
-    results = search_index(FakeIndex(tmp_path, feats), queries, [f"q{i}.jpg" for i in range(5)], k=3)
+    results = search_index(
+        FakeIndex(tmp_path, feats), queries, [f"q{i}.jpg" for i in range(5)], SearchRequest(k=3)
+    )
     results.append(QueryResult("none.jpg", []))
     text = json.dumps(results_to_dict(results, {"added": 0}), allow_nan=False)
     doc = json.loads(text)
@@ -302,7 +310,7 @@ def test_float16_kernel_gives_the_scan_results(k):
 
 
 def test_float16_kernel_reports_non_finite_rows():
-    from cbir.errors import IndexFolderError
+    from cbir.core.errors import IndexFolderError
     from cbir.search.exact import ExactSearcher
 
     feats = np.ones((500, 8), dtype=np.float16)

@@ -21,13 +21,13 @@ pytest.importorskip("fastapi", reason="cbir serve needs the web extra (pip insta
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from cbir.cli_options import build_parser, index_options_from, settings_from  # noqa: E402
-from cbir.cli_rerank import reranking_from  # noqa: E402
-from cbir.duplicates.find import DuplicateOptions, find_duplicates  # noqa: E402
+from cbir.cli.options import build_parser, index_options_from, settings_from  # noqa: E402
+from cbir.cli.rerank import reranking_from  # noqa: E402
 from cbir.ingest.decode import LoadLimits  # noqa: E402
 from cbir.search.filters import ResultFilter  # noqa: E402
-from cbir.search.query import like_index, search_index  # noqa: E402
 from cbir.search.rerank import DEFAULT_RERANKING, Reranking  # noqa: E402
+from cbir.service.duplicates import DuplicateOptions, find_duplicates  # noqa: E402
+from cbir.service.query import SearchRequest, like_index, search_index  # noqa: E402
 from cbir.web.app import create_app  # noqa: E402
 from cbir.web.model import ModelWorker  # noqa: E402
 from cbir.web.searches import CombinedSearches  # noqa: E402
@@ -126,7 +126,7 @@ def test_like_search_answers_from_the_stored_vectors(served, client):
     assert body["query"] == {"like": "img03.jpg"} and body["k"] == 4
     assert len(paths) == 4 and "img03.jpg" not in paths and scores == sorted(scores, reverse=True)
     index = served[1].collection.current()
-    (cli_default,) = like_index(index, ["img03.jpg"], k=4, reranking=DEFAULT_RERANKING)
+    (cli_default,) = like_index(index, ["img03.jpg"], SearchRequest(k=4, reranking=DEFAULT_RERANKING))
     assert paths == [Path(m.path).relative_to(served[0]).as_posix() for m in cli_default.matches]
     assert scores == pytest.approx([m.score for m in cli_default.matches], abs=1e-6)
     under = client.get("/api/search", params={"like": "img03.jpg", "k": 9, "under": "sub"}).json()
@@ -175,7 +175,9 @@ def test_upload_search_embeds_with_the_warm_model(served, client):
     # the upload is embedded as indexing embedded it, then ranked and re-ranked as the CLI does
     index = served[1].collection.current()
     stored = index.feats[index.row_named("img05.jpg")][None]
-    (want,) = search_index(index, stored, ["q"], k=5, exclude_self=False, reranking=DEFAULT_RERANKING)
+    (want,) = search_index(
+        index, stored, ["q"], SearchRequest(k=5, exclude_self=False, reranking=DEFAULT_RERANKING)
+    )
     assert [r["path"] for r in body["results"]] == [
         Path(m.path).relative_to(served[0]).as_posix() for m in want.matches
     ]

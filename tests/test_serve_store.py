@@ -20,11 +20,11 @@ pytest.importorskip("milvus_lite", reason="the milvus extra is not installed")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from cbir.cli_options import build_parser, index_options_from, settings_from  # noqa: E402
-from cbir.index.milvus_reader import MilvusIndex  # noqa: E402
+from cbir.cli.options import build_parser, index_options_from, settings_from  # noqa: E402
 from cbir.search.filters import ResultFilter  # noqa: E402
-from cbir.search.query import like_index  # noqa: E402
 from cbir.search.rerank import DEFAULT_RERANKING  # noqa: E402
+from cbir.service.query import SearchRequest, like_index  # noqa: E402
+from cbir.stores.milvus.reader import MilvusIndex  # noqa: E402
 from cbir.web.app import create_app  # noqa: E402
 from cbir.web.server import ServeOptions, running_service  # noqa: E402
 from cbir.web.service import Service  # noqa: E402
@@ -81,9 +81,9 @@ def test_like_and_upload_answers_are_the_collections_ranking(served, client):
         )
         assert got.status_code == 200, got.text
         where = ResultFilter(under=(under,)) if under else ResultFilter()
-        want = like_index(index, ["img01.jpg"], k=4, exact=True, where=where, reranking=DEFAULT_RERANKING)[
-            0
-        ].matches
+        want = like_index(
+            index, ["img01.jpg"], SearchRequest(k=4, exact=True, where=where, reranking=DEFAULT_RERANKING)
+        )[0].matches
         results = got.json()["results"]
         assert [r["score"] for r in results] == pytest.approx([m.score for m in want], abs=1e-4)
         # the same images, in score order (copy.jpg and img00.jpg tie, being the same bytes: Milvus'

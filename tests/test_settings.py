@@ -1,4 +1,4 @@
-"""The settings rules (cbir.settings): inheritance from an existing index, mismatches, whitening.
+"""The settings rules (cbir.service.settings): inheritance from an existing index, mismatches, whitening.
 
 No model is built: resolving settings only reads manifests and, for MobileNet weights files, their
 headers; the embedder is built lazily and checked here with a fake.
@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cbir.embedding.features import FeatureConfig, resolve_config
-from cbir.embedding.weights import Weights
-from cbir.embedding.whiten import learn_whitening, whitening_filename
-from cbir.errors import IndexFolderError, ModelError
-from cbir.index.files import write_atomic, write_bytes
-from cbir.index.manifest import Manifest
-from cbir.settings import FeatureChoice, Settings, choose_features, resolve_settings
+from cbir.core.errors import IndexFolderError, ModelError
+from cbir.encoders.features import FeatureConfig
+from cbir.encoders.registry import resolve_config
+from cbir.encoders.weights import Weights
+from cbir.encoders.whiten import learn_whitening, whitening_filename
+from cbir.service.settings import FeatureChoice, Settings, choose_features, resolve_settings
+from cbir.stores.folder.files import write_atomic, write_bytes
+from cbir.stores.manifest import Manifest
 
 
 def committed(root: Path, config: FeatureConfig, weights_path: str | None = None) -> Path:
@@ -118,7 +119,7 @@ def test_choose_features_is_a_pure_rule():
 
 
 def test_the_embedder_is_built_once_and_only_when_asked(tmp_path, monkeypatch):
-    import cbir.settings as settings_mod
+    import cbir.service.settings as settings_mod
 
     built: list[object] = []
 

@@ -12,14 +12,15 @@ from conftest import save_image
 from helpers import Source
 from stores import DirectPixelEmbedder, PixelEmbedder, same_rows
 
-from cbir.embedding.features import FeatureConfig
-from cbir.index.indexer import IndexOptions, IndexReport, update_index
-from cbir.index.stores import FolderStore, Store
+from cbir.encoders.features import FeatureConfig
+from cbir.indexing.indexer import IndexOptions, IndexReport, update_index
+from cbir.stores.base import Store
+from cbir.stores.folder.store import FolderStore
 
 pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
 pytest.importorskip("milvus_lite", reason="the milvus extra is not installed")
-from cbir.index.milvus_store import MilvusStore  # noqa: E402
-from cbir.index.milvus_writer import MilvusWriter  # noqa: E402
+from cbir.stores.milvus.store import MilvusStore  # noqa: E402
+from cbir.stores.milvus.writer import MilvusWriter  # noqa: E402
 
 CONFIG = FeatureConfig(model="mobilenet", width_multiplier=0.25, size=64)
 OTHER = FeatureConfig(model="mobilenet", width_multiplier=0.25, size=96)
@@ -112,8 +113,8 @@ def test_the_ray_worker_writes_its_batch_and_returns_no_vectors(tmp_path):
     shipped, outcomes back without a vector column, and the store's one-line error when it cannot write."""
     import numpy as np
 
-    from cbir.embedding.ray_runner import SinkActor
-    from cbir.index.milvus_writer import MilvusSink
+    from cbir.indexing.ray_runner import SinkActor
+    from cbir.stores.milvus.writer import MilvusSink
 
     root = photos(tmp_path / "data", 3)
     store = MilvusStore.from_uri(f"milvus:{tmp_path / 'm.db'}", root)

@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import cbir.index.files as files_mod
-from cbir.embedding.features import FeatureConfig
-from cbir.errors import IndexFolderError, IndexLockedError, IndexWriteError
-from cbir.index.files import Lock, read_matrix, write_bytes, write_matrix
-from cbir.index.manifest import Entry, Manifest, Segment
-from cbir.index.store import MANIFEST, FolderWriter, load_matrix, read_manifest
+import cbir.stores.folder.files as files_mod
+from cbir.core.errors import IndexFolderError, IndexLockedError, IndexWriteError
+from cbir.core.records import Entry
+from cbir.encoders.features import FeatureConfig
+from cbir.stores.folder.files import Lock, read_matrix, write_bytes, write_matrix
+from cbir.stores.folder.writer import MANIFEST, FolderWriter, load_matrix, read_manifest
+from cbir.stores.manifest import Manifest, Segment
 
 CONFIG = FeatureConfig(model="mobilenet", weights="random", width_multiplier=0.25)
 
@@ -195,7 +196,7 @@ def test_lock_in_a_folder_that_cannot_be_written(tmp_path, monkeypatch):
 
 def test_lock_held_by_another_process_and_released_when_it_dies(tmp_path):
     script = (
-        "import sys, time; from pathlib import Path; from cbir.index.files import Lock\n"
+        "import sys, time; from pathlib import Path; from cbir.stores.folder.files import Lock\n"
         "with Lock(Path(sys.argv[1])):\n"
         "    print('locked', flush=True); time.sleep(60)\n"
     )

@@ -16,18 +16,19 @@ from conftest import save_image
 from helpers import Source
 from stores import PixelEmbedder, exact_top
 
-from cbir.embedding.features import FeatureConfig
-from cbir.errors import IncompatibleIndexError
-from cbir.index.indexer import IndexOptions, update_index
-from cbir.index.stores import FolderStore, Store
+from cbir.core.errors import IncompatibleIndexError
+from cbir.encoders.features import FeatureConfig
+from cbir.indexing.indexer import IndexOptions, update_index
 from cbir.search.filters import ResultFilter
-from cbir.search.query import like_index, search_index
 from cbir.search.rerank import Reranking
+from cbir.service.query import SearchRequest, like_index, search_index
+from cbir.stores.base import Store
+from cbir.stores.folder.store import FolderStore
 
 pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
 pytest.importorskip("milvus_lite", reason="the milvus extra is not installed")
 
-from cbir.index.milvus_store import MilvusStore  # noqa: E402
+from cbir.stores.milvus.store import MilvusStore  # noqa: E402
 
 CONFIG = FeatureConfig(model="mobilenet", width_multiplier=0.25, size=64)
 OTHER = FeatureConfig(model="mobilenet", width_multiplier=0.25, size=96)
@@ -133,19 +134,19 @@ def test_like_and_filters(tmp_path, make_store):
     emb = PixelEmbedder(Source(None, CONFIG).config)
     sync(root, store, emb)
     index = store.open()
-    (found,) = like_index(index, ["img004.jpg"], k=5)
+    (found,) = like_index(index, ["img004.jpg"], SearchRequest(k=5))
     want_rows, want_scores = exact_top(index.feats, emb.vector(root / "img004.jpg")[None], 6)
     want = [root / index.paths[r] for r in want_rows[0] if index.paths[r] != "img004.jpg"][:5]
     assert [m.path for m in found.matches] == [str(p) for p in want]
     assert found.excluded_self
 
     query = emb.vector(root / "img004.jpg")[None]
-    (under,) = search_index(index, query, ["q"], k=4, where=ResultFilter(("sub",)))
+    (under,) = search_index(index, query, ["q"], SearchRequest(k=4, where=ResultFilter(("sub",))))
     assert len(under.matches) == 4
     assert all(Path(m.path).parent.name == "sub" for m in under.matches)
     taken = sorted(t for t in index.taken() if t)
     assert len(taken) == 30
-    (dated,) = search_index(index, query, ["q"], k=50, where=ResultFilter(since=taken[0][:10]))
+    (dated,) = search_index(index, query, ["q"], SearchRequest(k=50, where=ResultFilter(since=taken[0][:10])))
     assert len(dated.matches) == 30
 
 
@@ -176,7 +177,7 @@ def test_filters_with_reranking_equal_the_exact_scan(tmp_path, make_store):
             for query in (index.paths[0], index.paths[17]):
                 kw = {"k": 5, "reranking": reranking, "where": where}
                 (got,) = like_index(index, [query], **kw)
-                (want,) = like_index(index, [query], exact=True, **kw)
+                (want,) = like_index(index, [query], SearchRequest(exact=True), **kw)
                 assert [m.path for m in got.matches] == [m.path for m in want.matches], (where, reranking)
                 np.testing.assert_allclose(
                     [m.score for m in got.matches], [m.score for m in want.matches], atol=1e-4

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from cbir.embedding.backbones import REGISTRY, Backbone
-from cbir.evaluation.evaluate import ClassRow, EvaluationReport
-from cbir.output.results import Match, QueryResult
-from cbir.output.text import MODELS_NOTE, format_models, format_results
+from cbir.cli.text import MODELS_NOTE, format_models, format_results
+from cbir.core.results import Match, QueryResult
+from cbir.encoders.backbones import REGISTRY, Backbone
+from cbir.service.evaluate import ClassRow, EvaluationReport
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 UPDATE = os.environ.get("CBIR_UPDATE_GOLDEN") == "1"
@@ -91,8 +91,8 @@ def test_evaluation_tables():
 
 
 def test_index_summary():
-    from cbir.index.indexer import IndexReport
-    from cbir.output.text import format_index_summary
+    from cbir.cli.text import format_index_summary
+    from cbir.indexing.indexer import IndexReport
 
     report = IndexReport(
         dataset="photos",
@@ -113,8 +113,9 @@ def test_index_summary():
 
 
 def test_duplicates_listing_and_csv():
-    from cbir.duplicates.find import DuplicateGroup, DuplicateOptions, DuplicateReport
-    from cbir.output.text import format_duplicates, format_duplicates_csv
+    from cbir.cli.text import format_duplicates, format_duplicates_csv
+    from cbir.duplicates.grouping import DuplicateGroup
+    from cbir.service.duplicates import DuplicateOptions, DuplicateReport
 
     groups = [
         DuplicateGroup("/p/a.jpg", [Match("/p/x/a copy.jpg", 0.99871), Match("/p/a,small.jpg", 0.9512)]),
@@ -126,7 +127,7 @@ def test_duplicates_listing_and_csv():
 
 @pytest.mark.parametrize("command", ["index", "query", "evaluate", "duplicates", "models"])
 def test_help(command, monkeypatch):
-    from cbir.cli_options import build_parser
+    from cbir.cli.options import build_parser
 
     monkeypatch.setenv("COLUMNS", "100")
     parser = build_parser()
@@ -135,7 +136,7 @@ def test_help(command, monkeypatch):
 
 
 def test_legacy_help(monkeypatch):
-    from cbir.cli_options import build_legacy_parser
+    from cbir.cli.options import build_legacy_parser
 
     monkeypatch.setenv("COLUMNS", "100")
     check_golden("help-run_cbir.txt", build_legacy_parser().format_help().rstrip("\n"))

@@ -1,4 +1,4 @@
-"""Vector helpers (cbir.vectors) shared by embedding, whitening and re-ranking."""
+"""Vector helpers (cbir.core.vectors) shared by embedding, whitening and re-ranking."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import numpy as np
 from conftest import REPO
 
-from cbir.vectors import finite_rows, l2_normalize
+from cbir.core.vectors import finite_rows, l2_normalize
 
 
 def test_l2_normalize():
@@ -31,8 +31,8 @@ def test_finite_rows():
 
 def test_vectors_and_whitening_do_not_load_the_network():
     code = (
-        "import sys, cbir.vectors, cbir.embedding.whiten, cbir.ingest.pipeline; "
-        "print(any(m in sys.modules for m in ('tensorflow', 'keras', 'cbir.embedding.embedder')))"
+        "import sys, cbir.core.vectors, cbir.encoders.whiten, cbir.ingest.pipeline; "
+        "print(any(m in sys.modules for m in ('tensorflow', 'keras', 'cbir.encoders.embedder')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "False"

@@ -17,8 +17,8 @@ import pytest
 from conftest import save_image
 from helpers import REPO, TINY_MODEL, interruptible
 
-from cbir.index.indexer import IndexOptions
-from cbir.index.watch import FolderWatcher, folder_state
+from cbir.indexing.indexer import IndexOptions
+from cbir.indexing.watch import FolderWatcher, folder_state
 
 HAVE_WATCHDOG = True
 try:

@@ -1,4 +1,4 @@
-"""Weights values (cbir.embedding.weights) and resolving a FeatureConfig for them (resolve_config)."""
+"""Weights values (cbir.encoders.weights) and resolving a FeatureConfig for them (resolve_config)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import hashlib
 
 import pytest
 
-from cbir.embedding import backbones
-from cbir.embedding.features import FeatureConfig, resolve_config
-from cbir.embedding.weights import Weights, file_digest
-from cbir.errors import ModelError
+from cbir.core.errors import ModelError
+from cbir.encoders import backbones
+from cbir.encoders.features import FeatureConfig
+from cbir.encoders.registry import resolve_config
+from cbir.encoders.weights import Weights, file_digest
 
 
 def test_file_digest(tmp_path):

@@ -7,16 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cbir.embedding.whiten import (
+from cbir.core.errors import CbirError, IndexWriteError
+from cbir.encoders.whiten import (
     Whitening,
     learn_from_folder,
     learn_whitening,
     load_for_index,
     whitening_filename,
 )
-from cbir.errors import CbirError, IndexWriteError
-from cbir.index.files import write_atomic
 from cbir.ingest.files import find_images
+from cbir.stores.folder.files import write_atomic
 
 
 def correlated(n: int = 2000, d: int = 8, seed: int = 0) -> np.ndarray:

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from cbir.core.results import Match
+from cbir.core.types import JSONDict
 from cbir.duplicates.graph import Edges
 
 Ranker = Callable[[Sequence[int]], list[int]]  # rows -> the same rows, the one to keep first
@@ -100,3 +103,23 @@ def _group(rep: int, rows: Sequence[int], scores: np.ndarray) -> Group:
 def _ordered(groups: list[Group]) -> list[Group]:
     """Largest groups first, then by representative row: the same order on every run."""
     return sorted(groups, key=lambda g: (-len(g.members), g.representative))
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    """The image to keep and its near-duplicates, with their similarity to it (paths as in query
+    results: the dataset folder joined with the indexed path)."""
+
+    representative: str
+    members: list[Match]
+
+    def to_dict(self, root: str | None = None) -> JSONDict:
+        """``{"representative", "members": [{"path", "score"}], "paths"}``, ``paths`` being the kept
+        image then the members; with ``root``, every path relative to it (POSIX)."""
+
+        def shown(path: str) -> str:
+            return path if root is None else Path(path).relative_to(root).as_posix()
+
+        members = [{**m.to_dict(), "path": shown(m.path)} for m in self.members]
+        rep = shown(self.representative)
+        return {"representative": rep, "members": members, "paths": [rep, *(m["path"] for m in members)]}

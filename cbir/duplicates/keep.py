@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from cbir.index.manifest import Entry
+from cbir.core.records import Entry
 from cbir.ingest.decode import upright_size
 
 

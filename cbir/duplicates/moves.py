@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from cbir.duplicates.find import DuplicateGroup
-from cbir.errors import CbirError
-from cbir.types import JSONDict
+from cbir.core.errors import CbirError
+from cbir.core.types import JSONDict
+from cbir.duplicates.grouping import DuplicateGroup
 
 LOG_KIND = "cbir duplicates moves"
 NO_HARD_LINKS = {errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}

@@ -27,10 +27,10 @@ from types import ModuleType
 import numpy as np
 from PIL import Image
 
+from cbir.core.errors import BadImageError, CbirError
+from cbir.core.progress import progress_bar
 from cbir.duplicates.graph import Edges
-from cbir.errors import CbirError
-from cbir.ingest.decode import BadImageError, LoadLimits, open_rgb
-from cbir.progress import progress_bar
+from cbir.ingest.decode import LoadLimits, open_rgb
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cbir.errors import DatasetError
+from cbir.core.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class LabelRelevance(Mapping[str, set[str]]):
     """``query -> relevant paths`` where relevant means "same label, not the query itself".
 
     Built on demand, so a labelled set of 100k images does not hold 100k sets of its class
-    members; :func:`cbir.evaluation.evaluate.evaluate` compares label ids directly instead of reading it.
+    members; :func:`cbir.service.evaluate.evaluate` compares label ids directly instead of reading it.
     """
 
     def __init__(self, labels: Mapping[str, str], queries: list[str]) -> None:

@@ -2,7 +2,7 @@
 
 Handles what real photo folders contain: EXIF orientation, palette/grey/alpha/CMYK/16-bit modes,
 animated files (first frame), decompression bombs and oversized files, and broken files, which
-raise :class:`~cbir.errors.BadImageError` with a short reason instead of crashing a long run (marked
+raise :class:`~cbir.core.errors.BadImageError` with a short reason instead of crashing a long run (marked
 ``transient`` when the cause is a permission problem, which may be fixed without touching the file).
 Large JPEGs are decoded at reduced scale (``Image.draft``) when the target size allows it.
 """
@@ -22,7 +22,7 @@ from functools import cache
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cbir.errors import BadImageError
+from cbir.core.errors import BadImageError
 
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 

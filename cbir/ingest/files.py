@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from cbir.errors import DatasetError
+from cbir.core.errors import DatasetError
 from cbir.ingest.decode import register_optional_plugins
 
 BASE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from cbir.errors import BadImageError
+from cbir.core.errors import BadImageError
 from cbir.ingest.decode import Geometry, LoadLimits, is_access_error, load_views, resize, to_rgb
 
 Views = list[np.ndarray]

@@ -1,4 +1,4 @@
-"""Searching with an approximate index (faiss, built by :mod:`cbir.index.ann`), re-ranked exactly.
+"""Searching with an approximate index (faiss, built by :mod:`cbir.stores.folder.ann`), re-ranked exactly.
 
 The index proposes candidates; their scores are recomputed as exact dot products with the stored
 feature rows (memory-mapped ``feats.npy``), so returned scores equal those of exact search and only
@@ -18,7 +18,7 @@ from cbir.search.exact import top_k
 
 
 class FaissIndex(Protocol):
-    """The part of a ``faiss.Index`` used here (faiss itself is imported only by cbir.index.ann)."""
+    """The part of a ``faiss.Index`` used here (faiss itself is imported only by cbir.stores.folder.ann)."""
 
     @property
     def ntotal(self) -> int: ...

@@ -8,14 +8,12 @@ is one more implementation. The helpers below hold the rules every implementatio
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from cbir.errors import IndexFolderError
+from cbir.core.errors import IndexFolderError
 
 NON_FINITE_MESSAGE = "the index holds non-finite feature values; rebuild it with --rebuild"
 
@@ -39,38 +37,12 @@ class Searcher(Protocol):
 
         ``queries`` is (n_queries, dim) or one vector. ``exclude[q]`` lists rows never returned for
         query q. k' = min(k, rows - the longest exclusion list), the same for every query.
-        Raises :class:`~cbir.errors.IndexFolderError` when a database row scores non-finite.
+        Raises :class:`~cbir.core.errors.IndexFolderError` when a database row scores non-finite.
         """
         ...
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         """The float32 database vectors of ``rows`` (re-ranking reads the neighbours it found)."""
-        ...
-
-
-class SearchableIndex(Protocol):
-    """What queries and evaluation need of an opened index (``cbir.index.snapshot.Index``)."""
-
-    @property
-    def root(self) -> Path:
-        """The dataset folder the indexed paths are relative to."""
-        ...
-
-    @property
-    def paths(self) -> Sequence[str]:
-        """The indexed file of each row, a POSIX path relative to ``root``."""
-        ...
-
-    def row_of(self, image: str | os.PathLike[str]) -> int | None:
-        """The row of ``image`` if it is one of the indexed files."""
-        ...
-
-    def searcher(self, exact: bool = False) -> Searcher:
-        """The index's searcher: its fresh approximate index unless ``exact``, else an exact scan."""
-        ...
-
-    def taken(self) -> list[str | None]:
-        """When each row's photo was taken (``YYYY-MM-DDTHH:MM:SS``), None where not known."""
         ...
 
 

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cbir.errors import IndexFolderError
+from cbir.core.errors import IndexFolderError
+from cbir.core.types import FaissIndex
 from cbir.search.base import (
     NON_FINITE_MESSAGE,
     as_queries,
@@ -28,7 +29,6 @@ from cbir.search.base import (
     longest_exclusion,
     no_results,
 )
-from cbir.types import FaissIndex
 
 BLOCK_ROWS = 131072  # feature rows converted to float32 and scored at a time
 TIE_MARGIN = 32  # extra candidates fetched from the float16 kernel, so that rounding cannot hide a row
@@ -47,7 +47,7 @@ def top_k(
 
     ``exclude[q]`` lists rows that must not be returned for query q (e.g. the query itself).
     Ties are broken by the lower row number, so results are deterministic. Raises
-    :class:`~cbir.errors.IndexFolderError` if a row scores NaN or infinite (a damaged matrix), and
+    :class:`~cbir.core.errors.IndexFolderError` if a row scores NaN or infinite (a damaged matrix), and
     ValueError for non-finite queries.
     """
     q = as_queries(queries)

@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from cbir.errors import QueryError
+from cbir.core.errors import QueryError
 from cbir.search.base import Searcher, SearcherWrapper, as_queries, longest_exclusion, no_results
 
 

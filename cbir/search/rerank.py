@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cbir.core.vectors import l2_normalize
 from cbir.search.base import Searcher, SearcherWrapper, as_queries
 from cbir.search.exact import ExactSearcher
 from cbir.search.filters import ResultFilter, restrict
-from cbir.vectors import l2_normalize
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartParser
 
-from cbir.errors import BadImageError, CbirError, QueryError, StoreError
-from cbir.types import JSONDict
+from cbir.core.errors import BadImageError, CbirError, QueryError, StoreError
+from cbir.core.types import JSONDict
 from cbir.web.collection import NotFound
 from cbir.web.model import ModelLoading
 from cbir.web.service import Service, UploadTooLarge

@@ -1,10 +1,10 @@
 """The served collection: the newest committed index version, its folders, and safe file lookup.
 
-The index lives in any :class:`~cbir.index.stores.Store` (the folder store, or ``--store URI``).
+The index lives in any :class:`~cbir.stores.folder.store.Store` (the folder store, or ``--store URI``).
 Every request asks :meth:`Collection.current`, which asks the store whether a newer version was
 committed (the folder store: one ``stat`` of the manifest; Milvus: the collection's commit stamp)
 and switches to it when an indexer (ours in the background, or another process) made one, so the
-server never restarts and never sees a half-written index (:mod:`cbir.index.snapshot`).
+server never restarts and never sees a half-written index (:mod:`cbir.stores.folder.snapshot`).
 
 A name from a URL is served only if it is exactly the name of an indexed image and its real path is
 still inside the dataset: ``..``, absolute paths, encoded variants and symlinks leaving the root all
@@ -19,10 +19,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from cbir.errors import CbirError, IndexFolderError
-from cbir.index.reader import IndexReader
-from cbir.index.stores import Store
-from cbir.types import JSONDict
+from cbir.core.errors import CbirError, IndexFolderError
+from cbir.core.types import JSONDict
+from cbir.stores.base import IndexReader, Store
 
 PER_PAGE = 60
 

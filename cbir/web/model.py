@@ -15,26 +15,30 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from cbir.embedding.embedder import Embedder
-from cbir.errors import BadImageError, CbirError
-from cbir.index.indexer import FileEmbedder
+from cbir.core.errors import BadImageError, CbirError, ModelError
+from cbir.encoders.base import Encoder
 from cbir.ingest.decode import Geometry
 from cbir.ingest.pipeline import Views
 
 log = logging.getLogger(__name__)
 
 
-class WarmModel(FileEmbedder, Protocol):
-    """The server's model: files for the indexer, and for upload queries the views of each image
-    (one uint8 network input per scale, made as its ``geometry`` says; one vector per image out)."""
+@runtime_checkable
+class WarmModel(Encoder, Protocol):
+    """The server's model: an encoder that also embeds images given as their views (one uint8
+    network input per scale, made as its ``geometry`` says; one vector per image out), so that each
+    request decodes its own upload and the model's thread only runs the network."""
 
     geometry: Geometry
+    eager_max_images: int
 
     def embed_views(self, views: Sequence[Views]) -> np.ndarray: ...
+
+    def embed_arrays(self, images: Sequence[np.ndarray]) -> np.ndarray: ...
 
 
 class ModelLoading(CbirError):
@@ -44,9 +48,14 @@ class ModelLoading(CbirError):
 _Job = tuple[Views, "Future[np.ndarray]"]
 
 
-def warmed_up(embedder: Embedder) -> Embedder:
+def warmed_up(embedder: Encoder) -> WarmModel:
     """``embedder`` set up to serve: always the traced graph (tracing is paid once here, not per
-    query as the eager path of a one-off query would), traced for one and for several images."""
+    query as the eager path of a one-off query would), traced for one and for several images.
+    ModelError when the encoder cannot embed decoded views (the upload path needs that)."""
+    if not isinstance(embedder, WarmModel):
+        raise ModelError(
+            f"cbir serve needs an encoder that embeds decoded images; {embedder.config.encoder} does not"
+        )
     embedder.eager_max_images = 0
     blank = np.full((embedder.geometry.size, embedder.geometry.size, 3), 128, np.uint8)
     embedder.embed_arrays([blank])

@@ -15,11 +15,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cbir.index.reader import IndexReader
-from cbir.output.results import QueryResult
+from cbir.core.results import QueryResult
 from cbir.search.filters import ResultFilter
-from cbir.search.query import search_index
 from cbir.search.rerank import Reranking
+from cbir.service.query import SearchRequest, search_index
+from cbir.stores.base import IndexReader
 
 
 class _Job(NamedTuple):
@@ -51,7 +51,7 @@ class CombinedSearches:
         reranking: Reranking = Reranking(),
     ) -> QueryResult:
         """The top ``k`` of ``index`` for ``vector`` (a query called ``name``, never excluded as
-        itself), from ``where`` only, re-ranked: as :func:`~cbir.search.query.search_index` ranks it."""
+        itself), from ``where`` only, re-ranked: as :func:`~cbir.service.query.search_index` ranks it."""
         done: Future[QueryResult] = Future()
         with self._waiting_lock:
             self._waiting.append(_Job(index, k, where, reranking, vector, name, done))
@@ -72,9 +72,10 @@ class CombinedSearches:
             try:
                 vectors = np.stack([job.vector for job in group])
                 names = [job.name for job in group]
-                found = search_index(
-                    first.reader, vectors, names, first.k, False, first.reranking, where=first.where
+                request = SearchRequest(
+                    first.k, exclude_self=False, reranking=first.reranking, where=first.where
                 )
+                found = search_index(first.reader, vectors, names, request)
             except Exception as exc:  # each request of the group reports it
                 for job in group:
                     job.done.set_exception(exc)

@@ -2,7 +2,7 @@
 
 The socket is bound before anything else (a port in use is one error line, port 0 picks a free one),
 the page answers at once, and the model loads and the index catches up in background threads; with
-``watch``, a :class:`~cbir.index.watch.FolderWatcher` asks the indexer for a run whenever the
+``watch``, a :class:`~cbir.indexing.watch.FolderWatcher` asks the indexer for a run whenever the
 folder's images change and settle.
 """
 
@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from threadpoolctl import threadpool_limits
 
-from cbir.errors import CbirError, DatasetError
-from cbir.index.indexer import IndexOptions
-from cbir.index.watch import FolderWatcher
+from cbir.core.errors import CbirError, DatasetError
+from cbir.indexing.indexer import IndexOptions
+from cbir.indexing.watch import FolderWatcher
 from cbir.search.rerank import Reranking
-from cbir.settings import Settings
+from cbir.service.settings import Settings
 from cbir.web.app import create_app
 from cbir.web.collection import Collection
 from cbir.web.model import ModelWorker, warmed_up

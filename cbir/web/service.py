@@ -14,15 +14,15 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cbir.duplicates.find import DuplicateOptions, find_duplicates
-from cbir.errors import BadImageError, CbirError, QueryError
-from cbir.index.reader import IndexReader
+from cbir.core.errors import BadImageError, CbirError, QueryError
+from cbir.core.results import QueryResult
+from cbir.core.types import JSONDict
 from cbir.ingest.decode import LoadLimits, decode_views
-from cbir.output.results import QueryResult
 from cbir.search.filters import ResultFilter
-from cbir.search.query import like_index
 from cbir.search.rerank import Reranking
-from cbir.types import JSONDict
+from cbir.service.duplicates import DuplicateOptions, find_duplicates
+from cbir.service.query import SearchRequest, like_index
+from cbir.stores.base import IndexReader
 from cbir.web.collection import Collection, NotFound
 from cbir.web.model import ModelWorker
 from cbir.web.searches import CombinedSearches
@@ -36,24 +36,11 @@ class UploadTooLarge(CbirError):
 
 
 def duplicate_groups_of(index: IndexReader, threshold: float | None) -> JSONDict:
-    """The near-duplicate groups of ``index`` (:mod:`cbir.duplicates`, default rules), paths relative
-    to the dataset as everywhere in the API; ``paths`` lists each group's images, the kept one first."""
-    report = find_duplicates(index, DuplicateOptions(threshold=threshold), progress=False)
-    root = Path(index.root)
-
-    def rel(path: str) -> str:
-        return Path(path).relative_to(root).as_posix()
-
-    groups = [
-        {
-            "representative": rel(g.representative),
-            "members": [{"path": rel(m.path), "score": round(m.score, 6)} for m in g.members],
-            "paths": [rel(g.representative), *(rel(m.path) for m in g.members)],
-        }
-        for g in report.groups
-    ]
-    options = report.options
-    return {"groups": groups, "threshold": options.floor, "verify": options.verify, "images": report.images}
+    """The near-duplicate groups of ``index`` (:mod:`cbir.service.duplicates`, default rules) in the
+    shape of ``cbir duplicates --json``, paths relative to the dataset as everywhere in the API."""
+    return find_duplicates(index, DuplicateOptions(threshold=threshold), progress=False).to_dict(
+        relative=True
+    )
 
 
 @dataclass
@@ -95,7 +82,9 @@ class Service:
         """More like the indexed image ``rel``, from its stored vector (no model)."""
         index, _ = self.collection.row(rel)
         t0 = time.perf_counter()
-        found = like_index(index, [rel], k=_check_k(k), reranking=self.reranking, where=_where(under))[0]
+        found = like_index(
+            index, [rel], SearchRequest(k=_check_k(k), reranking=self.reranking, where=_where(under))
+        )[0]
         return _answer(index, found, {"like": rel}, k, under, t0)
 
     def upload(self, data: bytes, name: str, k: int, under: str | None) -> JSONDict:

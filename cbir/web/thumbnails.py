@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from pathlib import Path
 
+from cbir.core.atomic import write_atomic
 from cbir.ingest.decode import LoadLimits, open_rgb
 
 THUMB_SIZE = 256
@@ -39,10 +39,5 @@ def thumbnail(index_dir: Path, rel: str, image: Path, limits: LoadLimits = LoadL
     with open_rgb(image, limits, draft_for=(THUMB_SIZE, THUMB_SIZE)) as img:
         img.thumbnail((THUMB_SIZE, THUMB_SIZE))
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex}")
-        try:
-            img.save(tmp, "JPEG", quality=QUALITY)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomic(target, lambda f: img.save(f, "JPEG", quality=QUALITY), durable=False)
     return target

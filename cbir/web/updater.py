@@ -1,6 +1,6 @@
 """Bringing the served index up to date in the background, with progress the page can show.
 
-:class:`Updater` runs the ordinary incremental indexer (:func:`cbir.index.indexer.update_index`) on
+:class:`Updater` runs the ordinary incremental indexer (:func:`cbir.indexing.indexer.update_index`) on
 its own thread, as often as it is asked (requests made during a run coalesce into one more run). It
 embeds with the server's one model (:class:`~cbir.web.model.ModelWorker` builds it; nothing builds a
 second), counting images done and bad files as they come. Readers keep answering from the last
@@ -17,10 +17,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from cbir.errors import BadImageError, CbirError
-from cbir.index.indexer import FileEmbedder, IndexOptions, IndexReport, update_index
-from cbir.settings import Settings, SettingsFeatures
-from cbir.types import JSONDict
+from cbir.core.errors import BadImageError, CbirError
+from cbir.core.types import JSONDict
+from cbir.encoders.base import Encoder, Result, SourceFeatures
+from cbir.indexing.indexer import IndexOptions, IndexReport, update_index
+from cbir.service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,9 @@ class Progress:
 
 
 class _Counting:
-    """A FileEmbedder that counts what the wrapped one yields into ``progress``."""
+    """An encoder that counts what the wrapped one yields into ``progress``."""
 
-    def __init__(self, inner: FileEmbedder, progress: Progress, root: str | os.PathLike[str]) -> None:
+    def __init__(self, inner: Encoder, progress: Progress, root: str | os.PathLike[str]) -> None:
         self.inner = inner
         self.progress = progress
         self.root = root
@@ -62,9 +63,16 @@ class _Counting:
     def dim(self) -> int:
         return self.inner.dim
 
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.inner.modalities
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return self.inner.embed_texts(texts)
+
     def embed_files(
         self, paths: Sequence[str | os.PathLike[str]], progress: bool | None = False, desc: str = ""
-    ) -> Iterator[tuple[int, np.ndarray | BadImageError]]:
+    ) -> Iterator[Result]:
         self.progress.total += len(paths)
         for pos, result in self.inner.embed_files(paths, progress=False, desc=desc):
             self.progress.done += 1
@@ -74,16 +82,17 @@ class _Counting:
             yield pos, result
 
 
-class _Source(SettingsFeatures):
+class _Source(SourceFeatures):
     """The settings' features, embedded with the worker's model once it is built."""
 
-    def __init__(self, settings: Settings, model: Callable[[], FileEmbedder], progress: Progress) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings, model: Callable[[], Encoder], progress: Progress) -> None:
+        self.base = settings
+        self.dataset = settings.dataset
         self.model = model
         self.progress = progress
 
-    def embedder(self) -> FileEmbedder:
-        return _Counting(self.model(), self.progress, self.settings.dataset)
+    def embedder(self) -> Encoder:
+        return _Counting(self.model(), self.progress, self.dataset)
 
 
 class Updater:
@@ -93,7 +102,7 @@ class Updater:
         self,
         settings: Settings,
         options: IndexOptions,
-        model: Callable[[], FileEmbedder],
+        model: Callable[[], Encoder],
         on_done: Callable[[IndexReport], None] | None = None,
     ) -> None:
         self.settings = settings

@@ -1,0 +1,110 @@
+"""Listings printed by the command line: query results, duplicate groups, models, summaries.
+
+Each function returns the text without a final newline, to be written with ``print``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Sequence
+
+from cbir.core.results import QueryResult
+from cbir.duplicates.moves import MoveReport, UndoReport
+from cbir.encoders.backbones import Backbone
+from cbir.indexing.indexer import IndexReport
+from cbir.service.duplicates import DuplicateReport
+
+MODELS_NOTE = "(mobilenet/mobilenetv2 dimensions are for width 1.0; weights files set their own width)"
+
+
+def format_results(results: Sequence[QueryResult]) -> str:
+    """Each query, then its matches ranked from 1 with score and path (or ``(no matches)``)."""
+    lines: list[str] = []
+    for r in results:
+        lines.append(f"query: {r.query}")
+        if not r.matches:
+            lines.append("  (no matches)")
+        lines.extend(f"  {rank:3d}. {m.score:.4f}  {m.path}" for rank, m in enumerate(r.matches, 1))
+    return "\n".join(lines)
+
+
+def format_models(backbones: Iterable[Backbone]) -> str:
+    """The ``cbir models`` table: name, feature dimension, input size and preprocessing of each."""
+    lines = [f"{'model':<20}{'dim':>6}{'input':>7}  preprocessing"]
+    lines.extend(f"{b.name:<20}{b.dim:>6}{b.input_size:>7}  {b.preprocess}" for b in backbones)
+    lines.append(MODELS_NOTE)
+    return "\n".join(lines)
+
+
+def format_index_summary(report: IndexReport) -> str:
+    """The one-line summary of an indexing run, then the files it skipped, one per line."""
+    line = (
+        f"index: {report.total} images ({report.added} added, {report.updated} updated, {report.removed} "
+        f"removed, {report.unchanged} unchanged, {len(report.skipped) + report.known_bad} skipped) in "
+        f"{report.seconds:.1f}s"
+    )
+    if report.embedded:
+        line += f" ({report.images_per_second:.1f} img/s)"
+    if report.rebuilt:
+        line += f", rebuilt ({report.rebuilt})"
+    if report.ann not in (None, "none"):
+        line += f", approximate index: {report.ann}"
+    line += f" -> {report.index_dir}"
+    if report.skipped:
+        line += f"\nskipped {len(report.skipped)} file(s):" + "".join(
+            f"\n  {s['path']}: {s['reason']}" for s in report.skipped
+        )
+    return line
+
+
+def format_csv(results: Sequence[QueryResult]) -> str:
+    """The ranked matches as CSV (``query,rank,path,score``, one row per match), for spreadsheets."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["query", "rank", "path", "score"])
+    for r in results:
+        for rank, m in enumerate(r.matches, 1):
+            writer.writerow([r.query, rank, m.path, f"{m.score:.6f}"])
+    return buffer.getvalue().rstrip("\n")
+
+
+def format_duplicates(report: DuplicateReport) -> str:
+    """A summary line, then each group: the image kept, and each member with its similarity to it."""
+    o = report.options
+    lines = [
+        f"{len(report.groups)} group(s) of near-duplicates among {report.images} images "
+        f"(threshold {o.floor:g}, verify {o.verify}, grouping {o.grouping}, keep {o.keep}): "
+        f"{report.redundant} image(s) besides the kept ones"
+    ]
+    for number, group in enumerate(report.groups, 1):
+        lines.append(f"group {number}: keep {group.representative}")
+        lines.extend(f"  {m.score:.4f}  {m.path}" for m in group.members)
+    return "\n".join(lines)
+
+
+def format_duplicates_csv(report: DuplicateReport) -> str:
+    """The groups as CSV (``group,role,path,score``: the ``keep`` row first, then each ``member``)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["group", "role", "path", "score"])
+    for number, group in enumerate(report.groups, 1):
+        writer.writerow([number, "keep", group.representative, ""])
+        for m in group.members:
+            writer.writerow([number, "member", m.path, f"{m.score:.6f}"])
+    return buffer.getvalue().rstrip("\n")
+
+
+def format_moves(report: MoveReport) -> str:
+    return (
+        f"moved {report.moved} file(s); the log is {report.log} (undo: cbir duplicates --undo {report.log}); "
+        "the next `cbir index` drops them from the index"
+    )
+
+
+def format_undo(report: UndoReport) -> str:
+    """What ``--undo`` put back, then one line per file it left alone."""
+    line = f"put back {report.restored} file(s)"
+    if report.not_moved:
+        line += f"; {report.not_moved} were never moved (or are back already)"
+    return "\n".join([line, *(f"  not restored: {p}" for p in report.problems)])

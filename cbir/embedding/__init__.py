@@ -1,1 +1,0 @@
-"""Images -> vectors: feature settings, weights, backbones, the embedder and whitening."""

@@ -1,0 +1,97 @@
+"""Converting the Keras network into a LiteRT model, and checking that it computes the same features.
+
+The model is exported as a SavedModel with a free batch and image size, converted with TensorFlow's
+own ``TFLiteConverter`` (float32, no optimisation), then run by LiteRT on a fixed check batch next
+to Keras: it is accepted only if every feature vector has a cosine of at least
+:data:`MIN_COSINE` to Keras' (at the configured input size and at one other size and batch).
+Needs TensorFlow (it is loaded anyway whenever the Keras model is built).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from cbir.encoders.keras_net import KerasNetwork
+from cbir.encoders.litert_net import LiteRTNetwork
+from cbir.encoders.preprocess import preprocess
+
+log = logging.getLogger(__name__)
+
+MIN_COSINE = 0.9999
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """A converted model that passed the check (``data``), or why there is none (``error``)."""
+
+    data: bytes | None
+    cosine: float | None
+    error: str | None = None
+
+
+def check_batches(size: int) -> list[np.ndarray]:
+    """Fixed uint8 images to compare the runtimes on: smooth colour fields with texture, two shapes."""
+    rng = np.random.default_rng(20240607)
+    out = []
+    for n, (h, w) in ((3, (size, size)), (1, (size + size // 4, size))):
+        coarse = rng.integers(0, 256, (n, 8, 8, 3)).astype(np.float32)
+        fields = coarse.repeat(-(-h // 8), axis=1).repeat(-(-w // 8), axis=2)[:, :h, :w]
+        noise = rng.normal(0, 24, (n, h, w, 3))
+        out.append(np.clip(fields + noise, 0, 255).astype(np.uint8))
+    return out
+
+
+def lowest_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """The lowest cosine similarity between matching rows of ``a`` and ``b``."""
+    a = a.reshape(len(a), -1).astype(np.float64)
+    b = b.reshape(len(b), -1).astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return float(np.min((a * b).sum(1) / np.maximum(norms, 1e-30)))
+
+
+def export_saved_model(keras_net: KerasNetwork, folder: str) -> None:
+    """Write the Keras network as a SavedModel with a free batch and image size into ``folder``."""
+    import tensorflow as tf
+    from keras.export import ExportArchive
+
+    model = keras_net.model
+    archive = ExportArchive()
+    archive.track(model)
+    spec = [tf.TensorSpec([None, None, None, 3], tf.float32)]
+    archive.add_endpoint("serve", lambda x: model(x, training=False), input_signature=spec)
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints a summary
+        archive.write_out(folder, verbose=False)
+
+
+def to_litert(keras_net: KerasNetwork) -> bytes:
+    """The LiteRT flatbuffer of the Keras network (float32, free batch and image size)."""
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory(prefix="cbir-export-") as tmp:
+        export_saved_model(keras_net, tmp)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        return bytes(converter.convert())
+
+
+def convert(keras_net: KerasNetwork, preprocess_mode: str, size: int) -> Conversion:
+    """Convert and check ``keras_net``; a network that fails either comes back with its ``error``."""
+    try:
+        data = to_litert(keras_net)
+        converted = LiteRTNetwork(data)
+    except Exception as exc:  # any converter failure means: stay with Keras
+        last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        return Conversion(None, None, f"conversion failed: {last[:200]}")
+    cosines = []
+    for batch in check_batches(size):
+        x = preprocess(batch, preprocess_mode)
+        cosines.append(lowest_cosine(converted.run(x), keras_net.run(x)))
+    cosine = min(cosines)
+    if not cosine >= MIN_COSINE:
+        return Conversion(None, cosine, f"converted features differ (cosine {cosine:.6f} < {MIN_COSINE})")
+    return Conversion(data, cosine)

@@ -1,0 +1,76 @@
+"""What a feature vector is: the settings that must match between an index and its queries."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from cbir.core.types import JSONDict, Param
+from cbir.encoders.pooling import POOLINGS
+from cbir.ingest.decode import Geometry
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Everything that changes the numbers in ``feats.npy``; stored in the index manifest.
+
+    The defaults (average pooling, antialiased resize to the backbone's own input size) won on
+    Corel-1k against the original script's settings (see docs/quality.md).
+
+    ``weights`` is a :class:`~cbir.encoders.weights.Weights` identity: ``"imagenet"``,
+    ``"random"`` or ``"file:NAME:SHA"``. ``size`` None means the backbone's default input size.
+    ``scales`` > 1 entry: multi-scale, pooled features averaged before L2 normalisation.
+    ``width_multiplier`` is MobileNet's width (Keras' ``alpha``; None: the default or read from the
+    weights file). ``whitening`` is the digest of a learned PCA-whitening stored beside the index.
+    ``encoder`` names the encoder family that made the vectors (:data:`cbir.encoders.registry.ENCODERS`)
+    and ``modalities`` what it can embed (``image``; ``text`` too for a joint text-image model), so
+    that a reader knows whether the index can answer a text query without loading any model.
+    """
+
+    model: str = "resnet50"
+    weights: str = "imagenet"
+    pooling: str = "avg"
+    gem_p: float = 3.0
+    size: int | None = None
+    geometry: str = "squash"
+    resample: str = "bilinear"
+    scales: tuple[float, ...] = (1.0,)
+    width_multiplier: float | None = None
+    whitening: str | None = None
+    encoder: str = "cnn"
+    modalities: tuple[str, ...] = ("image",)
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {self.pooling!r}; choose from {', '.join(POOLINGS)}")
+        if not self.scales or any(s <= 0 for s in self.scales):
+            raise ValueError("scales must be positive numbers")
+
+    def geometry_for(self, default_size: int) -> Geometry:
+        """How images become network input; ``default_size``: the backbone's own input size."""
+        return Geometry(size=self.size or default_size, mode=self.geometry, resample=self.resample)
+
+    def to_dict(self) -> JSONDict:
+        """The manifest form (JSON-ready)."""
+        d = asdict(self)
+        d["scales"] = list(self.scales)
+        d["modalities"] = list(self.modalities)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: JSONDict) -> FeatureConfig:
+        """Read the manifest form; unknown keys are ignored, the old key ``alpha`` is the width multiplier."""
+        d = dict(d)
+        if "alpha" in d and d.get("width_multiplier") is None:
+            d["width_multiplier"] = d["alpha"]  # manifests of release 0.1 call it alpha
+        d["scales"] = tuple(d.get("scales", (1.0,)))
+        d["modalities"] = tuple(d.get("modalities", ("image",)))
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def replace(self, **changes: Param) -> FeatureConfig:
+        """A copy with ``changes`` applied (validated again)."""
+        return replace(self, **changes)
+
+
+ORIGINAL = FeatureConfig(pooling="max", geometry="squash", resample="nearest")
+"""The original script's settings: ResNet50, 224x224 squash with nearest-neighbour, max pooling."""

@@ -1,0 +1,288 @@
+"""Bringing an index up to date with its folder: plan, embed, commit; incremental and crash-safe.
+
+New files are embedded, changed files (size or mtime) re-embedded, deleted files dropped, bad files
+remembered and not retried until they change (:mod:`cbir.indexing.plan`). Progress is committed every
+``checkpoint_every`` images or ``checkpoint_seconds`` seconds, so a crash loses at most the work
+since the last checkpoint (Ctrl-C and ordinary errors lose nothing: the finished work is committed
+before the exception goes on). The end of a run compacts the rows and refreshes the approximate
+index (:meth:`cbir.stores.folder.writer.IndexWriter.finish`). An embedder whose workers can write rows
+themselves (:class:`~cbir.stores.sink.DirectEmbedder`, ``--ray``) does so when the store hands out a
+sink (Milvus); the indexer then gets each file's outcome, not its vector, and commits as before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from cbir.core.errors import BadImageError, DatasetError, IndexWriteError
+from cbir.core.progress import progress_bar
+from cbir.core.records import Entry, Skipped
+from cbir.core.types import JSONDict
+from cbir.encoders.base import Encoder, EncoderSource
+from cbir.indexing.plan import Plan, make_plan, stat_files
+from cbir.indexing.shard import Shard
+from cbir.ingest.decode import capture_time
+from cbir.ingest.files import find_images
+from cbir.stores.base import IndexWriter, Store
+from cbir.stores.folder.ann import ANN_MODES
+from cbir.stores.folder.store import FolderStore
+from cbir.stores.sink import RowSink, SinkResult, Written
+
+log = logging.getLogger(__name__)
+DTYPES = ("float32", "float16")
+
+
+@runtime_checkable
+class DirectEmbedder(Encoder, Protocol):
+    """An encoder whose workers can write rows straight into a store (``--ray`` is one)."""
+
+    @property
+    def one_machine(self) -> bool:
+        """True when every worker runs on this machine (a sink only it can reach will do)."""
+        ...
+
+    def embed_into(
+        self,
+        sink: RowSink,
+        root: Path,
+        entries: Sequence[Entry],
+        progress: bool | None = ...,
+        desc: str = ...,
+    ) -> Iterator[SinkResult]:
+        """Embed the files ``root / entry.path`` and write their rows through ``sink`` (with the
+        entry's size and mtime: the plan's stat, so a file changed meanwhile is re-embedded next
+        run); yield each entry's position with :class:`Written` or the reason it failed."""
+        ...
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """The run-time knobs of an indexing run (none of them changes the features)."""
+
+    rebuild: bool = False
+    dtype: str = "float32"
+    recursive: bool = True
+    include_hidden: bool = False
+    exclude: tuple[str, ...] = ()
+    checkpoint_every: int = 500
+    checkpoint_seconds: float = 120.0
+    progress: bool | None = None
+    ann: str = "auto"
+    shard: Shard = Shard()
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}")
+        if self.ann not in ANN_MODES:
+            raise ValueError(f"ann must be one of {ANN_MODES}")
+        if self.checkpoint_every < 1 or self.checkpoint_seconds <= 0:
+            raise ValueError("checkpoints need a positive interval")
+
+
+@dataclass
+class IndexReport:
+    """What an indexing run did; printed as a summary and available as JSON."""
+
+    dataset: str
+    index_dir: str
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    known_bad: int = 0
+    total: int = 0
+    rebuilt: str | None = None
+    ann: str | None = None
+    embedded: int = 0
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> JSONDict:
+        d = asdict(self)
+        d["images_per_second"] = round(self.images_per_second, 2)
+        return d
+
+
+def update_index(
+    root: str | os.PathLike[str],
+    source: EncoderSource,
+    *,
+    index_dir: str | os.PathLike[str] | None = None,
+    options: IndexOptions = IndexOptions(),
+    store: Store | None = None,
+) -> IndexReport:
+    """Index ``root`` (or bring its index up to date) with the features of ``source``.
+
+    The index goes to ``store`` (default: the folder store in ``index_dir``, by default
+    ``ROOT/.cbir``). The model is built only when something needs embedding, so an up-to-date index
+    costs one folder scan. An index built with other settings is rebuilt; ``options.rebuild``
+    forces that.
+    """
+    t0 = time.perf_counter()
+    root = Path(root)
+    home = store if store is not None else FolderStore(root, index_dir)
+    files = find_images(
+        root,
+        recursive=options.recursive,
+        include_hidden=options.include_hidden,
+        exclude=options.exclude,
+        skip_dirs=home.own_folders,
+    )
+    if not files:
+        raise DatasetError(f"no images found in {root}")
+    files = [f for f in files if options.shard.owns(f)]
+    report = IndexReport(dataset=str(root), index_dir=home.location)
+    weights = source.weights
+    writer = home.writer(
+        source.config,
+        dtype=options.dtype,
+        rebuild=options.rebuild,
+        whitening=source.whitening,
+        weights_path=str(weights.path.resolve()) if weights.path is not None else None,
+    )
+    with options.shard.view(writer) as target:
+        report.rebuilt = target.rebuilt
+        found, unreadable = stat_files(root, files)
+        plan = make_plan(found, target.held(), target.known_bad(), unreadable)
+        _count(plan, report)
+        target.drop(plan.dropped)
+        _read_capture_times(root, target, options)
+        skipped = list(plan.known_bad)
+        if plan.todo or target.is_new:
+            emb = source.embedder()
+            if emb.config != source.config:
+                raise ValueError("the embedder's settings differ from the index settings")
+            target.set_dim(emb.dim)
+        if plan.todo:
+            _embed(root, target, plan, emb, skipped, report, options)
+        else:
+            target.set_skipped(skipped)
+            if target.is_new or not target.unchanged_since_commit():
+                target.commit()
+        report.ann = target.finish(options.ann)
+        report.total = len(target.held())
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _read_capture_times(root: Path, target: IndexWriter, options: IndexOptions) -> None:
+    """Give held rows without a capture time (indexes of earlier releases) theirs: headers only."""
+    missing = [e.path for e in target.held().values() if e.taken is None]
+    if not missing:
+        return
+    taken: dict[str, str] = {}
+    bar = progress_bar(total=len(missing), desc="capture times", unit="img", enabled=options.progress)
+    try:
+        for rel in missing:
+            when = capture_time(root / rel)
+            if when is not None:
+                taken[rel] = when
+            bar.update(1)
+    finally:
+        bar.close()
+    target.set_taken(taken)
+
+
+def _count(plan: Plan, report: IndexReport) -> None:
+    report.added, report.updated = len(plan.new), len(plan.changed)
+    report.removed, report.unchanged = len(plan.removed), plan.unchanged
+    report.known_bad = len(plan.known_bad)
+    for failure in plan.unreadable:
+        log.warning("skipped %s: %s", failure["path"], failure["reason"])
+        report.skipped.append(failure)
+
+
+def _results(
+    root: Path,
+    store: IndexWriter,
+    emb: Encoder,
+    todo: Sequence[Entry],
+    skipped: list[Skipped],
+    progress: bool | None,
+) -> Iterator[tuple[int, np.ndarray | Written | BadImageError]]:
+    """The embedder's results for ``todo``: rows written straight into the store by the embedder's
+    workers when both can (only their outcomes come back), else vectors for the indexer to put."""
+    if isinstance(emb, DirectEmbedder):
+        store.set_skipped(skipped)  # the sink's commit deletes the failures this run retries, first
+        sink = store.sink(same_machine=emb.one_machine)
+        if sink is not None:
+            return emb.embed_into(sink, root, todo, progress=progress, desc="indexing")
+    return emb.embed_files([root / e.path for e in todo], progress=progress, desc="indexing")
+
+
+def _embed(
+    root: Path,
+    store: IndexWriter,
+    plan: Plan,
+    emb: Encoder,
+    skipped: list[Skipped],
+    report: IndexReport,
+    options: IndexOptions,
+) -> None:
+    """Embed the plan's files into the store, committing a checkpoint every so often and on the way out."""
+    todo = plan.todo
+    was_indexed = {e.path for e in plan.changed}
+    vecs: list[np.ndarray] = []
+    entries: list[Entry] = []
+    adopted: list[Entry] = []  # rows the embedder's workers wrote themselves
+    last = time.monotonic()
+
+    def checkpoint() -> None:
+        nonlocal last
+        if vecs:
+            store.put(list(entries), np.stack(vecs))
+            vecs.clear()
+            entries.clear()
+        if adopted:
+            store.adopt(list(adopted))
+            adopted.clear()
+        store.set_skipped(skipped)
+        store.commit()
+        last = time.monotonic()
+
+    try:
+        for pos, result in _results(root, store, emb, todo, skipped, options.progress):
+            entry = todo[pos]
+            if isinstance(result, BadImageError):
+                log.warning("skipped %s: %s", entry.path, result)
+                skipped.append(Skipped(entry.path, entry.size, entry.mtime_ns, str(result), result.transient))
+                report.skipped.append({"path": entry.path, "reason": str(result)})
+                # a file that was indexed and is now unreadable has lost its row: it counts as removed
+                if entry.path in was_indexed:
+                    report.updated -= 1
+                    report.removed += 1
+                else:
+                    report.added -= 1
+            elif isinstance(result, Written):
+                adopted.append(dataclasses.replace(entry, taken=result.taken))
+                report.embedded += 1
+            else:
+                vecs.append(result)
+                entries.append(dataclasses.replace(entry, taken=capture_time(root / entry.path)))
+                report.embedded += 1
+            pending = len(vecs) + len(adopted)
+            if pending >= options.checkpoint_every or time.monotonic() - last >= options.checkpoint_seconds:
+                checkpoint()
+    except BaseException as exc:
+        try:
+            checkpoint()  # keep the finished work, whatever stopped the run
+        except IndexWriteError as err:
+            if isinstance(exc, KeyboardInterrupt):
+                raise err from exc  # the user must not be told the finished work was saved
+            if not isinstance(exc, IndexWriteError):  # the same full disk needs no second line
+                log.error("could not save the last checkpoint: %s", err)
+        raise
+    checkpoint()

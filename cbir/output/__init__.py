@@ -1,1 +1,0 @@
-"""Results -> people and programs: result records, JSON, text listings and plots."""

@@ -1,0 +1,125 @@
+"""Answering queries against an index: embed the query images, search, exclude the query itself.
+
+The index decides how it is searched (:meth:`~cbir.stores.base.IndexReader.searcher`: its fresh
+approximate index unless ``exact``, else an exact scan); re-ranking wraps that searcher.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from cbir.core.errors import BadImageError, QueryError
+from cbir.core.results import Match, QueryResult
+from cbir.encoders.base import Encoder, EncoderSource
+from cbir.search.filters import ResultFilter, only_allowed
+from cbir.search.rerank import Reranking, rerank
+from cbir.stores.base import IndexReader
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """How one search ranks: ``k`` results per query, the query itself left out of its own list when it
+    is indexed (``exclude_self``), ``reranking``, ``exact`` (skip the approximate index), and
+    ``where`` (only some folders or dates; re-ranking still sees every image)."""
+
+    k: int = 9
+    exclude_self: bool = True
+    reranking: Reranking = Reranking()
+    exact: bool = False
+    where: ResultFilter = ResultFilter()
+
+
+def check_query_files(images: Sequence[str | os.PathLike[str]]) -> None:
+    """Fail fast (before any model load) on query paths that do not exist or are not files."""
+    for image in images:
+        if not os.path.exists(image):
+            raise QueryError(f"query image not found: {image}")
+        if not os.path.isfile(image):
+            raise QueryError(f"query image is not a file: {image}")
+
+
+def embed_queries(embedder: Encoder, images: Sequence[str | os.PathLike[str]]) -> np.ndarray:
+    """Embed query files in one batched pass; QueryError names the first unreadable one."""
+    check_query_files(images)
+    out = np.zeros((len(images), embedder.dim), dtype=np.float32)
+    for pos, result in embedder.embed_files(list(images)):
+        if isinstance(result, BadImageError):
+            raise QueryError(f"cannot read query image {images[pos]}: {result}")
+        out[pos] = result
+    return out
+
+
+def search_index(
+    index: IndexReader,
+    query_vectors: np.ndarray,
+    queries: Sequence[str | os.PathLike[str]],
+    request: SearchRequest = SearchRequest(),
+) -> list[QueryResult]:
+    """Rank the index for each query vector as ``request`` says; a query that is itself indexed is
+    left out of its list (and of its query expansion) unless ``request.exclude_self`` is False."""
+    own = [index.row_of(q) if request.exclude_self else None for q in queries]
+    exclude = [[r] if r is not None else [] for r in own]
+    searcher = rerank(index.searcher(exact=request.exact), request.reranking)
+    where = request.where
+    allowed = where.mask(index.root, index.paths, index.taken() if where.dated else [])
+    searcher = only_allowed(searcher, allowed, where)
+    rows, scores = searcher.search(query_vectors, request.k, exclude=exclude)
+    root = Path(index.root)
+    return [
+        QueryResult(
+            str(query),
+            [Match(str(root / index.paths[r]), float(s)) for r, s in zip(rows[qi], scores[qi])],
+            excluded_self=own[qi] is not None,
+        )
+        for qi, query in enumerate(queries)
+    ]
+
+
+def query_index(
+    index: IndexReader,
+    source: EncoderSource,
+    images: Sequence[str | os.PathLike[str]],
+    request: SearchRequest = SearchRequest(),
+    reuse_stored: bool = False,
+) -> list[QueryResult]:
+    """Embed ``images`` (with the features of ``source``, which must match the index) and return
+    their ranking, as :func:`search_index` does.
+
+    ``reuse_stored``: an image that is indexed and unchanged since (same size and mtime) takes its
+    stored vector instead; the model is built only if some image still needs embedding.
+    """
+    index.check_compatible(source.config)
+    check_query_files(images)
+    rows = [index.indexed_row(image, unchanged=True) if reuse_stored else None for image in images]
+    searcher = index.searcher(exact=request.exact)
+    vectors = np.zeros((len(images), searcher.dim), dtype=np.float32)
+    fresh = [i for i, row in enumerate(rows) if row is None]
+    if fresh:
+        vectors[fresh] = embed_queries(source.embedder(), [images[i] for i in fresh])
+    stored = [(i, row) for i, row in enumerate(rows) if row is not None]
+    if stored:
+        vectors[[i for i, _ in stored]] = searcher.vectors(np.array([r for _, r in stored], dtype=np.int64))
+    return search_index(index, vectors, images, request)
+
+
+def like_index(
+    index: IndexReader, images: Sequence[str | os.PathLike[str]], request: SearchRequest = SearchRequest()
+) -> list[QueryResult]:
+    """More like these indexed images (named as indexed, relative to the dataset, or by their own
+    path inside it): their ranking from their stored vectors, with no model and no decoding; each
+    image is left out of its own list."""
+    rows: list[int] = []
+    for image in images:
+        row = index.indexed_row(image)
+        if row is None:
+            raise QueryError(f"not in the index: {image} (name an indexed image, or query by file)")
+        rows.append(row)
+    stored = index.searcher(exact=request.exact).vectors(np.array(rows, dtype=np.int64))
+    vectors = np.asarray(stored, dtype=np.float32)
+    files = [index.file(r) for r in rows]
+    return search_index(index, vectors, files, replace(request, exclude_self=True))

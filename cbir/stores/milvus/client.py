@@ -1,0 +1,252 @@
+"""Talking to Milvus (the milvus extra, ``pymilvus.MilvusClient``): URIs, connecting, errors, and
+one collection as the Milvus store keeps it (:class:`MilvusCollection`).
+
+One collection holds one dataset indexed with one set of features. Its fields: ``path`` (the file
+relative to the dataset root; the primary key), ``vector`` (HNSW, inner product), ``size`` and
+``mtime_ns`` (what the file was embedded at), ``folder`` and ``taken`` (for the filters), ``status``
+(0 indexed, 1 failed, 2 failed for a reason that may pass) and ``reason``. The feature settings,
+the weights file and a commit stamp live in the collection's properties (Milvus Lite keeps no
+description), checked on every open. The store is :mod:`cbir.stores.milvus.store`, its writer
+:mod:`cbir.stores.milvus.writer`, its reader and searcher :mod:`cbir.stores.milvus.reader`.
+
+``milvus:PATH.db`` is Milvus Lite, a server started inside this process on 127.0.0.1. A server URI
+takes its token from the environment variable :data:`TOKEN_ENV`, never from the command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cbir.core.errors import IndexFolderError, StoreError
+from cbir.core.types import JSONDict
+from cbir.encoders.features import FeatureConfig
+
+if TYPE_CHECKING:
+    from pymilvus import MilvusClient
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "CBIR_MILVUS_TOKEN"
+"""The environment variable holding the token (``user:password`` or an API key) of a Milvus server."""
+
+FORMAT = "cbir-milvus-1"
+KEY_FORMAT, KEY_SETTINGS = "cbir.format", "cbir.settings"
+KEY_WEIGHTS, KEY_COMMIT = "cbir.weights", "cbir.commit"
+HNSW = {"M": 32, "efConstruction": 80}  # the folder store's HNSW build parameters (cbir.stores.folder.ann)
+EF_SEARCH = 256
+MAX_PATH = 4096
+MAX_REASON = 1024
+CONNECT_TIMEOUT = 10.0
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+
+
+@dataclass(frozen=True)
+class MilvusAddress:
+    """Where a collection is: the client URI (a ``.db`` file or ``http[s]://host:port``) and its name
+    (None: named after the dataset)."""
+
+    uri: str
+    collection: str | None = None
+
+    @property
+    def lite(self) -> bool:
+        """A Milvus Lite file (a server started in this process), not a server's address."""
+        return not self.uri.startswith(("http://", "https://"))
+
+
+def parse_milvus_uri(text: str) -> MilvusAddress:
+    """``milvus:PATH.db``, ``milvus://HOST:PORT[/COLLECTION]``, ``milvus+https://HOST[:PORT][/COLLECTION]``."""
+    for scheme, http in (("milvus://", "http"), ("milvus+https://", "https")):
+        if text.startswith(scheme):
+            host, _, name = text[len(scheme) :].partition("/")
+            if not host or host.startswith(":") or "@" in host:
+                raise StoreError(f"--store {text}: give HOST:PORT (the token goes in ${TOKEN_ENV})")
+            name = name.strip("/")
+            if name and not _NAME.match(name):
+                raise StoreError(f"--store {text}: a collection name is letters, digits and _")
+            return MilvusAddress(f"{http}://{host}", name or None)
+    if text.startswith("milvus:"):
+        path = text[len("milvus:") :]
+        if not path.endswith(".db") or len(path) <= 3:
+            raise StoreError(f"--store {text}: Milvus Lite needs a file name ending in .db")
+        if not Path(path).resolve().parent.is_dir():
+            raise StoreError(f"--store {text}: the folder {Path(path).parent} does not exist")
+        return MilvusAddress(str(Path(path).resolve()))
+    raise StoreError(f"--store {text}: not a Milvus URI (milvus:PATH.db or milvus://HOST:PORT)")
+
+
+def folder_of(path: str) -> str:
+    """A row's ``folder`` field: the folder of its relative path, "" at the top."""
+    return path.rpartition("/")[0]
+
+
+def default_collection(root: Path) -> str:
+    """One collection per dataset: its folder name and a digest of its full path."""
+    real = os.path.realpath(root)
+    slug = re.sub(r"[^A-Za-z0-9_]", "_", Path(real).name)[:40]
+    return f"cbir_{slug}_{hashlib.sha1(real.encode('utf-8')).hexdigest()[:10]}"
+
+
+@contextlib.contextmanager
+def milvus_errors(what: str) -> Iterator[None]:
+    """Turn a Milvus client error into one line: ``what`` failed, and why."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] != "pymilvus":
+            raise
+        message = getattr(exc, "message", None) or str(exc)
+        raise StoreError(f"Milvus: {what} failed: {message}") from None
+
+
+def connect(address: MilvusAddress) -> MilvusClient:
+    """A client of ``address``; StoreError when the extra is missing or the server cannot be reached."""
+    return open_client(address.uri, token_for(address))
+
+
+def token_for(address: MilvusAddress) -> str:
+    """The token for ``address``: ``$CBIR_MILVUS_TOKEN`` for a server, none for Milvus Lite."""
+    return "" if address.lite else os.environ.get(TOKEN_ENV, "")
+
+
+def open_client(uri: str, token: str) -> MilvusClient:
+    """A client of ``uri`` (a ``.db`` file or a gRPC address) with ``token``; one-line errors."""
+    try:
+        from pymilvus import MilvusClient  # the milvus extra: only for this store
+    except ImportError as exc:
+        raise StoreError(
+            f"the Milvus store needs the milvus extra ({exc}): pip install 'cbir[milvus]'"
+        ) from None
+    logging.getLogger("pymilvus").setLevel(logging.ERROR)  # its iterator warnings are not the user's
+    with milvus_errors(f"connecting to {uri}"):
+        return MilvusClient(uri=uri, token=token, timeout=CONNECT_TIMEOUT)
+
+
+def served_uri(address: MilvusAddress) -> str:
+    """The address other processes reach ``address`` at: a server's own, or for Milvus Lite the gRPC
+    port its in-process server listens on (127.0.0.1: this machine only). A second process must not
+    open the ``.db`` file itself: that would start a second server on the same files."""
+    if not address.lite:
+        return address.uri
+    from milvus_lite.server_manager import server_manager_instance  # the same call pymilvus makes
+
+    uri = server_manager_instance.start_and_get_uri(address.uri)  # the running server, not a new one
+    if uri is None:
+        raise StoreError(f"Milvus Lite could not serve {address.uri}")
+    return str(uri)
+
+
+def new_commit_stamp() -> str:
+    return f"{time.time_ns()}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class Record:
+    """What a collection says about itself (its properties): settings, weights file, commit stamp."""
+
+    config: FeatureConfig
+    dim: int
+    weights_path: str | None
+    commit: str
+
+    def properties(self) -> dict[str, str]:
+        return {
+            KEY_FORMAT: FORMAT,
+            KEY_SETTINGS: json.dumps({"config": self.config.to_dict(), "dim": self.dim}, sort_keys=True),
+            KEY_WEIGHTS: self.weights_path or "",
+            KEY_COMMIT: self.commit,
+        }
+
+
+@dataclass
+class MilvusCollection:
+    """One collection of a client, as the Milvus store keeps it; ``where`` names it for people."""
+
+    client: MilvusClient
+    name: str
+    where: str
+
+    def record(self) -> Record | None:
+        """What the collection says about itself (None if there is none); StoreError if not ours."""
+        with milvus_errors(f"reading the collection {self.name}"):
+            if not self.client.has_collection(self.name):
+                return None
+            props = self.client.describe_collection(self.name).get("properties") or {}
+        if props.get(KEY_FORMAT) != FORMAT:
+            raise StoreError(f"the collection {self.where} was not made by cbir; name another one in --store")
+        try:
+            doc: JSONDict = json.loads(props[KEY_SETTINGS])
+            config = FeatureConfig.from_dict(doc["config"])
+            dim = int(doc["dim"])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise IndexFolderError(
+                f"the collection {self.where} has damaged settings ({exc}); rebuild with --rebuild"
+            ) from None
+        return Record(config, dim, props.get(KEY_WEIGHTS) or None, props.get(KEY_COMMIT, ""))
+
+    def create(self, record: Record) -> None:
+        """A new, empty collection for ``record`` (another process may have made it meanwhile)."""
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("path", DataType.VARCHAR, is_primary=True, max_length=MAX_PATH)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=record.dim)
+        schema.add_field("size", DataType.INT64)
+        schema.add_field("mtime_ns", DataType.INT64)
+        schema.add_field("folder", DataType.VARCHAR, max_length=MAX_PATH)
+        schema.add_field("taken", DataType.VARCHAR, max_length=32)
+        schema.add_field("status", DataType.INT8)
+        schema.add_field("reason", DataType.VARCHAR, max_length=MAX_REASON)
+        with milvus_errors(f"creating the collection {self.name}"):
+            index = self.client.prepare_index_params()
+            index.add_index(field_name="vector", index_type="HNSW", metric_type="IP", params=dict(HNSW))
+            if self.client.has_collection(self.name):
+                return
+            self.client.create_collection(
+                self.name,
+                schema=schema,
+                index_params=index,
+                description=f"cbir index ({record.config.model})",
+                properties=record.properties(),
+            )
+
+    def drop(self) -> None:
+        with milvus_errors(f"dropping the collection {self.name}"):
+            self.client.drop_collection(self.name)
+
+    def set_commit(self, stamp: str) -> None:
+        with milvus_errors(f"committing to the collection {self.name}"):
+            self.client.alter_collection_properties(self.name, properties={KEY_COMMIT: stamp})
+
+    def ensure_loaded(self) -> None:
+        """A reopened collection must be loaded before it is searched or queried."""
+        with milvus_errors(f"loading the collection {self.name}"):
+            state = str(self.client.get_load_state(self.name).get("state", ""))
+            if "NotLoad" in state:
+                self.client.load_collection(self.name)
+
+    def rows(self, where: str, fields: list[str], batch: int = 4096) -> Iterator[JSONDict]:
+        """Every row matching the filter ``where``, with ``fields``, in batches of ``batch``."""
+        with milvus_errors(f"reading the collection {self.name}"):
+            it = self.client.query_iterator(self.name, batch_size=batch, filter=where, output_fields=fields)
+            try:
+                while True:
+                    got = it.next()
+                    if not got:
+                        return
+                    yield from got
+            finally:
+                it.close()

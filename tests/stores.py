@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cbir.core.errors import BadImageError
+from cbir.core.errors import BadImageError, QueryError
 from cbir.core.records import Entry
 from cbir.encoders.features import FeatureConfig
 from cbir.ingest.decode import capture_time
@@ -28,7 +28,11 @@ class PixelEmbedder:
     def __init__(self, config: FeatureConfig) -> None:
         self.config = config
         self.dim = DIM
+        self.modalities = ("image",)
         self.embedded: list[str] = []
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        raise QueryError("the pixel embedder embeds images only")
 
     def vector(self, path: str | os.PathLike[str]) -> np.ndarray:
         with Image.open(path) as img:

@@ -7,7 +7,7 @@ import pytest
 from conftest import build_tiny_embedder, save_image, smooth_image
 
 from cbir.core.errors import BadImageError
-from cbir.encoders import backbones, features
+from cbir.encoders import backbones, features, registry
 from cbir.encoders.embedder import Embedder
 from cbir.encoders.registry import resolve_config
 from cbir.encoders.weights import Weights
@@ -213,7 +213,8 @@ def test_embedder_takes_a_resolved_config_and_does_not_resolve_again(tiny_config
     def never(*args, **kwargs):
         raise AssertionError("resolved twice")
 
-    monkeypatch.setattr(features, "resolve_config", never)
+    monkeypatch.setattr(registry, "resolve_config", never)
+    monkeypatch.setattr(registry, "width_multiplier", never)
     monkeypatch.setattr(backbones, "width_multiplier", never)
     embedder = Embedder(resolved, weights, workers=2)
     assert embedder.config == resolved and embedder.weights is weights

@@ -119,15 +119,17 @@ def test_choose_features_is_a_pure_rule():
 
 
 def test_the_embedder_is_built_once_and_only_when_asked(tmp_path, monkeypatch):
-    import cbir.service.settings as settings_mod
+    from dataclasses import replace
+
+    from cbir.encoders.registry import ENCODERS
 
     built: list[object] = []
 
-    class Fake:
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            built.append(kwargs)
+    def fake(request: object) -> object:
+        built.append({"load_tensorflow": request.load_tensorflow, "config": request.config})
+        return object()
 
-    monkeypatch.setattr(settings_mod, "Embedder", Fake)
+    monkeypatch.setitem(ENCODERS, "cnn", replace(ENCODERS["cnn"], build=fake))
 
     def load() -> None:
         raise AssertionError("only the embedder may load TensorFlow")

@@ -10,6 +10,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from conftest import save_image
@@ -175,9 +177,9 @@ def test_filters_with_reranking_equal_the_exact_scan(tmp_path, make_store):
     for where in wheres:
         for reranking in (Reranking(), Reranking(qe=3, mutual=3)):
             for query in (index.paths[0], index.paths[17]):
-                kw = {"k": 5, "reranking": reranking, "where": where}
-                (got,) = like_index(index, [query], **kw)
-                (want,) = like_index(index, [query], SearchRequest(exact=True), **kw)
+                request = SearchRequest(5, reranking=reranking, where=where)
+                (got,) = like_index(index, [query], request)
+                (want,) = like_index(index, [query], replace(request, exact=True))
                 assert [m.path for m in got.matches] == [m.path for m in want.matches], (where, reranking)
                 np.testing.assert_allclose(
                     [m.score for m in got.matches], [m.score for m in want.matches], atol=1e-4

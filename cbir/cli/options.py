@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cbir.cli.rerank import add_rerank_options
 from cbir.cli.store import add_spread_options, add_store_option, shard_from, store_from
-from cbir.cli.types import (
+from cbir.cli.arguments import (
     INPUT_SIZE,
     NON_NEGATIVE_INT,
     POSITIVE,

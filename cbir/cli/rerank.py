@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from cbir.cli.types import NON_NEGATIVE, NON_NEGATIVE_INT, similarity
+from cbir.cli.arguments import NON_NEGATIVE, NON_NEGATIVE_INT, similarity
 from cbir.search.rerank import DEFAULT_RERANKING, Reranking
 
 

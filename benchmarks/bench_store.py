@@ -47,15 +47,18 @@ from bench_search import Space  # noqa: E402
 from machine import SHARED, describe  # noqa: E402
 
 from cbir.core.records import Entry
-from cbir.encoders.base import EncoderSource  # noqa: E402
-from cbir.encoders.embedder import Result  # noqa: E402
+from cbir.encoders.base import (
+    EncoderSource,  # noqa: E402
+    Result,
+    RuntimeOptions,
+)
 from cbir.encoders.features import FeatureConfig  # noqa: E402
 from cbir.indexing.indexer import IndexOptions, update_index  # noqa: E402
 from cbir.indexing.ray_runner import RayEmbedder, RaySource  # noqa: E402
 from cbir.search.exact import top_k  # noqa: E402
 from cbir.search.filters import ResultFilter  # noqa: E402
 from cbir.service.query import SearchRequest, search_index  # noqa: E402
-from cbir.service.settings import FeatureChoice, RuntimeOptions, resolve_settings  # noqa: E402
+from cbir.service.settings import FeatureChoice, resolve_settings
 from cbir.stores.base import Store
 from cbir.stores.folder.store import FolderStore
 from cbir.stores.milvus import reader as milvus_reader  # noqa: E402

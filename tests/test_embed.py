@@ -7,7 +7,7 @@ import pytest
 from conftest import build_tiny_embedder, save_image, smooth_image
 
 from cbir.core.errors import BadImageError
-from cbir.encoders import backbones, features, registry
+from cbir.encoders import backbones, registry
 from cbir.encoders.embedder import Embedder
 from cbir.encoders.registry import resolve_config
 from cbir.encoders.weights import Weights

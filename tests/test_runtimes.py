@@ -15,11 +15,13 @@ import pytest
 from conftest import smooth_image
 
 from cbir.core.errors import ModelError
+from cbir.encoders import convert as convert_mod
 from cbir.encoders import runtimes
 from cbir.encoders.convert import Conversion, lowest_cosine
 from cbir.encoders.embedder import Embedder
 from cbir.encoders.features import FeatureConfig
-from cbir.encoders.model_cache import ModelCache
+from cbir.encoders.model_cache import CacheSlot, ModelCache
+from cbir.encoders.network import NetworkRequest
 from cbir.encoders.registry import resolve_config
 from cbir.encoders.weights import Weights
 
@@ -73,7 +75,9 @@ def test_litert_gives_keras_features_and_is_cached(tmp_path, weights, images, ca
         assert again.network.name == "litert"
         assert lowest_cosine(again.embed_arrays(images), expected) >= 0.9999
     other = resolve_config(FeatureConfig(model="mobilenet", size=64, pooling="max"), weights)
-    assert runtimes.cache_key(runtimes.network_fields(other, 224)) != models[0].stem  # another network
+    request = NetworkRequest(other, weights, cache)
+    assert request.slot("litert", "tflite").key != models[0].stem  # another network
+    assert request.slot("onnx", "onnx").key != request.slot("litert", "tflite").key  # keyed by runtime
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "no record"])
@@ -91,7 +95,7 @@ def test_a_damaged_cache_file_is_made_again(tmp_path, weights, converted, damage
         rebuilt = embedder(weights, cache, "auto")
     assert rebuilt.network.name == "litert"
     assert [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
-    assert model.read_bytes() == data or cache.lookup(model.stem) is not None  # whole again
+    assert model.read_bytes() == data or cache.lookup(CacheSlot(model.stem, "tflite")) is not None
     embedder(weights, cache, "auto", load_tensorflow=no_tensorflow)  # and found next time
 
 
@@ -99,7 +103,7 @@ def test_a_network_that_does_not_convert_runs_in_keras_and_is_not_tried_again(
     tmp_path, weights, images, monkeypatch, caplog
 ):
     cache = ModelCache(tmp_path)
-    monkeypatch.setattr(runtimes, "convert", lambda *a: Conversion(None, 0.5, "converted features differ"))
+    monkeypatch.setattr(convert_mod, "convert", lambda *a: Conversion(None, 0.5, "converted features differ"))
     with caplog.at_level(logging.WARNING, logger="cbir"):
         first = embedder(weights, cache, "litert")
     assert first.network.name == "keras"
@@ -109,7 +113,7 @@ def test_a_network_that_does_not_convert_runs_in_keras_and_is_not_tried_again(
     def never(*_args: object) -> Conversion:
         raise AssertionError("a known failure was converted again")
 
-    monkeypatch.setattr(runtimes, "convert", never)
+    monkeypatch.setattr(convert_mod, "convert", never)
     for runtime in ("auto", "litert"):
         assert embedder(weights, cache, runtime).network.name == "keras"
 
@@ -126,6 +130,7 @@ def test_random_weights_run_in_keras_unless_litert_is_asked(tmp_path):
 
 def test_without_litert_auto_is_keras_and_litert_is_a_clear_error(tmp_path, weights, monkeypatch):
     monkeypatch.setattr(runtimes, "litert_available", lambda: False)
+    monkeypatch.setattr(convert_mod, "litert_available", lambda: False)
     cache = ModelCache(tmp_path)
     assert embedder(weights, cache, "auto").network.name == "keras"
     with pytest.raises(ModelError, match="needs the ai-edge-litert package"):

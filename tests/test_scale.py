@@ -12,10 +12,11 @@ from helpers import Source, cli, ok, one_line_error
 from stores import PixelEmbedder, same_rows
 
 from cbir.core.errors import StoreError
+from cbir.encoders.base import RuntimeOptions
 from cbir.encoders.features import FeatureConfig
 from cbir.indexing.indexer import IndexOptions, update_index
 from cbir.indexing.shard import Shard
-from cbir.service.settings import FeatureChoice, RuntimeOptions, Settings, resolve_settings
+from cbir.service.settings import FeatureChoice, Settings, resolve_settings
 from cbir.stores.base import Store
 from cbir.stores.folder.store import FolderStore
 from cbir.stores.sink import SinkResult

@@ -8,8 +8,6 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from cbir.cli.rerank import add_rerank_options
-from cbir.cli.store import add_spread_options, add_store_option, shard_from, store_from
 from cbir.cli.arguments import (
     INPUT_SIZE,
     NON_NEGATIVE_INT,
@@ -20,17 +18,21 @@ from cbir.cli.arguments import (
     scales,
     similarity,
 )
+from cbir.cli.rerank import add_rerank_options
+from cbir.cli.store import add_spread_options, add_store_option, shard_from, store_from
 from cbir.duplicates.grouping import GROUPINGS
 from cbir.duplicates.keep import KEEP_RULES
+from cbir.encoders.base import RuntimeOptions
 from cbir.encoders.model_cache import ENV as MODEL_CACHE_ENV
+from cbir.encoders.network import import_tensorflow
 from cbir.encoders.pooling import POOLINGS
-from cbir.encoders.runtimes import RUNTIMES, import_tensorflow
+from cbir.encoders.runtimes import RUNTIMES
 from cbir.indexing.indexer import IndexOptions
 from cbir.ingest.decode import GEOMETRY_MODES, RESAMPLERS, LoadLimits
 from cbir.search.filters import ResultFilter
 from cbir.search.rerank import Reranking
 from cbir.service.duplicates import DEFAULT_VERIFY, VERIFICATIONS, DuplicateOptions
-from cbir.service.settings import FeatureChoice, RuntimeOptions, Settings, WhitenRequest, resolve_settings
+from cbir.service.settings import FeatureChoice, Settings, WhitenRequest, resolve_settings
 from cbir.stores.folder.ann import AUTO_MIN_ROWS
 
 DEFAULT_OUT = "cbir_results.png"

@@ -1,4 +1,6 @@
-"""Converting the Keras network into a LiteRT model, and checking that it computes the same features.
+"""The LiteRT runtime's making: the Keras network converted into a LiteRT model, checked to compute
+the same features, cached (:mod:`cbir.encoders.model_cache`, format ``tflite``) and opened
+(:func:`open_litert`, the ``--runtime litert`` entry of :data:`cbir.encoders.runtimes.RUNTIMES`).
 
 The model is exported as a SavedModel with a free batch and image size, converted with TensorFlow's
 own ``TFLiteConverter`` (float32, no optimisation), then run by LiteRT on a fixed check batch next
@@ -12,13 +14,18 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import sys
 import tempfile
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from cbir.encoders.keras_net import KerasNetwork
-from cbir.encoders.litert_net import LiteRTNetwork
+from cbir.core.errors import ModelError
+from cbir.encoders.keras_net import KerasNetwork, open_keras
+from cbir.encoders.litert_net import NAME, SUFFIX, LiteRTNetwork, litert_available
+from cbir.encoders.model_cache import Cached, Failed
+from cbir.encoders.network import Network, NetworkRequest
 from cbir.encoders.preprocess import preprocess
 
 log = logging.getLogger(__name__)
@@ -95,3 +102,52 @@ def convert(keras_net: KerasNetwork, preprocess_mode: str, size: int) -> Convers
     if not cosine >= MIN_COSINE:
         return Conversion(None, cosine, f"converted features differ (cosine {cosine:.6f} < {MIN_COSINE})")
     return Conversion(data, cosine)
+
+
+def convert_for(request: NetworkRequest, keras_net: KerasNetwork, cache: bool = True) -> Network | None:
+    """Convert ``keras_net`` and cache the result (or the failure); None: stay with Keras (logged)."""
+    fields, slot = request.fields, request.slot(NAME, SUFFIX)
+    log.info("converting %s for LiteRT (once; cached in %s)", request.config.model, request.cache.root)
+    start = time.perf_counter()
+    made = convert(keras_net, request.backbone.preprocess, fields["size"])
+    if made.data is None:
+        log.warning("%s runs in Keras: %s", request.config.model, made.error)
+        if cache:
+            request.cache.store_failure(slot, str(made.error), fields)
+        return None
+    record = {
+        "network": fields,
+        "cosine_to_keras": made.cosine,
+        "seconds": round(time.perf_counter() - start, 1),
+        "tensorflow": _version("tensorflow"),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    path = request.cache.store(slot, made.data, record) if cache else None
+    return LiteRTNetwork(path or made.data, request.threads)
+
+
+def _version(module: str) -> str:
+    found = sys.modules.get(module)
+    return str(getattr(found, "__version__", "unknown"))
+
+
+def converted_or_keras(request: NetworkRequest) -> Network:
+    """The network from the cache, converting it on first need; Keras where that fails."""
+    found = request.cache.lookup(request.slot(NAME, SUFFIX))
+    if isinstance(found, Cached):
+        return LiteRTNetwork(found.path, request.threads)
+    if isinstance(found, Failed):
+        log.info("%s runs in Keras (the model cache says: %s)", request.config.model, found.reason)
+        return open_keras(request)
+    keras_net = open_keras(request)
+    return convert_for(request, keras_net) or keras_net
+
+
+def open_litert(request: NetworkRequest) -> Network:
+    """The LiteRT runtime (random weights are converted but not cached)."""
+    if not litert_available():
+        raise ModelError("--runtime litert needs the ai-edge-litert package (pip install ai-edge-litert)")
+    if request.weights.kind == "random":
+        keras_net = open_keras(request)
+        return convert_for(request, keras_net, cache=False) or keras_net
+    return converted_or_keras(request)

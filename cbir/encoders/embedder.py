@@ -24,8 +24,9 @@ from cbir.encoders.backbones import Backbone, get_backbone
 from cbir.encoders.base import IMAGE, Result
 from cbir.encoders.features import FeatureConfig
 from cbir.encoders.model_cache import ModelCache, default_cache_dir
+from cbir.encoders.network import Network, NetworkRequest, import_tensorflow
 from cbir.encoders.preprocess import preprocess
-from cbir.encoders.runtimes import Network, NetworkRequest, import_tensorflow, open_network
+from cbir.encoders.runtimes import open_network
 from cbir.encoders.weights import Weights
 from cbir.encoders.whiten import Whitening
 from cbir.ingest.decode import LoadLimits

@@ -10,6 +10,7 @@ import numpy as np
 from cbir.core.types import KerasModel
 from cbir.encoders.backbones import build_backbone, get_backbone
 from cbir.encoders.features import FeatureConfig
+from cbir.encoders.network import NetworkRequest
 from cbir.encoders.pooling import POOLINGS
 from cbir.encoders.weights import Weights
 
@@ -49,3 +50,9 @@ class KerasNetwork:
         if eager:
             return np.asarray(self.model(x, training=False))
         return self._infer(x)
+
+
+def open_keras(request: NetworkRequest) -> KerasNetwork:
+    """The reference runtime (``--runtime keras``): builds the Keras network, importing TensorFlow."""
+    request.load_tensorflow()
+    return KerasNetwork(build_keras_model(request.config, request.weights))

@@ -17,6 +17,9 @@ from cbir.core.quiet import native_stderr_silenced
 
 log = logging.getLogger(__name__)
 
+NAME, SUFFIX = "litert", "tflite"
+"""The runtime's name (``--runtime litert``) and the format of its files in the model cache."""
+
 
 def litert_available() -> bool:
     """Whether ``ai-edge-litert`` can be imported (its package only: a few milliseconds)."""
@@ -45,7 +48,7 @@ def quiet_native_stderr() -> Iterator[None]:
 class LiteRTNetwork:
     """A converted model (a file, or its bytes) behind the same ``run`` as the Keras network."""
 
-    name = "litert"
+    name = NAME
 
     def __init__(self, model: Path | bytes, threads: int | None = None) -> None:
         try:

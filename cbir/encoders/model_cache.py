@@ -1,10 +1,12 @@
 """The cache of converted models: one LiteRT file per network, verified whenever it is opened.
 
-A network is known by everything that changes its output (backbone, weights identity, pooling,
-GeM exponent, width multiplier, input size) plus :data:`FORMAT`, hashed into a key. Each key has
-up to three files in the cache folder:
+A converted network is known by everything that changes its output (backbone, weights identity,
+pooling, GeM exponent, width multiplier, input size), the runtime that runs it and :data:`FORMAT`,
+hashed into a key ``RUNTIME-MODEL-DIGEST``; the runtime names the format of its file (a
+:class:`CacheSlot`). Each key has up to three files in the cache folder:
 
-- ``KEY.tflite``: the converted model, written whole under a temporary name, then renamed;
+- ``KEY.SUFFIX`` (``.tflite`` for LiteRT): the converted model, written whole under a temporary
+  name, then renamed;
 - ``KEY.json``: its record (size, SHA-256, the cosine measured against Keras, the settings),
   written the same way after the model: it is the commit point, so a model without a record, or
   whose size or digest differ from it, is damaged and made again;
@@ -31,8 +33,9 @@ from cbir.encoders.weights import file_digest
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
-"""Bumped whenever the conversion changes what it writes: older files are then simply not found."""
+FORMAT = 2
+"""Bumped whenever the conversion or the key changes: older files are then simply not found (2: the
+runtime joined the key, so that another runtime's files can share the folder)."""
 ENV = "CBIR_MODEL_CACHE"
 
 
@@ -60,10 +63,21 @@ def network_fields(config: FeatureConfig, input_size: int) -> JSONDict:
     }
 
 
-def cache_key(fields: JSONDict) -> str:
-    """A file-name-safe key of ``fields``: the model name and a digest of everything."""
-    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
-    return f"{fields['model']}-{digest}"
+@dataclass(frozen=True)
+class CacheSlot:
+    """Where one runtime's conversion of one network lives: ``key`` (file-name safe) and the
+    ``suffix`` of the runtime's format."""
+
+    key: str
+    suffix: str
+
+
+def cache_slot(fields: JSONDict, runtime: str, suffix: str) -> CacheSlot:
+    """The slot of the network ``fields`` converted for ``runtime`` (its files end in ``.{suffix}``):
+    the runtime and model names, then a digest of everything."""
+    keyed = {**fields, "runtime": runtime, "suffix": suffix}
+    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:20]
+    return CacheSlot(f"{runtime}-{fields['model']}-{digest}", suffix)
 
 
 @dataclass(frozen=True)
@@ -91,13 +105,18 @@ class ModelCache:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
 
-    def paths(self, key: str) -> tuple[Path, Path, Path]:
-        """The model, record and failure files of ``key``."""
-        return (self.root / f"{key}.tflite", self.root / f"{key}.json", self.root / f"{key}.failed.json")
+    def paths(self, slot: CacheSlot) -> tuple[Path, Path, Path]:
+        """The model, record and failure files of ``slot``."""
+        key = slot.key
+        return (
+            self.root / f"{key}.{slot.suffix}",
+            self.root / f"{key}.json",
+            self.root / f"{key}.failed.json",
+        )
 
-    def lookup(self, key: str) -> Lookup:
-        """What the cache holds for ``key``; a damaged entry is logged and reported as absent."""
-        model, record_file, failed = self.paths(key)
+    def lookup(self, slot: CacheSlot) -> Lookup:
+        """What the cache holds for ``slot``; a damaged entry is logged and reported as absent."""
+        model, record_file, failed = self.paths(slot)
         if failed.is_file():
             try:
                 return Failed(str(json.loads(failed.read_text())["reason"]))
@@ -131,9 +150,9 @@ class ModelCache:
             return f"unreadable: {exc.strerror or exc}"
         return dict(record)
 
-    def store(self, key: str, data: bytes, record: JSONDict) -> Path | None:
+    def store(self, slot: CacheSlot, data: bytes, record: JSONDict) -> Path | None:
         """Write the model then its record, each atomically; None (logged) if the folder is unwritable."""
-        model, record_file, _ = self.paths(key)
+        model, record_file, _ = self.paths(slot)
         full = {**record, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         try:
             self._write(model, data)
@@ -143,9 +162,9 @@ class ModelCache:
             return None
         return model
 
-    def store_failure(self, key: str, reason: str, fields: JSONDict) -> None:
-        """Remember that ``key``'s network does not convert (so the next run does not try again)."""
-        _, _, failed = self.paths(key)
+    def store_failure(self, slot: CacheSlot, reason: str, fields: JSONDict) -> None:
+        """Remember that ``slot``'s network does not convert (so the next run does not try again)."""
+        _, _, failed = self.paths(slot)
         try:
             self._write(failed, json.dumps({"reason": reason, "network": fields}, indent=2).encode())
         except OSError as exc:

@@ -18,7 +18,7 @@ from cbir.encoders.base import IMAGE, Encoder, RuntimeOptions
 from cbir.encoders.embedder import Embedder
 from cbir.encoders.features import FeatureConfig
 from cbir.encoders.model_cache import ModelCache, default_cache_dir
-from cbir.encoders.runtimes import import_tensorflow
+from cbir.encoders.network import import_tensorflow
 from cbir.encoders.weights import Weights
 from cbir.encoders.whiten import Whitening
 

@@ -21,8 +21,8 @@ from pathlib import Path
 from cbir.core.errors import IndexFolderError
 from cbir.encoders.base import Encoder, RuntimeOptions
 from cbir.encoders.features import ORIGINAL, FeatureConfig
+from cbir.encoders.network import import_tensorflow
 from cbir.encoders.registry import EncoderRequest, open_encoder, resolve_config
-from cbir.encoders.runtimes import import_tensorflow
 from cbir.encoders.weights import Weights
 from cbir.encoders.whiten import Whitening, learn_from_folder, load_for_index
 from cbir.stores.base import Store

@@ -151,6 +151,23 @@ def test_find_duplicates_groups_families_and_honours_the_filters(tmp_path):
         progress=False,
     )
     assert dated.images == sum(t >= "2020-01-04" for t in taken.values())
+
+
+def test_the_command_line_and_the_web_api_share_one_shape_of_duplicate_groups(tmp_path):
+    from pathlib import Path
+
+    from cbir.web.service import duplicate_groups_of
+
+    index = index_of(tmp_path, families(6, [1, 3], noise=0.05), {})
+    report = find_duplicates(index, DuplicateOptions(threshold=0.93, verify="orb"), progress=False)
+    cli, web = report.to_dict(), duplicate_groups_of(index, None)
+    assert set(cli) == set(web) and len(cli["groups"]) == len(web["groups"]) > 0
+    root = Path(report.dataset)
+    for mine, theirs in zip(cli["groups"], web["groups"]):
+        assert set(mine) == set(theirs) == {"representative", "members", "paths"}
+        assert [str(root / p) for p in theirs["paths"]] == mine["paths"]  # the same images, named relatively
+        assert [m["score"] for m in theirs["members"]] == [m["score"] for m in mine["members"]]
+        assert mine["paths"] == [mine["representative"], *(m["path"] for m in mine["members"])]
     none = find_duplicates(index, DuplicateOptions(threshold=0.9999, verify="none"), progress=False)
     assert none.groups == [] and none.pairs == 0
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
-from cbir.cli import text
+from cbir.cli import show, text
 from cbir.cli.options import DEFAULT_DUPLICATES_OUT, duplicate_options_from
 from cbir.cli.store import store_from
 from cbir.core.errors import QueryError
@@ -25,26 +23,21 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
     if not args.dataset:
         raise QueryError("give the indexed folder (or --undo LOG)")
     report = find_duplicates(store_from(args).open(), duplicate_options_from(args))
-    for_programs = args.json or args.csv
-    notes = sys.stderr if for_programs else sys.stdout
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False, allow_nan=False))
-    else:
-        print(text.format_duplicates_csv(report) if args.csv else text.format_duplicates(report))
+    show.print_answer(
+        args,
+        report.to_dict,
+        lambda: text.format_duplicates_csv(report),
+        lambda: text.format_duplicates(report),
+    )
     groups = [
         QueryResult(g.representative, [Match(g.representative, 1.0), *g.members]) for g in report.groups
     ]
     if args.link_to:
         made = export_results(groups, args.link_to, subfolders=True)
-        print(f"{made} link(s) made in {len(groups)} folder(s) of {args.link_to}", file=notes)
+        print(f"{made} link(s) made in {len(groups)} folder(s) of {args.link_to}", file=show.notes(args))
     if args.move_to:
-        print(text.format_moves(move_members(report.groups, report.dataset, args.move_to)), file=notes)
-    out = args.out or (None if for_programs else DEFAULT_DUPLICATES_OUT)
-    if groups and not args.no_plot and (out or args.show):
-        from cbir.cli.plot import plot_results
-
-        shown = [QueryResult(r.query, r.matches[1:]) for r in groups[: args.plot_groups]]
-        saved = plot_results(shown, out, show=args.show, label="keep")
-        if saved is not None:
-            print(f"plot saved to {saved}", file=notes)
+        moved = move_members(report.groups, report.dataset, args.move_to)
+        print(text.format_moves(moved), file=show.notes(args))
+    shown = [QueryResult(r.query, r.matches[1:]) for r in groups[: args.plot_groups]]
+    show.plot_if_asked(args, shown, DEFAULT_DUPLICATES_OUT, label="keep")
     return 0

@@ -7,7 +7,6 @@ one line on stderr and exit status 2; Ctrl-C exits with 130 and keeps the finish
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -16,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import NoReturn
 
-from cbir.cli import text
+from cbir.cli import show, text
 from cbir.cli.duplicates import cmd_duplicates
 from cbir.cli.options import (
     DEFAULT_OUT,
@@ -32,7 +31,6 @@ from cbir.cli.store import source_from, store_from
 from cbir.core.errors import CbirError, ModelError, QueryError
 from cbir.core.quiet import native_stderr_silenced
 from cbir.core.results import QueryResult, results_to_dict
-from cbir.core.types import JSONDict
 from cbir.encoders.backbones import REGISTRY
 from cbir.indexing.indexer import IndexOptions, IndexReport, update_index
 from cbir.indexing.watch import FolderWatcher
@@ -77,10 +75,6 @@ def _setup_logging(verbose: int) -> None:
     root.propagate = False
 
 
-def _print_json(doc: JSONDict | list[JSONDict]) -> None:
-    print(json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False))
-
-
 def _index(args: argparse.Namespace, settings: Settings, options: IndexOptions | None = None) -> IndexReport:
     return update_index(
         settings.dataset,
@@ -112,7 +106,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def _print_report(args: argparse.Namespace, report: IndexReport) -> None:
     if args.json:
-        _print_json(report.to_dict())
+        show.print_json(report.to_dict())
     else:
         print(text.format_index_summary(report))
     sys.stdout.flush()  # with --watch, each run's summary is read as it comes
@@ -149,25 +143,19 @@ def cmd_query(args: argparse.Namespace, update: bool) -> int:
 
 
 def _answer(args: argparse.Namespace, results: list[QueryResult], report: IndexReport | None) -> int:
-    for_programs = args.json or args.csv  # stdout holds only the results; the rest goes to stderr
-    notes = sys.stderr if for_programs else sys.stdout
     if report is not None and not args.json:
         print(text.format_index_summary(report), file=sys.stderr)
-    if args.json:
-        _print_json(results_to_dict(results, report.to_dict() if report else None))
-    else:
-        print(text.format_csv(results) if args.csv else text.format_results(results))
+    show.print_answer(
+        args,
+        lambda: results_to_dict(results, report.to_dict() if report else None),
+        lambda: text.format_csv(results),
+        lambda: text.format_results(results),
+    )
     dest = args.link_to or args.copy_to
     if dest:
         made = export_results(results, dest, copy=bool(args.copy_to))
-        print(f"{made} match(es) {'copied' if args.copy_to else 'linked'} into {dest}", file=notes)
-    out = args.out or (None if for_programs else DEFAULT_OUT)
-    if not args.no_plot and (out or args.show):
-        from cbir.cli.plot import plot_results  # matplotlib: only when a plot is drawn
-
-        saved = plot_results(results, out, show=args.show)
-        if saved is not None:
-            print(f"plot saved to {saved}", file=notes)
+        print(f"{made} match(es) {'copied' if args.copy_to else 'linked'} into {dest}", file=show.notes(args))
+    show.plot_if_asked(args, results, DEFAULT_OUT)
     return 0
 
 
@@ -181,7 +169,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if not args.per_query:
             doc.pop("per_query_ap", None)
         doc["index"] = report.to_dict()
-        _print_json(doc)
+        show.print_json(doc)
     else:
         print(text.format_index_summary(report), file=sys.stderr)
         print(result.format_table())
@@ -191,7 +179,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     backbones = list(REGISTRY.values())
     if args.json:
-        _print_json(
+        show.print_json(
             [
                 {"name": b.name, "dim": b.dim, "input_size": b.input_size, "preprocess": b.preprocess}
                 for b in backbones

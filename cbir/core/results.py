@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import PurePath
 
 from cbir.core.types import JSONDict
+
+
+def shown_path(path: str, root: str | os.PathLike[str] | None) -> str:
+    """``path`` as given, or relative to ``root`` (POSIX) when a root is given."""
+    return path if root is None else PurePath(path).relative_to(root).as_posix()
 
 
 @dataclass(frozen=True)
@@ -23,8 +30,10 @@ class Match:
         if not math.isfinite(self.score):
             raise ValueError(f"the score of {self.path} is not finite ({self.score})")
 
-    def to_dict(self) -> JSONDict:
-        return {"path": self.path, "score": round(float(self.score), 6)}
+    def to_dict(self, root: str | os.PathLike[str] | None = None) -> JSONDict:
+        """``{"path", "score"}``; with ``root`` (the dataset folder), the path relative to it (POSIX),
+        as the web API names images."""
+        return {"path": shown_path(self.path, root), "score": round(float(self.score), 6)}
 
 
 @dataclass

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from cbir.core.results import Match
+from cbir.core.results import Match, shown_path
 from cbir.core.types import JSONDict
 from cbir.duplicates.graph import Edges
 
@@ -116,10 +115,6 @@ class DuplicateGroup:
     def to_dict(self, root: str | None = None) -> JSONDict:
         """``{"representative", "members": [{"path", "score"}], "paths"}``, ``paths`` being the kept
         image then the members; with ``root``, every path relative to it (POSIX)."""
-
-        def shown(path: str) -> str:
-            return path if root is None else Path(path).relative_to(root).as_posix()
-
-        members = [{**m.to_dict(), "path": shown(m.path)} for m in self.members]
-        rep = shown(self.representative)
+        members = [m.to_dict(root) for m in self.members]
+        rep = shown_path(self.representative, root)
         return {"representative": rep, "members": members, "paths": [rep, *(m["path"] for m in members)]}

@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from cbir.core.errors import BadImageError, CbirError, QueryError
 from cbir.core.results import QueryResult
@@ -135,14 +134,10 @@ def _where(under: str | None) -> ResultFilter:
 def _answer(
     index: IndexReader, found: QueryResult, query: JSONDict, k: int, under: str | None, t0: float
 ) -> JSONDict:
-    root = Path(index.root)
     return {
         "query": query,
         "k": k,
         "under": under or None,
-        "results": [
-            {"path": Path(m.path).relative_to(root).as_posix(), "score": round(m.score, 6)}
-            for m in found.matches
-        ],
+        "results": [m.to_dict(index.root) for m in found.matches],
         "took_ms": round((time.perf_counter() - t0) * 1000, 2),
     }

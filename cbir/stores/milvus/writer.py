@@ -20,7 +20,7 @@ a row a worker wrote before the indexer heard of it. The indexer then adopts tho
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -30,6 +30,7 @@ import numpy as np
 from cbir.core.records import Entry, Skipped
 from cbir.core.types import JSONDict
 from cbir.encoders.features import FeatureConfig
+from cbir.stores.database import DatabaseWriter
 from cbir.stores.milvus.client import (
     MAX_REASON,
     MilvusAddress,
@@ -55,6 +56,14 @@ OK, BAD, BAD_TRANSIENT = 0, 1, 2
 
 def row_entry(row: JSONDict) -> Entry:
     return Entry(str(row["path"]), int(row["size"]), int(row["mtime_ns"]), str(row["taken"]) or None)
+
+
+def _held_row(row: JSONDict) -> Entry | Skipped:
+    """A stored row as the writer holds it: an indexed file, or a failure (status 1 or 2)."""
+    e = row_entry(row)
+    if int(row["status"]) == OK:
+        return e
+    return Skipped(e.path, e.size, e.mtime_ns, str(row["reason"]), int(row["status"]) == BAD_TRANSIENT)
 
 
 def _row(entry: Entry, vector: list[float], status: int = OK, reason: str = "") -> JSONDict:
@@ -103,7 +112,7 @@ class MilvusSink:
         upsert(self._client, self.collection, rows, self.batch_rows)
 
 
-class MilvusWriter:
+class MilvusWriter(DatabaseWriter):
     """Writes one collection for the indexer (see the module docstring)."""
 
     def __init__(
@@ -116,78 +125,21 @@ class MilvusWriter:
         address: MilvusAddress,
         batch_rows: int = BATCH_ROWS,
     ) -> None:
-        self.collection, self.config, self.rebuild = collection, config, rebuild
-        self.weights_path, self.batch_rows, self.address = weights_path, batch_rows, address
-        self.rebuilt: str | None = "asked" if rebuild else None
-        self._exists = False  # a collection of ours is there now
-        self._reset = False  # drop it at the first commit
-        self._dim = 0
-        self._held: dict[str, Entry] = {}
-        self._bad: dict[str, Skipped] = {}
-        self._puts: list[tuple[list[Entry], np.ndarray]] = []
-        self._drops: set[str] = set()
-        self._skipped: list[Skipped] | None = None
-        self._taken: dict[str, str] = {}
-        self._adopted = False  # rows a sink wrote were adopted since the last commit
+        super().__init__(config, rebuild=rebuild, where=collection.where)
+        self.collection, self.weights_path = collection, weights_path
+        self.batch_rows, self.address = batch_rows, address
 
     def __enter__(self) -> MilvusWriter:
         record = self.collection.record()
-        self._exists = record is not None
-        if record is None:
-            return self
-        if self.rebuild or record.config != self.config:
-            if not self.rebuild:
-                log.info("index settings changed; rebuilding %s", self.collection.where)
-                self.rebuilt = "settings changed"
-            self._reset = True
-            return self
-        self._dim = record.dim
-        self.collection.ensure_loaded()
-        for row in self.collection.rows("status >= 0", FIELDS):
-            if int(row["status"]) == OK:
-                self._held[str(row["path"])] = row_entry(row)
-            else:
-                e = row_entry(row)
-                self._bad[e.path] = Skipped(
-                    e.path, e.size, e.mtime_ns, str(row["reason"]), int(row["status"]) == BAD_TRANSIENT
-                )
+        if self.opened(None if record is None else (record.config, record.dim)):
+            self.collection.ensure_loaded()
+            self.hold(_held_row(row) for row in self.collection.rows("status >= 0", FIELDS))
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         return None  # no lock to give back; the store keeps its client
-
-    @property
-    def is_new(self) -> bool:
-        return not self._exists or self._reset
-
-    def set_dim(self, dim: int) -> None:
-        if not self.is_new and dim != self._dim:
-            raise ValueError(f"vectors of {dim} dimensions for an index of {self._dim}")
-        self._dim = dim
-
-    def unchanged_since_commit(self) -> bool:
-        return not (
-            self._puts
-            or self._drops
-            or self._taken
-            or self._reset
-            or self._adopted
-            or self._skipped is not None
-        )
-
-    def held(self) -> dict[str, Entry]:
-        return dict(self._held)
-
-    def known_bad(self) -> dict[str, Skipped]:
-        return dict(self._bad)
-
-    def put(self, entries: Sequence[Entry], vectors: np.ndarray) -> None:
-        if len(entries) != len(vectors):
-            raise ValueError("one vector per entry")
-        if len(entries):
-            self._puts.append((list(entries), np.asarray(vectors, dtype=np.float32)))
 
     def sink(self, *, same_machine: bool) -> MilvusSink | None:
         """A sink into this collection, after a commit of what is pending (module docstring); None for
@@ -199,21 +151,6 @@ class MilvusWriter:
             served_uri(self.address), self.collection.name, self.batch_rows, token=token_for(self.address)
         )
 
-    def adopt(self, entries: Sequence[Entry]) -> None:
-        self._held.update({e.path: e for e in entries})
-        self._adopted = self._adopted or bool(entries)
-
-    def set_taken(self, taken: Mapping[str, str]) -> None:
-        self._taken.update({p: t for p, t in taken.items() if p in self._held})
-
-    def drop(self, paths: Iterable[str]) -> None:
-        for path in paths:
-            self._held.pop(path, None)
-            self._drops.add(path)
-
-    def set_skipped(self, skipped: Sequence[Skipped]) -> None:
-        self._skipped = list(skipped)
-
     def commit(self) -> None:
         stamp = new_commit_stamp()
         if self._reset:
@@ -222,29 +159,20 @@ class MilvusWriter:
         if not self._exists:
             self.collection.create(Record(self.config, self._dim, self.weights_path, stamp))
             self._exists = True
-        put_paths = {e.path for entries, _ in self._puts for e in entries}
-        skipped = self._skipped if self._skipped is not None else list(self._bad.values())
-        bad_now = {s.path: s for s in skipped}
-        gone = (self._drops | (set(self._bad) - set(bad_now))) - put_paths - set(bad_now)
-        self._delete(sorted(gone))
+        changes = self.changes()
+        self._delete(changes.gone)
         self._retake()
-        for entries, vectors in self._puts:
+        for entries, vectors in changes.puts:
             self._upsert([_row(e, v.tolist()) for e, v in zip(entries, vectors)])
-            self._held.update({e.path: e for e in entries})
         zero = [0.0] * self._dim
-        fresh_bad = [s for s in skipped if self._bad.get(s.path) != s]
         self._upsert(
             [
                 _row(Entry(s.path, s.size, s.mtime_ns), zero, BAD_TRANSIENT if s.transient else BAD, s.reason)
-                for s in fresh_bad
+                for s in changes.fresh_bad
             ]
         )
         self.collection.set_commit(stamp)
-        self._bad = bad_now
-        self._puts.clear()
-        self._drops.clear()
-        self._skipped = None
-        self._adopted = False
+        self.committed(changes)
 
     def _retake(self) -> None:
         """Capture times of held rows (upserted with their stored vectors)."""

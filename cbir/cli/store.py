@@ -1,6 +1,6 @@
 """The command line's options for where the index lives and how indexing is spread: ``--store URI``
 (every command that reads or writes an index), ``--ray [ADDRESS]`` and ``--shard I/N`` (``cbir
-index``), and their translation into a :class:`~cbir.stores.folder.store.Store` and an embedder source."""
+index``), and their translation into a :class:`~cbir.stores.base.Store` and an embedder source."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The cache of converted models: one LiteRT file per network, verified whenever it is opened.
+"""The cache of converted models: one file per network and runtime, verified whenever it is opened.
 
 A converted network is known by everything that changes its output (backbone, weights identity,
 pooling, GeM exponent, width multiplier, input size), the runtime that runs it and :data:`FORMAT`,

@@ -50,7 +50,7 @@ class Shard:
 
 
 class ShardView:
-    """An :class:`~cbir.stores.folder.writer.IndexWriter` restricted to one shard's files."""
+    """An :class:`~cbir.stores.base.IndexWriter` restricted to one shard's files."""
 
     def __init__(self, inner: IndexWriter, shard: Shard) -> None:
         self.inner, self.shard = inner, shard

@@ -1,1 +1,1 @@
-"""Index -> results: the searcher interface, exact and approximate search, re-ranking, queries."""
+"""Vectors -> ranked rows: the searcher interface, exact and approximate search, filters, re-ranking (no storage)."""

@@ -1,0 +1,1 @@
+"""What a command or a request does: settings, queries, near-duplicates, evaluation, export."""

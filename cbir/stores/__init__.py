@@ -1,0 +1,1 @@
+"""Where an index lives: the store interfaces and one package per backend (``folder``, ``milvus``)."""

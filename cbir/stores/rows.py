@@ -1,9 +1,8 @@
-"""What every store's reader offers (:class:`IndexReader`), and the row <-> file logic they share.
+"""The row <-> file logic every store's reader shares (:class:`IndexedFiles`), and the refusal to
+mix features (:func:`check_same_settings`).
 
-A reader is one committed version of an index: ``paths[i]`` is the file of row ``i`` (relative to
-the dataset root), ``entries[i]`` its stat and capture time, and ``searcher()`` ranks the rows.
-The folder store's :class:`~cbir.stores.folder.snapshot.Index` and the Milvus store's reader both are one;
-queries, evaluation, duplicates and the web app take any of them.
+A reader (:class:`~cbir.stores.base.IndexReader`) is one committed version of an index: ``paths[i]``
+is the file of row ``i`` (relative to the dataset root), ``entries[i]`` its stat and capture time.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``--store URI``: which :class:`~cbir.stores.folder.store.Store` a URI names, by its scheme.
+"""``--store URI``: which :class:`~cbir.stores.base.Store` a URI names, by its scheme.
 
 A registry, so another store is one more entry: :data:`SCHEMES` maps a URI scheme to the function
 that makes the store of a dataset. No ``--store`` means the folder store (``--index DIR`` or

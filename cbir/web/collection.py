@@ -1,6 +1,6 @@
 """The served collection: the newest committed index version, its folders, and safe file lookup.
 
-The index lives in any :class:`~cbir.stores.folder.store.Store` (the folder store, or ``--store URI``).
+The index lives in any :class:`~cbir.stores.base.Store` (the folder store, or ``--store URI``).
 Every request asks :meth:`Collection.current`, which asks the store whether a newer version was
 committed (the folder store: one ``stat`` of the manifest; Milvus: the collection's commit stamp)
 and switches to it when an indexer (ours in the background, or another process) made one, so the

@@ -1,10 +1,6 @@
-"""Where an index lives: the :class:`Store` seam, and the folder store every command uses today.
-
-A store gives the indexer an :class:`~cbir.stores.folder.writer.IndexWriter`, readers one committed
-version (an :class:`~cbir.stores.rows.IndexReader`), and settings resolution the record of what
-it holds (``committed()``). The Milvus store (:mod:`cbir.stores.milvus.store`) is a second
-implementation; ``--store URI`` picks one through :mod:`cbir.stores.uri`.
-"""
+"""The folder store: the index in a folder (by default ``DATASET/.cbir``), written by
+:class:`~cbir.stores.folder.writer.FolderWriter` under the folder's lock and read whole, one committed
+version at a time, by :mod:`cbir.stores.folder.snapshot`."""
 
 from __future__ import annotations
 

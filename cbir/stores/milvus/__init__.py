@@ -1,0 +1,1 @@
+"""The Milvus store: an index in one Milvus collection (Milvus Lite or a server; the ``milvus`` extra)."""

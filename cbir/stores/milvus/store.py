@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 
 class MilvusStore:
-    """A :class:`~cbir.stores.folder.store.Store` in one Milvus collection."""
+    """A :class:`~cbir.stores.base.Store` in one Milvus collection."""
 
     def __init__(self, address: MilvusAddress, root: str | os.PathLike[str]) -> None:
         self.address = address

@@ -1,4 +1,4 @@
-"""The Milvus store's :class:`~cbir.stores.folder.writer.IndexWriter`: rows upserted in bounded batches.
+"""The Milvus store's :class:`~cbir.stores.base.IndexWriter`: rows upserted in bounded batches.
 
 Nothing is written on entering: a collection built with other settings (or ``rebuild``) is dropped
 and made again at the first commit, so a run that fails before it leaves the collection as it was.

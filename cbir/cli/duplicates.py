@@ -1,4 +1,5 @@
-"""The ``cbir duplicates`` command: the face of :mod:`cbir.service.duplicates` and :mod:`cbir.duplicates.moves` (it prints)."""
+"""The ``cbir duplicates`` command: the face of :mod:`cbir.service.duplicates` and
+:mod:`cbir.duplicates.moves` (it prints)."""
 
 from __future__ import annotations
 

@@ -1,1 +1,3 @@
-"""The leaf layer: types, errors, records, results, vector helpers, the atomic write, progress (no cbir imports)."""
+"""The leaf layer: types, errors, records, results, vector helpers, the atomic write, progress.
+
+It imports nothing of cbir's."""

@@ -1,1 +1,3 @@
-"""Arrays (and later text) -> vectors: the encoder seam, its families and runtimes, the model cache (no storage)."""
+"""Arrays (and later text) -> vectors: the encoder seam, its families, runtimes and model cache.
+
+No storage."""

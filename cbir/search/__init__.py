@@ -1,1 +1,3 @@
-"""Vectors -> ranked rows: the searcher interface, exact and approximate search, filters, re-ranking (no storage)."""
+"""Vectors -> ranked rows: the searcher interface, exact and approximate search, filters, re-ranking.
+
+No storage, no network."""

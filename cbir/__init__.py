@@ -2,12 +2,12 @@
 
 Library use (the weights are given once; the model is built only when something needs it)::
 
-    from cbir import FeatureChoice, open_index, query_index, resolve_settings, update_index
+    from cbir import FeatureChoice, SearchRequest, open_index, query_index, resolve_settings, update_index
     settings = resolve_settings("photos/", weights="mobilenet_2_5_224_tf_no_top.h5",
                                 features=FeatureChoice(model="mobilenet"))
     update_index(settings.dataset, settings, index_dir=settings.index_dir)
     index = open_index(settings.dataset, settings.index_dir)
-    results = query_index(index, settings.embedder(), ["photos/cat.jpg"], k=9)
+    results = query_index(index, settings, ["photos/cat.jpg"], SearchRequest(k=9))
 
 The package map is docs/architecture.md.
 """
@@ -31,6 +31,8 @@ _EXPORTS = {
     "Index": "stores.folder.snapshot",
     "query_index": "service.query",
     "search_index": "service.query",
+    "like_index": "service.query",
+    "SearchRequest": "service.query",
     "embed_queries": "service.query",
     "top_k": "search.exact",
     "find_images": "ingest.files",
@@ -48,6 +50,9 @@ _EXPORTS = {
     "IndexOptions": "indexing.indexer",
     "Reranking": "search.rerank",
     "Searcher": "search.base",
+    "Encoder": "encoders.base",
+    "IndexReader": "stores.base",
+    "Store": "stores.base",
     "FolderStore": "stores.folder.store",
 }
 

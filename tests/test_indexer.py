@@ -379,7 +379,8 @@ CRASH_SCRIPT = """
 import json, sys, time
 import keras
 from cbir.encoders.embedder import Embedder
-from cbir.encoders.features import FeatureConfig, resolve_config
+from cbir.encoders.features import FeatureConfig
+from cbir.encoders.registry import resolve_config
 from cbir.encoders.weights import Weights
 from cbir.indexing.indexer import IndexOptions, update_index
 

@@ -52,14 +52,14 @@ else:
 from cbir.stores.folder.snapshot import open_index
 from cbir.encoders.embedder import Embedder
 from cbir.encoders.weights import Weights
-from cbir.service.query import embed_queries, search_index
+from cbir.service.query import SearchRequest, embed_queries, search_index
 t["import"] = time.perf_counter() - t0
 t0 = time.perf_counter(); index = open_index(dataset, index_dir); t["index load"] = time.perf_counter() - t0
 t0 = time.perf_counter(); emb = Embedder(index.config, Weights.parse(weights), runtime=runtime)
 assert emb.network.name == runtime, emb.network.name
 t["model+weights"] = time.perf_counter() - t0
 t0 = time.perf_counter(); q = embed_queries(emb, [query]); t["embed"] = time.perf_counter() - t0
-t0 = time.perf_counter(); res = search_index(index, q, [query], 9); t["search"] = time.perf_counter() - t0
+t0 = time.perf_counter(); res = search_index(index, q, [query], SearchRequest(k=9)); t["search"] = time.perf_counter() - t0
 t0 = time.perf_counter()
 from cbir.cli.plot import plot_results
 plot_results(res, out); t["plot"] = time.perf_counter() - t0

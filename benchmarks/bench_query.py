@@ -59,7 +59,8 @@ t0 = time.perf_counter(); emb = Embedder(index.config, Weights.parse(weights), r
 assert emb.network.name == runtime, emb.network.name
 t["model+weights"] = time.perf_counter() - t0
 t0 = time.perf_counter(); q = embed_queries(emb, [query]); t["embed"] = time.perf_counter() - t0
-t0 = time.perf_counter(); res = search_index(index, q, [query], SearchRequest(k=9)); t["search"] = time.perf_counter() - t0
+t0 = time.perf_counter(); res = search_index(index, q, [query], SearchRequest(9))
+t["search"] = time.perf_counter() - t0
 t0 = time.perf_counter()
 from cbir.cli.plot import plot_results
 plot_results(res, out); t["plot"] = time.perf_counter() - t0

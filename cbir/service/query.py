@@ -1,4 +1,5 @@
-"""Answering queries against an index: embed the query images, search, exclude the query itself.
+"""Answering queries against an index: embed the query images (or texts), search, exclude the query
+itself.
 
 The index decides how it is searched (:meth:`~cbir.stores.base.IndexReader.searcher`: its fresh
 approximate index unless ``exact``, else an exact scan); re-ranking wraps that searcher.
@@ -15,7 +16,7 @@ import numpy as np
 
 from cbir.core.errors import BadImageError, QueryError
 from cbir.core.results import Match, QueryResult
-from cbir.encoders.base import Encoder, EncoderSource
+from cbir.encoders.base import TEXT, Encoder, EncoderSource
 from cbir.search.filters import ResultFilter, only_allowed
 from cbir.search.rerank import Reranking, rerank
 from cbir.stores.base import IndexReader
@@ -123,3 +124,23 @@ def like_index(
     vectors = np.asarray(stored, dtype=np.float32)
     files = [index.file(r) for r in rows]
     return search_index(index, vectors, files, replace(request, exclude_self=True))
+
+
+def text_index(
+    index: IndexReader, source: EncoderSource, texts: Sequence[str], request: SearchRequest = SearchRequest()
+) -> list[QueryResult]:
+    """Rank the index for each text, embedded by the text side of a joint text-image encoder.
+
+    The index says whether its vectors can be matched with text (``config.modalities``, recorded
+    when it was built): QueryError in one line, before any model is built, when they cannot.
+    """
+    if TEXT not in index.config.modalities:
+        raise QueryError(
+            f"the index was built with {index.config.model}, which embeds images only; "
+            "searching by words needs an index built with a joint text-image model"
+        )
+    index.check_compatible(source.config)
+    if not texts or not all(text.strip() for text in texts):
+        raise QueryError("give the words to search for")
+    vectors = np.asarray(source.embedder().embed_texts(list(texts)), dtype=np.float32)
+    return search_index(index, vectors, texts, replace(request, exclude_self=False))

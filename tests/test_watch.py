@@ -1,5 +1,10 @@
 """Keeping an index current: the folder watcher (events and polling), files still being copied,
-and `cbir index DATASET --watch` end to end."""
+and `cbir index DATASET --watch` end to end.
+
+The watcher's time is a :class:`FakeClock` that moves only when a test advances it, so the settling
+is checked step by step, and the threaded tests synchronise on the watcher being asleep, not on
+sleeps of their own.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +17,14 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import save_image
 from helpers import REPO, TINY_MODEL, interruptible
 
 from cbir.indexing.indexer import IndexOptions
-from cbir.indexing.watch import FolderWatcher, folder_state
+from cbir.indexing.watch import FolderWatcher, SystemClock, folder_state
 
 HAVE_WATCHDOG = True
 try:
@@ -26,65 +32,168 @@ try:
 except ImportError:
     HAVE_WATCHDOG = False
 
-
-def calls_within(calls: list[float], count: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while len(calls) < count and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return len(calls) >= count
+REAL_TIMEOUT = 60.0
+"""Seconds of real time a threaded test waits for the watcher before failing (never reached when it works)."""
 
 
-@pytest.mark.parametrize(
-    "events",
-    [False, pytest.param(True, marks=pytest.mark.skipif(not HAVE_WATCHDOG, reason="watchdog not installed"))],
-)
-def test_a_new_image_is_noticed_once_and_the_index_folder_is_ignored(tmp_path, events):
-    save_image(tmp_path / "a.jpg", seed=1)
-    (tmp_path / ".cbir").mkdir()
-    calls: list[float] = []
-    watcher = FolderWatcher(
-        tmp_path,
-        lambda: calls.append(time.monotonic()),
-        skip=[tmp_path / ".cbir"],
-        settle=0.2,
-        poll=0.3,
-        events=events,
+class FakeClock:
+    """Time that moves only by :meth:`advance`; ``wait`` returns once its event is set or the fake
+    time reaches its deadline. :meth:`asleep` lets a test wait until the watcher sleeps."""
+
+    def __init__(self) -> None:
+        self.time = 0.0
+        self._changed = threading.Condition()
+        self._deadline: float | None = None  # of the wait in progress
+
+    def now(self) -> float:
+        with self._changed:
+            return self.time
+
+    def wait(self, event: threading.Event, timeout: float) -> bool:
+        with self._changed:
+            self._deadline = self.time + timeout
+            self._changed.notify_all()
+            try:
+                while not event.is_set() and self.time < self._deadline:
+                    self._changed.wait(0.005)  # an event set elsewhere does not notify the condition
+            finally:
+                self._deadline = None
+                self._changed.notify_all()
+            return event.is_set()
+
+    def advance(self, seconds: float) -> None:
+        with self._changed:
+            self.time += seconds
+            self._changed.notify_all()
+
+    def asleep(self, seconds: float) -> None:
+        """Block until a thread waits on this clock with ``seconds`` left (just started a wait)."""
+        with self._changed:
+            ok = self._changed.wait_for(
+                lambda: self._deadline is not None and self._deadline - self.time == seconds, REAL_TIMEOUT
+            )
+        assert ok, f"nothing started waiting {seconds} s"
+
+
+def add(path: Path, seed: int) -> Path:
+    """Write an image beside ``path`` and rename it into place: one change, never half-written."""
+    part = save_image(path.parent.parent / f"{path.name}.part.png", seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(part, path)
+    return path
+
+
+def stepped(root: Path, calls: list[int], clock: FakeClock, settle: float = 1.0) -> FolderWatcher:
+    """A watcher driven by :meth:`FolderWatcher.step` and the fake clock, no thread, no events."""
+    return FolderWatcher(
+        root, lambda: calls.append(1), skip=[root / ".cbir"], settle=settle, events=False, clock=clock
     )
-    assert watcher.uses_events is events
-    watcher.start()
-    try:
-        (tmp_path / ".cbir" / "manifest.json").write_text("{}")  # our own writes are not a change
-        (tmp_path / "notes.txt").write_text("not an image")
-        assert not calls_within(calls, 1, 1.0)
-        save_image(tmp_path / "sub" / "b.jpg", seed=2)
-        assert calls_within(calls, 1, 5.0)
-        assert not calls_within(calls, 2, 1.0)  # one change, one call
-        (tmp_path / "a.jpg").unlink()
-        assert calls_within(calls, 2, 5.0)  # removals count too
-    finally:
-        watcher.stop()
+
+
+def test_a_change_is_acted_on_once_after_it_held_for_settle_seconds(tmp_path):
+    ds = tmp_path / "ds"
+    save_image(ds / "a.jpg", seed=1)
+    (ds / ".cbir").mkdir()
+    calls: list[int] = []
+    clock = FakeClock()
+    watcher = stepped(ds, calls, clock)
+    (ds / ".cbir" / "manifest.json").write_text("{}")  # our own writes are not a change
+    (ds / "notes.txt").write_text("not an image")
+    assert not watcher.step() and not watcher.settling
+
+    add(ds / "sub" / "b.jpg", seed=2)
+    assert not watcher.step() and watcher.settling  # seen, not yet settled
+    clock.advance(0.5)
+    assert not watcher.step() and calls == []
+    clock.advance(0.5)
+    assert watcher.step() and calls == [1] and not watcher.settling
+    clock.advance(10)
+    assert not watcher.step() and calls == [1]  # one change, one call
+
+    (ds / "a.jpg").unlink()  # removals count too
+    assert not watcher.step()
+    clock.advance(1.0)
+    assert watcher.step() and calls == [1, 1]
 
 
 def test_a_file_still_being_copied_is_not_acted_on_until_it_settles(tmp_path):
     source = save_image(tmp_path / "src" / "big.png", seed=3, width=400, height=300).read_bytes()
     ds = tmp_path / "ds"
     save_image(ds / "a.jpg", seed=1)
-    seen: list[tuple[float, int]] = []
     target = ds / "big.png"
+    seen: list[int] = []
+    clock = FakeClock()
     watcher = FolderWatcher(
-        ds, lambda: seen.append((time.monotonic(), target.stat().st_size)), settle=0.4, poll=0.1, events=False
-    ).start()
+        ds, lambda: seen.append(target.stat().st_size), settle=1.0, events=False, clock=clock
+    )
+    chunk = len(source) // 10 + 1
+    with open(target, "wb") as f:  # a slow copy: a chunk every 0.75 s, about eight seconds in all
+        for start in range(0, len(source), chunk):
+            f.write(source[start : start + chunk])
+            f.flush()
+            assert not watcher.step()
+            clock.advance(0.75)
+    assert not watcher.step()  # unchanged for 0.75 s only
+    clock.advance(0.25)
+    assert watcher.step()
+    assert seen == [len(source)]  # only the whole file was seen
+
+    stat = target.stat()  # the same size, a new mtime: rewritten in place, a change too
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert not watcher.step() and watcher.settling
+    clock.advance(1.0)
+    assert watcher.step() and len(seen) == 2
+
+
+@pytest.mark.parametrize(
+    "events",
+    [False, pytest.param(True, marks=pytest.mark.skipif(not HAVE_WATCHDOG, reason="watchdog not installed"))],
+)
+def test_the_watcher_thread_sleeps_poll_then_settle_and_events_wake_it(tmp_path, events):
+    """Polling: nothing happens until `poll` fake seconds pass. Events: the change wakes the watcher
+    with the fake time standing still. Then `settle` fake seconds, one call."""
+    ds = tmp_path / "ds"
+    save_image(ds / "a.jpg", seed=1)
+    (ds / ".cbir").mkdir()
+    calls: list[float] = []
+    called = threading.Event()
+    clock = FakeClock()
+
+    def on_change() -> None:
+        calls.append(clock.now())
+        called.set()
+
+    watcher = FolderWatcher(
+        ds, on_change, skip=[ds / ".cbir"], settle=1.0, poll=100.0, events=events, clock=clock
+    )
+    assert watcher.uses_events is events
+    watcher.start()
     try:
-        with open(target, "wb") as f:  # a slow copy: a chunk every 0.15 s for about 1.5 s
-            for start in range(0, len(source), len(source) // 10 + 1):
-                f.write(source[start : start + len(source) // 10 + 1])
-                f.flush()
-                time.sleep(0.15)
-        finished = time.monotonic()
-        assert calls_within(seen, 1, 5.0)
+        for change in (lambda: add(ds / "sub" / "b.jpg", seed=2), (ds / "a.jpg").unlink):
+            called.clear()
+            clock.asleep(100.0)  # idle
+            begun = clock.now()
+            change()
+            if not events:
+                clock.advance(100.0)
+            clock.asleep(1.0)  # settling
+            assert not called.is_set()
+            clock.advance(1.0)
+            assert called.wait(REAL_TIMEOUT)
+            assert calls[-1] - begun == (1.0 if events else 101.0)
+        clock.asleep(100.0)
+        assert len(calls) == 2  # one call a change
     finally:
         watcher.stop()
-    assert seen[0][0] >= finished and seen[0][1] == len(source)  # only the whole file was seen
+
+
+def test_the_system_clock_waits_for_the_event_or_the_timeout():
+    event = threading.Event()
+    clock = SystemClock()
+    before = clock.now()
+    assert not clock.wait(event, 0.01) and clock.now() - before >= 0.01
+    event.set()
+    assert clock.wait(event, 60)
 
 
 def test_folder_state_follows_the_indexers_rules(tmp_path):

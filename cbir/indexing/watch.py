@@ -6,6 +6,9 @@ decision is made on the folder's state (each image's path, size and mtime, as th
 them): after a change it waits for ``settle`` seconds and looks again, and acts only once two looks
 agree, so a file still being copied (its size or mtime still moving) is not indexed half-written.
 Bursts of events (a folder copied in) are debounced into one call of ``on_change``.
+
+Time comes from a :class:`Clock` (the system's by default), so the debouncing can be stepped with
+a clock that moves only when told to; :meth:`FolderWatcher.step` is one look at the folder.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
@@ -32,6 +36,29 @@ class Observer(Protocol):
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
+
+
+class Clock(Protocol):
+    """Where the watcher's time comes from: seconds now, and waiting for an event with a timeout."""
+
+    def now(self) -> float: ...
+
+    def wait(self, event: threading.Event, timeout: float) -> bool:
+        """Block until ``event`` is set (True) or ``timeout`` seconds have passed (False)."""
+        ...
+
+
+class SystemClock:
+    """The real clock: monotonic seconds, ``Event.wait``."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def wait(self, event: threading.Event, timeout: float) -> bool:
+        return event.wait(timeout)
+
+
+SYSTEM_CLOCK = SystemClock()
 
 
 def folder_state(root: Path, options: IndexOptions, skip: Iterable[Path]) -> State:
@@ -69,6 +96,7 @@ class FolderWatcher:
         settle: float = 1.0,
         poll: float = 2.0,
         events: bool = True,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.root = Path(root)
         self.on_change = on_change
@@ -76,6 +104,9 @@ class FolderWatcher:
         self.options = options
         self.settle = settle
         self.poll = poll
+        self.clock = clock
+        self._pending: State | None = None  # a changed state not yet settled
+        self._since = 0.0  # when the folder was last seen with the pending state
         self._woken = threading.Event()
         self._stopping = threading.Event()
         self._observer = self._watch_events() if events else None
@@ -134,25 +165,38 @@ class FolderWatcher:
             return None
         return observer
 
+    @property
+    def settling(self) -> bool:
+        """Whether a change was seen and the watcher waits for the folder to stay as it is."""
+        return self._pending is not None
+
+    def step(self) -> bool:
+        """Look at the folder once; call ``on_change`` (and return True) when a change has held for
+        ``settle`` seconds. A look that finds the folder still moving starts the wait again."""
+        now = folder_state(self.root, self.options, self.skip)
+        if self._pending is None and now == self._state:
+            return False
+        if now != self._pending:
+            self._pending, self._since = now, self.clock.now()
+            return False
+        if self.clock.now() - self._since < self.settle:
+            return False
+        self._state, self._pending = now, None
+        try:
+            self.on_change()
+        except CbirError as exc:
+            log.warning("updating after a change failed: %s", exc)
+        return True
+
     def _loop(self) -> None:
+        """Sleep ``poll`` seconds (or until an event) while idle, ``settle`` seconds while settling."""
         while not self._stopping.is_set():
-            self._woken.wait(self.poll)
+            if self._pending is None:
+                self.clock.wait(self._woken, self.poll)
+            else:  # events do not cut the settling short: only the next look decides
+                left = self._since + self.settle - self.clock.now()
+                self.clock.wait(self._stopping, max(left, 0.0))
             self._woken.clear()
             if self._stopping.is_set():
                 return
-            now = folder_state(self.root, self.options, self.skip)
-            if now == self._state:
-                continue
-            while not self._stopping.wait(self.settle):  # until two looks `settle` apart agree
-                self._woken.clear()
-                again = folder_state(self.root, self.options, self.skip)
-                if again == now:
-                    break
-                now = again
-            if self._stopping.is_set():
-                return
-            self._state = now
-            try:
-                self.on_change()
-            except CbirError as exc:
-                log.warning("updating after a change failed: %s", exc)
+            self.step()

@@ -200,6 +200,7 @@ def test_reindex_with_other_features_drops_the_whitening(whitened, tmp_path):
 # errors
 
 
+@pytest.mark.slow
 def test_evaluate_without_ground_truth(image_folder, tmp_path):
     data = image_folder(3)
     proc = cbir(

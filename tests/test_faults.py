@@ -138,6 +138,7 @@ def test_disk_full_injected(image_folder, tiny_config, tiny_embedder, monkeypatc
     assert run(root, tiny_config, never).total == 10  # next run: only the merge was missing
 
 
+@pytest.mark.slow
 def test_disk_full_from_the_command_line(tmp_path, small_disk, make_image):
     data = tmp_path / "data"
     for i in range(40):  # 40 rows of 1280 float32: 200 KiB, more than the room left
@@ -242,6 +243,7 @@ def test_empty_or_missing_matrix(indexed, tmp_path, damage, command):
     one_line(cli(*args, cwd=tmp_path, script=None), damage, "rebuild with --rebuild")
 
 
+@pytest.mark.slow
 def test_non_finite_rows_are_an_error_not_json_infinity(indexed, tmp_path):
     data, feats = damaged_copy(indexed, tmp_path)
     matrix = np.load(feats)
@@ -442,6 +444,7 @@ def read_only_disk(tmp_path) -> Iterator[tuple[Path, Callable[[], None]]]:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_query_on_a_read_only_dataset_from_the_command_line(indexed, tmp_path, read_only_disk):
     import shutil
 

@@ -114,6 +114,7 @@ def test_like_under_a_folder(tmp_path, tiny_config, tiny_embedder):
     assert [m for m in everything.matches if "/2025/" in m.path] == res.matches  # same order and scores
 
 
+@pytest.mark.slow
 def test_command_line_filters_and_exports(tmp_path):
     data = tmp_path / "data"
     for i in range(3):

@@ -51,6 +51,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_one_line_errors(tmp_path):
     data = tmp_path / "data"
     for i in range(3):

@@ -79,6 +79,7 @@ def weights(mobilenet_weights) -> Weights:
     return Weights.from_file(mobilenet_weights)
 
 
+@pytest.mark.slow
 def test_rmac_converts_to_litert_and_matches_keras(tmp_path, weights):
     """The regional grid built from the map's dynamic shape survives conversion: the same features
     as Keras at the model's size and at other shapes (non-square images through the long geometry)."""

@@ -1,7 +1,8 @@
 """The runtimes (cbir.encoders.runtimes): LiteRT against Keras, the model cache, the fallbacks.
 
 Conversions run on MobileNet 0.25 at 64x64 (real weights: a converted model is cached by the
-weights' identity) or on a random-weights MobileNetV2 (never cached): a few seconds each.
+weights' identity) or on a random-weights MobileNetV2 (never cached): a few seconds each, so the
+tests that convert are marked ``slow``.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def images() -> list[np.ndarray]:
     return [smooth_image(seed, 80 + 8 * seed, 64) for seed in range(5)]
 
 
+@pytest.mark.slow
 def test_litert_gives_keras_features_and_is_cached(tmp_path, weights, images, caplog):
     cache = ModelCache(tmp_path / "cache")
     reference = embedder(weights, cache, "keras")
@@ -80,6 +82,7 @@ def test_litert_gives_keras_features_and_is_cached(tmp_path, weights, images, ca
     assert request.slot("onnx", "onnx").key != request.slot("litert", "tflite").key  # keyed by runtime
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "flip", "no record"])
 def test_a_damaged_cache_file_is_made_again(tmp_path, weights, converted, damage, caplog):
     cache = copy_of(converted, tmp_path / "cache")
@@ -118,6 +121,7 @@ def test_a_network_that_does_not_convert_runs_in_keras_and_is_not_tried_again(
         assert embedder(weights, cache, runtime).network.name == "keras"
 
 
+@pytest.mark.slow
 def test_random_weights_run_in_keras_unless_litert_is_asked(tmp_path):
     cache = ModelCache(tmp_path)
     weights = Weights.random()
@@ -138,6 +142,7 @@ def test_without_litert_auto_is_keras_and_litert_is_a_clear_error(tmp_path, weig
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_an_unwritable_cache_still_runs_litert(tmp_path, weights, images, caplog):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -147,6 +152,7 @@ def test_an_unwritable_cache_still_runs_litert(tmp_path, weights, images, caplog
     assert any("cannot write the model cache" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_indexing_keeps_keras_where_tensorflow_sees_a_gpu(tmp_path, weights, converted, monkeypatch):
     monkeypatch.setattr(runtimes, "gpu_visible", lambda load: True)
     cache = copy_of(converted, tmp_path / "cache")

@@ -24,6 +24,7 @@ from conftest import save_image
 from helpers import REPO, TINY_MODEL, cli, interruptible, one_line_error
 
 pytest.importorskip("fastapi", reason="cbir serve needs the web extra (pip install 'cbir[web]')")
+pytestmark = pytest.mark.slow  # every test runs `cbir serve` in a subprocess
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
 

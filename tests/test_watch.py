@@ -203,6 +203,7 @@ def test_folder_state_follows_the_indexers_rules(tmp_path):
     assert {rel for rel, _, _ in folder_state(tmp_path, options=IndexOptions(), skip=[])} == {"a.jpg"}
 
 
+@pytest.mark.slow
 def test_cbir_index_watch_indexes_a_photo_copied_in(tmp_path):
     ds = tmp_path / "ds"
     for i in range(3):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 from pathlib import Path
 
@@ -70,3 +71,14 @@ def test_a_new_option_would_be_caught() -> None:
     tables = table_options()
     options = {o for a in parser._actions for o in a.option_strings}
     assert "--surely-undocumented-option" in options - tables
+
+
+def test_every_declared_feature_setting_is_an_option_and_documented() -> None:
+    from cbir.encoders.features import FEATURE_SETTINGS, FeatureConfig
+
+    fields = {f.name for f in dataclasses.fields(FeatureConfig)}
+    tables, options = table_options(), parser_options()
+    for setting in FEATURE_SETTINGS:
+        assert setting.name in fields, setting  # a setting is a recorded field of the features
+        assert setting.flag in options and {"cbir index", "cbir query"} <= options[setting.flag], setting
+        assert setting.flag in tables, f"{setting.flag} is missing from README.md's option tables"

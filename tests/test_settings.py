@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cbir.core.errors import IndexFolderError, ModelError
-from cbir.encoders.features import FeatureConfig
+from cbir.encoders.features import ORIGINAL, FeatureConfig
 from cbir.encoders.registry import resolve_config
 from cbir.encoders.weights import Weights
 from cbir.encoders.whiten import learn_whitening, whitening_filename
@@ -138,3 +138,15 @@ def test_the_embedder_is_built_once_and_only_when_asked(tmp_path, monkeypatch):
     assert built == []
     assert s.embedder() is s.embedder()
     assert len(built) == 1 and built[0]["load_tensorflow"] is load  # called by the runtime, if needed
+
+
+def test_a_feature_choice_takes_exactly_the_declared_settings():
+    from cbir.encoders.features import FEATURE_SETTINGS
+
+    assert FeatureChoice(model=None, size=None) == FeatureChoice() and FeatureChoice().model is None
+    choice = FeatureChoice(
+        original=True, **{s.name: None for s in FEATURE_SETTINGS if s.name != "size"}, size=96
+    )
+    assert choice.size == 96 and choice.apply(FeatureConfig()).replace(size=None) == ORIGINAL
+    with pytest.raises(TypeError, match="unknown feature settings \\['poolng'\\]"):
+        FeatureChoice(poolng="max")

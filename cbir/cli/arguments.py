@@ -70,3 +70,12 @@ def moment(text: str) -> str:
             continue
         return text if width != 16 else text + ":00"
     raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD) or time (YYYY-MM-DDTHH:MM)")
+
+
+KINDS: dict[str, Callable[[str], object]] = {
+    "text": str,
+    "positive": POSITIVE,
+    "input size": INPUT_SIZE,
+    "scales": scales,
+}
+"""How the command line reads each kind of declared feature setting (``FeatureSetting.kind``)."""

@@ -9,13 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cbir.cli.arguments import (
-    INPUT_SIZE,
+    KINDS,
     NON_NEGATIVE_INT,
     POSITIVE,
     POSITIVE_INT,
     Parser,
     moment,
-    scales,
     similarity,
 )
 from cbir.cli.rerank import add_rerank_options
@@ -23,12 +22,12 @@ from cbir.cli.store import add_spread_options, add_store_option, shard_from, sto
 from cbir.duplicates.grouping import GROUPINGS
 from cbir.duplicates.keep import KEEP_RULES
 from cbir.encoders.base import RuntimeOptions
+from cbir.encoders.features import FEATURE_SETTINGS, FeatureSetting
 from cbir.encoders.model_cache import ENV as MODEL_CACHE_ENV
 from cbir.encoders.network import import_tensorflow
-from cbir.encoders.pooling import POOLINGS
 from cbir.encoders.runtimes import RUNTIMES
 from cbir.indexing.indexer import IndexOptions
-from cbir.ingest.decode import GEOMETRY_MODES, RESAMPLERS, LoadLimits
+from cbir.ingest.decode import LoadLimits
 from cbir.search.filters import ResultFilter
 from cbir.search.rerank import Reranking
 from cbir.service.duplicates import DEFAULT_VERIFY, VERIFICATIONS, DuplicateOptions
@@ -40,19 +39,22 @@ DEFAULT_DUPLICATES_OUT = "cbir_duplicates.png"
 CLI_ANN_MODES = ("auto", "none", "hnsw")  # the IVF kinds stay for the benchmark and the library
 
 
+def add_feature_setting(g: argparse._ActionsContainer, setting: FeatureSetting) -> None:
+    """The option of a declared feature setting (its flag, parse-time check, choices and help)."""
+    choices = None if setting.choices is None else list(setting.choices())
+    g.add_argument(setting.flag, type=KINDS[setting.kind], choices=choices, help=setting.help)
+
+
 def add_feature_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("features (an existing index decides these for queries)")
-    g.add_argument("--model", help="backbone (default resnet50; see `cbir models`)")
+    backbone, *others = FEATURE_SETTINGS
+    add_feature_setting(g, backbone)
     g.add_argument(
         "--weights",
         help="local weights file instead of the ImageNet download ('random': untrained, for tests)",
     )
-    g.add_argument("--pooling", choices=list(POOLINGS), help="pooling of the last feature map")
-    g.add_argument("--gem-p", type=POSITIVE, help="GeM exponent (default 3)")
-    g.add_argument("--size", type=INPUT_SIZE, help="input size, at least 32 (default: the backbone's)")
-    g.add_argument("--geometry", choices=GEOMETRY_MODES, help="how images are fitted to the input size")
-    g.add_argument("--resample", choices=list(RESAMPLERS), help="resampling filter for resizing")
-    g.add_argument("--scales", type=scales, help="multi-scale factors, e.g. 1,1/sqrt2,sqrt2")
+    for setting in others:
+        add_feature_setting(g, setting)
     g.add_argument(
         "--original",
         action="store_true",
@@ -327,14 +329,7 @@ def settings_from(
         args.dataset,
         index_dir=args.index,
         features=FeatureChoice(
-            model=args.model,
-            pooling=args.pooling,
-            gem_p=args.gem_p,
-            size=args.size,
-            geometry=args.geometry,
-            resample=args.resample,
-            scales=args.scales,
-            original=args.original,
+            original=args.original, **{s.name: getattr(args, s.name) for s in FEATURE_SETTINGS}
         ),
         weights=args.weights,
         rebuild=args.rebuild,
@@ -353,6 +348,11 @@ def settings_from(
         strict=strict,
         store=store_from(args),
     )
+
+
+def feature_choice_from(args: argparse.Namespace) -> FeatureChoice:
+    """The declared feature settings the options gave, and ``--original``."""
+    return FeatureChoice(original=args.original, **{s.name: getattr(args, s.name) for s in FEATURE_SETTINGS})
 
 
 def index_options_from(args: argparse.Namespace) -> IndexOptions:

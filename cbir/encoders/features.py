@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 
 from cbir.core.types import JSONDict, Param
 from cbir.encoders.pooling import POOLINGS
-from cbir.ingest.decode import Geometry
+from cbir.ingest.decode import GEOMETRY_MODES, RESAMPLERS, Geometry
 
 
 @dataclass(frozen=True)
@@ -74,3 +75,40 @@ class FeatureConfig:
 
 ORIGINAL = FeatureConfig(pooling="max", geometry="squash", resample="nearest")
 """The original script's settings: ResNet50, 224x224 squash with nearest-neighbour, max pooling."""
+
+
+@dataclass(frozen=True)
+class FeatureSetting:
+    """A feature setting a user may choose, declared once: a :class:`FeatureConfig` field.
+
+    The command line's option (``--`` and the name with dashes), its parse-time check (``kind``:
+    how the text is read, see ``cbir.cli.arguments.KINDS``; ``choices``), its help, whether an
+    existing index decides it (every feature setting: it is recorded in the index and compared with
+    the query's), and whether it identifies the converted network in the model cache
+    (``network``) all derive from this record.
+    """
+
+    name: str
+    help: str
+    kind: str = "text"
+    choices: Callable[[], Sequence[str]] | None = None
+    network: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+_S = FeatureSetting
+FEATURE_SETTINGS: tuple[FeatureSetting, ...] = (
+    _S("model", "backbone (default resnet50; see `cbir models`)", network=True),
+    _S("pooling", "pooling of the last feature map", choices=lambda: list(POOLINGS), network=True),
+    _S("gem_p", "GeM exponent (default 3)", kind="positive", network=True),
+    _S("size", "input size, at least 32 (default: the backbone's)", kind="input size", network=True),
+    _S("geometry", "how images are fitted to the input size", choices=lambda: list(GEOMETRY_MODES)),
+    _S("resample", "resampling filter for resizing", choices=lambda: list(RESAMPLERS)),
+    _S("scales", "multi-scale factors, e.g. 1,1/sqrt2,sqrt2", kind="scales"),
+)
+"""The feature settings a user chooses (``--model`` first: the command line puts ``--weights`` after
+it). A new one is a :class:`FeatureConfig` field with its default and one entry here; the parser,
+``FeatureChoice``, the model cache's key and the README check follow."""

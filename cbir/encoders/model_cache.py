@@ -28,7 +28,7 @@ from pathlib import Path
 
 from cbir.core.atomic import write_bytes
 from cbir.core.types import JSONDict
-from cbir.encoders.features import FeatureConfig
+from cbir.encoders.features import FEATURE_SETTINGS, FeatureConfig
 from cbir.encoders.weights import file_digest
 
 log = logging.getLogger(__name__)
@@ -51,15 +51,18 @@ def default_cache_dir(option: str | os.PathLike[str] | None = None) -> Path:
 
 
 def network_fields(config: FeatureConfig, input_size: int) -> JSONDict:
-    """What identifies a converted network (whitening and scales are applied outside it)."""
+    """What identifies a converted network: the weights, the width and the feature settings declared
+    as the network's (:data:`~cbir.encoders.features.FEATURE_SETTINGS`); whitening and scales are
+    applied outside it. The GeM exponent counts only with GeM pooling, the size defaults to the
+    backbone's."""
+    declared = {s.name: getattr(config, s.name) for s in FEATURE_SETTINGS if s.network}
+    declared["gem_p"] = config.gem_p if config.pooling == "gem" else None
+    declared["size"] = config.size or input_size
     return {
         "format": FORMAT,
-        "model": config.model,
         "weights": config.weights,
-        "pooling": config.pooling,
-        "gem_p": config.gem_p if config.pooling == "gem" else None,
         "width_multiplier": config.width_multiplier,
-        "size": config.size or input_size,
+        **declared,
     }
 
 

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cbir.core.errors import IndexFolderError
+from cbir.core.types import Param
 from cbir.encoders.base import Encoder, RuntimeOptions
-from cbir.encoders.features import ORIGINAL, FeatureConfig
+from cbir.encoders.features import FEATURE_SETTINGS, ORIGINAL, FeatureConfig
 from cbir.encoders.network import import_tensorflow
 from cbir.encoders.registry import EncoderRequest, open_encoder, resolve_config
 from cbir.encoders.weights import Weights
@@ -31,18 +32,37 @@ from cbir.stores.folder.writer import default_index_dir
 from cbir.stores.manifest import Manifest
 
 
-@dataclass(frozen=True)
 class FeatureChoice:
-    """The feature options a user gave (None: not given, keep the index's or the default)."""
+    """The feature options a user gave, by the names of
+    :data:`~cbir.encoders.features.FEATURE_SETTINGS` (None: not given, keep the index's or the
+    default); ``original``: the original script's features under the named ones."""
 
-    model: str | None = None
-    pooling: str | None = None
-    gem_p: float | None = None
-    size: int | None = None
-    geometry: str | None = None
-    resample: str | None = None
-    scales: tuple[float, ...] | None = None
-    original: bool = False
+    def __init__(self, *, original: bool = False, **given: Param) -> None:
+        known = {s.name for s in FEATURE_SETTINGS}
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise TypeError(f"unknown feature settings {unknown}; known: {sorted(known)}")
+        self.original = original
+        self.given: dict[str, Param] = {k: v for k, v in given.items() if v is not None}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FeatureChoice) and (self.original, self.given) == (
+            other.original,
+            other.given,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.original, tuple(sorted(self.given.items()))))
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.given.items())
+        return f"FeatureChoice({shown}{', original=True' if self.original else ''})"
+
+    def __getattr__(self, name: str) -> Param:
+        """A setting's value as given (None when not given), e.g. ``choice.model``."""
+        if name in {s.name for s in FEATURE_SETTINGS}:
+            return self.__dict__.get("given", {}).get(name)
+        raise AttributeError(name)
 
     def apply(self, config: FeatureConfig) -> FeatureConfig:
         """``config`` with the given options applied (``original`` first, named options over it)."""
@@ -50,20 +70,7 @@ class FeatureChoice:
             config = config.replace(
                 pooling=ORIGINAL.pooling, geometry=ORIGINAL.geometry, resample=ORIGINAL.resample
             )
-        given = {
-            name: value
-            for name, value in (
-                ("model", self.model),
-                ("pooling", self.pooling),
-                ("gem_p", self.gem_p),
-                ("size", self.size),
-                ("geometry", self.geometry),
-                ("resample", self.resample),
-                ("scales", self.scales),
-            )
-            if value is not None
-        }
-        return config.replace(**given)
+        return config.replace(**self.given)
 
 
 @dataclass(frozen=True)

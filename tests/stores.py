@@ -9,13 +9,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from cbir.core.errors import BadImageError, QueryError
 from cbir.core.records import Entry
 from cbir.encoders.features import FeatureConfig
 from cbir.ingest.decode import capture_time
-from cbir.stores.base import IndexReader
+from cbir.stores.base import IndexReader, Store
 from cbir.stores.sink import RowSink, SinkResult, Written
 
 DIM = 48
@@ -112,3 +113,21 @@ def exact_top(feats: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarra
     scores = np.asarray(queries, np.float32) @ np.asarray(feats, np.float32).T
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return order, np.take_along_axis(scores, order, axis=1)
+
+
+def milvus_store(path: Path, root: Path) -> Store:
+    """A Milvus Lite store in ``path``; the test is skipped where the milvus extra is not installed
+    (the folder store's tests of the same module still run)."""
+    pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
+    pytest.importorskip("milvus_lite", reason="the milvus extra is not installed")
+    from cbir.stores.milvus.store import MilvusStore
+
+    return MilvusStore.from_uri(f"milvus:{path}", root)
+
+
+def milvus_writer() -> type:
+    """The Milvus store's writer class (skipped as :func:`milvus_store` is)."""
+    pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
+    from cbir.stores.milvus.writer import MilvusWriter
+
+    return MilvusWriter

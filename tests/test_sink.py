@@ -10,17 +10,12 @@ from pathlib import Path
 import pytest
 from conftest import save_image
 from helpers import Source
-from stores import DirectPixelEmbedder, PixelEmbedder, same_rows
+from stores import DirectPixelEmbedder, PixelEmbedder, milvus_store, milvus_writer, same_rows
 
 from cbir.encoders.features import FeatureConfig
 from cbir.indexing.indexer import IndexOptions, IndexReport, update_index
 from cbir.stores.base import Store
 from cbir.stores.folder.store import FolderStore
-
-pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
-pytest.importorskip("milvus_lite", reason="the milvus extra is not installed")
-from cbir.stores.milvus.store import MilvusStore  # noqa: E402
-from cbir.stores.milvus.writer import MilvusWriter  # noqa: E402
 
 CONFIG = FeatureConfig(model="mobilenet", width_multiplier=0.25, size=64)
 OTHER = FeatureConfig(model="mobilenet", width_multiplier=0.25, size=96)
@@ -54,8 +49,8 @@ def test_rows_written_by_workers_are_the_rows_of_the_plain_indexer(tmp_path, mon
     if kind == "folder":
         store: Store = FolderStore(root, tmp_path / "direct")
     else:
-        store = MilvusStore.from_uri(f"milvus:{tmp_path / 'direct.db'}", root)
-        monkeypatch.setattr(MilvusWriter, "put", no_put)
+        store = milvus_store(tmp_path / "direct.db", root)
+        monkeypatch.setattr(milvus_writer(), "put", no_put)
 
     def both() -> tuple[IndexReport, IndexReport, DirectPixelEmbedder]:
         emb = DirectPixelEmbedder(RESOLVED, ahead=4)  # four rows written before each outcome arrives
@@ -82,7 +77,7 @@ def test_rows_written_by_workers_are_the_rows_of_the_plain_indexer(tmp_path, mon
 
 def test_a_rebuild_through_the_sink(tmp_path):
     root = photos(tmp_path / "data", 5)
-    store = MilvusStore.from_uri(f"milvus:{tmp_path / 'm.db'}", root)
+    store = milvus_store(tmp_path / "m.db", root)
     sync(root, store, PixelEmbedder(RESOLVED))
     again = sync(root, store, DirectPixelEmbedder(OTHER_RESOLVED, ahead=2), OTHER)
     assert (again.rebuilt, again.added, again.total) == ("settings changed", 5, 5)
@@ -93,7 +88,7 @@ def test_a_rebuild_through_the_sink(tmp_path):
 
 def test_a_stop_in_the_middle_keeps_what_the_workers_wrote(tmp_path, monkeypatch):
     root = photos(tmp_path / "data", 10)
-    store = MilvusStore.from_uri(f"milvus:{tmp_path / 'm.db'}", root)
+    store = milvus_store(tmp_path / "m.db", root)
     stopping = DirectPixelEmbedder(RESOLVED, ahead=3, stop_after=4)
     with pytest.raises(KeyboardInterrupt):
         sync(root, store, stopping)
@@ -117,7 +112,7 @@ def test_the_ray_worker_writes_its_batch_and_returns_no_vectors(tmp_path):
     from cbir.stores.milvus.writer import MilvusSink
 
     root = photos(tmp_path / "data", 3)
-    store = MilvusStore.from_uri(f"milvus:{tmp_path / 'm.db'}", root)
+    store = milvus_store(tmp_path / "m.db", root)
     sync(root, store, PixelEmbedder(RESOLVED))  # the collection, then one file changes
     save_image(root / "img01.jpg", seed=7, width=64)
     with store.writer(RESOLVED, dtype="float32", rebuild=False, whitening=None, weights_path=None) as w:

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import NoReturn
 
+from cbir.encoders.features import Kind
+
 
 class Parser(argparse.ArgumentParser):
     """An argument parser whose usage errors are one line on stderr (exit status 2), like every error."""
@@ -72,10 +74,11 @@ def moment(text: str) -> str:
     raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD) or time (YYYY-MM-DDTHH:MM)")
 
 
-KINDS: dict[str, Callable[[str], object]] = {
+KINDS: dict[Kind, Callable[[str], object]] = {
     "text": str,
     "positive": POSITIVE,
     "input size": INPUT_SIZE,
     "scales": scales,
 }
-"""How the command line reads each kind of declared feature setting (``FeatureSetting.kind``)."""
+"""How the command line reads each kind of declared feature setting (``FeatureSetting.kind``; the
+parse-time checks above, so ``--size`` is at least 32 and ``--gem-p`` above 0)."""

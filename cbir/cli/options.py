@@ -40,21 +40,23 @@ CLI_ANN_MODES = ("auto", "none", "hnsw")  # the IVF kinds stay for the benchmark
 
 
 def add_feature_setting(g: argparse._ActionsContainer, setting: FeatureSetting) -> None:
-    """The option of a declared feature setting (its flag, parse-time check, choices and help)."""
+    """The option of a declared feature setting (its flag, parse-time check, choices, metavar, help)."""
     choices = None if setting.choices is None else list(setting.choices())
-    g.add_argument(setting.flag, type=KINDS[setting.kind], choices=choices, help=setting.help)
+    g.add_argument(
+        setting.flag, type=KINDS[setting.kind], choices=choices, metavar=setting.metavar, help=setting.help
+    )
 
 
 def add_feature_options(p: argparse.ArgumentParser) -> None:
+    """The declared feature settings' options, ``--weights`` after ``--model``, then ``--original``."""
     g = p.add_argument_group("features (an existing index decides these for queries)")
-    backbone, *others = FEATURE_SETTINGS
-    add_feature_setting(g, backbone)
-    g.add_argument(
-        "--weights",
-        help="local weights file instead of the ImageNet download ('random': untrained, for tests)",
-    )
-    for setting in others:
+    for setting in FEATURE_SETTINGS:
         add_feature_setting(g, setting)
+        if setting.name == "model":
+            g.add_argument(
+                "--weights",
+                help="local weights file instead of the ImageNet download ('random': untrained, for tests)",
+            )
     g.add_argument(
         "--original",
         action="store_true",
@@ -314,6 +316,11 @@ def build_legacy_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def feature_choice_from(args: argparse.Namespace) -> FeatureChoice:
+    """The declared feature settings the options gave, and ``--original``."""
+    return FeatureChoice(original=args.original, **{s.name: getattr(args, s.name) for s in FEATURE_SETTINGS})
+
+
 def settings_from(
     args: argparse.Namespace,
     load_tensorflow: Callable[[], None] = import_tensorflow,
@@ -328,9 +335,7 @@ def settings_from(
     return resolve_settings(
         args.dataset,
         index_dir=args.index,
-        features=FeatureChoice(
-            original=args.original, **{s.name: getattr(args, s.name) for s in FEATURE_SETTINGS}
-        ),
+        features=feature_choice_from(args),
         weights=args.weights,
         rebuild=args.rebuild,
         whiten=WhitenRequest(Path(args.whiten_on), args.whiten_dim, args.whiten_power)
@@ -348,11 +353,6 @@ def settings_from(
         strict=strict,
         store=store_from(args),
     )
-
-
-def feature_choice_from(args: argparse.Namespace) -> FeatureChoice:
-    """The declared feature settings the options gave, and ``--original``."""
-    return FeatureChoice(original=args.original, **{s.name: getattr(args, s.name) for s in FEATURE_SETTINGS})
 
 
 def index_options_from(args: argparse.Namespace) -> IndexOptions:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
+from typing import Literal
 
 from cbir.core.types import JSONDict, Param
 from cbir.encoders.pooling import POOLINGS
@@ -77,25 +78,31 @@ ORIGINAL = FeatureConfig(pooling="max", geometry="squash", resample="nearest")
 """The original script's settings: ResNet50, 224x224 squash with nearest-neighbour, max pooling."""
 
 
+Kind = Literal["text", "positive", "input size", "scales"]
+"""How a feature setting's text is read (``cbir.cli.arguments.KINDS`` holds a parser for each):
+as it is, a number above 0, a whole number of at least 32, or ``--scales``' factors."""
+
+
 @dataclass(frozen=True)
 class FeatureSetting:
     """A feature setting a user may choose, declared once: a :class:`FeatureConfig` field.
 
-    The command line's option (``--`` and the name with dashes), its parse-time check (``kind``:
-    how the text is read, see ``cbir.cli.arguments.KINDS``; ``choices``), its help, whether an
-    existing index decides it (every feature setting: it is recorded in the index and compared with
-    the query's), and whether it identifies the converted network in the model cache
-    (``network``) all derive from this record.
+    The command line's option (``--`` and the name with dashes; ``metavar``, None: argparse's), its
+    parse-time check (``kind``; ``choices``), its help, and whether it identifies the converted
+    network in the model cache (``network``) all derive from this record. Every feature setting is
+    recorded in the index and compared with the query's (an existing index decides it).
     """
 
     name: str
     help: str
-    kind: str = "text"
+    kind: Kind = "text"
     choices: Callable[[], Sequence[str]] | None = None
+    metavar: str | None = None
     network: bool = False
 
     @property
     def flag(self) -> str:
+        """The command line's option: ``gem_p`` is ``--gem-p``."""
         return "--" + self.name.replace("_", "-")
 
 
@@ -109,6 +116,6 @@ FEATURE_SETTINGS: tuple[FeatureSetting, ...] = (
     _S("resample", "resampling filter for resizing", choices=lambda: list(RESAMPLERS)),
     _S("scales", "multi-scale factors, e.g. 1,1/sqrt2,sqrt2", kind="scales"),
 )
-"""The feature settings a user chooses (``--model`` first: the command line puts ``--weights`` after
-it). A new one is a :class:`FeatureConfig` field with its default and one entry here; the parser,
-``FeatureChoice``, the model cache's key and the README check follow."""
+"""The feature settings a user chooses, in the order of the command line's options (which puts
+``--weights`` after ``--model``). A new one is a :class:`FeatureConfig` field with its default and
+one entry here; the parser, ``FeatureChoice``, the model cache's key and the README check follow."""

@@ -150,3 +150,42 @@ def test_a_feature_choice_takes_exactly_the_declared_settings():
     assert choice.size == 96 and choice.apply(FeatureConfig()).replace(size=None) == ORIGINAL
     with pytest.raises(TypeError, match="unknown feature settings \\['poolng'\\]"):
         FeatureChoice(poolng="max")
+
+
+def test_a_feature_choice_is_immutable_and_equal_choices_hash_equal():
+    import dataclasses
+
+    choice = FeatureChoice(size=96, model="vgg16")
+    assert choice == FeatureChoice(model="vgg16", size=96, pooling=None)
+    assert hash(choice) == hash(FeatureChoice(model="vgg16", size=96))
+    assert choice != FeatureChoice(model="vgg16", size=96, original=True)
+    assert repr(choice) == "FeatureChoice(model='vgg16', size=96)"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        choice.original = True
+    with pytest.raises(AttributeError):
+        choice.poolng  # noqa: B018
+
+
+def test_the_command_line_gives_every_declared_setting_to_the_feature_choice():
+    import typing
+
+    from cbir.cli.arguments import KINDS
+    from cbir.cli.options import build_parser, feature_choice_from
+    from cbir.encoders.features import FEATURE_SETTINGS, Kind
+
+    assert set(KINDS) == set(typing.get_args(Kind))  # every kind a setting may declare has a parser
+    argv = ["--model", "vgg16", "--pooling", "gem", "--gem-p", "2.5", "--size", "96"]
+    argv += ["--geometry", "crop", "--resample", "nearest", "--scales", "1,sqrt2", "--original"]
+    args = build_parser().parse_args(["index", "photos", *argv])
+    expected = {
+        "model": "vgg16",
+        "pooling": "gem",
+        "gem_p": 2.5,
+        "size": 96,
+        "geometry": "crop",
+        "resample": "nearest",
+        "scales": (1.0, 2**0.5),
+    }
+    assert {s.name for s in FEATURE_SETTINGS} == set(expected)
+    assert feature_choice_from(args) == FeatureChoice(original=True, **expected)
+    assert feature_choice_from(build_parser().parse_args(["index", "photos"])) == FeatureChoice()

@@ -32,36 +32,39 @@ from cbir.stores.folder.writer import default_index_dir
 from cbir.stores.manifest import Manifest
 
 
+@dataclass(frozen=True, init=False, repr=False)
 class FeatureChoice:
     """The feature options a user gave, by the names of
     :data:`~cbir.encoders.features.FEATURE_SETTINGS` (None: not given, keep the index's or the
-    default); ``original``: the original script's features under the named ones."""
+    default); ``original``: the original script's features under the named ones.
+
+    ``values`` holds the given ones as sorted ``(name, value)`` pairs, so that equal choices compare
+    and hash equal; ``choice.model`` reads one (None when not given)."""
+
+    values: tuple[tuple[str, Param], ...]
+    original: bool
 
     def __init__(self, *, original: bool = False, **given: Param) -> None:
         known = {s.name for s in FEATURE_SETTINGS}
         unknown = sorted(set(given) - known)
         if unknown:
             raise TypeError(f"unknown feature settings {unknown}; known: {sorted(known)}")
-        self.original = original
-        self.given: dict[str, Param] = {k: v for k, v in given.items() if v is not None}
+        object.__setattr__(self, "original", original)
+        object.__setattr__(self, "values", tuple(sorted((k, v) for k, v in given.items() if v is not None)))
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, FeatureChoice) and (self.original, self.given) == (
-            other.original,
-            other.given,
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.original, tuple(sorted(self.given.items()))))
+    @property
+    def given(self) -> dict[str, Param]:
+        """The settings given, by name."""
+        return dict(self.values)
 
     def __repr__(self) -> str:
-        shown = ", ".join(f"{k}={v!r}" for k, v in self.given.items())
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.values)
         return f"FeatureChoice({shown}{', original=True' if self.original else ''})"
 
     def __getattr__(self, name: str) -> Param:
         """A setting's value as given (None when not given), e.g. ``choice.model``."""
         if name in {s.name for s in FEATURE_SETTINGS}:
-            return self.__dict__.get("given", {}).get(name)
+            return dict(self.__dict__.get("values", ())).get(name)
         raise AttributeError(name)
 
     def apply(self, config: FeatureConfig) -> FeatureConfig:

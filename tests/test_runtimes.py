@@ -158,3 +158,27 @@ def test_indexing_keeps_keras_where_tensorflow_sees_a_gpu(tmp_path, weights, con
     cache = copy_of(converted, tmp_path / "cache")
     assert embedder(weights, cache, "auto", bulk=True).network.name == "keras"
     assert embedder(weights, cache, "auto", load_tensorflow=no_tensorflow).network.name == "litert"
+
+
+def test_a_networks_cache_key_does_not_change():
+    """The cache keys stay as they are: a changed key would convert every cached network again."""
+    from cbir.encoders.model_cache import cache_slot, network_fields
+
+    default = network_fields(FeatureConfig(scales=(1.0, 2.0), whitening="abc", geometry="crop"), 224)
+    assert default == {
+        "format": 2,
+        "model": "resnet50",
+        "weights": "imagenet",
+        "pooling": "avg",
+        "gem_p": None,
+        "width_multiplier": None,
+        "size": 224,
+    }
+    assert cache_slot(default, "litert", "tflite").key == "litert-resnet50-801b4aa858aa6947f2f3"
+    gem = network_fields(FeatureConfig(pooling="gem", gem_p=2.5, size=96), 224)
+    assert gem["gem_p"] == 2.5 and gem["size"] == 96
+    assert cache_slot(gem, "litert", "tflite").key == "litert-resnet50-8a1604100f16701806d3"
+    mobile = FeatureConfig(model="mobilenet", weights="random", width_multiplier=0.5, gem_p=2.5)
+    assert cache_slot(network_fields(mobile, 224), "litert", "tflite").key == (
+        "litert-mobilenet-21fd0a9a37b0d9f82571"
+    )

@@ -2,13 +2,15 @@
 
 The expected text lives in tests/golden/ and is compared byte for byte. After an intended change of
 format, regenerate it with ``CBIR_UPDATE_GOLDEN=1 python3 -m pytest tests/test_text_output.py`` and
-review the diff.
+review the diff. The option goldens (``help-*.txt``) hold each parser's options as data
+(:func:`options_of`), not argparse's help page, whose layout differs between Python versions.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -126,9 +128,16 @@ def test_duplicates_listing_and_csv():
     check_golden("duplicates.txt", format_duplicates(report) + "\n--\n" + format_duplicates_csv(report))
 
 
+def action_kind(action: argparse.Action) -> str:
+    """What an option does, from argparse's class name: ``_StoreTrueAction`` is ``store_true``."""
+    name = type(action).__name__.strip("_").removesuffix("Action")
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
 def options_of(parser: argparse.ArgumentParser) -> str:
     """A parser's options as text that no Python version formats differently (argparse's own help
-    layout changed in 3.13): per group, each option's strings, metavar, default, choices and help."""
+    layout changed in 3.13): per group, each option's strings, what it does (unless it stores its
+    value), metavar, nargs, default, choices and help; then the options that exclude each other."""
     lines = [f"usage prog: {parser.prog}", f"description: {parser.description}"]
     for group in parser._action_groups:  # noqa: SLF001
         lines.append(f"[{group.title}]")
@@ -138,6 +147,8 @@ def options_of(parser: argparse.ArgumentParser) -> str:
                 continue
             names = ", ".join(action.option_strings) or action.dest
             shown = [names]
+            if action_kind(action) != "store":
+                shown.append(f"action={action_kind(action)}")
             if action.metavar is not None:
                 shown.append(f"metavar={action.metavar}")
             if action.nargs is not None:
@@ -151,6 +162,11 @@ def options_of(parser: argparse.ArgumentParser) -> str:
             lines.append("  " + "  ".join(shown))
             if action.help:
                 lines.append(f"      {action.help}")
+    for exclusive in parser._mutually_exclusive_groups:  # noqa: SLF001
+        one = " | ".join(a.option_strings[-1] for a in exclusive._group_actions)  # noqa: SLF001
+        lines.append(f"one of{' (required)' if exclusive.required else ''}: {one}")
+    if parser.epilog:
+        lines.append(f"epilog: {parser.epilog}")
     return "\n".join(lines)
 
 

@@ -217,7 +217,7 @@ def width_multiplier(backbone: Backbone, weights_path: str | os.PathLike[str]) -
 def build_backbone(backbone: Backbone, weights: Weights, width_multiplier: float | None = None) -> KerasModel:
     """Build ``backbone`` with ``weights`` (a ``keras.Model``), turning failures into one-line ModelErrors.
 
-    ``width_multiplier`` comes from the resolved config (:func:`cbir.encoders.features.resolve_config`
+    ``width_multiplier`` comes from the resolved config (:func:`cbir.encoders.registry.resolve_config`
     reads it from a MobileNet weights file); it is not read again here.
     """
     try:

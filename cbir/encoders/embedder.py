@@ -42,7 +42,7 @@ class Embedder:
     """A backbone plus pooling that embeds files or arrays into L2-normalised float32 vectors: the
     :class:`~cbir.encoders.base.Encoder` of the ``cnn`` family (images only).
 
-    ``config`` must already be resolved for ``weights`` (:func:`cbir.encoders.features.resolve_config`,
+    ``config`` must already be resolved for ``weights`` (:func:`cbir.encoders.registry.resolve_config`,
     called once by the caller): it is recorded as is, never resolved again here. ``runtime`` is a
     :data:`cbir.encoders.runtimes.RUNTIMES` choice; ``model_cache`` holds converted models (None:
     the default folder); ``bulk``: for indexing; ``load_tensorflow`` runs before TensorFlow is

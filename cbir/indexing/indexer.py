@@ -6,7 +6,7 @@ remembered and not retried until they change (:mod:`cbir.indexing.plan`). Progre
 since the last checkpoint (Ctrl-C and ordinary errors lose nothing: the finished work is committed
 before the exception goes on). The end of a run compacts the rows and refreshes the approximate
 index (:meth:`cbir.stores.base.IndexWriter.finish`). An embedder whose workers can write rows
-themselves (:class:`~cbir.stores.sink.DirectEmbedder`, ``--ray``) does so when the store hands out a
+themselves (:class:`DirectEmbedder`, ``--ray``) does so when the store hands out a
 sink (Milvus); the indexer then gets each file's outcome, not its vector, and commits as before.
 """
 

@@ -121,7 +121,7 @@ class Settings:
         """The encoder of these settings (built on the first call, by the family its config names)."""
         if not self._built:
             request = EncoderRequest(
-                self.config.replace(whitening=None),
+                self.config,
                 self.weights,
                 self.whitening,
                 self.runtime,

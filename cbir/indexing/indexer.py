@@ -8,6 +8,12 @@ before the exception goes on). The end of a run compacts the rows and refreshes 
 index (:meth:`cbir.stores.base.IndexWriter.finish`). An embedder whose workers can write rows
 themselves (:class:`DirectEmbedder`, ``--ray``) does so when the store hands out a
 sink (Milvus); the indexer then gets each file's outcome, not its vector, and commits as before.
+
+With labels (``IndexOptions.labels``, or an index that has them: the setting is remembered) every
+indexed image also gets its top ImageNet classes (:mod:`cbir.core.labels`): in the same decode pass
+when the encoder classifies too (:class:`~cbir.encoders.classifier.JointEncoder`), else from the
+classifier on its own; held rows without labels (an index labelled for the first time, or by
+another classifier) are labelled without being embedded again.
 """
 
 from __future__ import annotations
@@ -24,10 +30,12 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from cbir.core.errors import BadImageError, DatasetError, IndexWriteError
+from cbir.core.labels import Labels, top_labels
 from cbir.core.progress import progress_bar
 from cbir.core.records import Entry, Skipped
 from cbir.core.types import JSONDict
-from cbir.encoders.base import Encoder, EncoderSource
+from cbir.encoders.base import Encoder, EncoderSource, Result
+from cbir.encoders.classifier import Both, ClassifierSource, JointEncoder
 from cbir.indexing.plan import Plan, make_plan, stat_files
 from cbir.indexing.shard import Shard
 from cbir.ingest.decode import capture_time
@@ -78,6 +86,7 @@ class IndexOptions:
     progress: bool | None = None
     ann: str = "auto"
     shard: Shard = Shard()
+    labels: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -105,6 +114,8 @@ class IndexReport:
     ann: str | None = None
     embedded: int = 0
     seconds: float = 0.0
+    labels: str | None = None
+    labelled: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -123,13 +134,16 @@ def update_index(
     index_dir: str | os.PathLike[str] | None = None,
     options: IndexOptions = IndexOptions(),
     store: Store | None = None,
+    classifier: ClassifierSource | None = None,
 ) -> IndexReport:
     """Index ``root`` (or bring its index up to date) with the features of ``source``.
 
     The index goes to ``store`` (default: the folder store in ``index_dir``, by default
     ``ROOT/.cbir``). The model is built only when something needs embedding, so an up-to-date index
     costs one folder scan. An index built with other settings is rebuilt; ``options.rebuild``
-    forces that.
+    forces that. ``classifier``: what labels the images when ``options.labels`` asks for labels
+    (default: :data:`~cbir.encoders.classifier.DEFAULT_CLASSIFIER`); an index that has labels keeps
+    them up to date with the classifier that made them.
     """
     t0 = time.perf_counter()
     root = Path(root)
@@ -161,21 +175,99 @@ def update_index(
         target.drop(plan.dropped)
         _read_capture_times(root, target, options)
         skipped = list(plan.known_bad)
+        labeller = _labeller(target, options, classifier)
+        report.labels = labeller.name if labeller is not None else None
+        if labeller is not None and target.labeller != labeller.name:
+            target.put_labels(labeller.name, {})  # another classifier's labels are all made again
         if plan.todo or target.is_new:
             emb = source.embedder()
             if emb.config != source.config:
                 raise ValueError("the embedder's settings differ from the index settings")
             target.set_dim(emb.dim)
         if plan.todo:
-            _embed(root, target, plan, emb, skipped, report, options)
+            _embed(root, target, plan, emb, skipped, report, options, labeller)
         else:
             target.set_skipped(skipped)
             if target.is_new or not target.unchanged_since_commit():
                 target.commit()
+        if labeller is not None:
+            _label(root, target, labeller, report, options)
         report.ann = target.finish(options.ann)
         report.total = len(target.held())
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _labeller(
+    target: IndexWriter, options: IndexOptions, given: ClassifierSource | None
+) -> ClassifierSource | None:
+    """What labels this run's images: the given classifier when labels are asked for, else the
+    index's own when it has labels (the setting is remembered), else nothing."""
+    if options.labels:
+        return given if given is not None else ClassifierSource()
+    if target.labeller is None:
+        return None
+    if given is not None and given.name == target.labeller:
+        return given
+    return ClassifierSource(
+        target.labeller, given.runtime if given is not None else ClassifierSource().runtime
+    )
+
+
+def _label(
+    root: Path, target: IndexWriter, source: ClassifierSource, report: IndexReport, options: IndexOptions
+) -> None:
+    """Label the held rows that have no labels (from the classifier alone: no vector is made again),
+    committing every so often; a file the classifier cannot read stays unlabelled, with a warning."""
+    todo = sorted(set(target.held()) - target.labelled())
+    if not todo:
+        if not target.unchanged_since_commit():
+            target.commit()
+        return
+    classifier = source.classifier()
+    pending: dict[str, Labels] = {}
+    last = time.monotonic()
+
+    def checkpoint() -> None:
+        nonlocal last
+        target.put_labels(source.name, pending)
+        pending.clear()
+        target.commit()
+        last = time.monotonic()
+
+    try:
+        for pos, result in classifier.classify_files(
+            [root / p for p in todo], progress=options.progress, desc="labelling"
+        ):
+            if isinstance(result, BadImageError):
+                log.warning("not labelled %s: %s", todo[pos], result)
+                continue
+            pending[todo[pos]] = top_labels(result)
+            report.labelled += 1
+            if (
+                len(pending) >= options.checkpoint_every
+                or time.monotonic() - last >= options.checkpoint_seconds
+            ):
+                checkpoint()
+    except BaseException:
+        if pending:
+            try:
+                checkpoint()
+            except IndexWriteError as err:
+                log.error("could not save the last labels: %s", err)
+        raise
+    checkpoint()
+
+
+def _split(both: Iterator[Both], labels: dict[int, Labels]) -> Iterator[Result]:
+    """A joint encoder's results as vectors, each image's labels put aside in ``labels``."""
+    for pos, result in both:
+        if isinstance(result, BadImageError):
+            yield pos, result
+        else:
+            vector, probs = result
+            labels[pos] = top_labels(probs)
+            yield pos, vector
 
 
 def _read_capture_times(root: Path, target: IndexWriter, options: IndexOptions) -> None:
@@ -212,15 +304,21 @@ def _results(
     todo: Sequence[Entry],
     skipped: list[Skipped],
     progress: bool | None,
+    labels: dict[int, Labels] | None = None,
+    labeller: str | None = None,
 ) -> Iterator[tuple[int, np.ndarray | Written | BadImageError]]:
     """The embedder's results for ``todo``: rows written straight into the store by the embedder's
-    workers when both can (only their outcomes come back), else vectors for the indexer to put."""
+    workers when both can (only their outcomes come back), else vectors for the indexer to put;
+    with ``labels``, a joint encoder of classifier ``labeller`` also labels them, in the same pass."""
     if isinstance(emb, DirectEmbedder):
         store.set_skipped(skipped)  # the sink's commit deletes the failures this run retries, first
         sink = store.sink(same_machine=emb.one_machine)
         if sink is not None:
             return emb.embed_into(sink, root, todo, progress=progress, desc="indexing")
-    return emb.embed_files([root / e.path for e in todo], progress=progress, desc="indexing")
+    paths = [root / e.path for e in todo]
+    if labels is not None and isinstance(emb, JointEncoder) and emb.classifier_name == labeller:
+        return _split(emb.embed_and_classify_files(paths, progress=progress, desc="indexing"), labels)
+    return emb.embed_files(paths, progress=progress, desc="indexing")
 
 
 def _embed(
@@ -231,9 +329,13 @@ def _embed(
     skipped: list[Skipped],
     report: IndexReport,
     options: IndexOptions,
+    labeller: ClassifierSource | None = None,
 ) -> None:
-    """Embed the plan's files into the store, committing a checkpoint every so often and on the way out."""
+    """Embed the plan's files into the store, committing a checkpoint every so often and on the way
+    out; with a joint encoder of ``labeller``, their labels too."""
     todo = plan.todo
+    made: dict[int, Labels] = {}  # labels a joint encoder gave, by position
+    labelled: dict[str, Labels] = {}
     was_indexed = {e.path for e in plan.changed}
     vecs: list[np.ndarray] = []
     entries: list[Entry] = []
@@ -246,6 +348,9 @@ def _embed(
             store.put(list(entries), np.stack(vecs))
             vecs.clear()
             entries.clear()
+        if labelled and labeller is not None:
+            store.put_labels(labeller.name, labelled)
+            labelled.clear()
         if adopted:
             store.adopt(list(adopted))
             adopted.clear()
@@ -254,7 +359,8 @@ def _embed(
         last = time.monotonic()
 
     try:
-        for pos, result in _results(root, store, emb, todo, skipped, options.progress):
+        name = labeller.name if labeller is not None else None
+        for pos, result in _results(root, store, emb, todo, skipped, options.progress, made, name):
             entry = todo[pos]
             if isinstance(result, BadImageError):
                 log.warning("skipped %s: %s", entry.path, result)
@@ -273,6 +379,9 @@ def _embed(
                 vecs.append(result)
                 entries.append(dataclasses.replace(entry, taken=capture_time(root / entry.path)))
                 report.embedded += 1
+                if pos in made:
+                    labelled[entry.path] = made.pop(pos)
+                    report.labelled += 1
             pending = len(vecs) + len(adopted)
             if pending >= options.checkpoint_every or time.monotonic() - last >= options.checkpoint_seconds:
                 checkpoint()

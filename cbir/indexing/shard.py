@@ -17,6 +17,7 @@ from types import TracebackType
 import numpy as np
 
 from cbir.core.errors import StoreError
+from cbir.core.labels import Labels
 from cbir.core.records import Entry, Skipped
 from cbir.stores.base import IndexWriter
 from cbir.stores.sink import RowSink
@@ -105,6 +106,16 @@ class ShardView:
     def set_skipped(self, skipped: Sequence[Skipped]) -> None:
         others = [s for p, s in self.inner.known_bad().items() if not self.shard.owns(p)]
         self.inner.set_skipped([*others, *skipped])
+
+    @property
+    def labeller(self) -> str | None:
+        return self.inner.labeller
+
+    def labelled(self) -> set[str]:
+        return {p for p in self.inner.labelled() if self.shard.owns(p)}
+
+    def put_labels(self, classifier: str, labels: Mapping[str, Labels]) -> None:
+        self.inner.put_labels(classifier, labels)
 
     def commit(self) -> None:
         self.inner.commit()

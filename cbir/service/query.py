@@ -1,5 +1,5 @@
 """Answering queries against an index: embed the query images (or texts), search, exclude the query
-itself.
+itself; or rank by words, through the labels an index holds (``cbir index --labels``).
 
 The index decides how it is searched (:meth:`~cbir.stores.base.IndexReader.searcher`: its fresh
 approximate index unless ``exact``, else an exact scan); re-ranking wraps that searcher.
@@ -17,8 +17,10 @@ import numpy as np
 from cbir.core.errors import BadImageError, QueryError
 from cbir.core.results import Match, QueryResult
 from cbir.encoders.base import TEXT, Encoder, EncoderSource
-from cbir.search.filters import ResultFilter, only_allowed
+from cbir.search.filters import FilteredSearcher, ResultFilter, restrict
+from cbir.search.labels import matches_all, rank_by_labels
 from cbir.search.rerank import Reranking, rerank
+from cbir.search.words import Term, vocabulary
 from cbir.stores.base import IndexReader
 
 
@@ -26,13 +28,26 @@ from cbir.stores.base import IndexReader
 class SearchRequest:
     """How one search ranks: ``k`` results per query, the query itself left out of its own list when it
     is indexed (``exclude_self``), ``reranking``, ``exact`` (skip the approximate index), and
-    ``where`` (only some folders or dates; re-ranking still sees every image)."""
+    ``where`` (only some folders or dates; re-ranking still sees every image), and ``words`` (only
+    images whose labels match these words: "more like this, but only the ones with a boat")."""
 
     k: int = 9
     exclude_self: bool = True
     reranking: Reranking = Reranking()
     exact: bool = False
     where: ResultFilter = ResultFilter()
+    words: str | None = None
+
+
+def labelled_terms(index: IndexReader, text: str) -> list[Term]:
+    """The terms of ``text`` for an index with labels; QueryError naming ``--labels`` when it has
+    none, or naming the nearest class names for a word that matches no class."""
+    if index.labeller is None:
+        raise QueryError(
+            f"the index in {index.location} has no labels to search by words; "
+            f"add them with: cbir index {index.root} --labels"
+        )
+    return vocabulary().parse(text)
 
 
 def check_query_files(images: Sequence[str | os.PathLike[str]]) -> None:
@@ -68,7 +83,14 @@ def search_index(
     searcher = rerank(index.searcher(exact=request.exact), request.reranking)
     where = request.where
     allowed = where.mask(index.root, index.paths, index.taken() if where.dated else [])
-    searcher = only_allowed(searcher, allowed, where)
+    if allowed is not None:
+        searcher = restrict(searcher, allowed, where)
+    if request.words is not None:
+        terms = labelled_terms(index, request.words)
+        worded = np.array([matches_all(labels, terms) for labels in index.labels()], dtype=bool)
+        allowed = worded if allowed is None else allowed & worded
+    if allowed is not None:
+        searcher = FilteredSearcher(searcher, allowed)
     rows, scores = searcher.search(query_vectors, request.k, exclude=exclude)
     root = Path(index.root)
     return [
@@ -126,19 +148,49 @@ def like_index(
     return search_index(index, vectors, files, replace(request, exclude_self=True))
 
 
-def text_index(
-    index: IndexReader, source: EncoderSource, texts: Sequence[str], request: SearchRequest = SearchRequest()
+def words_index(
+    index: IndexReader, texts: Sequence[str], request: SearchRequest = SearchRequest()
 ) -> list[QueryResult]:
-    """Rank the index for each text, embedded by the text side of a joint text-image encoder.
+    """Rank the index for each text by its labels: an image's score is the probability mass of its
+    labels that match the words (every word must match one), ties to the more probable best label
+    (:mod:`cbir.search.labels`). No model is loaded: the labels were made when indexing."""
+    if not texts or not all(text.strip() for text in texts):
+        raise QueryError("give the words to search for")
+    parsed = [labelled_terms(index, text) for text in texts]
+    where = request.where
+    allowed = where.mask(index.root, index.paths, index.taken() if where.dated else [])
+    labels = index.labels()
+    root = Path(index.root)
+    out = []
+    for text, terms in zip(texts, parsed):
+        rows, scores = rank_by_labels(labels, terms, request.k, allowed)
+        matches = [Match(str(root / index.paths[r]), float(s)) for r, s in zip(rows, scores)]
+        out.append(QueryResult(text, matches))
+    return out
+
+
+def text_index(
+    index: IndexReader,
+    source: EncoderSource | None,
+    texts: Sequence[str],
+    request: SearchRequest = SearchRequest(),
+) -> list[QueryResult]:
+    """Rank the index for each text: embedded by the text side of a joint text-image encoder when
+    the index's encoder has one, else through the index's labels (:func:`words_index`).
 
     The index says whether its vectors can be matched with text (``config.modalities``, recorded
-    when it was built): QueryError in one line, before any model is built, when they cannot.
+    when it was built) and whether it has labels: QueryError in one line, before any model is
+    built, when neither holds.
     """
     if TEXT not in index.config.modalities:
+        if index.labeller is not None:
+            return words_index(index, texts, request)
         raise QueryError(
-            f"the index was built with {index.config.model}, which embeds images only; "
-            "searching by words needs an index built with a joint text-image model"
+            f"the index was built with {index.config.model}, which embeds images only, and has no labels: "
+            f"to search by words, label it with: cbir index {index.root} --labels"
         )
+    if source is None:
+        raise QueryError("searching this index by words needs its text model")
     index.check_compatible(source.config)
     if not texts or not all(text.strip() for text in texts):
         raise QueryError("give the words to search for")

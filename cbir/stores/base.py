@@ -19,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
+from cbir.core.labels import Labels
 from cbir.core.records import Entry, Skipped
 from cbir.encoders.features import FeatureConfig
 from cbir.encoders.whiten import Whitening
@@ -88,6 +89,21 @@ class IndexWriter(Protocol):
         """Replace the list of files that failed."""
         ...
 
+    @property
+    def labeller(self) -> str | None:
+        """The classifier whose labels the index holds (``--labels``, remembered, even across a
+        rebuild); None: the index has no labels."""
+        ...
+
+    def labelled(self) -> set[str]:
+        """The held paths that have labels; dropping a path drops its labels."""
+        ...
+
+    def put_labels(self, classifier: str, labels: Mapping[str, Labels]) -> None:
+        """Labels of held paths, made by ``classifier`` (visible at the next commit); labels of
+        another classifier than the index's are all replaced."""
+        ...
+
     def commit(self) -> None:
         """Make everything put, dropped and skipped so far durable and visible to readers."""
         ...
@@ -143,6 +159,15 @@ class IndexReader(Protocol):
     def indexed_row(self, image: str | os.PathLike[str], unchanged: bool = False) -> int | None: ...
 
     def taken(self) -> list[str | None]: ...
+
+    @property
+    def labeller(self) -> str | None:
+        """The classifier that labelled the index; None: it has no labels."""
+        ...
+
+    def labels(self) -> list[Labels | None]:
+        """Each row's labels, most probable first (None: not labelled)."""
+        ...
 
     def check_compatible(self, config: FeatureConfig) -> None: ...
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cbir.core.labels import Labels
 from cbir.core.records import Entry, Skipped
 from cbir.encoders.features import FeatureConfig
 
@@ -50,6 +51,11 @@ class DatabaseWriter:
         self._skipped: list[Skipped] | None = None
         self._taken: dict[str, str] = {}
         self._adopted = False  # rows a sink wrote were adopted since the last commit
+        self._labeller: str | None = None  # the classifier of the stored labels (kept across rebuilds)
+        self._labelled: set[str] = set()
+        self._label_puts: dict[str, Labels] = {}
+        self._label_drops: set[str] = set()
+        self._labels_reset = False  # drop every stored label at the next commit (another classifier)
 
     def opened(self, stored: tuple[FeatureConfig, int] | None) -> bool:
         """Record what the store holds (its settings and dimension, None: nothing); True when its rows
@@ -66,6 +72,28 @@ class DatabaseWriter:
             return False
         self._dim = dim
         return True
+
+    def hold_labels(self, classifier: str | None, labelled: Iterable[str]) -> None:
+        """The classifier of the stored labels and the paths that have them (none when rebuilding)."""
+        self._labeller = classifier
+        self._labelled = set() if self._reset else set(labelled)
+
+    @property
+    def labeller(self) -> str | None:
+        return self._labeller
+
+    def labelled(self) -> set[str]:
+        return self._labelled & set(self._held)
+
+    def put_labels(self, classifier: str, labels: Mapping[str, Labels]) -> None:
+        if classifier != self._labeller:
+            self._labels_reset = self._labeller is not None
+            self._labeller = classifier
+            self._labelled.clear()
+            self._label_puts.clear()
+            self._label_drops.clear()
+        self._label_puts.update(labels)
+        self._labelled.update(labels)
 
     def hold(self, rows: Iterable[Entry | Skipped]) -> None:
         """The rows the store holds: an :class:`Entry` per indexed file, a :class:`Skipped` per failure."""
@@ -87,6 +115,9 @@ class DatabaseWriter:
     def unchanged_since_commit(self) -> bool:
         return not (
             self._puts
+            or self._label_puts
+            or self._label_drops
+            or self._labels_reset
             or self._drops
             or self._taken
             or self._reset
@@ -117,6 +148,10 @@ class DatabaseWriter:
         for path in paths:
             self._held.pop(path, None)
             self._drops.add(path)
+            if path in self._labelled:
+                self._labelled.discard(path)
+                self._label_puts.pop(path, None)
+                self._label_drops.add(path)
 
     def set_skipped(self, skipped: Sequence[Skipped]) -> None:
         self._skipped = list(skipped)
@@ -140,3 +175,9 @@ class DatabaseWriter:
         self._drops.clear()
         self._skipped = None
         self._adopted = False
+
+    def labels_committed(self) -> None:
+        """The label buffers were written."""
+        self._label_puts.clear()
+        self._label_drops.clear()
+        self._labels_reset = False

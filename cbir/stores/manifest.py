@@ -53,6 +53,18 @@ class AnnRecord:
         return dict(self.__dict__)
 
 
+@dataclass(frozen=True)
+class LabelsRecord:
+    """The labels of an index (``cbir index --labels``): the file holding them (path -> top classes)
+    and the classifier that made them."""
+
+    file: str
+    classifier: str
+
+    def to_dict(self) -> JSONDict:
+        return {"file": self.file, "classifier": self.classifier}
+
+
 @dataclass
 class Manifest:
     """The commit record of an index (see the module docstring).
@@ -72,6 +84,7 @@ class Manifest:
     root: str | None = None
     whitening: str | None = None
     ann: AnnRecord | None = None
+    labels: LabelsRecord | None = None
     generation: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
@@ -83,6 +96,8 @@ class Manifest:
             names.add(self.whitening)
         if self.ann is not None:
             names.add(self.ann.file)
+        if self.labels is not None:
+            names.add(self.labels.file)
         return names
 
     def live_rows(self) -> list[int]:
@@ -103,6 +118,7 @@ class Manifest:
                 "weights_path": self.weights_path,
                 "whitening": self.whitening,
                 "ann": None if self.ann is None else self.ann.to_dict(),
+                **({} if self.labels is None else {"labels": self.labels.to_dict()}),
                 "segments": [[s.file, s.rows] for s in self.segments],
                 "entries": [
                     None if e is None else [e.path, e.size, e.mtime_ns, *([e.taken] if e.taken else [])]
@@ -135,6 +151,7 @@ class Manifest:
         if sum(s.rows for s in segments) != len(entries):
             raise ValueError("segment rows do not match the entries")
         ann = d.get("ann")
+        labels = d.get("labels")
         whitening = d.get("whitening")
         return cls(
             config=FeatureConfig.from_dict(d["config"]),
@@ -147,6 +164,9 @@ class Manifest:
             root=d.get("root"),
             whitening=None if whitening is None else _file_name(whitening),
             ann=None if ann is None else _ann_record(ann),
+            labels=None
+            if labels is None
+            else LabelsRecord(_file_name(labels["file"]), str(labels["classifier"])),
             generation=str(d["generation"]),
             created=float(d["created"]),
             updated=float(d["updated"]),

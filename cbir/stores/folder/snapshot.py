@@ -19,12 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from cbir.core.errors import IndexFolderError
+from cbir.core.labels import Labels
 from cbir.core.records import Entry
 from cbir.encoders.features import FeatureConfig
 from cbir.search.approximate import ApproximateSearcher
 from cbir.search.base import Searcher
 from cbir.search.exact import ExactSearcher
 from cbir.stores.folder import ann
+from cbir.stores.folder.labels import read_labels
 from cbir.stores.folder.writer import MANIFEST, default_index_dir, load_matrix, read_manifest_stat
 from cbir.stores.manifest import Manifest
 from cbir.stores.rows import IndexedFiles, check_same_settings
@@ -51,6 +53,7 @@ class Index(IndexedFiles):
     _by_path: dict[str, int] | None = field(default=None, repr=False)
     _by_real: dict[str, int] | None = field(default=None, repr=False)
     _searchers: dict[bool, Searcher] = field(default_factory=dict, repr=False)  # by `exact`
+    _labels: list[Labels | None] | None = field(default=None, repr=False)
 
     @property
     def config(self) -> FeatureConfig:
@@ -63,6 +66,26 @@ class Index(IndexedFiles):
     @property
     def location(self) -> str:
         return str(self.dir)
+
+    @property
+    def labeller(self) -> str | None:
+        """The classifier that labelled this index (``cbir index --labels``); None: no labels."""
+        return None if self.manifest.labels is None else self.manifest.labels.classifier
+
+    def labels(self) -> list[Labels | None]:
+        """Each row's labels (None: not labelled), read from the labels file on first use."""
+        if self._labels is None:
+            record = self.manifest.labels
+            by_path: dict[str, Labels] = {}
+            if record is not None:
+                try:
+                    by_path = read_labels(self.dir / record.file)
+                except FileNotFoundError:
+                    raise IndexFolderError(
+                        f"the index in {self.dir} changed while it was read; run the command again"
+                    ) from None
+            self._labels = [by_path.get(p) for p in self.paths]
+        return self._labels
 
     def check_compatible(self, config: FeatureConfig) -> None:
         """Refuse to mix features: raise IncompatibleIndexError if ``config`` differs from the index's."""

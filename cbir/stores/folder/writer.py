@@ -8,6 +8,7 @@ Layout of an index folder (by default ``DATASET/.cbir/``)::
     part-*.npy           checkpoint segments of an unfinished run (merged at its end)
     whitening-*.npz      the learned whitening, when used (named by its digest)
     ann-*.faiss          approximate index of a large collection (cbir.stores.folder.ann)
+    labels-*.json        each image's top ImageNet classes, with --labels (cbir.stores.folder.labels)
     lock                 held while an indexer runs
 
 Every file is written whole under a new name before the manifest that names it is committed
@@ -34,19 +35,21 @@ from types import TracebackType
 import numpy as np
 
 from cbir.core.errors import IndexFolderError, IndexWriteError
+from cbir.core.labels import Labels
 from cbir.core.records import Entry, Skipped
 from cbir.encoders.features import FeatureConfig
 from cbir.encoders.whiten import Whitening, whitening_filename
 from cbir.ingest.files import INDEX_DIRNAME
 from cbir.stores.folder import ann
 from cbir.stores.folder.files import LOCK, Lock, read_matrix, write_atomic, write_bytes, write_matrix
-from cbir.stores.manifest import Manifest, Segment
+from cbir.stores.folder.labels import read_labels, write_labels
+from cbir.stores.manifest import LabelsRecord, Manifest, Segment
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 BLOCK_ROWS = 65_536  # rows copied at a time when the matrix is compacted
-_OURS = ("feats-", "part-", "whitening-", "ann-")
+_OURS = ("feats-", "part-", "whitening-", "ann-", "labels-")
 
 
 def default_index_dir(root: str | os.PathLike[str]) -> Path:
@@ -116,6 +119,9 @@ class FolderWriter:
         self._committed_text: str | None = None
         self._locked = False
         self._denied: IndexWriteError | None = None
+        self._labeller: str | None = None  # the classifier of the committed labels (kept across rebuilds)
+        self._labels: dict[str, Labels] = {}
+        self._labels_dirty = False
 
     def __enter__(self) -> FolderWriter:
         try:
@@ -161,6 +167,8 @@ class FolderWriter:
                 log.warning("%s; rebuilding", exc)
                 self.rebuilt = "damaged"
         self._committed = on_disk  # its files stay until a new manifest is committed
+        if on_disk is not None and on_disk.labels is not None:
+            self._labeller = on_disk.labels.classifier  # the setting survives a rebuild, not the labels
         old = None if self.rebuild else on_disk
         if old is not None and old.config != self.config:
             log.info("index settings changed; rebuilding %s", self.dir)
@@ -175,6 +183,15 @@ class FolderWriter:
                     f"index file {exc.filename} is missing; rebuild with --rebuild"
                 ) from exc
             self.manifest = old
+            if old.labels is not None:
+                try:
+                    self._labels = read_labels(self.dir / old.labels.file)
+                except FileNotFoundError as exc:
+                    raise IndexFolderError(
+                        f"index file {exc.filename} is missing; rebuild with --rebuild"
+                    ) from exc
+        else:
+            self.manifest.labels = None
         self._committed_text = old.to_json() if old is not None else None
         self._cleanup()
         if self.whitening is not None:
@@ -233,6 +250,30 @@ class FolderWriter:
         self.manifest.entries = [
             None if e is not None and e.path in gone else e for e in self.manifest.entries
         ]
+        for path in gone & set(self._labels):
+            del self._labels[path]
+            self._labels_dirty = True
+
+    @property
+    def labeller(self) -> str | None:
+        """The classifier whose labels the index holds (or held before a rebuild); None: no labels."""
+        return self._labeller
+
+    def labelled(self) -> set[str]:
+        """The held paths that have labels (made by :attr:`labeller`)."""
+        held = {e.path for e in self.manifest.entries if e is not None}
+        return held & set(self._labels)
+
+    def put_labels(self, classifier: str, labels: Mapping[str, Labels]) -> None:
+        """Labels of held paths (visible at the next commit); another classifier's replace all."""
+        if classifier != self._labeller or self.manifest.labels is None:
+            if classifier != self._labeller:
+                self._labels = {}
+            self._labeller = classifier
+            self._labels_dirty = True
+        if labels:
+            self._labels.update(labels)
+            self._labels_dirty = True
 
     def set_skipped(self, skipped: Sequence[Skipped]) -> None:
         self.manifest.skipped = list(skipped)
@@ -247,7 +288,19 @@ class FolderWriter:
             self.manifest.segments.append(Segment(name, len(entries)))
             self.manifest.entries.extend(entries)
             self._pending.clear()
+        if self._labels_dirty:
+            self._write_labels()
         self._commit_manifest()
+
+    def _write_labels(self) -> None:
+        """The labels of the held paths under a new name, named in the manifest."""
+        assert self._labeller is not None
+        held = {e.path for e in self.manifest.entries if e is not None}
+        self._labels = {p: v for p, v in self._labels.items() if p in held}
+        name = f"labels-{uuid.uuid4().hex}.json"
+        write_labels(self.dir / name, self._labeller, self._labels)
+        self.manifest.labels = LabelsRecord(name, self._labeller)
+        self._labels_dirty = False
 
     def _commit_manifest(self) -> None:
         self._writable()
@@ -263,7 +316,9 @@ class FolderWriter:
 
     def unchanged_since_commit(self) -> bool:
         """True when nothing was put, dropped or skipped since the last commit (nothing to write)."""
-        return not self._pending and self.manifest.to_json() == self._committed_text
+        return (
+            not self._pending and not self._labels_dirty and self.manifest.to_json() == self._committed_text
+        )
 
     def _compact(self) -> None:
         """Merge the segments (dropping dead rows) into one new ``feats-*.npy``, in the asked dtype."""

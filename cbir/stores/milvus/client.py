@@ -9,6 +9,11 @@ the weights file and a commit stamp live in the collection's properties (Milvus 
 description), checked on every open. The store is :mod:`cbir.stores.milvus.store`, its writer
 :mod:`cbir.stores.milvus.writer`, its reader and searcher :mod:`cbir.stores.milvus.reader`.
 
+The labels of ``cbir index --labels`` live in a second collection beside it, ``COLLECTION_labels``
+(:class:`LabelsCollection`: ``path``, ``labels`` in their text form, a placeholder vector Milvus
+requires; the classifier in its properties), so a collection made before labels existed gets them
+without being rebuilt.
+
 ``milvus:PATH.db`` is Milvus Lite, a server started inside this process on 127.0.0.1. A server URI
 takes its token from the environment variable :data:`TOKEN_ENV`, never from the command line.
 """
@@ -238,15 +243,95 @@ class MilvusCollection:
             if "NotLoad" in state:
                 self.client.load_collection(self.name)
 
+    def labels(self) -> LabelsCollection:
+        """The collection of this one's labels (which may not exist yet)."""
+        return LabelsCollection(self.client, f"{self.name}{LABELS_SUFFIX}", self.where)
+
     def rows(self, where: str, fields: list[str], batch: int = 4096) -> Iterator[JSONDict]:
         """Every row matching the filter ``where``, with ``fields``, in batches of ``batch``."""
+        return rows_of(self.client, self.name, where, fields, batch)
+
+
+LABELS_SUFFIX = "_labels"
+LABELS_FORMAT = "cbir-milvus-labels-1"
+KEY_CLASSIFIER = "cbir.classifier"
+MAX_LABELS_TEXT = 256
+
+
+@dataclass
+class LabelsCollection:
+    """The labels of a cbir collection, one row per labelled image (see the module docstring)."""
+
+    client: MilvusClient
+    name: str
+    where: str
+
+    def classifier(self) -> str | None:
+        """The classifier that made the labels, None when there are none; StoreError if not ours."""
         with milvus_errors(f"reading the collection {self.name}"):
-            it = self.client.query_iterator(self.name, batch_size=batch, filter=where, output_fields=fields)
-            try:
-                while True:
-                    got = it.next()
-                    if not got:
-                        return
-                    yield from got
-            finally:
-                it.close()
+            if not self.client.has_collection(self.name):
+                return None
+            props = self.client.describe_collection(self.name).get("properties") or {}
+        if props.get(KEY_FORMAT) != LABELS_FORMAT:
+            raise StoreError(f"the collection {self.name} was not made by cbir; name another one in --store")
+        return str(props.get(KEY_CLASSIFIER, "")) or None
+
+    def create(self, classifier: str) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("path", DataType.VARCHAR, is_primary=True, max_length=MAX_PATH)
+        schema.add_field("labels", DataType.VARCHAR, max_length=MAX_LABELS_TEXT)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=2)  # Milvus needs one; never searched
+        with milvus_errors(f"creating the collection {self.name}"):
+            index = self.client.prepare_index_params()
+            index.add_index(field_name="vector", index_type="FLAT", metric_type="IP")
+            if self.client.has_collection(self.name):
+                return
+            self.client.create_collection(
+                self.name,
+                schema=schema,
+                index_params=index,
+                description="cbir labels",
+                properties={KEY_FORMAT: LABELS_FORMAT, KEY_CLASSIFIER: classifier},
+            )
+
+    def drop(self) -> None:
+        with milvus_errors(f"dropping the collection {self.name}"):
+            self.client.drop_collection(self.name)
+
+    def ensure_loaded(self) -> None:
+        with milvus_errors(f"loading the collection {self.name}"):
+            state = str(self.client.get_load_state(self.name).get("state", ""))
+            if "NotLoad" in state:
+                self.client.load_collection(self.name)
+
+    def rows(self) -> Iterator[JSONDict]:
+        """Every labels row (``path``, ``labels``)."""
+        return rows_of(self.client, self.name, 'path != ""', ["path", "labels"], 4096)
+
+    def put(self, rows: dict[str, str], batch_rows: int) -> None:
+        """Upsert ``rows`` (path -> labels text) in batches."""
+        items = [{"path": p, "labels": t, "vector": [1.0, 0.0]} for p, t in sorted(rows.items())]
+        for start in range(0, len(items), batch_rows):
+            with milvus_errors(f"writing to the collection {self.name}"):
+                self.client.upsert(self.name, items[start : start + batch_rows])
+
+    def delete(self, paths: list[str], batch_rows: int) -> None:
+        for start in range(0, len(paths), batch_rows):
+            with milvus_errors(f"deleting from the collection {self.name}"):
+                self.client.delete(self.name, ids=paths[start : start + batch_rows])
+
+
+def rows_of(client: MilvusClient, name: str, where: str, fields: list[str], batch: int) -> Iterator[JSONDict]:
+    """Every row of the collection ``name`` matching ``where``, with ``fields``, in batches."""
+    with milvus_errors(f"reading the collection {name}"):
+        it = client.query_iterator(name, batch_size=batch, filter=where, output_fields=fields)
+        try:
+            while True:
+                got = it.next()
+                if not got:
+                    return
+                yield from got
+        finally:
+            it.close()

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cbir.core.errors import IndexFolderError
+from cbir.core.labels import Labels, labels_from_text
 from cbir.core.records import Entry
 from cbir.encoders.features import FeatureConfig
 from cbir.search.base import Searcher, as_queries, check_finite, effective_k, longest_exclusion, no_results
@@ -50,6 +51,8 @@ class MilvusIndex(IndexedFiles):
         self._feats: np.ndarray | None = None
         self._folders: list[str] | None = None
         self._searchers: dict[bool, Searcher] = {}
+        self.labeller: str | None = None
+        self._labels: list[Labels | None] | None = None
 
     @classmethod
     def read(cls, collection: MilvusCollection, root: Path) -> MilvusIndex:
@@ -61,7 +64,27 @@ class MilvusIndex(IndexedFiles):
         collection.ensure_loaded()
         rows = collection.rows(f"status == {OK}", ["path", "size", "mtime_ns", "taken"])
         entries = sorted((row_entry(r) for r in rows), key=lambda e: e.path)
-        return cls(collection, root, record.config, record.dim, record.commit, entries)
+        index = cls(collection, root, record.config, record.dim, record.commit, entries)
+        index.labeller = collection.labels().classifier()
+        return index
+
+    def labels(self) -> list[Labels | None]:
+        """Each row's labels (None: not labelled), read from the labels collection on first use."""
+        if self._labels is None:
+            by_path: dict[str, Labels] = {}
+            if self.labeller is not None:
+                labels = self.collection.labels()
+                labels.ensure_loaded()
+                for row in labels.rows():
+                    try:
+                        by_path[str(row["path"])] = labels_from_text(str(row["labels"]))
+                    except ValueError as exc:
+                        raise IndexFolderError(
+                            f"the labels of {self.location} are damaged ({exc}); "
+                            "run cbir index --labels --rebuild"
+                        ) from None
+            self._labels = [by_path.get(p) for p in self.paths]
+        return self._labels
 
     @property
     def config(self) -> FeatureConfig:

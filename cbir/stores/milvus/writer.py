@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cbir.core.labels import labels_to_text
 from cbir.core.records import Entry, Skipped
 from cbir.core.types import JSONDict
 from cbir.encoders.features import FeatureConfig
@@ -131,9 +132,16 @@ class MilvusWriter(DatabaseWriter):
 
     def __enter__(self) -> MilvusWriter:
         record = self.collection.record()
+        labels = self.collection.labels()
+        classifier = labels.classifier() if record is not None else None
         if self.opened(None if record is None else (record.config, record.dim)):
             self.collection.ensure_loaded()
             self.hold(_held_row(row) for row in self.collection.rows("status >= 0", FIELDS))
+            if classifier is not None:
+                labels.ensure_loaded()
+                self.hold_labels(classifier, (str(r["path"]) for r in labels.rows()))
+        else:
+            self.hold_labels(classifier, ())
         return self
 
     def __exit__(
@@ -155,6 +163,7 @@ class MilvusWriter(DatabaseWriter):
         stamp = new_commit_stamp()
         if self._reset:
             self.collection.drop()
+            self.collection.labels().drop()
             self._exists, self._reset = False, False
         if not self._exists:
             self.collection.create(Record(self.config, self._dim, self.weights_path, stamp))
@@ -171,8 +180,23 @@ class MilvusWriter(DatabaseWriter):
                 for s in changes.fresh_bad
             ]
         )
+        self._write_labels()
         self.collection.set_commit(stamp)
         self.committed(changes)
+
+    def _write_labels(self) -> None:
+        """The labels collection brought in line: made (or made again for another classifier),
+        dropped paths' rows deleted, new labels upserted."""
+        labels = self.collection.labels()
+        if self._labels_reset:
+            labels.drop()
+        if self._labeller is not None and (self._label_puts or self._labels_reset):
+            labels.create(self._labeller)
+        if self._label_drops and not self._labels_reset:
+            labels.delete(sorted(self._label_drops), self.batch_rows * 4)
+        if self._label_puts:
+            labels.put({p: labels_to_text(v) for p, v in self._label_puts.items()}, self.batch_rows)
+        self.labels_committed()
 
     def _retake(self) -> None:
         """Capture times of held rows (upserted with their stored vectors)."""

@@ -25,6 +25,10 @@ HOLONYMS = ("#p", "#m", "#s")
 is a part, member or substance of (its WordNet holonyms): "beach" is part of a shore, so it finds
 seashore and lakeside; "trunk" finds elephants. One step only, recorded apart from the direct matches."""
 
+EXTRA_HYPERNYMS = {"n02924116": ["n03791235"]}
+"""Where WordNet's hierarchy misses an everyday sense: a bus is a motor vehicle (WordNet files it under
+"public transport" alone, though one of its own names is "passenger vehicle"), so "vehicle" finds buses."""
+
 NOTICE = (
     "Generated from WordNet 3.0. WordNet 3.0 Copyright 2006 by Princeton University. All rights "
     "reserved. Used under the WordNet 3.0 licence (tools/LICENSES-wordnet.md). ImageNet-1k class ids "
@@ -110,6 +114,8 @@ def build(wordnet: Path, synsets_file: Path) -> dict[str, object]:
     if len(wnids) != 1000 or wnids != sorted(wnids):
         raise SystemExit("expected the 1000 ImageNet-1k WordNet ids in sorted order")
     lemmas, parents, wholes = read_nouns(wordnet)
+    for wnid, extra in EXTRA_HYPERNYMS.items():
+        parents[wnid] = parents[wnid] + extra
     index = read_index(wordnet)
     chains = {w: ancestors(w, parents) for w in wnids}
     below: dict[str, set[int]] = defaultdict(set)  # synset -> classes at or below it

@@ -122,7 +122,7 @@ def test_an_image_index_refuses_words_before_any_model_is_built(tmp_path):
     source = _Fixed(PixelEmbedder(resolved), weights)
     update_index(root, source, options=IndexOptions(progress=False), store=store)
     source.asked = 0
-    with pytest.raises(QueryError, match="embeds images only; searching by words needs"):
+    with pytest.raises(QueryError, match="embeds images only, and has no labels: .* --labels$"):
         text_index(store.open(), source, ["red"])
     assert source.asked == 0  # refused from the index's record, before any model
 

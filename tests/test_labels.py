@@ -318,3 +318,94 @@ def test_words_with_a_picture_keep_only_the_neighbours_the_words_match(tmp_path,
         SearchRequest(k=10, where=dataclasses.replace(SearchRequest().where, under=("blue",))),
     )
     assert folders(under) == ["blue"] * 3
+
+
+# the command line and the web API ----------------------------------------------------------------
+
+
+@pytest.fixture
+def labelled(tmp_path) -> tuple[Path, Path]:
+    """A dataset of 9 images and its labelled index (folder store, outside the dataset)."""
+    root = photos(tmp_path / "data")
+    store = FolderStore(root, tmp_path / "index")
+    index(root, store, Source(PixelEmbedder(FeatureConfig(model="pixels"))), ColourClassifier(), labels=True)
+    return root, tmp_path / "index"
+
+
+def run_cli(capsys, *argv: object) -> tuple[int, str, str]:
+    from cbir.cli.main import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_query_text_answers_in_the_usual_shapes_without_a_model(labelled, capsys, tmp_path):
+    root, idx = labelled
+    code, out, err = run_cli(capsys, "query", root, "--index", idx, "--text", "buses", "--json", "-k", "5")
+    assert code == 0 and err == ""
+    doc = json.loads(out)
+    (result,) = doc["results"]
+    assert result["query"] == "buses" and set(doc) == {"results"}  # as --like: no index run
+    assert [Path(m["path"]).parent.name for m in result["matches"]] == ["red"] * 3
+    assert result["matches"][0]["score"] == pytest.approx(0.9)
+    code, out, _ = run_cli(
+        capsys, "query", root, "--index", idx, "--text", "beach", "--csv", "--under", "green"
+    )
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert lines[0] == "query,rank,path,score" and len(lines) == 4
+    assert all(",green/" in line or "/green/" in line for line in lines[1:])
+    links, plot = tmp_path / "links", tmp_path / "words.png"
+    code, out, _ = run_cli(
+        capsys, "query", root, "--index", idx, "--text", "elephant", "--link-to", links, "--out", plot
+    )
+    assert code == 0 and "elephant" in out
+    assert sorted(p.name for p in links.iterdir()) == ["01_0.png", "02_1.png", "03_2.png"]
+    assert Image.open(plot).size[0] > 0
+    code, out, _ = run_cli(
+        capsys, "query", root, "--index", idx, "--like", "green/0.png", "--text", "bus", "--json"
+    )
+    assert code == 0
+    assert [Path(m["path"]).parent.name for m in json.loads(out)["results"][0]["matches"]] == ["red"] * 3
+
+
+def test_query_text_errors_are_one_line_exit_2(labelled, capsys, tmp_path):
+    root, idx = labelled
+    code, out, err = run_cli(capsys, "query", root, "--index", idx, "--text", "elefant")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert 'no ImageNet class matches "elefant"' in err and '"elephant"' in err
+    bare = photos(tmp_path / "bare")
+    index(
+        bare,
+        FolderStore(bare, tmp_path / "bare-index"),
+        Source(PixelEmbedder(FeatureConfig(model="pixels"))),
+        None,
+    )
+    code, out, err = run_cli(capsys, "query", bare, "--index", tmp_path / "bare-index", "--text", "bus")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--labels" in err
+
+
+def test_the_api_searches_by_words(labelled):
+    pytest.importorskip("fastapi", reason="cbir serve needs the web extra")
+    from fastapi.testclient import TestClient
+
+    from cbir.web.app import create_app
+    from cbir.web.collection import Collection
+    from cbir.web.model import ModelWorker
+    from cbir.web.service import Service
+
+    root, idx = labelled
+    never = ModelWorker(lambda: pytest.fail("search by words loads no model"), max_batch=1)
+    client = TestClient(create_app(Service(Collection(root, FolderStore(root, idx)), never)))
+    got = client.get("/api/search", params={"text": "school bus", "k": 2})
+    assert got.status_code == 200
+    doc = got.json()
+    assert doc["query"] == {"text": "school bus"} and doc["k"] == 2
+    assert [r["path"] for r in doc["results"]] == ["red/0.png", "red/1.png"]
+    got = client.get("/api/search", params={"text": "bus", "like": "green/0.png", "k": 9})
+    assert got.status_code == 200 and {r["path"].split("/")[0] for r in got.json()["results"]} == {"red"}
+    got = client.get("/api/search", params={"text": "elefant"})
+    assert got.status_code == 400 and "elephant" in got.json()["error"]
+    assert client.get("/api/search", params={"text": "x" * 201}).status_code == 400
+    assert client.get("/api/search").status_code == 400

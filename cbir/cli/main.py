@@ -32,11 +32,12 @@ from cbir.core.errors import CbirError, ModelError, QueryError
 from cbir.core.quiet import native_stderr_silenced
 from cbir.core.results import QueryResult, results_to_dict
 from cbir.encoders.backbones import REGISTRY
+from cbir.encoders.classifier import ClassifierSource
 from cbir.indexing.indexer import IndexOptions, IndexReport, update_index
 from cbir.indexing.watch import FolderWatcher
 from cbir.service.evaluate import evaluate_index
 from cbir.service.export import export_results
-from cbir.service.query import SearchRequest, check_query_files, like_index, query_index
+from cbir.service.query import SearchRequest, check_query_files, like_index, query_index, text_index
 from cbir.service.settings import Settings
 
 __all__ = ["build_legacy_parser", "build_parser", "legacy_main", "main"]
@@ -81,6 +82,7 @@ def _index(args: argparse.Namespace, settings: Settings, options: IndexOptions |
         source_from(args, settings),
         options=options or index_options_from(args),
         store=settings.home,
+        classifier=ClassifierSource(runtime=settings.runtime),
     )
 
 
@@ -115,18 +117,28 @@ def _print_report(args: argparse.Namespace, report: IndexReport) -> None:
 def cmd_query(args: argparse.Namespace, update: bool) -> int:
     """Index (or reuse the index of) DATASET, then answer the queries with the same model.
 
-    ``--like`` alone (no update) opens the index and nothing else: no settings, no model.
+    ``--like`` or ``--text`` alone (no update) opens the index and nothing else: no settings, no
+    model. ``--text`` with images or ``--like`` keeps only their neighbours whose labels match.
     """
     like: list[str] = getattr(args, "like", [])
-    if not args.img_query and not like:
-        raise QueryError("give query images, or --like PATH for images of the index")
+    words: str | None = getattr(args, "text", None)
+    if not args.img_query and not like and words is None:
+        raise QueryError("give query images, --like PATH for images of the index, or --text WORDS")
     check_query_files(args.img_query)
     exact = getattr(args, "exact", False) or args.ann == "none"
+    pictures = bool(args.img_query or like)
     request = SearchRequest(
-        args.top, reranking=reranking_from(args), exact=exact, where=result_filter_from(args)
+        args.top,
+        reranking=reranking_from(args),
+        exact=exact,
+        where=result_filter_from(args),
+        words=words if pictures else None,
     )
-    if like and not args.img_query and not update:
-        return _answer(args, like_index(store_from(args).open(), like, request), None)
+    if not args.img_query and not update:
+        if like:
+            return _answer(args, like_index(store_from(args).open(), like, request), None)
+        if words is not None:
+            return _answer(args, text_index(store_from(args).open(), None, [words], request), None, "words")
     settings = settings_from(args, _tensorflow_importer(args.verbose), strict=not update)
     report: IndexReport | None = None
     if settings.existing and not update:
@@ -136,13 +148,17 @@ def cmd_query(args: argparse.Namespace, update: bool) -> int:
         report = _index(args, settings)
         index = settings.home.open()
     # run_cbir.py (update) answers an indexed, unchanged query image from its stored vector
+    if words is not None and not pictures:
+        return _answer(args, text_index(index, settings, [words], request), report, "words")
     results = query_index(index, settings, args.img_query, request, reuse_stored=update)
     if like:
         results += like_index(index, like, request)
     return _answer(args, results, report)
 
 
-def _answer(args: argparse.Namespace, results: list[QueryResult], report: IndexReport | None) -> int:
+def _answer(
+    args: argparse.Namespace, results: list[QueryResult], report: IndexReport | None, label: str = "query"
+) -> int:
     if report is not None and not args.json:
         print(text.format_index_summary(report), file=sys.stderr)
     show.print_answer(
@@ -155,7 +171,7 @@ def _answer(args: argparse.Namespace, results: list[QueryResult], report: IndexR
     if dest:
         made = export_results(results, dest, copy=bool(args.copy_to))
         print(f"{made} match(es) {'copied' if args.copy_to else 'linked'} into {dest}", file=show.notes(args))
-    show.plot_if_asked(args, results, DEFAULT_OUT)
+    show.plot_if_asked(args, results, DEFAULT_OUT, label)
     return 0
 
 

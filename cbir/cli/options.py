@@ -85,6 +85,12 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
     add_store_option(g)
     g.add_argument("--rebuild", action="store_true", help="rebuild the index from scratch")
     g.add_argument(
+        "--labels",
+        action="store_true",
+        help="also store each image's top ImageNet classes, for search by words (--text); the index "
+        "remembers it",
+    )
+    g.add_argument(
         "--dtype", choices=["float32", "float16"], default="float32", help="storage type of the matrix"
     )
     g.add_argument(
@@ -253,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="more like these indexed images (as indexed, or their path): answered from the stored "
         "vectors, without loading a model",
     )
+    p.add_argument(
+        "--text",
+        metavar="WORDS",
+        help="images whose labels match WORDS (an index made with --labels); with --like or images: only "
+        "their neighbours that match",
+    )
     p.add_argument("--update", action="store_true", help="bring the index up to date with the folder first")
     p.add_argument("--exact", action="store_true", help="exact search even if an approximate index exists")
     add_feature_options(p)
@@ -365,6 +377,7 @@ def index_options_from(args: argparse.Namespace) -> IndexOptions:
         checkpoint_every=args.checkpoint_every,
         ann=args.ann,
         shard=shard_from(args),
+        labels=args.labels,
     )
 
 

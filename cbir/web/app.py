@@ -112,7 +112,13 @@ def _add_api(app: FastAPI, service: Service) -> None:
         return service.collection.browse(dir, page)
 
     @app.get("/api/search")
-    def like(like: str, k: int = 9, under: str | None = None) -> JSONDict:
+    def search(
+        like: str | None = None, text: str | None = None, k: int = 9, under: str | None = None
+    ) -> JSONDict:
+        if text is not None:
+            return service.words(text, k, under, like)
+        if like is None:
+            raise QueryError("give like=PATH (an indexed image) or text=WORDS")
         return service.like(like, k, under)
 
     @app.post("/api/search")

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cbir.core.errors import BadImageError, CbirError, QueryError
 from cbir.core.results import QueryResult
@@ -20,7 +20,7 @@ from cbir.ingest.decode import LoadLimits, decode_views
 from cbir.search.filters import ResultFilter
 from cbir.search.rerank import Reranking
 from cbir.service.duplicates import DuplicateOptions, find_duplicates
-from cbir.service.query import SearchRequest, like_index
+from cbir.service.query import SearchRequest, like_index, text_index
 from cbir.stores.base import IndexReader
 from cbir.web.collection import Collection, NotFound
 from cbir.web.model import ModelWorker
@@ -28,6 +28,7 @@ from cbir.web.searches import CombinedSearches
 from cbir.web.updater import Updater
 
 MAX_K = 500
+MAX_TEXT = 200  # characters of a word query
 
 
 class UploadTooLarge(CbirError):
@@ -85,6 +86,21 @@ class Service:
             index, [rel], SearchRequest(k=_check_k(k), reranking=self.reranking, where=_where(under))
         )[0]
         return _answer(index, found, {"like": rel}, k, under, t0)
+
+    def words(self, text: str, k: int, under: str | None, like: str | None = None) -> JSONDict:
+        """The images whose labels match ``text`` (an index made with ``--labels``; no model); with
+        ``like``, only the neighbours of that indexed image that match."""
+        if len(text) > MAX_TEXT:
+            raise QueryError(f"the words are longer than {MAX_TEXT} characters")
+        request = SearchRequest(k=_check_k(k), reranking=self.reranking, where=_where(under))
+        t0 = time.perf_counter()
+        if like is not None:
+            index, _ = self.collection.row(like)
+            found = like_index(index, [like], replace(request, words=text))[0]
+            return _answer(index, found, {"like": like, "text": text}, k, under, t0)
+        index = self.collection.require()
+        found = text_index(index, None, [text], replace(request, reranking=Reranking()))[0]
+        return _answer(index, found, {"text": text}, k, under, t0)
 
     def upload(self, data: bytes, name: str, k: int, under: str | None) -> JSONDict:
         """The images most like an uploaded image file (embedded by the warm model, batched)."""

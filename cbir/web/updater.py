@@ -20,6 +20,7 @@ import numpy as np
 from cbir.core.errors import BadImageError, CbirError
 from cbir.core.types import JSONDict
 from cbir.encoders.base import Encoder, Result, SourceFeatures
+from cbir.encoders.classifier import ClassifierSource
 from cbir.indexing.indexer import IndexOptions, IndexReport, update_index
 from cbir.service.settings import Settings
 
@@ -141,7 +142,11 @@ class Updater:
         p.state, p.done, p.total, p.bad, p.error = "indexing", 0, 0, [], None
         try:
             report = update_index(
-                self.settings.dataset, self._source, options=self.options, store=self.settings.home
+                self.settings.dataset,
+                self._source,
+                options=self.options,
+                store=self.settings.home,
+                classifier=ClassifierSource(runtime=self.settings.runtime),
             )
         except (CbirError, OSError) as exc:
             p.state, p.error = "failed", str(exc)

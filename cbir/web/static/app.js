@@ -112,6 +112,17 @@ async function like(path) {
   }
 }
 
+async function words(text) {
+  if (!text.trim()) return;
+  try {
+    const data = await api(`/api/search?text=${encodeURIComponent(text)}&k=${k()}${underParam()}`);
+    history.replaceState(null, "", `#text=${encodeURIComponent(text)}`);
+    showResults(data, el("strong", {}, `“${text}” `));
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
 async function upload(file) {
   if (!file) return;
   if (file.type && !file.type.startsWith("image/")) {
@@ -190,6 +201,7 @@ function setUp() {
   $("next").addEventListener("click", () => browse(state.dir, state.page + 1));
   $("file").addEventListener("change", (e) => upload(e.target.files[0]));
   $("show-duplicates").addEventListener("click", showDuplicates);
+  $("words").addEventListener("submit", (e) => { e.preventDefault(); words($("text").value); });
   let depth = 0;
   window.addEventListener("dragenter", (e) => { e.preventDefault(); depth++; $("drop").hidden = false; });
   window.addEventListener("dragleave", () => { if (--depth <= 0) { depth = 0; $("drop").hidden = true; } });
@@ -212,6 +224,10 @@ function setUp() {
     else if (e.key === "ArrowLeft" && !$("browse").hidden && !$("prev").disabled) browse(state.dir, state.page - 1);
   });
   browse("", 1);
+  if (location.hash.startsWith("#text=")) {
+    $("text").value = decodeURIComponent(location.hash.slice(6));
+    words($("text").value);
+  }
   refreshInfo();
   probeDuplicates();
 }

@@ -409,3 +409,75 @@ def test_the_api_searches_by_words(labelled):
     assert got.status_code == 400 and "elephant" in got.json()["error"]
     assert client.get("/api/search", params={"text": "x" * 201}).status_code == 400
     assert client.get("/api/search").status_code == 400
+
+
+# one decode, two networks ------------------------------------------------------------------------
+
+
+class MeanColourNetwork:
+    """A stand-in backbone network (no TensorFlow): each image's mean colour, 3-d."""
+
+    name = "fake"
+    dim = 3
+
+    def run(self, x: np.ndarray, eager: bool = False) -> np.ndarray:
+        return x.mean(axis=(1, 2)) + 2.0
+
+
+class ColourSide:
+    """A stand-in classifier network on uint8 batches of any size (as EfficientNet-Lite0 is run)."""
+
+    name = "colour-side"
+    input_size = 32
+
+    def __init__(self) -> None:
+        self.shapes: list[tuple[int, ...]] = []
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        self.shapes.append(batch.shape[1:3])
+        out = np.zeros((len(batch), N_CLASSES))
+        for row, image in enumerate(batch):
+            mean = image.reshape(-1, 3).mean(axis=0)
+            colour = min(COLOURS, key=lambda c: float(np.linalg.norm(mean - np.array(COLOURS[c]))))
+            for name, q in KINDS[colour].items():
+                out[row, cls(name)] = q
+        return out
+
+
+def test_a_classifier_network_runs_beside_the_backbone_on_one_decode(tmp_path, monkeypatch):
+    import cbir.ingest.pipeline as pipeline
+    from cbir.encoders import runtimes
+    from cbir.encoders.classifier import NetworkClassifier
+    from cbir.encoders.embedder import Embedder
+
+    monkeypatch.setitem(runtimes.RUNTIMES, "fake", lambda request: MeanColourNetwork())
+    decoded: list[str] = []
+    real = pipeline.load_views
+    monkeypatch.setattr(
+        pipeline, "load_views", lambda path, *a: decoded.append(Path(path).name) or real(path, *a)
+    )
+    root = photos(tmp_path / "data")
+    config = FeatureConfig(model="mobilenet", weights="random", size=48, width_multiplier=1.0)
+    embedder = Embedder(config, Weights.random(), runtime="fake", workers=1, batch_size=4)
+    side = ColourSide()
+    source = ClassifierSource("colour-side", build=lambda _: NetworkClassifier(side))
+    store = FolderStore(root, tmp_path / "index")
+    report = update_index(
+        root, embedder, options=IndexOptions(progress=False, labels=True), store=store, classifier=source
+    )
+    assert report.embedded == 9 and report.labelled == 9
+    assert sorted(decoded) == sorted(f"{i}.png" for i in range(3) for _ in COLOURS)  # each file once
+    assert set(side.shapes) == {(48, 48)}  # the backbone's own views
+    assert folders(words_index(store.open(), ["bus"])[0]) == ["red"] * 3
+
+    # labelling an index made without labels: the classifier decodes the files at its own size
+    bare = FolderStore(root, tmp_path / "bare")
+    update_index(root, embedder, options=IndexOptions(progress=False), store=bare)
+    side.shapes.clear()
+    report = update_index(
+        root, embedder, options=IndexOptions(progress=False, labels=True), store=bare, classifier=source
+    )
+    assert report.embedded == 0 and report.labelled == 9 and set(side.shapes) == {(32, 32)}
+    assert dict(zip(bare.open().paths, bare.open().labels())) == dict(
+        zip(store.open().paths, store.open().labels())
+    )

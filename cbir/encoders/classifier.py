@@ -7,6 +7,10 @@
   indexer then decodes each image once for both.
 - :class:`ClassifierSource`: the classifier's name (recorded in the index with its labels) and the
   classifier itself, built only when some image needs labels.
+- :class:`SideNetwork`: a classifier network on decoded uint8 images of any size (it fits them to
+  its own input); :class:`NetworkClassifier` runs one on files (decoding them itself), or beside an
+  :class:`~cbir.encoders.embedder.Embedder` on the embedder's own decoded views
+  (:meth:`NetworkClassifier.beside`: one decode, two networks).
 - :data:`CLASSIFIERS`: the classifiers by name; the default is EfficientNet-Lite0.
 """
 
@@ -20,7 +24,12 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from cbir.core.errors import BadImageError, ModelError
+from cbir.core.progress import progress_bar
 from cbir.encoders.base import Encoder, RuntimeOptions
+from cbir.encoders.embedder import Embedder
+from cbir.encoders.features import FeatureConfig
+from cbir.ingest.decode import Geometry
+from cbir.ingest.pipeline import BadItem, ImagePipeline
 
 Probabilities = tuple[int, np.ndarray | BadImageError]
 """``(position, probabilities over the 1000 classes)``, or ``(position, BadImageError)``."""
@@ -60,6 +69,97 @@ class JointEncoder(Encoder, Protocol):
     ) -> Iterator[Both]:
         """``(position, (vector, probabilities))`` per file, or a BadImageError."""
         ...
+
+
+class SideNetwork(Protocol):
+    """A classifier network: uint8 RGB batches (N, H, W, 3) of any size in, (N, 1000) probabilities out."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def input_size(self) -> int:
+        """The square input it was trained at (files are fitted to it when it decodes them itself)."""
+        ...
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+class NetworkClassifier:
+    """A :class:`Classifier` over a :class:`SideNetwork`: files decoded at the network's input size
+    (squashed, as ImageNet classifiers are evaluated at), or the views an embedder decodes."""
+
+    def __init__(self, network: SideNetwork, runtime: RuntimeOptions = RuntimeOptions()) -> None:
+        self.network, self.runtime = network, runtime
+
+    @property
+    def name(self) -> str:
+        return self.network.name
+
+    def classify_files(
+        self, paths: Sequence[str | os.PathLike[str]], progress: bool | None = False, desc: str = "labelling"
+    ) -> Iterator[Probabilities]:
+        size = self.network.input_size
+        pipeline = ImagePipeline(
+            Geometry(size=size),
+            limits=self.runtime.limits,
+            workers=self.runtime.workers,
+            batch_size=self.runtime.batch_size,
+        )
+        bar = progress_bar(total=len(paths), desc=desc, unit="img", enabled=progress)
+        stream = pipeline.from_files(paths)
+        try:
+            for item in stream:
+                if isinstance(item, BadItem):
+                    yield item.position, item.error
+                else:
+                    for i, p in zip(item.items, self.network.probabilities(item.array)):
+                        yield i, np.asarray(p, dtype=np.float64)
+                bar.update(len(item.items) if not isinstance(item, BadItem) else 1)
+        finally:
+            bar.close()
+            stream.close()
+
+    def beside(self, encoder: Encoder) -> JointEncoder | None:
+        """``encoder`` classifying with this network on its own decoded views (None when it is not an
+        embedder that can run a second network beside its own)."""
+        return BesideEncoder(encoder, self.network) if isinstance(encoder, Embedder) else None
+
+
+class BesideEncoder:
+    """An :class:`~cbir.encoders.embedder.Embedder` with a classifier network run beside it on the
+    same decoded batches: a :class:`JointEncoder` (one decode, two networks)."""
+
+    def __init__(self, embedder: Embedder, network: SideNetwork) -> None:
+        self.embedder, self.network = embedder, network
+        self.config: FeatureConfig = embedder.config
+
+    @property
+    def dim(self) -> int:
+        return self.embedder.dim
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.embedder.modalities
+
+    @property
+    def classifier_name(self) -> str:
+        return self.network.name
+
+    def embed_files(
+        self, paths: Sequence[str | os.PathLike[str]], progress: bool | None = False, desc: str = "embedding"
+    ) -> Iterator[tuple[int, np.ndarray | BadImageError]]:
+        return self.embedder.embed_files(paths, progress=progress, desc=desc)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return self.embedder.embed_texts(texts)
+
+    def embed_and_classify_files(
+        self, paths: Sequence[str | os.PathLike[str]], progress: bool | None = False, desc: str = "embedding"
+    ) -> Iterator[Both]:
+        return self.embedder.embed_files_beside(
+            paths, self.network.probabilities, progress=progress, desc=desc
+        )
 
 
 ClassifierBuilder = Callable[[RuntimeOptions], Classifier]

@@ -148,6 +148,31 @@ class Embedder:
             bar.close()
             results.close()
 
+    def embed_files_beside(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        side: Callable[[np.ndarray], np.ndarray],
+        progress: bool | None = False,
+        desc: str = "embedding",
+    ) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray] | BadImageError]]:
+        """As :meth:`embed_files`, with a second network run on the same decoded views: ``side``
+        maps each uint8 batch (N, H, W, 3) to (N, C) outputs (a classifier's probabilities), which
+        are averaged over an image's views. One decode, two networks: ``(position, (vector,
+        side output))`` per image, or its BadImageError."""
+        results = self._run(self.pipeline.from_files(paths), len(paths), side)
+        bar = progress_bar(total=len(paths), desc=desc, unit="img", enabled=progress)
+        try:
+            for pos, result, extra in results:
+                if isinstance(result, BadImageError):
+                    yield pos, result
+                else:
+                    assert extra is not None  # every good image went through ``side``
+                    yield pos, (result, extra)
+                bar.update(1)
+        finally:
+            bar.close()
+            results.close()
+
     def embed_all(
         self,
         paths: Sequence[str | os.PathLike[str]],
@@ -195,25 +220,44 @@ class Embedder:
         self, stream: Generator[Batch | BadItem, None, None], n_images: int
     ) -> Generator[Result, None, None]:
         """Run the batches of ``stream``; yield each image's vector once all its views went through."""
+        runs = self._run(stream, n_images)
+        with closing(runs):
+            for i, vec, _ in runs:
+                yield i, vec
+
+    def _run(
+        self,
+        stream: Generator[Batch | BadItem, None, None],
+        n_images: int,
+        side: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> Generator[tuple[int, np.ndarray | BadImageError, np.ndarray | None], None, None]:
+        """:meth:`_embed`'s work, with ``side`` run on every batch too: ``(position, vector or error,
+        the image's mean side output or None)``."""
         eager = n_images * len(self.config.scales) <= self.eager_max_images
         sums: dict[int, np.ndarray] = {}
+        side_sums: dict[int, np.ndarray] = {}
         counts: dict[int, int] = {}
         with closing(stream):
             for item in stream:
                 if isinstance(item, BadItem):
-                    yield item.position, item.error
+                    yield item.position, item.error, None
                     continue
                 feats = self.run_batch(item.array, eager=eager)
-                for i, f in zip(item.items, feats):
+                extra = side(item.array) if side is not None else None
+                for row, (i, f) in enumerate(zip(item.items, feats)):
                     if i in sums:
                         sums[i] += f
                     else:
                         sums[i] = np.array(f, dtype=np.float32)
+                    if extra is not None:
+                        side_sums[i] = side_sums.get(i, 0) + np.asarray(extra[row], dtype=np.float64)
                     counts[i] = counts.get(i, 0) + 1
                 if item.done:
-                    vecs = self._finish(np.stack([sums.pop(i) / counts.pop(i) for i in item.done]))
-                    for i, vec, ok in zip(item.done, vecs, finite_rows(vecs)):
-                        yield i, vec if ok else BadImageError("non-finite features")
+                    n = [counts.pop(i) for i in item.done]
+                    vecs = self._finish(np.stack([sums.pop(i) / c for i, c in zip(item.done, n)]))
+                    for i, c, vec, ok in zip(item.done, n, vecs, finite_rows(vecs)):
+                        mean = side_sums.pop(i) / c if i in side_sums else None
+                        yield i, vec if ok else BadImageError("non-finite features"), mean
 
     def _finish(self, raw: np.ndarray) -> np.ndarray:
         """Mean features (n, D) -> L2-normalised (and whitened) vectors.

@@ -35,7 +35,7 @@ from cbir.core.progress import progress_bar
 from cbir.core.records import Entry, Skipped
 from cbir.core.types import JSONDict
 from cbir.encoders.base import Encoder, EncoderSource, Result
-from cbir.encoders.classifier import Both, ClassifierSource, JointEncoder
+from cbir.encoders.classifier import Both, ClassifierSource, JointEncoder, NetworkClassifier
 from cbir.indexing.plan import Plan, make_plan, stat_files
 from cbir.indexing.shard import Shard
 from cbir.ingest.decode import capture_time
@@ -305,7 +305,7 @@ def _results(
     skipped: list[Skipped],
     progress: bool | None,
     labels: dict[int, Labels] | None = None,
-    labeller: str | None = None,
+    labeller: ClassifierSource | None = None,
 ) -> Iterator[tuple[int, np.ndarray | Written | BadImageError]]:
     """The embedder's results for ``todo``: rows written straight into the store by the embedder's
     workers when both can (only their outcomes come back), else vectors for the indexer to put;
@@ -316,9 +316,22 @@ def _results(
         if sink is not None:
             return emb.embed_into(sink, root, todo, progress=progress, desc="indexing")
     paths = [root / e.path for e in todo]
-    if labels is not None and isinstance(emb, JointEncoder) and emb.classifier_name == labeller:
-        return _split(emb.embed_and_classify_files(paths, progress=progress, desc="indexing"), labels)
+    joint = _joint(emb, labeller) if labels is not None else None
+    if joint is not None and labels is not None:
+        return _split(joint.embed_and_classify_files(paths, progress=progress, desc="indexing"), labels)
     return emb.embed_files(paths, progress=progress, desc="indexing")
+
+
+def _joint(emb: Encoder, labeller: ClassifierSource | None) -> JointEncoder | None:
+    """What embeds and labels in one decode: the encoder itself when it classifies with the
+    labelling classifier (a backbone with its own head), else the classifier's network beside it
+    when both can, else None (the classifier then decodes the files again)."""
+    if labeller is None:
+        return None
+    if isinstance(emb, JointEncoder) and emb.classifier_name == labeller.name:
+        return emb
+    classifier = labeller.classifier()
+    return classifier.beside(emb) if isinstance(classifier, NetworkClassifier) else None
 
 
 def _embed(
@@ -359,8 +372,7 @@ def _embed(
         last = time.monotonic()
 
     try:
-        name = labeller.name if labeller is not None else None
-        for pos, result in _results(root, store, emb, todo, skipped, options.progress, made, name):
+        for pos, result in _results(root, store, emb, todo, skipped, options.progress, made, labeller):
             entry = todo[pos]
             if isinstance(result, BadImageError):
                 log.warning("skipped %s: %s", entry.path, result)

@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import closing
+from typing import TypeVar
 
 import numpy as np
 
@@ -33,6 +34,11 @@ from cbir.ingest.decode import LoadLimits
 from cbir.ingest.pipeline import BadItem, Batch, ImagePipeline, Views, default_workers
 
 log = logging.getLogger(__name__)
+
+Classified = tuple[int, tuple[np.ndarray, np.ndarray] | BadImageError]
+"""``(position, (vector, class probabilities))`` for a usable image, ``(position, BadImageError)``."""
+
+T = TypeVar("T")
 
 EAGER_MAX_IMAGES = 2
 """Jobs this small run the network eagerly: tracing costs more than it saves (docs/speed.md)."""
@@ -136,17 +142,27 @@ class Embedder:
         ``progress`` drives a bar named ``desc`` (None: only on a terminal; False: none).
         """
         results = self._embed(self.pipeline.from_files(paths), len(paths))
-        if progress is False:
-            yield from results
-            return
-        bar = progress_bar(total=len(paths), desc=desc, unit="img", enabled=progress)
-        try:
-            for result in results:
-                yield result
-                bar.update(1)
-        finally:
-            bar.close()
-            results.close()
+        return _with_progress(results, len(paths), progress, desc)
+
+    @property
+    def classes(self) -> int:
+        """How many class probabilities :meth:`embed_files_with_classes` gives (0: no classifier head)."""
+        return self.network.classes
+
+    def embed_files_with_classes(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        progress: bool | None = False,
+        desc: str = "embedding",
+    ) -> Iterator[Classified]:
+        """As :meth:`embed_files`, with each image's class probabilities from the same network pass:
+        ``(position, (vector, probabilities))`` (probabilities averaged over the scales), or
+        ``(position, BadImageError)``. ModelError where the backbone has no classifier head."""
+        if not self.classes:
+            raise ModelError(f"the model {self.config.model} has no classifier head")
+        results = self._run(self.pipeline.from_files(paths), len(paths), with_classes=True)
+        classified = ((i, v if isinstance(v, BadImageError) else (v, p)) for i, v, p in results)
+        return _with_progress(classified, len(paths), progress, desc)
 
     def embed_files_beside(
         self,
@@ -154,24 +170,14 @@ class Embedder:
         side: Callable[[np.ndarray], np.ndarray],
         progress: bool | None = False,
         desc: str = "embedding",
-    ) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray] | BadImageError]]:
+    ) -> Iterator[Classified]:
         """As :meth:`embed_files`, with a second network run on the same decoded views: ``side``
         maps each uint8 batch (N, H, W, 3) to (N, C) outputs (a classifier's probabilities), which
         are averaged over an image's views. One decode, two networks: ``(position, (vector,
         side output))`` per image, or its BadImageError."""
-        results = self._run(self.pipeline.from_files(paths), len(paths), side)
-        bar = progress_bar(total=len(paths), desc=desc, unit="img", enabled=progress)
-        try:
-            for pos, result, extra in results:
-                if isinstance(result, BadImageError):
-                    yield pos, result
-                else:
-                    assert extra is not None  # every good image went through ``side``
-                    yield pos, (result, extra)
-                bar.update(1)
-        finally:
-            bar.close()
-            results.close()
+        results = self._run(self.pipeline.from_files(paths), len(paths), with_classes=False, side=side)
+        classified = ((i, v if isinstance(v, BadImageError) else (v, p)) for i, v, p in results)
+        return _with_progress(classified, len(paths), progress, desc)
 
     def embed_all(
         self,
@@ -220,44 +226,50 @@ class Embedder:
         self, stream: Generator[Batch | BadItem, None, None], n_images: int
     ) -> Generator[Result, None, None]:
         """Run the batches of ``stream``; yield each image's vector once all its views went through."""
-        runs = self._run(stream, n_images)
-        with closing(runs):
-            for i, vec, _ in runs:
+        with closing(self._run(stream, n_images, with_classes=False)) as results:
+            for i, vec, _ in results:
                 yield i, vec
 
     def _run(
         self,
         stream: Generator[Batch | BadItem, None, None],
         n_images: int,
+        with_classes: bool,
         side: Callable[[np.ndarray], np.ndarray] | None = None,
-    ) -> Generator[tuple[int, np.ndarray | BadImageError, np.ndarray | None], None, None]:
-        """:meth:`_embed`'s work, with ``side`` run on every batch too: ``(position, vector or error,
-        the image's mean side output or None)``."""
+    ) -> Generator[tuple[int, np.ndarray | BadImageError, np.ndarray], None, None]:
+        """Run the batches of ``stream``; yield each image's vector (or error) and, ``with_classes``,
+        its class probabilities (else an empty array), once all its views went through; ``side``:
+        the class probabilities come from this second network, run on the same uint8 batches."""
         eager = n_images * len(self.config.scales) <= self.eager_max_images
         sums: dict[int, np.ndarray] = {}
-        side_sums: dict[int, np.ndarray] = {}
         counts: dict[int, int] = {}
+        none = np.zeros(0, np.float32)
         with closing(stream):
             for item in stream:
                 if isinstance(item, BadItem):
-                    yield item.position, item.error, None
+                    yield item.position, item.error, none
                     continue
-                feats = self.run_batch(item.array, eager=eager)
-                extra = side(item.array) if side is not None else None
-                for row, (i, f) in enumerate(zip(item.items, feats)):
+                if with_classes:
+                    x = preprocess(item.array, self.backbone.preprocess)
+                    feats, probs = self.network.run_with_classes(x, eager=eager)
+                    feats = np.concatenate([feats, probs], axis=1)  # both averaged over the scales
+                else:
+                    feats = self.run_batch(item.array, eager=eager)
+                if side is not None:
+                    probs = np.asarray(side(item.array), dtype=np.float32)
+                    feats = np.concatenate([feats, probs], axis=1)  # both averaged over the scales
+                for i, f in zip(item.items, feats):
                     if i in sums:
                         sums[i] += f
                     else:
                         sums[i] = np.array(f, dtype=np.float32)
-                    if extra is not None:
-                        side_sums[i] = side_sums.get(i, 0) + np.asarray(extra[row], dtype=np.float64)
                     counts[i] = counts.get(i, 0) + 1
                 if item.done:
-                    n = [counts.pop(i) for i in item.done]
-                    vecs = self._finish(np.stack([sums.pop(i) / c for i, c in zip(item.done, n)]))
-                    for i, c, vec, ok in zip(item.done, n, vecs, finite_rows(vecs)):
-                        mean = side_sums.pop(i) / c if i in side_sums else None
-                        yield i, vec if ok else BadImageError("non-finite features"), mean
+                    means = np.stack([sums.pop(i) / counts.pop(i) for i in item.done])
+                    dim = self.network.dim if with_classes or side is not None else means.shape[1]
+                    vecs = self._finish(means[:, :dim])
+                    for i, vec, ok, probs in zip(item.done, vecs, finite_rows(vecs), means[:, dim:]):
+                        yield i, vec if ok else BadImageError("non-finite features"), probs
 
     def _finish(self, raw: np.ndarray) -> np.ndarray:
         """Mean features (n, D) -> L2-normalised (and whitened) vectors.
@@ -269,3 +281,21 @@ class Embedder:
             if self.whitening is not None:
                 vecs = self.whitening.apply(vecs)
         return vecs
+
+
+def _with_progress(results: Iterator[T], total: int, progress: bool | None, desc: str) -> Iterator[T]:
+    """``results`` as they come, driving a progress bar named ``desc`` (None: only on a terminal;
+    False: none); closing the iterator closes ``results``."""
+    if progress is False:
+        yield from results
+        return
+    bar = progress_bar(total=total, desc=desc, unit="img", enabled=progress)
+    try:
+        for result in results:
+            yield result
+            bar.update(1)
+    finally:
+        bar.close()
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()

@@ -219,7 +219,7 @@ def make_store(kind: str, root: Path, tmp: Path) -> Store:
 
 
 def index(root: Path, store: Store, source: Source, clf: ColourClassifier | None, labels: bool = False):
-    classifier = None if clf is None else ClassifierSource(clf.name, build=lambda _: clf)
+    classifier = None if clf is None else ClassifierSource(clf.name, build=lambda *_: clf)
     return update_index(
         root, source, options=IndexOptions(progress=False, labels=labels), store=store, classifier=classifier
     )
@@ -460,7 +460,7 @@ def test_a_classifier_network_runs_beside_the_backbone_on_one_decode(tmp_path, m
     config = FeatureConfig(model="mobilenet", weights="random", size=48, width_multiplier=1.0)
     embedder = Embedder(config, Weights.random(), runtime="fake", workers=1, batch_size=4)
     side = ColourSide()
-    source = ClassifierSource("colour-side", build=lambda _: NetworkClassifier(side))
+    source = ClassifierSource("colour-side", build=lambda *_: NetworkClassifier(side))
     store = FolderStore(root, tmp_path / "index")
     report = update_index(
         root, embedder, options=IndexOptions(progress=False, labels=True), store=store, classifier=source

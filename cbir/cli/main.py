@@ -32,13 +32,12 @@ from cbir.core.errors import CbirError, ModelError, QueryError
 from cbir.core.quiet import native_stderr_silenced
 from cbir.core.results import QueryResult, results_to_dict
 from cbir.encoders.backbones import REGISTRY
-from cbir.encoders.classifier import ClassifierSource
 from cbir.indexing.indexer import IndexOptions, IndexReport, update_index
 from cbir.indexing.watch import FolderWatcher
 from cbir.service.evaluate import evaluate_index
 from cbir.service.export import export_results
 from cbir.service.query import SearchRequest, check_query_files, like_index, query_index, text_index
-from cbir.service.settings import Settings
+from cbir.service.settings import Settings, classifier_for
 
 __all__ = ["build_legacy_parser", "build_parser", "legacy_main", "main"]
 
@@ -82,7 +81,7 @@ def _index(args: argparse.Namespace, settings: Settings, options: IndexOptions |
         source_from(args, settings),
         options=options or index_options_from(args),
         store=settings.home,
-        classifier=ClassifierSource(runtime=settings.runtime),
+        classifier=classifier_for(settings),
     )
 
 

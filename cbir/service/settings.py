@@ -21,6 +21,7 @@ from pathlib import Path
 from cbir.core.errors import IndexFolderError
 from cbir.core.types import Param
 from cbir.encoders.base import Encoder, RuntimeOptions
+from cbir.encoders.classifier import ClassifierSource, default_classifier
 from cbir.encoders.features import FEATURE_SETTINGS, ORIGINAL, FeatureConfig
 from cbir.encoders.network import import_tensorflow
 from cbir.encoders.registry import EncoderRequest, open_encoder, resolve_config
@@ -134,6 +135,14 @@ class Settings:
         """These settings without what stays in this process (a built model, the store's client, the
         command line's TensorFlow loader): what another process builds its own encoder from."""
         return replace(self, _built=[], load_tensorflow=import_tensorflow, store=None)
+
+
+def classifier_for(settings: Settings) -> ClassifierSource:
+    """What labels an index of these settings (``--labels``): the backbone's own ImageNet head when
+    it has one, else EfficientNet-Lite0 (run beside the backbone on the same decoded images)."""
+    return ClassifierSource(
+        default_classifier(settings.config.model), settings.runtime, load_tensorflow=settings.load_tensorflow
+    )
 
 
 def existing_manifest(store: Store, rebuild: bool = False, strict: bool = False) -> Manifest | None:

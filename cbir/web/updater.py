@@ -20,9 +20,8 @@ import numpy as np
 from cbir.core.errors import BadImageError, CbirError
 from cbir.core.types import JSONDict
 from cbir.encoders.base import Encoder, Result, SourceFeatures
-from cbir.encoders.classifier import ClassifierSource
 from cbir.indexing.indexer import IndexOptions, IndexReport, update_index
-from cbir.service.settings import Settings
+from cbir.service.settings import Settings, classifier_for
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +145,7 @@ class Updater:
                 self._source,
                 options=self.options,
                 store=self.settings.home,
-                classifier=ClassifierSource(runtime=self.settings.runtime),
+                classifier=classifier_for(self.settings),
             )
         except (CbirError, OSError) as exc:
             p.state, p.error = "failed", str(exc)

@@ -51,10 +51,10 @@ COVERED = {  # Corel-1k class -> its natural word, and why ImageNet-1k covers it
     "horses": ("horse", "sorrel is a horse"),
     "mountains": ("mountain", "alp and volcano are mountains (valley and cliff are not)"),
     "food": ("food", "48 classes of dishes, bread, fruit and vegetables are food"),
+    "monuments": ("building", "Wang's 'buildings': church, palace, monastery, mosque, library are buildings"),
 }
 NOT_COVERED = {
     "africa": ("person", "people are not ImageNet classes (person: scuba diver, groom, ballplayer)"),
-    "monuments": ("building", "a few kinds of building are classes, most monuments are not"),
 }
 CLASS_NAMES = {  # Corel-1k's label_name -> the names above
     "africa": "africa",
@@ -129,7 +129,12 @@ def main() -> None:
     if isinstance(built, NetworkClassifier) and (beside := built.beside(warm)) is not None:
         list(beside.embed_and_classify_files(sample))
 
-    print("timing", file=sys.stderr)
+    for path in images.iterdir():  # every file read once before the clock starts: no cold first run
+        path.read_bytes()
+    print(
+        "timing: without labels, with labels, without labels again (the mean of the two is the baseline)",
+        file=sys.stderr,
+    )
     quiet = IndexOptions(progress=False)
     t_plain, _ = timed(
         "index, no labels",
@@ -155,6 +160,12 @@ def main() -> None:
             classifier=classifier,
         ),
     )
+    shutil.rmtree(work / "plain")
+    t_again, _ = timed(
+        "index, no labels, again",
+        lambda: update_index(images, plain, options=quiet, store=FolderStore(images, work / "plain")),
+    )
+    t_plain = (t_plain + t_again) / 2
     n = sum(len(v) for v in classes.values())
 
     index = FolderStore(images, work / "joint").open()

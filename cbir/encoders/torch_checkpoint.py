@@ -226,7 +226,8 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """The tensors of the PyTorch state dict in ``path``, by name, as NumPy arrays.
 
     Raises :class:`UnsafeCheckpointError` for anything but a plain state dict (a pickle naming
-    any other global is refused before it is built), ModelError when the file cannot be read.
+    any other global is refused before it is built), ModelError when the file cannot be read; both
+    name the file.
     """
     try:
         with open(path, "rb") as f:
@@ -236,8 +237,8 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
                     return _read_zip(archive)
             f.seek(0)
             return _read_legacy(io.BufferedReader(io.BytesIO(f.read())))
-    except UnsafeCheckpointError:
-        raise
+    except UnsafeCheckpointError as exc:
+        raise UnsafeCheckpointError(f"{os.fspath(path)}: {exc}") from None
     except OSError as exc:
         raise ModelError(f"cannot read the checkpoint {os.fspath(path)}: {exc.strerror or exc}") from exc
     except Exception as exc:  # whatever else a damaged or hostile file makes the parser raise

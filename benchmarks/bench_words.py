@@ -165,6 +165,7 @@ def main() -> None:
         "index, no labels, again",
         lambda: update_index(images, plain, options=quiet, store=FolderStore(images, work / "plain")),
     )
+    runs = (t_plain, t_again)
     t_plain = (t_plain + t_again) / 2
     n = sum(len(v) for v in classes.values())
 
@@ -211,11 +212,14 @@ def main() -> None:
     print()
     speed = lambda t: n / t  # noqa: E731
     added = t_joint / t_plain - 1
+    worst = t_joint / min(runs) - 1
     print(
-        f"cost: index without labels {speed(t_plain):.1f} img/s; with labels {speed(t_joint):.1f} img/s "
-        f"(+{added:.0%} time); labelling an existing index {speed(t_label):.1f} img/s "
-        f"({report.labelled} and {labelled.labelled} images labelled)"
-    )  # type: ignore[attr-defined]
+        f"cost: index without labels {speed(t_plain):.1f} img/s (runs of {runs[0]:.1f} s and "
+        f"{runs[1]:.1f} s); with labels {speed(t_joint):.1f} img/s ({t_joint:.1f} s: {added:+.0%} against "
+        f"the mean, {worst:+.0%} against the faster run); labelling an existing index "
+        f"{speed(t_label):.1f} img/s ({t_label:.1f} s, "
+        f"{t_label / min(runs):.0%} of the faster run without labels)"
+    )
     print()
     print("worst queries (lowest AP), with the commonest top labels in the class and in the top 10:")
     for name, word, p10, _p50, ap, found, relevant, _ in sorted(covered, key=lambda r: r[4])[:3]:
@@ -232,7 +236,8 @@ def main() -> None:
     verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
     print(
         f"targets: mean P@10 {mean10:.2f} >= 0.85 {verdict(mean10 >= 0.85)}; mean P@50 {mean50:.2f} >= 0.70 "
-        f"{verdict(mean50 >= 0.7)}; labels add {added:.0%} <= 25% {verdict(added <= 0.25)}"
+        f"{verdict(mean50 >= 0.7)}; labels add {max(added, worst):.0%} <= 25% (the worse of the two) "
+        f"{verdict(max(added, worst) <= 0.25)}"
     )
 
 

@@ -481,3 +481,19 @@ def test_a_classifier_network_runs_beside_the_backbone_on_one_decode(tmp_path, m
     assert dict(zip(bare.open().paths, bare.open().labels())) == dict(
         zip(store.open().paths, store.open().labels())
     )
+
+
+def test_the_index_summary_says_who_labelled_how_many(tmp_path):
+    from cbir.cli.text import format_index_summary
+
+    root = photos(tmp_path / "data")
+    store = FolderStore(root, tmp_path / "index")
+    report = index(
+        root, store, Source(PixelEmbedder(FeatureConfig(model="pixels"))), ColourClassifier(), True
+    )
+    assert ", labels by colour-classifier (9 labelled) -> " in format_index_summary(report)
+    assert report.to_dict()["labels"] == "colour-classifier" and report.to_dict()["labelled"] == 9
+    bare = index(
+        root, FolderStore(root, tmp_path / "bare"), Source(PixelEmbedder(FeatureConfig(model="p"))), None
+    )
+    assert "labels" not in format_index_summary(bare)

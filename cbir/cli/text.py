@@ -50,6 +50,8 @@ def format_index_summary(report: IndexReport) -> str:
         line += f", rebuilt ({report.rebuilt})"
     if report.ann not in (None, "none"):
         line += f", approximate index: {report.ann}"
+    if report.labels:
+        line += f", labels by {report.labels} ({report.labelled} labelled)"
     line += f" -> {report.index_dir}"
     if report.skipped:
         line += f"\nskipped {len(report.skipped)} file(s):" + "".join(

@@ -41,6 +41,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -214,7 +215,7 @@ POOLING_ROWS: dict[str, dict[str, str | float]] = {
 def command(row: Row, dataset: str, weights: str, model: str) -> str:
     c = row.config
     if row.extra is not None or row.whiten == "heldout":
-        rows = "" if row.extra is None else " --rows regional --maps /tmp/maps"
+        rows = " --rows classic" if row.extra is None else " --rows regional --maps /tmp/maps"
         bench = "python3 benchmarks/bench_quality.py"
         return f"{bench} --dataset {dataset} --model {model} --weights {weights}{rows} --only {row.name}"
     cmd = (
@@ -319,15 +320,17 @@ def throughput(rows: list[Row], paths: list[str], weights: Weights, model: str, 
 
 
 def query_cost(rows: int, dim: int = 2048, queries: int = 50) -> None:
-    """Search time per query (k=9) without and with adaptive re-ranking (``--qe 10 --mutual 3``),
-    on ``rows`` random unit vectors (exact search; the images' embedding time is not included)."""
+    """Search time per query (k=9) without and with the default re-ranking, on ``rows`` random
+    unit vectors (exact search; the images' embedding time is not included)."""
+    from cbir.search.rerank import DEFAULT_RERANKING as d
+
     rng = np.random.default_rng(0)
     db = rng.standard_normal((rows, dim)).astype(np.float32)
     db /= np.linalg.norm(db, axis=1, keepdims=True)
     q = db[:queries] + 0.1 * rng.standard_normal((queries, dim)).astype(np.float32)
-    print("| rows | plain ms/query | --qe 10 --mutual 3 ms/query | ratio |\n|---|---|---|---|")
+    print(f"| rows | plain ms/query | --qe {d.qe} --mutual {d.mutual} ms/query | ratio |\n|---|---|---|---|")
     times = []
-    for reranking in (Reranking(), Reranking(qe=10, mutual=3)):
+    for reranking in (Reranking(), d):
         searcher = rerank(ExactSearcher(db), reranking)
         searcher.search(q[:1], 9)  # warm-up
         t = time.perf_counter()
@@ -385,12 +388,13 @@ class Score:
     p1: float
     ns: float
     ips: float
+    per_query: dict[str, float] = field(default_factory=dict)
 
 
-def _weights(spec: str | None) -> tuple[Weights, str]:
+def _weights(spec: str | None, shared: Path) -> tuple[Weights, str]:
     if spec is None:
         return Weights.imagenet(), "imagenet"
-    path = Path(spec) if os.sep in spec else SHARED / "weights" / spec
+    path = Path(spec) if os.sep in spec else shared / "weights" / spec
     return Weights.parse(str(path)), path.name
 
 
@@ -413,8 +417,9 @@ def study(args: argparse.Namespace) -> None:
             "--rows study needs --instance, --real and --maps (see make_instance.py, make_real_instance.py)"
         )
     benchmarks = []
+    corel = args.corel or str(Path(args.shared) / "datasets" / "corel1k")
     for name, root in (
-        ("Corel-1k", args.corel),
+        ("Corel-1k", corel),
         ("generated instance", args.instance),
         ("real instance", args.real),
     ):
@@ -423,7 +428,7 @@ def study(args: argparse.Namespace) -> None:
     backbones = [b for b in BACKBONES if not args.backbone or b[0] in args.backbone]
     scores: dict[tuple[str, str, str, str, str], Score] = {}
     for model, spec in backbones:
-        weights, wname = _weights(spec)
+        weights, wname = _weights(spec, Path(args.shared))
         native = get_backbone(model).input_size
         for geometry, size in STUDY_GEOMETRIES:
             config = resolve_config(FeatureConfig(model=model, geometry=geometry, size=size), weights)
@@ -431,21 +436,18 @@ def study(args: argparse.Namespace) -> None:
                 paths = [os.path.join(bench.root, f) for f in bench.files]
                 maps = feature_maps(paths, config, weights, Path(args.maps))
                 for pooling, p in STUDY_POOLINGS:
-                    feats = maps.pooled(lambda m, pooling=pooling, p=p: pool(m, pooling, p))
+                    feats = maps.pooled(partial(pool, pooling=pooling, p=p))
                     for rname, reranking in STUDY_RERANKINGS:
                         searcher = rerank(ExactSearcher(feats), reranking)
                         rep = evaluate(searcher, bench.files, bench.gt, ks=(1, 10))
                         ns = ns_top4(searcher, bench.files, bench.gt)
-                        key = (
-                            model,
-                            _input_name(geometry, size, native),
-                            _pooling_name(pooling, p),
-                            rname,
-                            bench.name,
-                        )
-                        scores[key] = Score(rep.map, rep.precision[1], ns, maps.ips)
-        print(f"<!-- {model}: weights {wname} -->", file=sys.stderr, flush=True)
-    _print_study(benchmarks, backbones, scores)
+                        row = (model, _input_name(geometry, size, native), _pooling_name(pooling, p))
+                        default = (geometry, size, pooling, p) == STUDY_GEOMETRIES[0] + STUDY_POOLINGS[0]
+                        per_query = rep.per_query if default else {}
+                        score = Score(rep.map, rep.precision[1], ns, maps.ips, per_query)
+                        scores[row + (rname, bench.name)] = score
+        print(f"{model} (weights {wname}): scored", file=sys.stderr, flush=True)
+    _print_study(benchmarks, [(m, _weights(w, Path(args.shared))[1]) for m, w in backbones], scores)
 
 
 def _configs(scores: dict[tuple[str, str, str, str, str], Score]) -> list[tuple[str, str, str, str]]:
@@ -457,7 +459,7 @@ def _configs(scores: dict[tuple[str, str, str, str, str], Score]) -> list[tuple[
 
 def _print_study(
     benchmarks: list[Benchmark],
-    backbones: list[tuple[str, str | None]],
+    backbones: list[tuple[str, str]],
     scores: dict[tuple[str, str, str, str, str], Score],
 ) -> None:
     configs = _configs(scores)
@@ -486,6 +488,19 @@ def _print_study(
         ips = " / ".join(f"{scores[c + (n,)].ips:.1f}" for n in names)
         worst_cell = "" if c[3] == "none" else f"{worst:+.3f}"
         print(f"| {' | '.join(c)} | {' | '.join(cells)} | {worst_cell} | {ips} |")
+    print("\n### Default features: change of mAP against none, ± the standard error of the paired")
+    print("per-query differences (same queries, same vectors)\n")
+    print("| backbone | re-ranking | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for c in configs:
+        if c[3] == "none" or not scores[c + (names[0],)].per_query:
+            continue
+        cells = []
+        for name in names:
+            now, plain = scores[c + (name,)].per_query, scores[c[:3] + ("none", name)].per_query
+            d = np.array([now[q] - plain[q] for q in plain])
+            cells.append(f"{d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(len(d)):.4f}")
+        print(f"| {c[0]} | {c[3]} | {' | '.join(cells)} |")
     print(f"\n### The rule: re-rankings that lose at most {RULE_SLACK} mAP against none on every benchmark\n")
     print("| re-ranking | feature settings where it holds | where it gains on all three |")
     print("|---|---|---|")
@@ -497,7 +512,7 @@ def _print_study(
             holds += min(deltas) >= -RULE_SLACK
             gains += min(deltas) > 0
         print(f"| {rname} | {holds} of {len(features)} | {gains} of {len(features)} |")
-    print(f"\nbackbones: {', '.join(f'{m} ({_weights(w)[1]})' for m, w in backbones)}")
+    print(f"\nbackbones: {', '.join(f'{m} (weights {w})' for m, w in backbones)}")
 
 
 def main() -> None:
@@ -508,7 +523,8 @@ def main() -> None:
         "--weights", default=str(SHARED / "weights" / "xception_weights_tf_dim_ordering_tf_kernels_notop.h5")
     )
     ap.add_argument("--rows", choices=["study", "classic", "regional"], default="study")
-    ap.add_argument("--corel", default=str(SHARED / "datasets" / "corel1k"), help="study: Corel-1k folder")
+    ap.add_argument("--shared", default=str(SHARED), help="study: the shared folder (weights/, datasets/)")
+    ap.add_argument("--corel", help="study: Corel-1k folder (default: SHARED/datasets/corel1k)")
     ap.add_argument("--instance", help="study: the generated instance benchmark (make_instance.py)")
     ap.add_argument("--real", help="study: the real instance benchmark (make_real_instance.py)")
     ap.add_argument("--backbone", action="append", help="study: only these BACKBONES (quick checks)")

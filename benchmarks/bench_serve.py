@@ -51,6 +51,7 @@ from PIL import Image
 
 from cbir.cli.options import build_parser, settings_from
 from cbir.indexing.indexer import IndexOptions, update_index
+from cbir.search.rerank import DEFAULT_RERANKING
 from cbir.service.settings import Settings
 from cbir.web.model import warmed_up
 
@@ -242,7 +243,8 @@ def compare_stores(
     base = rows[0]
     print(
         f"served from each store ({images} rows; {len(rels)} like queries, 30 uploads, one client); "
-        "milvus = Milvus Lite; rows without --qe 0 use the default re-ranking (--qe 10 --mutual 3)"
+        "milvus = Milvus Lite; rows without --qe 0 use the default re-ranking "
+        f"(--qe {DEFAULT_RERANKING.qe} --mutual {DEFAULT_RERANKING.mutual})"
     )
     print(
         "store          like p50   like p95   upload p50  upload p95   like p50 / first  upload p50 / first"

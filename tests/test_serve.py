@@ -144,7 +144,7 @@ def test_like_search_answers_from_the_stored_vectors(served, client):
 def test_serve_takes_the_query_re_ranking_options_but_not_dba(tmp_path):
     args = build_parser().parse_args(["serve", str(tmp_path)])
     assert not reranking_from(args).active and ServeOptions().reranking == reranking_from(args)
-    args = build_parser().parse_args(["serve", str(tmp_path), "--qe", "10", "--mutual", "3"])
+    args = build_parser().parse_args(["serve", str(tmp_path), "--qe", "10", "--mutual", "2"])
     assert reranking_from(args) == DEFAULT_RERANKING
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", str(tmp_path), "--dba", "5"])

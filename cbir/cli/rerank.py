@@ -17,7 +17,8 @@ def add_rerank_options(
     title = (
         f"re-ranking (default: adaptive query expansion, --qe {d.qe} --mutual {d.mutual})"
         if d.active
-        else "re-ranking (default: none; the command line's is --qe 10 --mutual 3)"
+        else "re-ranking (default: none; the command line's is "
+        f"--qe {DEFAULT_RERANKING.qe} --mutual {DEFAULT_RERANKING.mutual})"
     )
     g = p.add_argument_group(title)
     g.add_argument(

@@ -7,6 +7,7 @@ picks one of the forms below instead of failing on the first odd name:
 
 - JSON (``--json``, the manifest, the move log): ``json.dumps`` with its default ``ensure_ascii``
   writes a surrogate as ``\\udcNN`` and ``json.loads`` reads it back: lossless as it is.
+  :func:`json_text` does the same for the surrogates only, leaving valid non-ASCII text readable.
 - Text that must be valid Unicode (Milvus ``VARCHAR``, CSV): :func:`to_text` / :func:`from_text`, a
   reversible backslash escape (``\\xNN`` for an undecodable byte, ``\\\\`` for a backslash).
 - People (terminal lines, the page's labels): :func:`shown`, undecodable bytes as ``\\xNN``; not
@@ -15,8 +16,11 @@ picks one of the forms below instead of failing on the first odd name:
 
 from __future__ import annotations
 
+import json
 import os
 import re
+
+from cbir.core.types import JSONDict, Param
 
 _SURROGATE = re.compile("[\udc80-\udcff]")
 _ESCAPED = re.compile(r"\\(\\|x[0-9a-f]{2})")
@@ -54,3 +58,10 @@ def from_text(text: str) -> str:
     if to_text(name) != text:
         raise ValueError(f"not an escaped file name: {text!r}")
     return name
+
+
+def json_text(doc: JSONDict | list[JSONDict], **options: Param) -> str:
+    """``json.dumps(doc)`` with readable non-ASCII text, each undecodable byte as its ``\\udcNN`` escape
+    (which ``json.loads`` reads back as the same surrogate): valid UTF-8 whatever the names' bytes."""
+    text = json.dumps(doc, ensure_ascii=False, **options)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)

@@ -88,16 +88,23 @@ def cmd_index(args: argparse.Namespace) -> int:
     settings = settings_from(args, _tensorflow_importer(args.verbose), bulk=True)
     options = replace(index_options_from(args), rebuild=False)
 
-    def again() -> None:
-        _print_report(args, _index(args, settings, options))
+    def report(done: IndexReport) -> None:
+        _print_report(args, done)
+        if watcher is not None:  # files that could not be read this time: look again later
+            watcher.retry(done.transient > 0)
 
     # the watcher looks at the folder before the first run: nothing copied in meanwhile is missed
     watcher = (
-        FolderWatcher(settings.dataset, again, skip=settings.home.own_folders, options=options)
+        FolderWatcher(
+            settings.dataset,
+            lambda: report(_index(args, settings, options)),
+            skip=settings.home.own_folders,
+            options=options,
+        )
         if args.watch
         else None
     )
-    _print_report(args, _index(args, settings))
+    report(_index(args, settings))
     if watcher is not None:
         print(f"watching {settings.dataset} for new and changed images (Ctrl-C to stop)", file=sys.stderr)
         watcher.run()

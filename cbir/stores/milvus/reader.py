@@ -18,7 +18,15 @@ import numpy as np
 from cbir.core.errors import IndexFolderError
 from cbir.core.records import Entry
 from cbir.encoders.features import FeatureConfig
-from cbir.search.base import Searcher, as_queries, check_finite, effective_k, longest_exclusion, no_results
+from cbir.search.base import (
+    Searcher,
+    as_queries,
+    check_finite,
+    effective_k,
+    longest_exclusion,
+    no_results,
+    stored_rows,
+)
 from cbir.search.exact import ExactSearcher, top_k
 from cbir.search.filters import ResultFilter, allowed_k, folder_prefix, moments
 from cbir.stores.milvus.client import (
@@ -164,7 +172,7 @@ class MilvusSearcher:
         return len(self.index)
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
-        return self.index.vectors(rows)
+        return stored_rows(self.index.vectors(rows))
 
     def restricted(self, allowed: np.ndarray, where: ResultFilter) -> Searcher:
         """This searcher with ``where`` as a Milvus filter expression (itself when it cannot be

@@ -14,13 +14,17 @@ whatever the file name's bytes, and every expression naming a row is written her
 :func:`literal` and :func:`path_in` (Milvus reads ``\\`` and ``\"`` escapes in a string literal;
 pymilvus' ``ids=`` quotes nothing, so it is never used).
 
-``milvus:PATH.db`` is Milvus Lite, a server started inside this process on 127.0.0.1. A server URI
+``milvus:PATH.db`` is Milvus Lite, a server started inside this process on 127.0.0.1. Its failures
+to start (a ``.db`` held by another process, one that is not a Milvus Lite database, a full disk)
+are one line each (:func:`lite_failure`); pymilvus' and milvus-lite's own log records go to cbir's
+logger at debug level (shown with ``-vv``), never to the terminal as tracebacks. A server URI
 takes its token from the environment variable :data:`TOKEN_ENV`, never from the command line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -42,6 +46,7 @@ if TYPE_CHECKING:
     from pymilvus import MilvusClient
 
 log = logging.getLogger(__name__)
+engine_log = logging.getLogger("cbir.stores.milvus.engine")
 
 TOKEN_ENV = "CBIR_MILVUS_TOKEN"
 """The environment variable holding the token (``user:password`` or an API key) of a Milvus server."""
@@ -160,6 +165,56 @@ def token_for(address: MilvusAddress) -> str:
     return "" if address.lite else os.environ.get(TOKEN_ENV, "")
 
 
+class _EngineRecords(logging.Handler):
+    """pymilvus' and milvus-lite's log records, passed to cbir's logger at debug level; the last
+    exception one carried is kept to say in one line why Milvus Lite did not start."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.last_error: BaseException | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info is not None and record.exc_info[1] is not None:
+            self.last_error = record.exc_info[1]
+        engine_log.debug("%s: %s", record.name, record.getMessage(), exc_info=record.exc_info)
+
+
+ENGINE_RECORDS = _EngineRecords()
+
+
+def _route_engine_logs() -> None:
+    """Send the engine's loggers to :data:`ENGINE_RECORDS` only (idempotent)."""
+    for name in ("pymilvus", "milvus_lite"):
+        engine = logging.getLogger(name)
+        engine.setLevel(logging.WARNING)
+        engine.handlers[:] = [ENGINE_RECORDS]
+        engine.propagate = False
+
+
+def lite_failure(path: str, error: BaseException) -> str:
+    """One line for why Milvus Lite could not open ``path`` (from the exception it logged)."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = error
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    names = {type(e).__name__ for e in chain}
+    codes = {e.errno for e in chain if isinstance(e, OSError)}
+    if "DataDirLockedError" in names or errno.EAGAIN in codes or errno.EWOULDBLOCK in codes:
+        return (
+            f"the Milvus Lite database {path} is in use by another process; "
+            "use a Milvus server for concurrent access"
+        )
+    if codes & {errno.EEXIST, errno.ENOTDIR}:
+        return f"{path} is not a Milvus Lite database (it is a regular file); name another .db"
+    if errno.ENOSPC in codes or errno.EDQUOT in codes:
+        return f"no space left on the device for the Milvus Lite database {path}"
+    for e in chain:
+        if isinstance(e, OSError) and e.strerror:
+            return f"cannot open the Milvus Lite database {path}: {e.strerror}"
+    return f"Milvus Lite could not open {path}: {type(error).__name__}: {error}"
+
+
 def open_client(uri: str, token: str) -> MilvusClient:
     """A client of ``uri`` (a ``.db`` file or a gRPC address) with ``token``; one-line errors."""
     try:
@@ -168,9 +223,16 @@ def open_client(uri: str, token: str) -> MilvusClient:
         raise StoreError(
             f"the Milvus store needs the milvus extra ({exc}): pip install 'cbir[milvus]'"
         ) from None
-    logging.getLogger("pymilvus").setLevel(logging.ERROR)  # its iterator warnings are not the user's
-    with milvus_errors(f"connecting to {uri}"):
-        return MilvusClient(uri=uri, token=token, timeout=CONNECT_TIMEOUT)
+    _route_engine_logs()
+    ENGINE_RECORDS.last_error = None
+    try:
+        with milvus_errors(f"connecting to {uri}"):
+            return MilvusClient(uri=uri, token=token, timeout=CONNECT_TIMEOUT)
+    except StoreError:
+        why = ENGINE_RECORDS.last_error
+        if why is None or uri.startswith(("http://", "https://")):
+            raise
+        raise StoreError(lite_failure(uri, why)) from None
 
 
 def served_uri(address: MilvusAddress) -> str:

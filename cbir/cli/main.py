@@ -29,6 +29,7 @@ from cbir.cli.rerank import reranking_from
 from cbir.cli.serve import cmd_serve
 from cbir.cli.store import source_from, store_from
 from cbir.core.errors import CbirError, ModelError, QueryError
+from cbir.core.names import shown
 from cbir.core.quiet import native_stderr_silenced
 from cbir.core.results import QueryResult, results_to_dict
 from cbir.encoders.backbones import REGISTRY
@@ -161,7 +162,10 @@ def _answer(args: argparse.Namespace, results: list[QueryResult], report: IndexR
     dest = args.link_to or args.copy_to
     if dest:
         made = export_results(results, dest, copy=bool(args.copy_to))
-        print(f"{made} match(es) {'copied' if args.copy_to else 'linked'} into {dest}", file=show.notes(args))
+        print(
+            f"{made} match(es) {'copied' if args.copy_to else 'linked'} into {shown(dest)}",
+            file=show.notes(args),
+        )
     show.plot_if_asked(args, results, DEFAULT_OUT)
     return 0
 

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from cbir.core.names import json_text
+from cbir.core.names import json_text, shown
 from cbir.core.results import QueryResult
 from cbir.core.types import JSONDict
 
@@ -51,4 +51,4 @@ def plot_if_asked(
 
     saved = plot_results(list(results), out, show=args.show, label=label)
     if saved is not None:
-        print(f"plot saved to {saved}", file=notes(args))
+        print(f"plot saved to {shown(str(saved))}", file=notes(args))

@@ -60,9 +60,11 @@ def _query(request: Request, key: str, parsed: str | None) -> str | None:
     """The query parameter ``key`` with its percent-encoded bytes kept (``parsed``: FastAPI's value)."""
     if parsed is None:
         return None
-    for name, value in parse_qsl(request.scope.get("query_string", b""), keep_blank_values=True):
-        if name == key.encode():
-            return os.fsdecode(value)
+    raw: bytes = request.scope.get("query_string") or b""
+    text = raw.decode("ascii", "surrogateescape")
+    for name, value in parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="surrogateescape"):
+        if name == key:
+            return os.fsdecode(os.fsencode(value))  # any raw (unencoded) bytes decoded as a name's
     return parsed
 
 

@@ -183,7 +183,8 @@ ENGINE_RECORDS = _EngineRecords()
 
 
 def _route_engine_logs() -> None:
-    """Send the engine's loggers (pymilvus, milvus-lite, the gRPC under both) to :data:`ENGINE_RECORDS` only."""
+    """Send the engine's loggers (pymilvus, milvus-lite, the gRPC under both) to
+    :data:`ENGINE_RECORDS` only."""
     for name in ("pymilvus", "milvus_lite", "grpc"):
         engine = logging.getLogger(name)
         engine.setLevel(logging.WARNING)

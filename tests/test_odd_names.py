@@ -32,6 +32,7 @@ NAMES = [
     b"x" * 251 + b".png",  # 255 bytes
     b"dir\xfe/in\\side.png",  # a folder that is not UTF-8
     b"plain.png",
+    b"~last\\key\xff.png",  # sorts last: pymilvus pages with the last key, unescaped
 ]
 DECODED = sorted(os.fsdecode(n) for n in NAMES)
 

@@ -9,10 +9,12 @@ the weights file and a commit stamp live in the collection's properties (Milvus 
 description), checked on every open. The store is :mod:`cbir.stores.milvus.store`, its writer
 :mod:`cbir.stores.milvus.writer`, its reader and searcher :mod:`cbir.stores.milvus.reader`.
 
-Names (``path``, ``folder``) are stored in :func:`~cbir.core.names.to_text` form, valid Unicode
-whatever the file name's bytes, and every expression naming a row is written here, by
-:func:`literal` and :func:`path_in` (Milvus reads ``\\`` and ``\"`` escapes in a string literal;
-pymilvus' ``ids=`` quotes nothing, so it is never used).
+Names (``path``, ``folder``) are stored in :func:`~cbir.core.names.to_key` form: valid Unicode
+whatever the file name's bytes, with no backslash or double quote, because pymilvus writes some
+expressions itself without escaping (its query iterator pages with ``path > "LAST KEY"``; its
+``ids=`` reads quote nothing, so they are never used). Every expression cbir writes is written
+here, by :func:`literal` and :func:`path_in` (Milvus reads ``\\`` and ``\"`` escapes in a string
+literal), so a name in memory reaches Milvus escaped in one place.
 
 ``milvus:PATH.db`` is Milvus Lite, a server started inside this process on 127.0.0.1. Its failures
 to start (a ``.db`` held by another process, one that is not a Milvus Lite database, a full disk)
@@ -38,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cbir.core.errors import IndexFolderError, StoreError
-from cbir.core.names import from_text, shown, to_text
+from cbir.core.names import from_key, shown, to_key
 from cbir.core.types import JSONDict
 from cbir.encoders.features import FeatureConfig
 
@@ -110,7 +112,7 @@ def literal(text: str) -> str:
 
 def name_literal(name: str) -> str:
     """A file or folder name (in memory) as the literal of its stored text form."""
-    return literal(to_text(name))
+    return literal(to_key(name))
 
 
 def path_in(paths: Iterable[str]) -> str:
@@ -128,7 +130,7 @@ def path_of(row: JSONDict) -> str | None:
     stored form (a row written by a release before names were escaped: ``--rebuild`` fixes it)."""
     text = str(row["path"])
     try:
-        return from_text(text)
+        return from_key(text)
     except ValueError:
         log.warning("ignored a row of the collection named %r: rebuild it with --rebuild", text)
         return None

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cbir.core.names import to_text
+from cbir.core.names import to_key
 from cbir.core.records import Entry, Skipped
 from cbir.core.types import JSONDict
 from cbir.encoders.features import FeatureConfig
@@ -70,11 +70,11 @@ def _held_row(row: JSONDict) -> Entry | Skipped:
 
 def _row(entry: Entry, vector: list[float], status: int = OK, reason: str = "") -> JSONDict:
     return {
-        "path": to_text(entry.path),
+        "path": to_key(entry.path),
         "vector": vector,
         "size": entry.size,
         "mtime_ns": entry.mtime_ns,
-        "folder": to_text(folder_of(entry.path)),
+        "folder": to_key(folder_of(entry.path)),
         "taken": entry.taken or "",
         "status": status,
         "reason": stored_reason(reason),

@@ -243,3 +243,48 @@ def test_retries_back_off_up_to_a_limit(tmp_path):
     watcher.retry(False)
     clock.time += 10 * watch_module.RETRY_MAX
     assert not watcher.step() and len(calls) == 12
+
+
+def test_the_servers_indexer_thread_survives_an_unexpected_error(tmp_path):
+    """A bug in a run (here the encoder raises RuntimeError) is reported in /api/info's progress
+    as failed with the reason, logged, and the next requested run works: never "indexing" for ever."""
+    pytest.importorskip("fastapi", reason="cbir serve needs the web extra")
+    import dataclasses
+    import threading
+
+    from pixelcli import MODEL, pixel_family
+
+    from cbir.cli.options import build_parser, index_options_from, settings_from
+    from cbir.web.updater import Updater
+
+    root = tmp_path / "data"
+    dataset(root)
+    with pixel_family():
+        args = build_parser().parse_args(["serve", str(root), *MODEL])
+        settings = settings_from(args)
+        calls = iter([RuntimeError("a bug")])
+        failing, done = threading.Event(), threading.Event()
+
+        def model() -> PixelEmbedder:
+            failure = next(calls, None)
+            if failure is not None:
+                failing.set()
+                raise failure
+            return PixelEmbedder(settings.config)
+
+        updater = Updater(
+            settings,
+            dataclasses.replace(index_options_from(args), progress=False),
+            model,
+            on_done=lambda report: done.set(),
+        ).start()
+        try:
+            updater.request()
+            assert failing.wait(60)
+            updater.request()  # after the failure: a run of its own, on the same thread
+            assert done.wait(60), updater.progress.to_dict()
+        finally:
+            updater.stop()
+    progress = updater.progress.to_dict()
+    assert progress["state"] == "idle" and progress["runs"] == 1
+    assert progress["last"]["added"] == 8

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
+import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -69,6 +71,8 @@ def run(*args: object) -> Ran:
     (``backslashreplace``)."""
     out, err = _Strict(), io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="backslashreplace")
     old = sys.stdout, sys.stderr
+    cbir_log = logging.getLogger("cbir")  # main() sets up logging and SIGTERM: put them back after
+    saved = cbir_log.handlers[:], cbir_log.level, cbir_log.propagate, signal.getsignal(signal.SIGTERM)
     sys.stdout, sys.stderr = out, err
     try:
         try:
@@ -77,6 +81,8 @@ def run(*args: object) -> Ran:
             code = int(exc.code or 0)
     finally:
         sys.stdout, sys.stderr = old
+        cbir_log.handlers[:], cbir_log.level, cbir_log.propagate = saved[:3]
+        signal.signal(signal.SIGTERM, saved[3])
     err.flush()
     raw = err.buffer
     assert isinstance(raw, io.BytesIO)

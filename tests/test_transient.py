@@ -149,6 +149,32 @@ def test_a_file_that_cannot_be_read_is_retried_every_run(tmp_path, store_of, mon
     assert (third.added, third.skipped) == (1, []) and held(store) == sorted(names)
 
 
+class Unclassified(Hooked):
+    """An encoder that reports every failure as a content failure (as a third-party one may)."""
+
+    def embed_files(self, paths, progress=False, desc=""):
+        for i, result in super().embed_files(paths, progress, desc):
+            yield i, BadImageError(str(result)) if isinstance(result, BadImageError) else result
+
+
+def test_a_file_gone_when_its_failure_comes_back_is_retried_whatever_the_encoder_said(tmp_path, store_of):
+    root = tmp_path / "data"
+    names = dataset(root)
+    store = store_of(root)
+    parked = tmp_path / "parked.png"
+
+    def away_and_back(name: str) -> None:
+        if name == "b.png":
+            os.rename(root / "b.png", parked)
+
+    first = sync(root, store, Unclassified(away_and_back))
+    assert [s["path"] for s in first.skipped] == ["b.png"] and first.transient == 1
+    assert "gone while it was read" in first.skipped[0]["reason"]
+    os.rename(parked, root / "b.png")  # back, with its size and mtime
+    again = sync(root, store, plain())
+    assert (again.added, again.known_bad) == (1, 0) and held(store) == sorted(names)
+
+
 def test_content_failures_are_remembered_until_the_file_changes(tmp_path, store_of):
     root = tmp_path / "data"
     dataset(root)

@@ -18,6 +18,28 @@ from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+try:  # the property tests' profiles: seeded and small by default, more on demand
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile(
+        "ci",
+        max_examples=int(os.environ.get("CBIR_HYPOTHESIS_EXAMPLES", "12")),
+        derandomize=True,
+        deadline=None,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+    settings.register_profile(
+        "more",
+        max_examples=int(os.environ.get("CBIR_HYPOTHESIS_EXAMPLES", "300")),
+        deadline=None,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+    settings.load_profile(os.environ.get("CBIR_HYPOTHESIS", "ci"))
+except ImportError:  # hypothesis is a dev dependency; the property tests skip without it
+    pass
+
 
 @pytest.fixture(scope="session", autouse=True)
 def model_cache(tmp_path_factory) -> Path:

@@ -9,6 +9,7 @@ from cbir.cli import show, text
 from cbir.cli.options import DEFAULT_DUPLICATES_OUT, duplicate_options_from
 from cbir.cli.store import store_from
 from cbir.core.errors import QueryError
+from cbir.core.names import shown
 from cbir.core.results import Match, QueryResult
 from cbir.duplicates.moves import move_members, undo_moves
 from cbir.service.duplicates import find_duplicates
@@ -35,10 +36,12 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
     ]
     if args.link_to:
         made = export_results(groups, args.link_to, subfolders=True)
-        print(f"{made} link(s) made in {len(groups)} folder(s) of {args.link_to}", file=show.notes(args))
+        print(
+            f"{made} link(s) made in {len(groups)} folder(s) of {shown(args.link_to)}", file=show.notes(args)
+        )
     if args.move_to:
         moved = move_members(report.groups, report.dataset, args.move_to)
         print(text.format_moves(moved), file=show.notes(args))
-    shown = [QueryResult(r.query, r.matches[1:]) for r in groups[: args.plot_groups]]
-    show.plot_if_asked(args, shown, DEFAULT_DUPLICATES_OUT, label="keep")
+    plotted = [QueryResult(r.query, r.matches[1:]) for r in groups[: args.plot_groups]]
+    show.plot_if_asked(args, plotted, DEFAULT_DUPLICATES_OUT, label="keep")
     return 0

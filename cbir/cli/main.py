@@ -29,6 +29,7 @@ from cbir.cli.rerank import reranking_from
 from cbir.cli.serve import cmd_serve
 from cbir.cli.store import source_from, store_from
 from cbir.core.errors import CbirError, ModelError, QueryError
+from cbir.core.names import shown
 from cbir.core.quiet import native_stderr_silenced
 from cbir.core.results import QueryResult, results_to_dict
 from cbir.encoders.backbones import REGISTRY
@@ -88,16 +89,23 @@ def cmd_index(args: argparse.Namespace) -> int:
     settings = settings_from(args, _tensorflow_importer(args.verbose), bulk=True)
     options = replace(index_options_from(args), rebuild=False)
 
-    def again() -> None:
-        _print_report(args, _index(args, settings, options))
+    def report(done: IndexReport) -> None:
+        _print_report(args, done)
+        if watcher is not None:  # files that could not be read this time: look again later
+            watcher.retry(done.transient > 0)
 
     # the watcher looks at the folder before the first run: nothing copied in meanwhile is missed
     watcher = (
-        FolderWatcher(settings.dataset, again, skip=settings.home.own_folders, options=options)
+        FolderWatcher(
+            settings.dataset,
+            lambda: report(_index(args, settings, options)),
+            skip=settings.home.own_folders,
+            options=options,
+        )
         if args.watch
         else None
     )
-    _print_report(args, _index(args, settings))
+    report(_index(args, settings))
     if watcher is not None:
         print(f"watching {settings.dataset} for new and changed images (Ctrl-C to stop)", file=sys.stderr)
         watcher.run()
@@ -154,7 +162,10 @@ def _answer(args: argparse.Namespace, results: list[QueryResult], report: IndexR
     dest = args.link_to or args.copy_to
     if dest:
         made = export_results(results, dest, copy=bool(args.copy_to))
-        print(f"{made} match(es) {'copied' if args.copy_to else 'linked'} into {dest}", file=show.notes(args))
+        print(
+            f"{made} match(es) {'copied' if args.copy_to else 'linked'} into {shown(dest)}",
+            file=show.notes(args),
+        )
     show.plot_if_asked(args, results, DEFAULT_OUT)
     return 0
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from cbir.core.names import shown
 from cbir.core.results import Match, QueryResult
 from cbir.ingest.decode import LoadLimits, open_rgb
 
@@ -133,5 +134,6 @@ def _show(sheet: Image.Image) -> None:
 
 
 def _short(name: str, width: int = 24) -> str:
-    """``name`` cut to ``width`` characters with an ellipsis, to fit under a thumbnail."""
+    """``name`` as shown to people, cut to ``width`` characters with an ellipsis, to fit under a thumbnail."""
+    name = shown(name)
     return name if len(name) <= width else name[: width - 3] + "..."

@@ -28,7 +28,7 @@ from cbir.core.progress import progress_bar
 from cbir.core.records import Entry, Skipped
 from cbir.core.types import JSONDict
 from cbir.encoders.base import Encoder, EncoderSource
-from cbir.indexing.plan import Plan, make_plan, stat_files
+from cbir.indexing.plan import Listing, Plan, make_plan, stat_files
 from cbir.indexing.shard import Shard
 from cbir.ingest.decode import capture_time
 from cbir.ingest.files import find_images
@@ -99,6 +99,7 @@ class IndexReport:
     removed: int = 0
     unchanged: int = 0
     skipped: list[dict[str, str]] = field(default_factory=list)
+    transient: int = 0  # skipped files and folders that could not be read, looked at again next run
     known_bad: int = 0
     total: int = 0
     rebuilt: str | None = None
@@ -134,12 +135,14 @@ def update_index(
     t0 = time.perf_counter()
     root = Path(root)
     home = store if store is not None else FolderStore(root, index_dir)
+    listing = Listing()
     files = find_images(
         root,
         recursive=options.recursive,
         include_hidden=options.include_hidden,
         exclude=options.exclude,
         skip_dirs=home.own_folders,
+        onerror=listing.unlisted,
     )
     if not files:
         raise DatasetError(f"no images found in {root}")
@@ -155,8 +158,8 @@ def update_index(
     )
     with options.shard.view(writer) as target:
         report.rebuilt = target.rebuilt
-        found, unreadable = stat_files(root, files)
-        plan = make_plan(found, target.held(), target.known_bad(), unreadable)
+        stat_files(root, files, listing)
+        plan = make_plan(listing.stats, target.held(), target.known_bad(), listing.failed, listing.unsure)
         _count(plan, report)
         target.drop(plan.dropped)
         _read_capture_times(root, target, options)
@@ -200,6 +203,7 @@ def _count(plan: Plan, report: IndexReport) -> None:
     report.added, report.updated = len(plan.new), len(plan.changed)
     report.removed, report.unchanged = len(plan.removed), plan.unchanged
     report.known_bad = len(plan.known_bad)
+    report.transient = len(plan.unsure)
     for failure in plan.unreadable:
         log.warning("skipped %s: %s", failure["path"], failure["reason"])
         report.skipped.append(failure)
@@ -221,6 +225,21 @@ def _results(
         if sink is not None:
             return emb.embed_into(sink, root, todo, progress=progress, desc="indexing")
     return emb.embed_files([root / e.path for e in todo], progress=progress, desc="indexing")
+
+
+def _settled(root: Path, entry: Entry, failure: BadImageError) -> BadImageError:
+    """``failure`` as remembered: a content failure of a file that is gone or changed since the plan
+    stat-ed it (a folder renamed away, a file still being written) becomes one that can pass, so the
+    file is retried next run instead of being remembered as bad at a stat it no longer has."""
+    if failure.transient:
+        return failure
+    try:
+        st = os.stat(root / entry.path)
+    except OSError as exc:
+        return BadImageError(f"gone while it was read ({exc.strerror or exc})", transient=True)
+    if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
+        return BadImageError(f"changed while it was read ({failure})", transient=True)
+    return failure
 
 
 def _embed(
@@ -257,6 +276,8 @@ def _embed(
         for pos, result in _results(root, store, emb, todo, skipped, options.progress):
             entry = todo[pos]
             if isinstance(result, BadImageError):
+                result = _settled(root, entry, result)
+                report.transient += result.transient
                 log.warning("skipped %s: %s", entry.path, result)
                 skipped.append(Skipped(entry.path, entry.size, entry.mtime_ns, str(result), result.transient))
                 report.skipped.append({"path": entry.path, "reason": str(result)})

@@ -3,13 +3,12 @@
 Handles what real photo folders contain: EXIF orientation, palette/grey/alpha/CMYK/16-bit modes,
 animated files (first frame), decompression bombs and oversized files, and broken files, which
 raise :class:`~cbir.core.errors.BadImageError` with a short reason instead of crashing a long run (marked
-``transient`` when the cause is a permission problem, which may be fixed without touching the file).
+``transient`` when the system could not give the file's bytes: :func:`is_passing_error`).
 Large JPEGs are decoded at reduced scale (``Image.draft``) when the target size allows it.
 """
 
 from __future__ import annotations
 
-import errno
 import io
 import os
 import re
@@ -108,11 +107,16 @@ class Geometry:
         return self.output_size(width, height, scale)
 
 
-def is_access_error(exc: BaseException) -> bool:
-    """True when ``exc`` is a permission problem (EACCES/EPERM): it may go away without the file changing."""
-    return isinstance(exc, PermissionError) or (
-        isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM)
-    )
+def is_passing_error(exc: BaseException) -> bool:
+    """True when the system could not give the file's bytes (an ``OSError`` with an ``errno``: gone,
+    ENOENT/ENOTDIR, a folder renamed away; permission, EACCES/EPERM; EIO, ESTALE, EBUSY, EMFILE...),
+    as opposed to bytes that are not a usable image (Pillow's errors carry no ``errno``). Such a
+    failure can pass without the file changing (the folder renamed back, a ``chmod``, the share
+    back online), so it is retried on every run and never remembered as bad."""
+    return isinstance(exc, _SYSTEM_ERRORS) or (isinstance(exc, OSError) and exc.errno is not None)
+
+
+_SYSTEM_ERRORS = (PermissionError, FileNotFoundError, NotADirectoryError, IsADirectoryError, TimeoutError)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -153,7 +157,7 @@ def open_rgb(
         size = os.path.getsize(path)
     except OSError as exc:
         raise BadImageError(
-            f"cannot read file ({exc.strerror or exc})", transient=is_access_error(exc)
+            f"cannot read file ({exc.strerror or exc})", transient=is_passing_error(exc)
         ) from exc
     return _open_checked(path, size, limits, draft_for)
 
@@ -223,7 +227,7 @@ def _open_checked(
     except Image.DecompressionBombError as exc:
         raise BadImageError("image exceeds the pixel limit (decompression bomb guard)") from exc
     except OSError as exc:
-        raise BadImageError(f"cannot open ({exc})", transient=is_access_error(exc)) from exc
+        raise BadImageError(f"cannot open ({exc})", transient=is_passing_error(exc)) from exc
     try:
         w, h = img.size
         if w * h > limits.max_pixels:
@@ -242,7 +246,7 @@ def _open_checked(
         raise BadImageError("image exceeds the pixel limit (decompression bomb guard)") from exc
     except (OSError, ValueError, SyntaxError, struct.error, EOFError) as exc:
         img.close()
-        if is_access_error(exc):
+        if is_passing_error(exc):
             raise BadImageError(f"cannot read file ({exc})", transient=True) from exc
         raise BadImageError(f"truncated or corrupt image ({exc})") from exc
 

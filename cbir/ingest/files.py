@@ -4,14 +4,15 @@ Walking rules: recursive unless asked otherwise; extensions matched case-insensi
 starting with ``.`` (hidden files and folders, our own ``.cbir`` index) skipped unless
 ``include_hidden``; macOS ``._`` AppleDouble files always skipped; ``exclude`` glob patterns matched
 against the relative path and the name; symlinked folders followed, each real folder visited at most
-once (no loops); deterministic (sorted) order.
+once (no loops); deterministic (sorted) order. A folder that cannot be listed (or an entry whose
+kind cannot be told) is passed to ``onerror`` with the ``OSError``, as :func:`os.walk` does.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from cbir.core.errors import DatasetError
@@ -39,8 +40,11 @@ def find_images(
     exclude: Iterable[str] = (),
     extensions: Iterable[str] | None = None,
     skip_dirs: Iterable[str | os.PathLike[str]] = (),
+    onerror: Callable[[str, OSError], None] | None = None,
 ) -> list[str]:
-    """Return the image files under ``root`` as sorted POSIX paths relative to it."""
+    """Return the image files under ``root`` as sorted POSIX paths relative to it; ``onerror(rel,
+    error)`` hears of each folder below the root (``rel`` ending in ``/``) or entry that could not be
+    read; DatasetError when the root itself cannot be listed."""
     root_path = Path(root)
     if not root_path.exists():
         raise DatasetError(f"dataset folder not found: {root}")
@@ -57,10 +61,7 @@ def find_images(
         if real in seen_dirs or real in skip_real:
             return
         seen_dirs.add(real)
-        try:
-            entries = sorted(os.scandir(abs_dir), key=lambda e: e.name)
-        except OSError:
-            return
+        entries = _listed(abs_dir, rel_dir, onerror)
         for entry in entries:
             name = entry.name
             rel = f"{rel_dir}/{name}" if rel_dir else name
@@ -74,7 +75,9 @@ def find_images(
                 continue
             try:
                 is_dir = entry.is_dir(follow_symlinks=True)
-            except OSError:
+            except OSError as exc:
+                if onerror is not None:
+                    onerror(rel, exc)
                 continue
             if is_dir:
                 if recursive:
@@ -89,6 +92,21 @@ def find_images(
     walk(str(root_path), "")
     found.sort()
     return found
+
+
+def _listed(
+    abs_dir: str, rel_dir: str, onerror: Callable[[str, OSError], None] | None
+) -> list[os.DirEntry[str]]:
+    """The entries of a folder, sorted by name; none (``onerror`` told) when it cannot be listed."""
+    try:
+        with os.scandir(abs_dir) as listing:
+            return sorted(listing, key=lambda e: e.name)
+    except OSError as exc:
+        if not rel_dir:
+            raise DatasetError(f"cannot list the dataset folder {abs_dir}: {exc.strerror or exc}") from None
+        if onerror is not None:
+            onerror(f"{rel_dir}/", exc)
+        return []
 
 
 SEPARATORS = "/" + os.sep + (os.altsep or "")

@@ -5,13 +5,19 @@ token, 404 for anything that is not an indexed image or folder, 413 for an uploa
 for a feature this version lacks, 503 while the model loads or when the store (a Milvus server)
 fails. No CORS headers: only pages served
 from here may call the API.
+
+File names are bytes (:mod:`cbir.core.names`): a URL names a file by the percent-encoding of its
+bytes (``bad%FF.jpg``), read here from the raw request (Starlette would decode it as UTF-8 and turn
+an undecodable byte into U+FFFD), and the JSON carries an undecodable byte as ``\\udcNN``.
 """
 
 from __future__ import annotations
 
 import hmac
+import os
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from importlib import resources
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -20,6 +26,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartParser
 
 from cbir.core.errors import BadImageError, CbirError, QueryError, StoreError
+from cbir.core.names import json_text
 from cbir.core.types import JSONDict
 from cbir.web.collection import NotFound
 from cbir.web.model import ModelLoading
@@ -38,8 +45,35 @@ STATIC = ("index.html", "app.js", "style.css")
 TOKEN_COOKIE = "cbir_token"
 
 
+class NamesJSON(JSONResponse):
+    """JSON whose file names keep their bytes (:func:`~cbir.core.names.json_text`)."""
+
+    def render(self, content: JSONDict) -> bytes:
+        return json_text(content, allow_nan=False, separators=(",", ":")).encode("utf-8")
+
+
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    return NamesJSON({"error": message}, status_code=status)
+
+
+def _query(request: Request, key: str, parsed: str | None) -> str | None:
+    """The query parameter ``key`` with its percent-encoded bytes kept (``parsed``: FastAPI's value)."""
+    if parsed is None:
+        return None
+    raw: bytes = request.scope.get("query_string") or b""
+    text = raw.decode("ascii", "surrogateescape")
+    for name, value in parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="surrogateescape"):
+        if name == key:
+            return os.fsdecode(os.fsencode(value))  # any raw (unencoded) bytes decoded as a name's
+    return parsed
+
+
+def _path_name(request: Request, prefix: str, parsed: str) -> str:
+    """The file name after ``prefix`` in the request's raw path, its bytes kept."""
+    raw: bytes = request.scope.get("raw_path") or b""
+    if not raw.startswith(prefix.encode()):
+        return parsed
+    return os.fsdecode(unquote_to_bytes(raw[len(prefix) :]))
 
 
 def _status(exc: Exception) -> int:
@@ -56,7 +90,9 @@ def _static(name: str) -> bytes:
 def create_app(service: Service, token: str | None = None) -> FastAPI:
     """The app serving ``service``; with ``token``, every request must carry it (header
     ``Authorization: Bearer TOKEN``, the cookie set by opening ``/?token=TOKEN``, or ``?token=``)."""
-    app = FastAPI(title="cbir", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="cbir", docs_url=None, redoc_url=None, openapi_url=None, default_response_class=NamesJSON
+    )
 
     @app.exception_handler(CbirError)
     async def cbir_error(request: Request, exc: CbirError) -> JSONResponse:
@@ -108,17 +144,17 @@ def _add_api(app: FastAPI, service: Service) -> None:
         return service.info()
 
     @app.get("/api/browse")
-    def browse(dir: str = "", page: int = 1) -> JSONDict:
-        return service.collection.browse(dir, page)
+    def browse(request: Request, dir: str = "", page: int = 1) -> JSONDict:
+        return service.collection.browse(_query(request, "dir", dir) or "", page)
 
     @app.get("/api/search")
-    def like(like: str, k: int = 9, under: str | None = None) -> JSONDict:
-        return service.like(like, k, under)
+    def like(request: Request, like: str, k: int = 9, under: str | None = None) -> JSONDict:
+        return service.like(_query(request, "like", like) or like, k, _query(request, "under", under))
 
     @app.post("/api/search")
     async def upload(request: Request, k: int = 9, under: str | None = None) -> JSONDict:
         data, name = await _read_upload(request, service.max_upload_bytes)
-        return await run_in_threadpool(service.upload, data, name, k, under)
+        return await run_in_threadpool(service.upload, data, name, k, _query(request, "under", under))
 
     @app.get("/api/duplicates")
     def duplicates(threshold: float | None = None) -> JSONDict:
@@ -127,7 +163,8 @@ def _add_api(app: FastAPI, service: Service) -> None:
 
 def _add_files(app: FastAPI, service: Service) -> None:
     @app.get("/thumbs/{rel:path}")
-    def thumb(rel: str) -> FileResponse:
+    def thumb(request: Request, rel: str) -> FileResponse:
+        rel = _path_name(request, "/thumbs/", rel)
         path = service.collection.file(rel)
         try:
             made = thumbnail(service.collection.cache_dir, rel, path, service.limits)
@@ -136,8 +173,8 @@ def _add_files(app: FastAPI, service: Service) -> None:
         return FileResponse(made, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/files/{rel:path}")
-    def file(rel: str) -> FileResponse:
-        return FileResponse(service.collection.file(rel))
+    def file(request: Request, rel: str) -> FileResponse:
+        return FileResponse(service.collection.file(_path_name(request, "/files/", rel)))
 
 
 async def _read_upload(request: Request, cap: int) -> tuple[bytes, str]:

@@ -19,7 +19,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from threadpoolctl import threadpool_limits
 
 from cbir.core.errors import CbirError, DatasetError
-from cbir.indexing.indexer import IndexOptions
+from cbir.indexing.indexer import IndexOptions, IndexReport
 from cbir.indexing.watch import FolderWatcher
 from cbir.search.rerank import Reranking
 from cbir.service.settings import Settings
@@ -81,7 +81,13 @@ def running_service(
     worker = ModelWorker(
         lambda: warmed_up(settings.embedder()), max_batch=settings.runtime.batch_size
     ).start()
-    updater = Updater(settings, index_options, lambda: worker.wait()).start()
+    watcher: FolderWatcher | None = None
+
+    def done(report: IndexReport) -> None:
+        if watcher is not None:  # files that could not be read this time: look again later
+            watcher.retry(report.transient > 0)
+
+    updater = Updater(settings, index_options, lambda: worker.wait(), on_done=done).start()
     store = settings.home
     service = Service(
         Collection(settings.dataset, store),
@@ -92,7 +98,6 @@ def running_service(
         features=settings.config.to_dict(),
         reranking=options.reranking,
     )
-    watcher = None
     if options.watch:  # it looks at the folder before the first run: nothing added meanwhile is missed
         watcher = FolderWatcher(
             settings.dataset,

@@ -23,7 +23,7 @@ FOLDER = "thumbs"
 
 def thumbnail_path(index_dir: Path, rel: str, size: int, mtime_ns: int) -> Path:
     """Where the thumbnail of ``rel`` as it is now (``size`` bytes, ``mtime_ns``) is cached."""
-    key = hashlib.sha1(f"{rel}\0{size}\0{mtime_ns}\0{THUMB_SIZE}".encode()).hexdigest()
+    key = hashlib.sha1(os.fsencode(f"{rel}\0{size}\0{mtime_ns}\0{THUMB_SIZE}")).hexdigest()
     return index_dir / FOLDER / key[:2] / f"{key}.jpg"
 
 

@@ -4,8 +4,21 @@
 const $ = (id) => document.getElementById(id);
 const state = { dir: "", page: 1, pages: 1, images: -1, ready: false };
 
+// A file name's bytes, percent-encoded: the server sends a byte that is not UTF-8 as a lone
+// surrogate U+DC80-U+DCFF (Python's surrogateescape), which encodeURIComponent refuses.
+function encName(name) {
+  let out = "";
+  for (const ch of name) {
+    const code = ch.charCodeAt(0);
+    out += ch.length === 1 && code >= 0xdc80 && code <= 0xdcff
+      ? `%${(code - 0xdc00).toString(16).toUpperCase()}`
+      : encodeURIComponent(ch);
+  }
+  return out;
+}
+
 function enc(rel) {
-  return rel.split("/").map(encodeURIComponent).join("/");
+  return rel.split("/").map(encName).join("/");
 }
 
 async function api(url, options) {
@@ -52,7 +65,7 @@ function tile(path, score) {
 }
 
 function underParam() {
-  return $("restrict").checked && state.dir ? `&under=${encodeURIComponent(state.dir)}` : "";
+  return $("restrict").checked && state.dir ? `&under=${encName(state.dir)}` : "";
 }
 
 function k() {
@@ -62,7 +75,7 @@ function k() {
 
 async function browse(dir, page) {
   try {
-    const data = await api(`/api/browse?dir=${encodeURIComponent(dir)}&page=${page}`);
+    const data = await api(`/api/browse?dir=${encName(dir)}&page=${page}`);
     showError("");
     Object.assign(state, { dir: data.dir, page: data.page, pages: data.pages });
     const crumbs = $("crumbs");
@@ -105,7 +118,7 @@ function showResults(data, queryNode) {
 
 async function like(path) {
   try {
-    const data = await api(`/api/search?like=${encodeURIComponent(path)}&k=${k()}${underParam()}`);
+    const data = await api(`/api/search?like=${encName(path)}&k=${k()}${underParam()}`);
     showResults(data, el("img", { src: `/thumbs/${enc(path)}`, alt: `query: ${path}` }));
   } catch (e) {
     showError(e.message);

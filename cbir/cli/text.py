@@ -9,6 +9,7 @@ import csv
 import io
 from collections.abc import Iterable, Sequence
 
+from cbir.core.names import shown
 from cbir.core.results import QueryResult
 from cbir.duplicates.moves import MoveReport, UndoReport
 from cbir.encoders.backbones import Backbone
@@ -96,8 +97,12 @@ def format_duplicates_csv(report: DuplicateReport) -> str:
 
 
 def format_moves(report: MoveReport) -> str:
+    log = shown(str(report.log))
+    skipped = (
+        f"; {len(report.skipped)} left where they are (changed since indexing)" if report.skipped else ""
+    )
     return (
-        f"moved {report.moved} file(s); the log is {report.log} (undo: cbir duplicates --undo {report.log}); "
+        f"moved {report.moved} file(s){skipped}; the log is {log} (undo: cbir duplicates --undo {log}); "
         "the next `cbir index` drops them from the index"
     )
 

@@ -9,7 +9,6 @@ with 130 and keeps the finished work.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
@@ -31,7 +30,7 @@ from cbir.cli.rerank import reranking_from
 from cbir.cli.serve import cmd_serve
 from cbir.cli.store import source_from, store_from
 from cbir.core.errors import CbirError, ModelError, QueryError
-from cbir.core.quiet import native_stderr_silenced
+from cbir.core.quiet import native_stderr_silenced, route_logs
 from cbir.core.results import QueryResult, results_to_dict
 from cbir.encoders.backbones import REGISTRY
 from cbir.indexing.indexer import IndexOptions, IndexReport, update_index
@@ -63,16 +62,6 @@ def _tensorflow_importer(verbose: int) -> Callable[[], None]:
             raise ModelError(f"this needs TensorFlow and Keras, which cannot be imported ({exc})") from exc
 
     return load
-
-
-def _setup_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose == 0 else (logging.INFO if verbose == 1 else logging.DEBUG)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("cbir: %(levelname)s: %(message)s"))
-    root = logging.getLogger("cbir")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
 
 
 def _index(args: argparse.Namespace, settings: Settings, options: IndexOptions | None = None) -> IndexReport:
@@ -216,7 +205,7 @@ def dispatch(argv: Sequence[str] | None, legacy: bool) -> int:
     _quiet_tensorflow()
     parser = build_legacy_parser() if legacy else build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
+    route_logs(args.verbose)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         return _run(args, legacy)

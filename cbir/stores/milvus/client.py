@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cbir.core.errors import IndexFolderError, StoreError
+from cbir.core.quiet import adopt_library_logs
 from cbir.core.types import JSONDict
 from cbir.encoders.features import FeatureConfig
 
@@ -131,6 +132,7 @@ def open_client(uri: str, token: str) -> MilvusClient:
             f"the Milvus store needs the milvus extra ({exc}): pip install 'cbir[milvus]'"
         ) from None
     logging.getLogger("pymilvus").setLevel(logging.ERROR)  # its iterator warnings are not the user's
+    adopt_library_logs()  # pymilvus installs its own handlers on import: its records go through cbir's
     with milvus_errors(f"connecting to {uri}"):
         return MilvusClient(uri=uri, token=token, timeout=CONNECT_TIMEOUT)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import COREL_IMAGES, require
-from helpers import StandIn, cli, ok, one_line_error, stand_in_vector
+from helpers import ContentStandIn, cli, ok, one_line_error
 from PIL import Image, ImageEnhance
 
 from cbir.cli.main import main
@@ -115,21 +114,13 @@ def test_duplicates_errors_are_one_line(tmp_path):
     )
 
 
-class SameBytesSameVector(StandIn):
-    """A stand-in embedder whose vector is a function of the file's bytes: copies are duplicates."""
-
-    def embed_files(self, paths, progress=False, desc=""):
-        for i, p in enumerate(paths):
-            yield i, stand_in_vector(hashlib.sha256(Path(p).read_bytes()).hexdigest(), 0)
-
-
 def indexed_copies(tmp_path: Path) -> Path:
     data = tmp_path / "data"
     (data / "sub").mkdir(parents=True)
     for name in ("a.jpg", "sub/a_copy.jpg", "b.jpg", "sub/b_copy.jpg", "c.jpg"):
         letter = Path(name).name[0]
         (data / name).write_bytes(letter.encode() * 100)
-    update_index(data, SameBytesSameVector(), options=IndexOptions(progress=False))
+    update_index(data, ContentStandIn(), options=IndexOptions(progress=False))
     return data
 
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import NoReturn
 
+from cbir.core.records import CONTROL
 from cbir.encoders.backbones import REGISTRY
 from cbir.encoders.features import (
     DEFAULT_MODEL,
@@ -21,11 +22,17 @@ from cbir.encoders.features import (
 )
 
 
+def one_line(message: str) -> str:
+    """``message`` on one line: control characters (a newline or carriage return in a file name the
+    user typed) written as escapes, so no message can forge or hide a line of the terminal."""
+    return CONTROL.sub(lambda m: repr(m.group())[1:-1], message)
+
+
 class Parser(argparse.ArgumentParser):
     """An argument parser whose usage errors are one line on stderr (exit status 2), like every error."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"cbir: error: {self.prog}: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"cbir: error: {self.prog}: {one_line(message)} (see {self.prog} --help)\n")
 
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None

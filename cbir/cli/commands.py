@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import NoReturn
 
 from cbir.cli import show, text
+from cbir.cli.arguments import one_line
 from cbir.cli.duplicates import cmd_duplicates
 from cbir.cli.options import (
     DEFAULT_OUT,
@@ -210,7 +211,7 @@ def dispatch(argv: Sequence[str] | None, legacy: bool) -> int:
     try:
         return _run(args, legacy)
     except CbirError as exc:
-        print(f"cbir: error: {exc}", file=sys.stderr)
+        print(f"cbir: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -221,5 +222,8 @@ def dispatch(argv: Sequence[str] | None, legacy: bool) -> int:
     except Exception as exc:
         if args.verbose:
             raise
-        print(f"cbir: internal error: {type(exc).__name__}: {exc} (run with -v for details)", file=sys.stderr)
+        print(
+            f"cbir: internal error: {type(exc).__name__}: {one_line(str(exc))} (run with -v for details)",
+            file=sys.stderr,
+        )
         return 1

@@ -94,6 +94,8 @@ def test_query_and_run_cbir_options(data, capsys, option, value):
         ["duplicates", "DATA", "--threshold", "inf"],
         ["duplicates", "DATA", "--plot-groups", "0"],
         ["duplicates", "DATA", "--store", "milvus://h:x"],
+        ["duplicates", "DATA", "--move-to", ""],  # not the current folder
+        ["duplicates", "--undo", ""],
         ["evaluate", "DATA", "--alpha", "nan"],
     ],
 )

@@ -142,6 +142,13 @@ def check_input_sides(args: argparse.Namespace) -> str | None:
     return None
 
 
+def path(text: str) -> str:
+    """An argparse type: a file or folder name, not empty (``--move-to ""`` is not the current folder)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path")
+    return text
+
+
 def moment(text: str) -> str:
     """``--since``/``--until``: a date ``YYYY-MM-DD``, or a time ``YYYY-MM-DDTHH:MM[:SS]``."""
     for form, width in (("%Y-%m-%d", 10), ("%Y-%m-%dT%H:%M", 16), ("%Y-%m-%dT%H:%M:%S", 19)):

@@ -14,6 +14,7 @@ from cbir.cli.arguments import (
     Parser,
     moment,
     number,
+    path,
     similarity,
     whole,
 )
@@ -56,6 +57,7 @@ def add_feature_options(p: argparse.ArgumentParser) -> None:
         if setting.name == "model":
             g.add_argument(
                 "--weights",
+                type=path,
                 help="local weights file instead of the ImageNet download ('random': untrained, for tests)",
             )
     g.add_argument(
@@ -79,6 +81,7 @@ def add_feature_options(p: argparse.ArgumentParser) -> None:
     )
     r.add_argument(
         "--model-cache",
+        type=path,
         metavar="DIR",
         help=f"folder of converted models (default ${MODEL_CACHE_ENV}, else the user's cache folder)",
     )
@@ -86,7 +89,7 @@ def add_feature_options(p: argparse.ArgumentParser) -> None:
 
 def add_index_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("index")
-    g.add_argument("--index", metavar="DIR", help="index folder (default: DATASET/.cbir)")
+    g.add_argument("--index", type=path, metavar="DIR", help="index folder (default: DATASET/.cbir)")
     add_store_option(g)
     g.add_argument("--rebuild", action="store_true", help="rebuild the index from scratch")
     g.add_argument(
@@ -121,7 +124,10 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
         help="commit progress every N images (and every 2 minutes; default 500)",
     )
     g.add_argument(
-        "--whiten-on", metavar="DIR", help="learn a PCA-whitening on the images of DIR and store it"
+        "--whiten-on",
+        type=path,
+        metavar="DIR",
+        help="learn a PCA-whitening on the images of DIR and store it",
     )
     g.add_argument(
         "--whiten-dim", type=whole(1, 65536), help="dimensions kept by the whitening (default: all)"
@@ -144,7 +150,9 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
         default=9,
         help=f"matches per query, 1 to {MAX_TOP} (default 9)",
     )
-    g.add_argument("--out", help=f"PNG file for the plot (default {DEFAULT_OUT}; with --json only if given)")
+    g.add_argument(
+        "--out", type=path, help=f"PNG file for the plot (default {DEFAULT_OUT}; with --json only if given)"
+    )
     g.add_argument("--no-plot", action="store_true", help="do not draw the plot")
     g.add_argument("--show", action="store_true", help="also open the plot in a window")
     fmt = g.add_mutually_exclusive_group()
@@ -154,8 +162,12 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
     )
     add_filter_options(g)
     put = g.add_mutually_exclusive_group()
-    put.add_argument("--link-to", metavar="DIR", help="also link the matches into DIR, named by rank")
-    put.add_argument("--copy-to", metavar="DIR", help="also copy the matches into DIR, named by rank")
+    put.add_argument(
+        "--link-to", type=path, metavar="DIR", help="also link the matches into DIR, named by rank"
+    )
+    put.add_argument(
+        "--copy-to", type=path, metavar="DIR", help="also copy the matches into DIR, named by rank"
+    )
 
 
 def add_filter_options(g: argparse._ActionsContainer, what: str = "results") -> None:
@@ -177,7 +189,7 @@ def add_filter_options(g: argparse._ActionsContainer, what: str = "results") -> 
 def add_duplicates_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser("duplicates", help="group the near-duplicate images of an indexed folder")
     p.add_argument("dataset", nargs="?", help="an indexed folder (not needed with --undo)")
-    p.add_argument("--index", metavar="DIR", help="index folder (default: DATASET/.cbir)")
+    p.add_argument("--index", type=path, metavar="DIR", help="index folder (default: DATASET/.cbir)")
     add_store_option(p)
     p.add_argument(
         "--threshold",
@@ -208,7 +220,7 @@ def add_duplicates_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     )
     p.add_argument("--exact", action="store_true", help="exact search even if an approximate index exists")
     g = p.add_argument_group("output")
-    g.add_argument("--out", help=f"PNG file for the plot (default {DEFAULT_DUPLICATES_OUT})")
+    g.add_argument("--out", type=path, help=f"PNG file for the plot (default {DEFAULT_DUPLICATES_OUT})")
     g.add_argument("--no-plot", action="store_true", help="do not draw the plot")
     g.add_argument("--show", action="store_true", help="also open the plot in a window")
     g.add_argument(
@@ -226,13 +238,16 @@ def add_duplicates_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     add_filter_options(g, "images")
     act = p.add_argument_group("acting on the groups (nothing is ever deleted)")
     one = act.add_mutually_exclusive_group()
-    one.add_argument("--link-to", metavar="DIR", help="link each group into a folder of DIR, for review")
+    one.add_argument(
+        "--link-to", type=path, metavar="DIR", help="link each group into a folder of DIR, for review"
+    )
     one.add_argument(
         "--move-to",
+        type=path,
         metavar="DIR",
         help="move the members (not the kept images) into DIR, keeping their paths; logged",
     )
-    one.add_argument("--undo", metavar="LOG", help="put back the files a --move-to log lists")
+    one.add_argument("--undo", type=path, metavar="LOG", help="put back the files a --move-to log lists")
     add_verbose(p)
 
 
@@ -284,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset")
     p.add_argument(
         "--gt",
+        type=path,
         metavar="FILE",
         help="labels.csv or gt.json (default: found in DATASET, or INRIA Holidays / UKBench file naming)",
     )

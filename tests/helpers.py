@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -175,6 +176,25 @@ def clustered_data() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(5)
     q = q + 0.05 * rng.standard_normal(q.shape).astype(np.float32)
     return x, q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+@contextlib.contextmanager
+def logging_restored() -> Iterator[None]:
+    """Undo what ``cbir.cli.main.main`` run in-process does to logging (``route_logs``): the root's
+    handlers and level, cbir's logger, Python's warnings."""
+    import logging
+
+    root, own = logging.getLogger(), logging.getLogger("cbir")
+    saved = (list(root.handlers), root.level, list(own.handlers), own.level, own.propagate)
+    try:
+        yield
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        own.handlers[:] = saved[2]
+        own.setLevel(saved[3])
+        own.propagate = saved[4]
+        logging.captureWarnings(False)
 
 
 def interruptible() -> None:

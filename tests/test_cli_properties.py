@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 from conftest import save_image
-from helpers import TINY_MODEL, ContentStandIn
+from helpers import TINY_MODEL, ContentStandIn, logging_restored
 from hypothesis import event, given, note
 from hypothesis import strategies as st
 
@@ -209,7 +209,8 @@ def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("MPLBACKEND", "Agg")
     term = signal.getsignal(signal.SIGTERM)
     cwd = os.getcwd()
-    yield
+    with logging_restored():
+        yield
     os.chdir(cwd)
     signal.signal(signal.SIGTERM, term)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import COREL_IMAGES, require
-from helpers import ContentStandIn, cli, ok, one_line_error
+from helpers import ContentStandIn, cli, logging_restored, ok, one_line_error
 from PIL import Image, ImageEnhance
 
 from cbir.cli.main import main
@@ -124,8 +124,15 @@ def indexed_copies(tmp_path: Path) -> Path:
     return data
 
 
+@pytest.fixture
+def in_process():
+    """``main`` is run in this process: leave logging as it was."""
+    with logging_restored():
+        yield
+
+
 def test_move_skips_members_changed_since_indexing_even_without_the_pixel_check(
-    tmp_path, capsys, monkeypatch
+    tmp_path, capsys, monkeypatch, in_process
 ):
     """Issue 27 item 12: ``--verify none --move-to`` compares size and mtime with the index first."""
     data = indexed_copies(tmp_path)
@@ -140,7 +147,7 @@ def test_move_skips_members_changed_since_indexing_even_without_the_pixel_check(
     assert (tmp_path / "dups/sub/a_copy.jpg").exists()
 
 
-def test_undo_from_another_folder_and_of_a_dataset_gone_cli(tmp_path, capsys, monkeypatch):
+def test_undo_from_another_folder_and_of_a_dataset_gone_cli(tmp_path, capsys, monkeypatch, in_process):
     """Issue 27 item 2, the repro: a relative dataset, undo run from elsewhere."""
     data = indexed_copies(tmp_path)
     monkeypatch.chdir(tmp_path)

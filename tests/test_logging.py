@@ -10,26 +10,15 @@ import sys
 import warnings
 
 import pytest
-from helpers import REPO
+from helpers import REPO, logging_restored
 
-from cbir.core.quiet import CbirHandler, adopt_library_logs, route_logs
+from cbir.core.quiet import adopt_library_logs, route_logs
 
 
 @pytest.fixture
 def restore_logging():
-    root, own = logging.getLogger(), logging.getLogger("cbir")
-    saved = (list(root.handlers), root.level, own.level, own.propagate)
-    yield
-    for h in list(root.handlers):
-        if isinstance(h, CbirHandler):
-            root.removeHandler(h)
-    for h in saved[0]:
-        if h not in root.handlers:
-            root.addHandler(h)
-    root.setLevel(saved[1])
-    own.setLevel(saved[2])
-    own.propagate = saved[3]
-    logging.captureWarnings(False)
+    with logging_restored():
+        yield
 
 
 def a_library_with_its_own_handler(name: str) -> logging.Logger:

@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import pytest
 from conftest import save_image
-from helpers import TINY_MODEL
+from helpers import TINY_MODEL, logging_restored
 
 from cbir.cli.main import legacy_main, main
+
+
+@pytest.fixture(autouse=True)
+def in_process():
+    """``main`` is run in this process: leave logging as it was."""
+    with logging_restored():
+        yield
 
 
 @pytest.fixture

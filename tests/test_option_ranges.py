@@ -119,3 +119,13 @@ def test_scales_are_checked_with_the_input_size_they_multiply(data, capsys):
     assert "4096 px a side; at most 2048" in capsys.readouterr().err
     assert main(["index", str(data), "--model", "resnet50", "--scales", "10"]) == 2
     assert "--scales: 10 times the input size 224" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "name", ["new\nline", "carriage\rreturn", "next\x85line", "sep\u2028arator", "esc\x1b[2J"]
+)
+def test_an_error_quoting_a_name_with_a_line_break_is_still_one_line(tmp_path, capsys, name):
+    """Found by the property tests: a dataset name with a line break made the error two lines."""
+    assert main(["index", str(tmp_path / name), *TINY_MODEL]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("cbir: error: ") and "\x1b" not in err

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import NoReturn
 
-from cbir.core.records import CONTROL
 from cbir.encoders.backbones import REGISTRY
 from cbir.encoders.features import (
     DEFAULT_MODEL,
@@ -21,11 +21,14 @@ from cbir.encoders.features import (
     Kind,
 )
 
+BREAKS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+"""Control characters, and every other character that ends a line for someone (``str.splitlines``)."""
+
 
 def one_line(message: str) -> str:
-    """``message`` on one line: control characters (a newline or carriage return in a file name the
-    user typed) written as escapes, so no message can forge or hide a line of the terminal."""
-    return CONTROL.sub(lambda m: repr(m.group())[1:-1], message)
+    """``message`` on one line: control characters and line breaks (a newline or carriage return in a
+    file name the user typed) written as escapes (``\\x0d``), so no message can forge or hide a line."""
+    return BREAKS.sub(lambda m: "\\" + ascii(m.group())[2:-1], message)
 
 
 class Parser(argparse.ArgumentParser):

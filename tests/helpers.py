@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -150,6 +151,16 @@ class StandIn:
             yield i, stand_in_vector(Path(p).name, Path(p).stat().st_mtime_ns)
 
 
+class ContentStandIn(StandIn):
+    """A stand-in whose vector is a function of the file's bytes: identical copies are duplicates."""
+
+    def embed_files(
+        self, paths: Sequence[str | os.PathLike[str]], progress: bool | None = False, desc: str = ""
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        for i, p in enumerate(paths):
+            yield i, stand_in_vector(hashlib.sha256(Path(p).read_bytes()).hexdigest(), 0)
+
+
 def clustered(n: int, dim: int = 32, centres: int = 40, seed: int = 0) -> np.ndarray:
     """L2-normalised points around random centres (neighbours are mostly in the same cluster)."""
     rng = np.random.default_rng(seed)
@@ -165,6 +176,25 @@ def clustered_data() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(5)
     q = q + 0.05 * rng.standard_normal(q.shape).astype(np.float32)
     return x, q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+@contextlib.contextmanager
+def logging_restored() -> Iterator[None]:
+    """Undo what ``cbir.cli.main.main`` run in-process does to logging (``route_logs``): the root's
+    handlers and level, cbir's logger, Python's warnings."""
+    import logging
+
+    root, own = logging.getLogger(), logging.getLogger("cbir")
+    saved = (list(root.handlers), root.level, list(own.handlers), own.level, own.propagate)
+    try:
+        yield
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        own.handlers[:] = saved[2]
+        own.setLevel(saved[3])
+        own.propagate = saved[4]
+        logging.captureWarnings(False)
 
 
 def interruptible() -> None:

@@ -9,7 +9,7 @@
 The property of every run: exit 0, or exit 2 with one line; never a traceback or exit 1; nothing
 lost (every image is indexed or reported). The command line runs in this process with the pixel
 family (:mod:`pixelcli`), so an example takes milliseconds. Seeded and small in CI (the ``ci``
-profile of ``tests/conftest.py``); more with ``CBIR_HYPOTHESIS=more`` (and
+profile of ``tests/conftest.py``); more with ``CBIR_HYPOTHESIS=deep`` (and
 ``CBIR_HYPOTHESIS_EXAMPLES=N``).
 """
 

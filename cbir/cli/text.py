@@ -98,9 +98,12 @@ def format_duplicates_csv(report: DuplicateReport) -> str:
 
 
 def format_moves(report: MoveReport) -> str:
+    log = shown(str(report.log))
+    skipped = (
+        f"; {len(report.skipped)} left where they are (changed since indexing)" if report.skipped else ""
+    )
     return (
-        f"moved {report.moved} file(s); the log is {shown(str(report.log))} "
-        f"(undo: cbir duplicates --undo {shown(str(report.log))}); "
+        f"moved {report.moved} file(s){skipped}; the log is {log} (undo: cbir duplicates --undo {log}); "
         "the next `cbir index` drops them from the index"
     )
 

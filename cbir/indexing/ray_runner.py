@@ -31,6 +31,7 @@ import cbir
 from cbir.core.errors import BadImageError, CbirError, QueryError, StoreError
 from cbir.core.names import shown
 from cbir.core.progress import progress_bar
+from cbir.core.quiet import adopt_library_logs
 from cbir.core.records import Entry
 from cbir.core.types import JSONDict
 from cbir.encoders.base import Encoder, EncoderSource, Result, SourceFeatures
@@ -275,6 +276,7 @@ class RaySource(SourceFeatures):
         warnings.filterwarnings("ignore", message=r".*deprecated and will be removed in Ray")
         if not ray.is_initialized():
             self._start()
+        adopt_library_logs()  # Ray installs its own handlers on import and in ray.init
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False

@@ -140,7 +140,7 @@ def serve(
         app = create_app(service, options.token)
         if is_loopback(options.host):  # a page on another site cannot reach us by DNS rebinding
             app.add_middleware(TrustedHostMiddleware, allowed_hosts=LOCAL_NAMES)
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False, lifespan="off")
         server = uvicorn.Server(config)
         on_listening(url)
         try:

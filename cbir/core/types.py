@@ -16,6 +16,9 @@ FaissIndex: TypeAlias = Any
 KerasModel: TypeAlias = Any
 """A ``keras.Model`` or layer: Keras publishes no type information."""
 
+Tensor: TypeAlias = Any
+"""A TensorFlow tensor (a Keras model's output): TensorFlow publishes no type information."""
+
 ProgressBar: TypeAlias = Any
 """A ``tqdm`` progress bar: tqdm's types are not installed."""
 

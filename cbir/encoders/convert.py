@@ -4,8 +4,9 @@ the same features, cached (:mod:`cbir.encoders.model_cache`, format ``tflite``) 
 
 The model is exported as a SavedModel with a free batch and image size, converted with TensorFlow's
 own ``TFLiteConverter`` (float32, no optimisation), then run by LiteRT on a fixed check batch next
-to Keras: it is accepted only if every feature vector has a cosine of at least
-:data:`MIN_COSINE` to Keras' (at the configured input size and at one other size and batch).
+to Keras: it is accepted only if every feature vector (and, for a network with a classifier head,
+every row of class probabilities) has a cosine of at least :data:`MIN_COSINE` to Keras' (at the
+configured input size and at one other size and batch).
 Needs TensorFlow (it is loaded anyway whenever the Keras model is built).
 """
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from cbir.core.errors import ModelError
 from cbir.encoders.keras_net import KerasNetwork, open_keras
-from cbir.encoders.litert_net import NAME, SUFFIX, LiteRTNetwork, litert_available
+from cbir.encoders.litert_net import CLASSES, FEATURES, NAME, SUFFIX, LiteRTNetwork, litert_available
 from cbir.encoders.model_cache import Cached, Failed
 from cbir.encoders.network import Network, NetworkRequest
 from cbir.encoders.preprocess import preprocess
@@ -68,10 +69,16 @@ def export_saved_model(keras_net: KerasNetwork, folder: str) -> None:
     from keras.export import ExportArchive
 
     model = keras_net.model
+
+    def serve(x: object) -> object:
+        """The features; with a classifier head, the features and class probabilities by name."""
+        out = model(x, training=False)
+        return {FEATURES: out[0], CLASSES: out[1]} if keras_net.classes else out
+
     archive = ExportArchive()
     archive.track(model)
     spec = [tf.TensorSpec([None, None, None, 3], tf.float32)]
-    archive.add_endpoint("serve", lambda x: model(x, training=False), input_signature=spec)
+    archive.add_endpoint("serve", serve, input_signature=spec)
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints a summary
         archive.write_out(folder, verbose=False)
 
@@ -94,10 +101,18 @@ def convert(keras_net: KerasNetwork, preprocess_mode: str, size: int) -> Convers
     except Exception as exc:  # any converter failure means: stay with Keras
         last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
         return Conversion(None, None, f"conversion failed: {last[:200]}")
-    cosines = []
+    if converted.classes != keras_net.classes:
+        return Conversion(
+            None, None, f"the converted network has {converted.classes} classes, not {keras_net.classes}"
+        )
+    cosines: list[float] = []
     for batch in check_batches(size):
         x = preprocess(batch, preprocess_mode)
-        cosines.append(lowest_cosine(converted.run(x), keras_net.run(x)))
+        if keras_net.classes:  # the class probabilities must agree as well
+            pairs = zip(converted.run_with_classes(x), keras_net.run_with_classes(x))
+            cosines.extend(lowest_cosine(a, b) for a, b in pairs)
+        else:
+            cosines.append(lowest_cosine(converted.run(x), keras_net.run(x)))
     cosine = min(cosines)
     if not cosine >= MIN_COSINE:
         return Conversion(None, cosine, f"converted features differ (cosine {cosine:.6f} < {MIN_COSINE})")

@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import closing
+from typing import TypeVar
 
 import numpy as np
 
@@ -33,6 +34,11 @@ from cbir.ingest.decode import LoadLimits
 from cbir.ingest.pipeline import BadItem, Batch, ImagePipeline, Views, default_workers
 
 log = logging.getLogger(__name__)
+
+Classified = tuple[int, tuple[np.ndarray, np.ndarray] | BadImageError]
+"""``(position, (vector, class probabilities))`` for a usable image, ``(position, BadImageError)``."""
+
+T = TypeVar("T")
 
 EAGER_MAX_IMAGES = 2
 """Jobs this small run the network eagerly: tracing costs more than it saves (docs/speed.md)."""
@@ -136,17 +142,27 @@ class Embedder:
         ``progress`` drives a bar named ``desc`` (None: only on a terminal; False: none).
         """
         results = self._embed(self.pipeline.from_files(paths), len(paths))
-        if progress is False:
-            yield from results
-            return
-        bar = progress_bar(total=len(paths), desc=desc, unit="img", enabled=progress)
-        try:
-            for result in results:
-                yield result
-                bar.update(1)
-        finally:
-            bar.close()
-            results.close()
+        return _with_progress(results, len(paths), progress, desc)
+
+    @property
+    def classes(self) -> int:
+        """How many class probabilities :meth:`embed_files_with_classes` gives (0: no classifier head)."""
+        return self.network.classes
+
+    def embed_files_with_classes(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        progress: bool | None = False,
+        desc: str = "embedding",
+    ) -> Iterator[Classified]:
+        """As :meth:`embed_files`, with each image's class probabilities from the same network pass:
+        ``(position, (vector, probabilities))`` (probabilities averaged over the scales), or
+        ``(position, BadImageError)``. ModelError where the backbone has no classifier head."""
+        if not self.classes:
+            raise ModelError(f"the model {self.config.model} has no classifier head")
+        results = self._run(self.pipeline.from_files(paths), len(paths), with_classes=True)
+        classified = ((i, v if isinstance(v, BadImageError) else (v, p)) for i, v, p in results)
+        return _with_progress(classified, len(paths), progress, desc)
 
     def embed_all(
         self,
@@ -195,15 +211,30 @@ class Embedder:
         self, stream: Generator[Batch | BadItem, None, None], n_images: int
     ) -> Generator[Result, None, None]:
         """Run the batches of ``stream``; yield each image's vector once all its views went through."""
+        with closing(self._run(stream, n_images, with_classes=False)) as results:
+            for i, vec, _ in results:
+                yield i, vec
+
+    def _run(
+        self, stream: Generator[Batch | BadItem, None, None], n_images: int, with_classes: bool
+    ) -> Generator[tuple[int, np.ndarray | BadImageError, np.ndarray], None, None]:
+        """Run the batches of ``stream``; yield each image's vector (or error) and, ``with_classes``,
+        its class probabilities (else an empty array), once all its views went through."""
         eager = n_images * len(self.config.scales) <= self.eager_max_images
         sums: dict[int, np.ndarray] = {}
         counts: dict[int, int] = {}
+        none = np.zeros(0, np.float32)
         with closing(stream):
             for item in stream:
                 if isinstance(item, BadItem):
-                    yield item.position, item.error
+                    yield item.position, item.error, none
                     continue
-                feats = self.run_batch(item.array, eager=eager)
+                if with_classes:
+                    x = preprocess(item.array, self.backbone.preprocess)
+                    feats, probs = self.network.run_with_classes(x, eager=eager)
+                    feats = np.concatenate([feats, probs], axis=1)  # both averaged over the scales
+                else:
+                    feats = self.run_batch(item.array, eager=eager)
                 for i, f in zip(item.items, feats):
                     if i in sums:
                         sums[i] += f
@@ -211,9 +242,11 @@ class Embedder:
                         sums[i] = np.array(f, dtype=np.float32)
                     counts[i] = counts.get(i, 0) + 1
                 if item.done:
-                    vecs = self._finish(np.stack([sums.pop(i) / counts.pop(i) for i in item.done]))
-                    for i, vec, ok in zip(item.done, vecs, finite_rows(vecs)):
-                        yield i, vec if ok else BadImageError("non-finite features")
+                    means = np.stack([sums.pop(i) / counts.pop(i) for i in item.done])
+                    dim = means.shape[1] - self.classes if with_classes else means.shape[1]
+                    vecs = self._finish(means[:, :dim])
+                    for i, vec, ok, probs in zip(item.done, vecs, finite_rows(vecs), means[:, dim:]):
+                        yield i, vec if ok else BadImageError("non-finite features"), probs
 
     def _finish(self, raw: np.ndarray) -> np.ndarray:
         """Mean features (n, D) -> L2-normalised (and whitened) vectors.
@@ -225,3 +258,21 @@ class Embedder:
             if self.whitening is not None:
                 vecs = self.whitening.apply(vecs)
         return vecs
+
+
+def _with_progress(results: Iterator[T], total: int, progress: bool | None, desc: str) -> Iterator[T]:
+    """``results`` as they come, driving a progress bar named ``desc`` (None: only on a terminal;
+    False: none); closing the iterator closes ``results``."""
+    if progress is False:
+        yield from results
+        return
+    bar = progress_bar(total=total, desc=desc, unit="img", enabled=progress)
+    try:
+        for result in results:
+            yield result
+            bar.update(1)
+    finally:
+        bar.close()
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()

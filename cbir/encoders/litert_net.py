@@ -14,11 +14,16 @@ import numpy as np
 
 from cbir.core.errors import ModelError
 from cbir.core.quiet import native_stderr_silenced
+from cbir.core.types import JSONDict
 
 log = logging.getLogger(__name__)
 
 NAME, SUFFIX = "litert", "tflite"
 """The runtime's name (``--runtime litert``) and the format of its files in the model cache."""
+
+FEATURES, CLASSES = "features", "classes"
+"""The names of a converted model's outputs when it has two (features and class probabilities);
+a model with one output has only features."""
 
 
 def litert_available() -> bool:
@@ -46,7 +51,11 @@ def quiet_native_stderr() -> Iterator[None]:
 
 
 class LiteRTNetwork:
-    """A converted model (a file, or its bytes) behind the same ``run`` as the Keras network."""
+    """A converted model (a file, or its bytes) behind the same ``run`` as the Keras network.
+
+    A model converted with a classifier head has two outputs, found by their signature names
+    (:data:`FEATURES`, :data:`CLASSES`); any other model's single output is its features.
+    """
 
     name = NAME
 
@@ -62,13 +71,23 @@ class LiteRTNetwork:
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"cannot load the converted model: {exc}") from exc
         self._input = self._interpreter.get_input_details()[0]["index"]
-        output = self._interpreter.get_output_details()[0]
-        self._output = output["index"]
-        self.dim = int(output["shape_signature"][-1])
+        outputs = self._named_outputs()
+        features = outputs.get(FEATURES) or self._interpreter.get_output_details()[0]
+        self._output = features["index"]
+        self.dim = int(features["shape_signature"][-1])
+        head = outputs.get(CLASSES)
+        self._classes_output = head["index"] if head else None
+        self.classes = int(head["shape_signature"][-1]) if head else 0
         self._shape: tuple[int, ...] | None = None
 
-    def run(self, x: np.ndarray, eager: bool = False) -> np.ndarray:
-        """Pooled features of a preprocessed float32 batch (N, H, W, 3); ``eager`` means nothing here."""
+    def _named_outputs(self) -> dict[str, JSONDict]:
+        """The outputs of the model's one signature by name; empty without a signature."""
+        signatures = list(self._interpreter.get_signature_list())
+        if len(signatures) != 1:
+            return {}
+        return dict(self._interpreter.get_signature_runner(signatures[0]).get_output_details())
+
+    def _invoke(self, x: np.ndarray) -> None:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.shape != self._shape:
             self._interpreter.resize_tensor_input(self._input, x.shape, strict=False)
@@ -77,4 +96,16 @@ class LiteRTNetwork:
             self._shape = x.shape
         self._interpreter.set_tensor(self._input, x)
         self._interpreter.invoke()
+
+    def run(self, x: np.ndarray, eager: bool = False) -> np.ndarray:
+        """Pooled features of a preprocessed float32 batch (N, H, W, 3); ``eager`` means nothing here."""
+        self._invoke(x)
         return np.array(self._interpreter.get_tensor(self._output))
+
+    def run_with_classes(self, x: np.ndarray, eager: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Pooled features and class probabilities of a batch, in one pass (ModelError without a head)."""
+        if self._classes_output is None:
+            raise ModelError("the converted network has no classifier head")
+        self._invoke(x)
+        features = np.array(self._interpreter.get_tensor(self._output))
+        return features, np.array(self._interpreter.get_tensor(self._classes_output))

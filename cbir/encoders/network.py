@@ -31,9 +31,20 @@ class Network(Protocol):
         """The dimension of the pooled features."""
         ...
 
+    @property
+    def classes(self) -> int:
+        """How many class probabilities :meth:`run_with_classes` gives (ImageNet's 1000 where the
+        backbone kept its classifier head; 0 where it has none)."""
+        ...
+
     def run(self, x: np.ndarray, eager: bool = False) -> np.ndarray:
         """Pooled features (N, dim) of a preprocessed float32 batch (N, H, W, 3); ``eager`` hints
         at a tiny job (one or two images in a fresh process)."""
+        ...
+
+    def run_with_classes(self, x: np.ndarray, eager: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Pooled features (N, dim) and class probabilities (N, classes) of a batch, in one pass;
+        ModelError where :attr:`classes` is 0."""
         ...
 
 

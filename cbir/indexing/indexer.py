@@ -73,6 +73,7 @@ class IndexOptions:
     recursive: bool = True
     include_hidden: bool = False
     exclude: tuple[str, ...] = ()
+    follow_links: bool = False  # index symbolic links leaving the dataset (ingest/files.py)
     checkpoint_every: int = 500
     checkpoint_seconds: float = 120.0
     progress: bool | None = None
@@ -134,17 +135,20 @@ def update_index(
     t0 = time.perf_counter()
     root = Path(root)
     home = store if store is not None else FolderStore(root, index_dir)
+    links: list[dict[str, str]] = []  # symbolic links leaving the dataset, skipped
     files = find_images(
         root,
         recursive=options.recursive,
         include_hidden=options.include_hidden,
         exclude=options.exclude,
         skip_dirs=home.own_folders,
+        follow_links=options.follow_links,
+        skipped=links,
     )
     if not files:
         raise DatasetError(f"no images found in {root}")
     files = [f for f in files if options.shard.owns(f)]
-    report = IndexReport(dataset=str(root), index_dir=home.location)
+    report = IndexReport(dataset=str(root), index_dir=home.location, skipped=links)
     weights = source.weights
     writer = home.writer(
         source.config,

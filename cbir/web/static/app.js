@@ -8,8 +8,16 @@ function enc(rel) {
   return rel.split("/").map(encodeURIComponent).join("/");
 }
 
+let csrfToken = null;
+
+async function csrf() {
+  // the header every state-changing request carries; only a page of this origin can read it
+  if (csrfToken === null) csrfToken = (await api("/api/csrf")).csrf;
+  return csrfToken;
+}
+
 async function api(url, options) {
-  const response = await fetch(url, options);
+  const response = await fetch(url, { credentials: "same-origin", ...options });
   let body = null;
   try {
     body = await response.json();
@@ -122,7 +130,8 @@ async function upload(file) {
   form.append("file", file, file.name || "pasted image");
   $("status").textContent = `Searching with ${file.name || "the pasted image"}…`;
   try {
-    const data = await api(`/api/search?k=${k()}${underParam()}`, { method: "POST", body: form });
+    const headers = { "X-CSRF-Token": await csrf() };
+    const data = await api(`/api/search?k=${k()}${underParam()}`, { method: "POST", body: form, headers });
     showResults(data, el("img", { src: URL.createObjectURL(file), alt: `query: ${file.name}` }));
   } catch (e) {
     showError(e.status === 503 ? `The model is still loading: try again in a moment (${e.message})` : e.message);

@@ -10,16 +10,14 @@ import dataclasses
 import io
 import logging
 import os
-import struct
 import time
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import save_image
-from helpers import TINY_MODEL
+from helpers import TINY_MODEL, flat_png
 from PIL import Image
 
 pytest.importorskip("fastapi", reason="cbir serve needs the web extra (pip install 'cbir[web]')")
@@ -39,19 +37,6 @@ from cbir.web.uploads import UploadGate  # noqa: E402
 
 OLD = time.mktime((2020, 6, 1, 12, 0, 0, 0, 0, -1))  # the mtime (so the capture time) of some photos
 NEW = time.mktime((2023, 6, 1, 12, 0, 0, 0, 0, -1))
-
-
-def flat_png(width: int, height: int) -> bytes:
-    """A one-colour greyscale PNG of any size, a few hundred KB, made without holding its pixels."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    z = zlib.compressobj(9)
-    row = b"\x00" + b"\x80" * width
-    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def wait_until(check, timeout: float = 120.0) -> None:

@@ -130,7 +130,7 @@ def _add_page(app: FastAPI) -> None:
 def _add_api(app: FastAPI, service: Service, policy: Policy) -> None:
     @app.api_route("/api/info", methods=GET)
     def info() -> JSONDict:
-        return service.info()
+        return {**service.info(), "refused": dict(policy.refused)}
 
     @app.api_route("/api/csrf", methods=GET)
     def csrf() -> JSONResponse:

@@ -28,6 +28,7 @@ import ipaddress
 import json
 import secrets
 import socket
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
@@ -115,6 +116,7 @@ class Policy:
     hosts: Hosts | None = None
     token: str | None = None
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    refused: Counter[str] = field(default_factory=Counter)  # requests refused so far, by reason
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -166,32 +168,36 @@ class Guard:
 
         refusal = self._refusal(scope)
         if refusal is not None:
-            await refusal(scope, receive, send_with_headers)
+            reason, answer = refusal
+            self.policy.refused[reason] += 1
+            await answer(scope, receive, send_with_headers)
         else:
             await self.app(scope, receive, send_with_headers)
 
-    def _refusal(self, scope: Scope) -> ASGIApp | None:
-        """The answer that refuses this request, or None to let it through."""
+    def _refusal(self, scope: Scope) -> tuple[str, ASGIApp] | None:
+        """Why and how this request is refused (the token's redirect too), or None to let it through."""
         headers = _headers(scope)
         path, method = scope["path"], scope["method"]
         if self.policy.hosts is not None and not self.policy.hosts.allow(headers.get("host", "")):
-            return _json(400, "this server does not answer to that host name (see --allow-host)")
+            return "host", _json(400, "this server does not answer to that host name (see --allow-host)")
         if path != "/" and not path.startswith(OPEN_PATHS):
             why = foreign(headers)
             if why is not None:
-                return _json(403, f"refused a request from another site ({why})")
+                return "origin", _json(403, f"refused a request from another site ({why})")
         if self.policy.token:
             given = _token_of(scope, headers)
             if not hmac.compare_digest(given.encode(), self.policy.token.encode()):
                 if path == "/" and method in SAFE_METHODS:
-                    return _html(401, NO_TOKEN_PAGE)
-                return _json(401, "this server needs its token: open the URL it printed")
+                    return "token", _html(401, NO_TOKEN_PAGE)
+                return "token", _json(401, "this server needs its token: open the URL it printed")
             if path == "/" and "token" in parse_qs(scope.get("query_string", b"").decode("latin-1")):
-                return _to_clean_url(self.policy.token)
+                return "redirect", _to_clean_url(self.policy.token)
         if method not in SAFE_METHODS and _from_browser(headers):
             sent = headers.get(CSRF_HEADER, "")
             if not hmac.compare_digest(sent.encode(), self.policy.csrf.encode()):
-                return _json(403, "missing or wrong X-CSRF-Token header (the page reads it from /api/csrf)")
+                return "csrf", _json(
+                    403, "missing or wrong X-CSRF-Token header (the page reads it from /api/csrf)"
+                )
         return None
 
 

@@ -194,6 +194,7 @@ async function refreshInfo() {
 }
 
 function setUp() {
+  $("controls").addEventListener("submit", (e) => e.preventDefault()); // no inline handlers: the CSP
   $("home").addEventListener("click", (e) => { e.preventDefault(); browse(state.dir, state.page); });
   $("prev").addEventListener("click", () => browse(state.dir, state.page - 1));
   $("next").addEventListener("click", () => browse(state.dir, state.page + 1));

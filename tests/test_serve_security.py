@@ -412,3 +412,13 @@ def test_thumbnails_of_images_the_index_drops_are_deleted(served, client):
     fresh = Collection(ds, service.collection.store)
     fresh.current()
     assert not stray.exists() and cached.parent.parent.is_dir()
+
+
+def test_an_internal_error_is_json_with_the_security_headers(served):
+    def broken(index, threshold):
+        raise RuntimeError("a bug")
+
+    app = create_app(dataclasses.replace(served[1], duplicates=broken))
+    response = TestClient(app, raise_server_exceptions=False).get("/api/duplicates?threshold=0.42")
+    assert is_error(response, 500) and "a bug" not in response.text
+    assert response.headers["x-frame-options"] == "DENY"

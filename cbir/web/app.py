@@ -81,12 +81,17 @@ def _invalid(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "bad request"
 
 
-def create_app(service: Service, token: str | None = None, hosts: Hosts | None = None) -> FastAPI:
-    """The app serving ``service``, behind :class:`~cbir.web.security.Guard`: with ``token``,
-    every request must carry it (header ``Authorization: Bearer TOKEN``, or the cookie set by
-    opening ``/?token=TOKEN``); with ``hosts``, only those ``Host`` names are answered."""
+def create_app(service: Service, token: str | None = None, hosts: Hosts | None = None) -> Guard:
+    """The app serving ``service``, behind :class:`~cbir.web.security.Guard` (outermost, so that
+    even an internal error's answer carries its headers): with ``token``, every request must carry
+    it (header ``Authorization: Bearer TOKEN``, or the cookie set by opening ``/?token=TOKEN``);
+    with ``hosts``, only those ``Host`` names are answered."""
     app = FastAPI(title="cbir", docs_url=None, redoc_url=None, openapi_url=None)
     policy = Policy(hosts=hosts, token=token)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        return _error(500, "internal error; the server's terminal says more")
 
     @app.exception_handler(CbirError)
     async def cbir_error(request: Request, exc: CbirError) -> JSONResponse:
@@ -110,8 +115,7 @@ def create_app(service: Service, token: str | None = None, hosts: Hosts | None =
     _add_page(app)
     _add_api(app, service, policy)
     _add_files(app, service)
-    app.add_middleware(Guard, policy=policy)
-    return app
+    return Guard(app, policy)
 
 
 def _add_page(app: FastAPI) -> None:

@@ -5,7 +5,8 @@ Every error is JSON ``{"error": "one line"}``: 400 for bad input (not an image, 
 request from another site or without the CSRF header, 404 for anything that is not an indexed image
 or folder (and unknown URLs), 405 for a method a URL does not take, 413 for an upload over the cap,
 501 for a feature this version lacks, 503 (with ``Retry-After``) while the model loads, when too
-many uploads wait, or when the store (a Milvus server) fails. Every GET also answers HEAD. Hosts,
+many uploads wait, or when the store (a Milvus server) fails; 500 for a bug (no details: they go to
+the server's log). Every GET also answers HEAD. Hosts,
 origins, the token, the CSRF header and the security headers are :mod:`cbir.web.security`'s. No
 CORS headers: only pages served from here may read the API.
 """

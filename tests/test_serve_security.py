@@ -333,6 +333,14 @@ def test_a_big_upload_is_reduced_before_its_conversions_and_keeps_its_look():
     small = decode_views(out.getvalue(), geometry, reduce=True)[0].astype(int)
     assert small.shape == full.shape == (64, 64, 3)
     assert np.abs(small - full).mean() < 1.0
+    for kind in ("PNG", "TIFF"):  # EXIF orientation 6 (shown portrait): still applied after reducing
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        turned = io.BytesIO()
+        img.convert("RGB").save(turned, kind, exif=exif)
+        upright = Geometry(size=64, mode="long", multiple=16)
+        views = [decode_views(turned.getvalue(), upright, reduce=r)[0] for r in (False, True)]
+        assert views[0].shape == views[1].shape == (64, 48, 3), kind  # 64 high, 48 wide
     jpeg = io.BytesIO()
     img.convert("RGB").save(jpeg, "JPEG")
     same = [decode_views(jpeg.getvalue(), geometry, reduce=r)[0] for r in (False, True)]

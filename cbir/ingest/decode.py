@@ -263,11 +263,14 @@ def _reduced(img: Image.Image, need: tuple[int, int]) -> Image.Image:
     factor = min(img.size[0] // max(need), img.size[1] // max(need))
     if factor < 2:
         return img
+    orientation = img.getexif().get(0x0112)  # from EXIF bytes or TIFF tags: kept for exif_transpose
     try:
         small = img.reduce(factor)
     except ValueError:  # a mode without reduction (palette, 1-bit): converted whole, as before
         return img
-    small.info, small.format = img.info, img.format  # the EXIF orientation still applies
+    small.info = dict(img.info)
+    if orientation:
+        small.getexif()[0x0112] = orientation
     img.close()
     return small
 

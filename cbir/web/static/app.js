@@ -134,7 +134,7 @@ async function upload(file) {
     const data = await api(`/api/search?k=${k()}${underParam()}`, { method: "POST", body: form, headers });
     showResults(data, el("img", { src: URL.createObjectURL(file), alt: `query: ${file.name}` }));
   } catch (e) {
-    showError(e.status === 503 ? `The model is still loading: try again in a moment (${e.message})` : e.message);
+    showError(e.message); // 503: the model is still loading, or too many uploads wait: the server says which
   }
   refreshInfo();
 }

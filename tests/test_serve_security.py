@@ -25,7 +25,7 @@ pytest.importorskip("fastapi", reason="cbir serve needs the web extra (pip insta
 from fastapi.testclient import TestClient  # noqa: E402
 
 from cbir.cli.options import build_parser, index_options_from, settings_from  # noqa: E402
-from cbir.ingest.decode import Geometry, decode_views  # noqa: E402
+from cbir.ingest.decode import Geometry, LoadLimits, decode_views  # noqa: E402
 from cbir.ingest.files import find_images  # noqa: E402
 from cbir.web.app import create_app  # noqa: E402
 from cbir.web.collection import Collection  # noqa: E402
@@ -430,3 +430,20 @@ def test_an_internal_error_is_json_with_the_security_headers(served):
     response = TestClient(app, raise_server_exceptions=False).get("/api/duplicates?threshold=0.42")
     assert is_error(response, 500) and "a bug" not in response.text
     assert response.headers["x-frame-options"] == "DENY"
+
+
+def test_the_size_of_a_huge_png_is_read_without_decoding_it(monkeypatch):
+    """An upload's size is checked against the cap before its pixels are decoded; Pillow's PNG
+    plugin decodes every pixel to look for EXIF after them, so the header read must not ask."""
+    from PIL import PngImagePlugin
+
+    from cbir.ingest.decode import upright_size
+
+    def no_decoding(self):
+        raise AssertionError("the pixels were decoded")
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", no_decoding)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200_000_000)  # as after indexing at 250 MP
+    assert upright_size(io.BytesIO(flat_png(15000, 15000))) == (15000, 15000)
+    with pytest.raises(Exception, match="exceeds the limit of 40000000"):
+        decode_views(flat_png(15000, 15000), Geometry(size=64), limits=LoadLimits(40_000_000), reduce=True)

@@ -279,6 +279,8 @@ def upright_size(path: str | os.PathLike[str] | io.BytesIO) -> tuple[int, int]:
     """The (width, height) of an image after EXIF orientation, read from the header only."""
     with Image.open(path) as img:
         w, h = img.size
+        if img.format == "PNG" and "exif" not in img.info:
+            return w, h  # none before the pixels; Pillow would decode them all to look after them
         if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
             return h, w
         return w, h

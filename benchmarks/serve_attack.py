@@ -7,11 +7,11 @@ RSS after warm-up; a normal client uploading a 640x480 JPEG one query after anot
 (``--quiet`` uploads); then for ``--burst`` seconds 8 attackers each uploading a 15000x15000
 one-colour PNG (218 KB) and 8 each a JPEG whose header claims 250 megapixels (under the indexing
 guard), one upload after another, while the normal client goes on (the attackers in a process of
-their own, 16 threads); then 10 s of rest and the normal client
-again. Printed: peak RSS above idle (``VmHWM``, reset
-before the burst, and a 10 ms sampler), RSS 10 s after the burst, the normal client's p50/p95
-quiet, during and after, and every status the attackers and the client got. Targets: peak <= idle +
-600 MB, back within 100 MB of idle, normal p50 during <= 3x quiet p50, no 5xx but the documented 503.
+their own, 16 threads); then 10 s of rest and the normal client again. Printed: peak RSS above
+idle (``VmHWM``, reset before the burst, and a 10 ms sampler), RSS 10 s after the burst, the normal
+client's p50/p95 quiet, during and after, and every status the attackers and the client got.
+Targets: peak <= idle + 600 MB, back within 100 MB of idle, normal p50 during <= 3x quiet p50, no
+5xx but the documented 503.
 """
 
 from __future__ import annotations

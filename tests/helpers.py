@@ -6,8 +6,10 @@ import contextlib
 import hashlib
 import os
 import signal
+import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,3 +206,16 @@ def interruptible() -> None:
     never raises KeyboardInterrupt); a test suite run in the background must still test Ctrl-C.
     """
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def flat_png(width: int, height: int) -> bytes:
+    """A one-colour greyscale PNG of any size, a few hundred KB, made without holding its pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z = zlib.compressobj(9)
+    row = b"\x00" + b"\x80" * width
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

@@ -104,6 +104,11 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-recursive", dest="recursive", action="store_false", help="only the top folder")
     g.add_argument("--include-hidden", action="store_true", help="also index hidden files and folders")
     g.add_argument(
+        "--follow-links",
+        action="store_true",
+        help="also index symbolic links leaving the dataset (cbir serve then serves them)",
+    )
+    g.add_argument(
         "--exclude",
         action="append",
         default=[],
@@ -326,6 +331,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=32.0,
         help="largest image upload accepted, at most 1024 (default 32; held in memory)",
     )
+    g.add_argument(
+        "--max-upload-mp",
+        type=number(0, 250, inclusive=False),
+        default=40.0,
+        help="largest upload in megapixels, at most 250; larger ones refused before decoding (default 40)",
+    )
+    g.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests for this host name, e.g. a reverse proxy's (repeatable)",
+    )
     add_watch(p)
     add_feature_options(p)
     add_index_options(p)
@@ -401,6 +419,7 @@ def index_options_from(args: argparse.Namespace) -> IndexOptions:
         recursive=args.recursive,
         include_hidden=args.include_hidden,
         exclude=tuple(args.exclude),
+        follow_links=args.follow_links,
         checkpoint_every=args.checkpoint_every,
         ann=args.ann,
         shard=shard_from(args),

@@ -26,7 +26,14 @@ def cmd_serve(args: argparse.Namespace, load_tensorflow: Callable[[], None]) -> 
         )
     settings = settings_from(args, load_tensorflow)
     options = ServeOptions(
-        args.host, args.port, args.token, args.max_upload_mb, args.watch, reranking=reranking_from(args)
+        args.host,
+        args.port,
+        args.token,
+        args.max_upload_mb,
+        args.max_upload_mp,
+        tuple(args.allow_host),
+        args.watch,
+        reranking=reranking_from(args),
     )
     serve(
         settings,

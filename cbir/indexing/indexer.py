@@ -73,6 +73,7 @@ class IndexOptions:
     recursive: bool = True
     include_hidden: bool = False
     exclude: tuple[str, ...] = ()
+    follow_links: bool = False  # index symbolic links leaving the dataset (ingest/files.py)
     checkpoint_every: int = 500
     checkpoint_seconds: float = 120.0
     progress: bool | None = None
@@ -136,6 +137,7 @@ def update_index(
     root = Path(root)
     home = store if store is not None else FolderStore(root, index_dir)
     listing = Listing()
+    links: list[dict[str, str]] = []  # symbolic links leaving the dataset, skipped
     files = find_images(
         root,
         recursive=options.recursive,
@@ -143,11 +145,13 @@ def update_index(
         exclude=options.exclude,
         skip_dirs=home.own_folders,
         onerror=listing.unlisted,
+        follow_links=options.follow_links,
+        skipped=links,
     )
     if not files:
         raise DatasetError(f"no images found in {root}")
     files = [f for f in files if options.shard.owns(f)]
-    report = IndexReport(dataset=str(root), index_dir=home.location)
+    report = IndexReport(dataset=str(root), index_dir=home.location, skipped=links)
     weights = source.weights
     writer = home.writer(
         source.config,

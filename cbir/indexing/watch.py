@@ -76,6 +76,7 @@ def folder_state(root: Path, options: IndexOptions, skip: Iterable[Path]) -> Sta
             include_hidden=options.include_hidden,
             exclude=options.exclude,
             skip_dirs=list(skip),
+            follow_links=options.follow_links,
         )
     except CbirError:
         return frozenset()

@@ -167,14 +167,18 @@ def decode_bytes(
     limits: LoadLimits = LoadLimits(),
     geometry: Geometry | None = None,
     scales: tuple[float, ...] = (1.0,),
+    reduce: bool = False,
 ) -> Image.Image:
     """An upright RGB image from the bytes of an image file (an upload), under the same guards as
     files: size and pixel limits (the decompression-bomb guard); BadImageError when unusable.
 
     With ``geometry``, a large JPEG is decoded at reduced scale exactly as indexing decodes the same
-    file, so an upload of an indexed photo gets the vector the index holds."""
+    file, so an upload of an indexed photo gets the vector the index holds. With ``reduce`` too,
+    another format is shrunk by a whole factor (``Image.reduce``) right after decoding, before its
+    orientation and colour conversions copy it (less memory; close to, not exactly, the indexed
+    vector)."""
     draft_for = _draft_for(io.BytesIO(data), geometry, scales) if geometry is not None else None
-    return _open_checked(io.BytesIO(data), len(data), limits, draft_for)
+    return _open_checked(io.BytesIO(data), len(data), limits, draft_for, reduce)
 
 
 def decode_views(
@@ -182,10 +186,12 @@ def decode_views(
     geometry: Geometry,
     scales: tuple[float, ...] = (1.0,),
     limits: LoadLimits = LoadLimits(),
+    reduce: bool = False,
 ) -> list[np.ndarray]:
     """The network inputs of an image file's bytes (an upload), one uint8 HxWx3 array per scale,
-    decoded and resized exactly as :func:`load_views` treats the same file when indexing."""
-    img = decode_bytes(data, limits, geometry, scales)
+    decoded and resized as :func:`load_views` treats the same file when indexing (exactly so
+    unless ``reduce``: see :func:`decode_bytes`)."""
+    img = decode_bytes(data, limits, geometry, scales, reduce)
     try:
         return [resize(img, geometry, s) for s in scales]
     finally:
@@ -211,6 +217,7 @@ def _open_checked(
     size: int,
     limits: LoadLimits,
     draft_for: tuple[int, int] | None,
+    reduce: bool = False,
 ) -> Image.Image:
     if size == 0:
         raise BadImageError("empty file")
@@ -237,7 +244,10 @@ def _open_checked(
             need = draft_for if orientation not in (5, 6, 7, 8) else (draft_for[1], draft_for[0])
             img.draft("RGB", need)
         img.load()
-        return to_rgb(ImageOps.exif_transpose(img))
+        decoded: Image.Image = img
+        if reduce and draft_for is not None and img.format != "JPEG":
+            decoded = _reduced(img, draft_for)
+        return to_rgb(ImageOps.exif_transpose(decoded))
     except BadImageError:
         img.close()
         raise
@@ -251,10 +261,30 @@ def _open_checked(
         raise BadImageError(f"truncated or corrupt image ({exc})") from exc
 
 
+def _reduced(img: Image.Image, need: tuple[int, int]) -> Image.Image:
+    """``img`` shrunk by the largest whole factor that keeps it at least ``need`` (either
+    orientation) in its own mode; itself when no factor of 2 or more fits or the mode has none."""
+    factor = min(img.size[0] // max(need), img.size[1] // max(need))
+    if factor < 2:
+        return img
+    orientation = img.getexif().get(0x0112)  # from EXIF bytes or TIFF tags: kept for exif_transpose
+    try:
+        small = img.reduce(factor)
+    except ValueError:  # a mode without reduction (palette, 1-bit): converted whole, as before
+        return img
+    small.info = dict(img.info)
+    if orientation:
+        small.getexif()[0x0112] = orientation
+    img.close()
+    return small
+
+
 def upright_size(path: str | os.PathLike[str] | io.BytesIO) -> tuple[int, int]:
     """The (width, height) of an image after EXIF orientation, read from the header only."""
     with Image.open(path) as img:
         w, h = img.size
+        if img.format == "PNG" and "exif" not in img.info:
+            return w, h  # none before the pixels; Pillow would decode them all to look after them
         if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
             return h, w
         return w, h

@@ -21,8 +21,16 @@ function enc(rel) {
   return rel.split("/").map(encName).join("/");
 }
 
+let csrfToken = null;
+
+async function csrf() {
+  // the header every state-changing request carries; only a page of this origin can read it
+  if (csrfToken === null) csrfToken = (await api("/api/csrf")).csrf;
+  return csrfToken;
+}
+
 async function api(url, options) {
-  const response = await fetch(url, options);
+  const response = await fetch(url, { credentials: "same-origin", ...options });
   let body = null;
   try {
     body = await response.json();
@@ -135,10 +143,11 @@ async function upload(file) {
   form.append("file", file, file.name || "pasted image");
   $("status").textContent = `Searching with ${file.name || "the pasted image"}…`;
   try {
-    const data = await api(`/api/search?k=${k()}${underParam()}`, { method: "POST", body: form });
+    const headers = { "X-CSRF-Token": await csrf() };
+    const data = await api(`/api/search?k=${k()}${underParam()}`, { method: "POST", body: form, headers });
     showResults(data, el("img", { src: URL.createObjectURL(file), alt: `query: ${file.name}` }));
   } catch (e) {
-    showError(e.status === 503 ? `The model is still loading: try again in a moment (${e.message})` : e.message);
+    showError(e.message); // 503: the model is still loading, or too many uploads wait: the server says which
   }
   refreshInfo();
 }
@@ -198,6 +207,7 @@ async function refreshInfo() {
 }
 
 function setUp() {
+  $("controls").addEventListener("submit", (e) => e.preventDefault()); // no inline handlers: the CSP
   $("home").addEventListener("click", (e) => { e.preventDefault(); browse(state.dir, state.page); });
   $("prev").addEventListener("click", () => browse(state.dir, state.page - 1));
   $("next").addEventListener("click", () => browse(state.dir, state.page + 1));

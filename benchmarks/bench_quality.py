@@ -1,23 +1,33 @@
-"""Retrieval quality of feature configurations on a benchmark folder, with images/s for each row.
+"""Retrieval quality of feature and re-ranking configurations, with images/s beside each row.
 
-Every configuration embeds the dataset's images with the same backbone and weights (Xception, real
-ImageNet weights from ../shared/weights), then scores mAP, P@10 and the N-S-style top-4 score with
-the dataset's ground truth (Corel-1k: every image a query, relevant = the other 99 of its class; the
-generated instance benchmark of make_instance.py: gt.json, one query per group of views). The
-query is excluded from its ranking, except in N-S (the UKBench protocol counts it: the number of
-its group's images, itself included, in its top 4; a perfect score is the mean group size, at most
-4). Prints a Markdown table (docs/quality.md holds the copies).
+The default run (``--rows study``, issue 22) decides the defaults on three benchmarks at once:
+category search on Corel-1k (every image a query, relevant = the other 99 of its class), instance
+search on the generated benchmark of make_instance.py (views cut and warped from one photo) and on
+the real instance benchmark of make_real_instance.py (photos of one product taken separately).
+For every backbone of ``BACKBONES`` and every input geometry of ``STUDY_GEOMETRIES`` the backbone
+runs once per benchmark (its feature maps are kept in ``--maps``, so a rerun only re-scores); every
+pooling of ``STUDY_POOLINGS`` is pooled from those maps in NumPy with the product's reference
+poolings, and every re-ranking of ``STUDY_RERANKINGS`` is applied at query time over the same
+vectors. It prints one table per benchmark (mAP, P@1, the N-S-style top-4 score, images/s), the
+three benchmarks side by side, and the check of the issue's rule: a re-ranking may become the
+default only if it loses no more than 0.005 mAP against none on every benchmark.
 
-Two row sets: ``--rows classic`` (the first study: pooling, resizing, multi-scale, whitening on
-Corel-1k) and ``--rows regional`` (issue 14: regional poolings x input resolution, and adaptive
-re-ranking). ``--maps DIR`` runs the backbone once per input geometry and keeps its last feature
-maps (float16) in DIR; every single-scale row is then pooled from them in NumPy with the product's
-reference poolings (cbir/encoders/pooling.py), so a new pooling or re-ranking row costs seconds.
-The images/s of such rows is the backbone's (pooling is not timed); ``--throughput N`` measures the
-real embedder of each row side by side on N images instead.
+    python3 benchmarks/make_instance.py --out /tmp/instance
+    python3 benchmarks/make_real_instance.py GROCERY_REPO --out /tmp/real-instance
+    python3 benchmarks/bench_quality.py --instance /tmp/instance --real /tmp/real-instance --maps /tmp/maps
 
-    python3 benchmarks/bench_quality.py                 # all classic rows (about 25 min on 2 cores)
-    python3 benchmarks/bench_quality.py --only gem-long # one row
+images/s is the backbone's throughput in the run that made the maps (decoding included, pooling
+and search not timed).
+
+Two older row sets stay for their tables in docs/quality.md: ``--rows classic`` (the first study:
+pooling, resizing, multi-scale, whitening on Corel-1k) and ``--rows regional`` (issue 14: regional
+poolings x input resolution, and adaptive re-ranking), both on one ``--dataset`` with one
+``--model``/``--weights``. Every row scores mAP, P@10 and the N-S-style top-4 (the query is
+excluded from its ranking, except in N-S, whose UKBench protocol counts it: the number of its
+group's images, itself included, in its top 4; a perfect score is the mean group size, at most 4).
+
+    python3 benchmarks/bench_quality.py --rows classic  # all classic rows (about 25 min on 2 cores)
+    python3 benchmarks/bench_quality.py --rows classic --only gem-long # one row
     python3 benchmarks/bench_quality.py --rows regional --maps /tmp/maps --dataset /tmp/instance
     python3 benchmarks/bench_quality.py --rows regional --throughput 200 --only avg --only rmac
 """
@@ -31,6 +41,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -204,7 +215,7 @@ POOLING_ROWS: dict[str, dict[str, str | float]] = {
 def command(row: Row, dataset: str, weights: str, model: str) -> str:
     c = row.config
     if row.extra is not None or row.whiten == "heldout":
-        rows = "" if row.extra is None else " --rows regional --maps /tmp/maps"
+        rows = " --rows classic" if row.extra is None else " --rows regional --maps /tmp/maps"
         bench = "python3 benchmarks/bench_quality.py"
         return f"{bench} --dataset {dataset} --model {model} --weights {weights}{rows} --only {row.name}"
     cmd = (
@@ -213,7 +224,7 @@ def command(row: Row, dataset: str, weights: str, model: str) -> str:
     )
     if len(c.scales) > 1:
         cmd += " --scales 1,1/sqrt2,sqrt2"
-    cmd += f" --qe {row.qe}"  # always: the command line's default is --qe 10 --mutual 3
+    cmd += f" --qe {row.qe}"  # always, as the default has changed before (issue 22)
     if row.dba:
         cmd += f" --dba {row.dba}"
     if row.threshold is not None:
@@ -311,15 +322,15 @@ def throughput(rows: list[Row], paths: list[str], weights: Weights, model: str, 
 def query_cost(rows: int, dim: int = 2048, queries: int = 50) -> None:
     """Search time per query (k=9) without and with the default re-ranking, on ``rows`` random
     unit vectors (exact search; the images' embedding time is not included)."""
-    from cbir.search.rerank import DEFAULT_RERANKING
+    from cbir.search.rerank import DEFAULT_RERANKING as d
 
     rng = np.random.default_rng(0)
     db = rng.standard_normal((rows, dim)).astype(np.float32)
     db /= np.linalg.norm(db, axis=1, keepdims=True)
     q = db[:queries] + 0.1 * rng.standard_normal((queries, dim)).astype(np.float32)
-    print("| rows | plain ms/query | --qe 10 --mutual 3 ms/query | ratio |\n|---|---|---|---|")
+    print(f"| rows | plain ms/query | --qe {d.qe} --mutual {d.mutual} ms/query | ratio |\n|---|---|---|---|")
     times = []
-    for reranking in (Reranking(), DEFAULT_RERANKING):
+    for reranking in (Reranking(), d):
         searcher = rerank(ExactSearcher(db), reranking)
         searcher.search(q[:1], 9)  # warm-up
         t = time.perf_counter()
@@ -329,6 +340,181 @@ def query_cost(rows: int, dim: int = 2048, queries: int = 50) -> None:
     print(f"| {rows} | {times[0]:.1f} | {times[1]:.1f} | {times[1] / times[0]:.1f} |")
 
 
+BACKBONES: list[tuple[str, str | None]] = [
+    ("xception", "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    ("mobilenet", "mobilenet_1_0_224_tf_no_top.h5"),
+]
+"""The study's backbones, (model, weights): a file name in ../shared/weights, a path, or None for
+the model's own weights. One line adds a backbone, e.g. ``("efficientnet-lite0", None)``."""
+
+STUDY_GEOMETRIES: list[tuple[str, int | None]] = [("squash", None), ("long", 448)]
+"""(geometry, size) of the inputs; None is the backbone's own input size (squashed, the default)."""
+
+STUDY_POOLINGS: list[tuple[str, float]] = [("avg", 3.0), ("gem", 0.5), ("gem", 2.0), ("gem", 3.0)]
+"""(pooling, GeM p); the first is the default."""
+
+STUDY_RERANKINGS: list[tuple[str, Reranking]] = [
+    ("none", Reranking()),
+    ("qe10 m3", Reranking(qe=10, mutual=3)),
+    ("qe5 m3", Reranking(qe=5, mutual=3)),
+    ("qe10 m2", Reranking(qe=10, mutual=2)),
+    ("qe10 m4", Reranking(qe=10, mutual=4)),
+    ("qe2", Reranking(qe=2)),
+    ("qe5", Reranking(qe=5)),
+    ("dba5 qe5", Reranking(qe=5, dba=5)),
+]
+"""Query-time settings scored over every pooled index; "qe10 m3" was the default before issue 22."""
+
+RULE_SLACK = 0.005
+"""A default re-ranking may lose at most this much mAP against none on any benchmark (issue 22)."""
+
+
+@dataclass
+class Benchmark:
+    name: str
+    root: str
+    files: list[str]
+    gt: GroundTruth
+
+    @property
+    def ns_best(self) -> float:
+        """The N-S score of a perfect ranking: the mean group size (query included), at most 4."""
+        return float(np.mean([min(4, 1 + len(self.gt.relevant[q])) for q in self.gt.queries]))
+
+
+@dataclass
+class Score:
+    map: float
+    p1: float
+    ns: float
+    ips: float
+    per_query: dict[str, float] = field(default_factory=dict)
+
+
+def _weights(spec: str | None, shared: Path) -> tuple[Weights, str]:
+    if spec is None:
+        return Weights.imagenet(), "imagenet"
+    path = Path(spec) if os.sep in spec else shared / "weights" / spec
+    return Weights.parse(str(path)), path.name
+
+
+def _input_name(geometry: str, size: int | None, native: int) -> str:
+    return f"{geometry} {size or native}"
+
+
+def _pooling_name(pooling: str, p: float) -> str:
+    return pooling if pooling != "gem" else f"gem p={p:g}"
+
+
+def study(args: argparse.Namespace) -> None:
+    """Every backbone x input x pooling x re-ranking on the three benchmarks; tables as Markdown."""
+    from feature_maps import feature_maps
+
+    from cbir.encoders.backbones import get_backbone
+
+    if not (args.instance and args.real and args.maps):
+        raise SystemExit(
+            "--rows study needs --instance, --real and --maps (see make_instance.py, make_real_instance.py)"
+        )
+    benchmarks = []
+    corel = args.corel or str(Path(args.shared) / "datasets" / "corel1k")
+    for name, root in (
+        ("Corel-1k", corel),
+        ("generated instance", args.instance),
+        ("real instance", args.real),
+    ):
+        files = find_images(root)
+        benchmarks.append(Benchmark(name, root, files, load_ground_truth(Path(root), files)))
+    backbones = [b for b in BACKBONES if not args.backbone or b[0] in args.backbone]
+    scores: dict[tuple[str, str, str, str, str], Score] = {}
+    for model, spec in backbones:
+        weights, wname = _weights(spec, Path(args.shared))
+        native = get_backbone(model).input_size
+        for geometry, size in STUDY_GEOMETRIES:
+            config = resolve_config(FeatureConfig(model=model, geometry=geometry, size=size), weights)
+            for bench in benchmarks:
+                paths = [os.path.join(bench.root, f) for f in bench.files]
+                maps = feature_maps(paths, config, weights, Path(args.maps))
+                for pooling, p in STUDY_POOLINGS:
+                    feats = maps.pooled(partial(pool, pooling=pooling, p=p))
+                    for rname, reranking in STUDY_RERANKINGS:
+                        searcher = rerank(ExactSearcher(feats), reranking)
+                        rep = evaluate(searcher, bench.files, bench.gt, ks=(1, 10))
+                        ns = ns_top4(searcher, bench.files, bench.gt)
+                        row = (model, _input_name(geometry, size, native), _pooling_name(pooling, p))
+                        default = (geometry, size, pooling, p) == STUDY_GEOMETRIES[0] + STUDY_POOLINGS[0]
+                        per_query = rep.per_query if default else {}
+                        score = Score(rep.map, rep.precision[1], ns, maps.ips, per_query)
+                        scores[row + (rname, bench.name)] = score
+        print(f"{model} (weights {wname}): scored", file=sys.stderr, flush=True)
+    _print_study(benchmarks, [(m, _weights(w, Path(args.shared))[1]) for m, w in backbones], scores)
+
+
+def _configs(scores: dict[tuple[str, str, str, str, str], Score]) -> list[tuple[str, str, str, str]]:
+    seen: dict[tuple[str, str, str, str], None] = {}
+    for key in scores:
+        seen.setdefault(key[:4], None)
+    return list(seen)
+
+
+def _print_study(
+    benchmarks: list[Benchmark],
+    backbones: list[tuple[str, str]],
+    scores: dict[tuple[str, str, str, str, str], Score],
+) -> None:
+    configs = _configs(scores)
+    for bench in benchmarks:
+        print(
+            f"\n### {bench.name}: {len(bench.files)} images, {len(bench.gt.queries)} queries "
+            f"(N-S of {bench.ns_best:.2f} at best)\n"
+        )
+        print("| backbone | input | pooling | re-ranking | mAP | P@1 | N-S | images/s |")
+        print("|---|---|---|---|---|---|---|---|")
+        for c in configs:
+            sc = scores[c + (bench.name,)]
+            print(f"| {' | '.join(c)} | {sc.map:.4f} | {sc.p1:.4f} | {sc.ns:.3f} | {sc.ips:.1f} |")
+    names = [b.name for b in benchmarks]
+    print("\n### Side by side: mAP (change against the same features without re-ranking)\n")
+    print("| backbone | input | pooling | re-ranking | " + " | ".join(names) + " | worst change | images/s |")
+    print("|---|---|---|---|" + "---|" * len(names) + "---|---|")
+    for c in configs:
+        base = c[:3] + ("none",)
+        cells, worst = [], np.inf
+        for name in names:
+            sc, b0 = scores[c + (name,)], scores[base + (name,)]
+            delta = sc.map - b0.map
+            worst = min(worst, delta)
+            cells.append(f"{sc.map:.4f}" if c[3] == "none" else f"{sc.map:.4f} ({delta:+.3f})")
+        ips = " / ".join(f"{scores[c + (n,)].ips:.1f}" for n in names)
+        worst_cell = "" if c[3] == "none" else f"{worst:+.3f}"
+        print(f"| {' | '.join(c)} | {' | '.join(cells)} | {worst_cell} | {ips} |")
+    print("\n### Default features: change of mAP against none, ± the standard error of the paired")
+    print("per-query differences (same queries, same vectors)\n")
+    print("| backbone | re-ranking | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for c in configs:
+        if c[3] == "none" or not scores[c + (names[0],)].per_query:
+            continue
+        cells = []
+        for name in names:
+            now, plain = scores[c + (name,)].per_query, scores[c[:3] + ("none", name)].per_query
+            d = np.array([now[q] - plain[q] for q in plain])
+            cells.append(f"{d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(len(d)):.4f}")
+        print(f"| {c[0]} | {c[3]} | {' | '.join(cells)} |")
+    print(f"\n### The rule: re-rankings that lose at most {RULE_SLACK} mAP against none on every benchmark\n")
+    print("| re-ranking | feature settings where it holds | where it gains on all three |")
+    print("|---|---|---|")
+    features = [c[:3] for c in configs if c[3] == "none"]
+    for rname, _ in STUDY_RERANKINGS[1:]:
+        holds = gains = 0
+        for f in features:
+            deltas = [scores[f + (rname, n)].map - scores[f + ("none", n)].map for n in names]
+            holds += min(deltas) >= -RULE_SLACK
+            gains += min(deltas) > 0
+        print(f"| {rname} | {holds} of {len(features)} | {gains} of {len(features)} |")
+    print(f"\nbackbones: {', '.join(f'{m} (weights {w})' for m, w in backbones)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default=str(SHARED / "datasets" / "corel1k"))
@@ -336,7 +522,12 @@ def main() -> None:
     ap.add_argument(
         "--weights", default=str(SHARED / "weights" / "xception_weights_tf_dim_ordering_tf_kernels_notop.h5")
     )
-    ap.add_argument("--rows", choices=["classic", "regional"], default="classic")
+    ap.add_argument("--rows", choices=["study", "classic", "regional"], default="study")
+    ap.add_argument("--shared", default=str(SHARED), help="study: the shared folder (weights/, datasets/)")
+    ap.add_argument("--corel", help="study: Corel-1k folder (default: SHARED/datasets/corel1k)")
+    ap.add_argument("--instance", help="study: the generated instance benchmark (make_instance.py)")
+    ap.add_argument("--real", help="study: the real instance benchmark (make_real_instance.py)")
+    ap.add_argument("--backbone", action="append", help="study: only these BACKBONES (quick checks)")
     ap.add_argument("--only", action="append", help="run only these rows")
     ap.add_argument("--base", help="row that re-ranking (and whitening) rows build on")
     ap.add_argument("--limit", type=int, help="use the first N images (quick checks)")
@@ -353,6 +544,9 @@ def main() -> None:
     print(describe())
     if args.query_cost:
         query_cost(args.query_cost)
+        return
+    if args.rows == "study":
+        study(args)
         return
     from cbir.encoders.backbones import get_backbone
 

@@ -27,6 +27,12 @@ without the default re-ranking, side by side.
 
     python3 benchmarks/bench_serve.py [--images 10000] [--seconds 60] [--model mobilenet --weights FILE]
     python3 benchmarks/bench_serve.py --stores [--images 10000]
+
+With ``--attack`` (issue 21) it measures a burst of hostile uploads instead: memory and the normal
+client's latency (``serve_attack.py``), this tree and, with ``--base COMMIT``, an older commit's
+server on the same 1,000-image index in the same run.
+
+    python3 benchmarks/bench_serve.py --attack [--base 7e2d267] [--images 1000] [--burst 15]
 """
 
 from __future__ import annotations
@@ -48,9 +54,11 @@ from pathlib import Path
 import numpy as np
 from machine import SHARED, describe
 from PIL import Image
+from serve_attack import run_attack
 
 from cbir.cli.options import build_parser, settings_from
 from cbir.indexing.indexer import IndexOptions, update_index
+from cbir.search.rerank import DEFAULT_RERANKING
 from cbir.service.settings import Settings
 from cbir.web.model import warmed_up
 
@@ -242,7 +250,8 @@ def compare_stores(
     base = rows[0]
     print(
         f"served from each store ({images} rows; {len(rels)} like queries, 30 uploads, one client); "
-        "milvus = Milvus Lite; rows without --qe 0 use the default re-ranking (--qe 10 --mutual 3)"
+        "milvus = Milvus Lite; rows without --qe 0 use the default re-ranking "
+        f"(--qe {DEFAULT_RERANKING.qe} --mutual {DEFAULT_RERANKING.mutual})"
     )
     print(
         "store          like p50   like p95   upload p50  upload p95   like p50 / first  upload p50 / first"
@@ -265,9 +274,27 @@ def main() -> None:
         action="store_true",
         help="only like and upload latency, served from the folder store and from Milvus Lite (issue 13)",
     )
+    ap.add_argument("--attack", action="store_true", help="hostile uploads: memory and latency (issue 21)")
+    ap.add_argument("--base", help="with --attack: also measure the server of this commit, first")
+    ap.add_argument("--burst", type=float, default=15.0, help="with --attack: seconds of the burst")
+    ap.add_argument("--quiet", type=int, default=40, help="with --attack: normal uploads before and after")
     args = ap.parse_args()
     print(describe())
     features = ["--model", args.model, "--weights", args.weights]
+    if args.attack:
+        with tempfile.TemporaryDirectory() as tmp:
+            ds = Path(tmp) / "photos"
+            images = args.images if args.images != 10_000 else 1000
+            for i in range(images):
+                folder = ds / f"f{i // 1000:02d}"
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / f"{i:05d}.jpg").write_bytes(b"placeholder")
+            settings = settings_from(build_parser().parse_args(["index", str(ds), *features]))
+            dim = settings.embedder().dim
+            update_index(ds, Synthetic(settings, dim), options=IndexOptions(progress=False))
+            print(f"model {args.model} ({args.weights}); {images} synthetic rows; burst {args.burst:.0f} s")
+            run_attack(ds, features, args.burst, args.quiet, args.base)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         ds = Path(tmp) / "photos"
         for i in range(args.images):

@@ -14,9 +14,32 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
 from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Property-based tests (Hypothesis): in CI a fixed seed and a modest number of examples; more on demand
+# with CBIR_HYPOTHESIS=deep (a random seed each run) and CBIR_HYPOTHESIS_EXAMPLES=N.
+_EXAMPLES = os.environ.get("CBIR_HYPOTHESIS_EXAMPLES")
+_UNCHECKED = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large]
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    max_examples=int(_EXAMPLES or 25),
+    suppress_health_check=_UNCHECKED,
+    print_blob=True,
+)
+settings.register_profile(
+    "deep",
+    deadline=None,
+    max_examples=int(_EXAMPLES or 1000),
+    suppress_health_check=_UNCHECKED,
+    print_blob=True,
+)
+settings.load_profile(os.environ.get("CBIR_HYPOTHESIS", "ci"))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
+import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,6 +153,16 @@ class StandIn:
             yield i, stand_in_vector(Path(p).name, Path(p).stat().st_mtime_ns)
 
 
+class ContentStandIn(StandIn):
+    """A stand-in whose vector is a function of the file's bytes: identical copies are duplicates."""
+
+    def embed_files(
+        self, paths: Sequence[str | os.PathLike[str]], progress: bool | None = False, desc: str = ""
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        for i, p in enumerate(paths):
+            yield i, stand_in_vector(hashlib.sha256(Path(p).read_bytes()).hexdigest(), 0)
+
+
 def clustered(n: int, dim: int = 32, centres: int = 40, seed: int = 0) -> np.ndarray:
     """L2-normalised points around random centres (neighbours are mostly in the same cluster)."""
     rng = np.random.default_rng(seed)
@@ -167,6 +180,25 @@ def clustered_data() -> tuple[np.ndarray, np.ndarray]:
     return x, q / np.linalg.norm(q, axis=1, keepdims=True)
 
 
+@contextlib.contextmanager
+def logging_restored() -> Iterator[None]:
+    """Undo what ``cbir.cli.main.main`` run in-process does to logging (``route_logs``): the root's
+    handlers and level, cbir's logger, Python's warnings."""
+    import logging
+
+    root, own = logging.getLogger(), logging.getLogger("cbir")
+    saved = (list(root.handlers), root.level, list(own.handlers), own.level, own.propagate)
+    try:
+        yield
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        own.handlers[:] = saved[2]
+        own.setLevel(saved[3])
+        own.propagate = saved[4]
+        logging.captureWarnings(False)
+
+
 def interruptible() -> None:
     """``preexec_fn`` for a child that a test stops with SIGINT: Ctrl-C restored to its default.
 
@@ -174,3 +206,16 @@ def interruptible() -> None:
     never raises KeyboardInterrupt); a test suite run in the background must still test Ctrl-C.
     """
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def flat_png(width: int, height: int) -> bytes:
+    """A one-colour greyscale PNG of any size, a few hundred KB, made without holding its pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z = zlib.compressobj(9)
+    row = b"\x00" + b"\x80" * width
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

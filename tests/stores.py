@@ -15,7 +15,7 @@ from PIL import Image
 from cbir.core.errors import BadImageError, QueryError
 from cbir.core.records import Entry
 from cbir.encoders.features import FeatureConfig
-from cbir.ingest.decode import capture_time
+from cbir.ingest.decode import capture_time, open_rgb
 from cbir.stores.base import IndexReader, Store
 from cbir.stores.sink import RowSink, SinkResult, Written
 
@@ -36,8 +36,12 @@ class PixelEmbedder:
         raise QueryError("the pixel embedder embeds images only")
 
     def vector(self, path: str | os.PathLike[str]) -> np.ndarray:
-        with Image.open(path) as img:
-            small = np.asarray(img.convert("RGB").resize((4, 4), Image.Resampling.BOX), dtype=np.float32)
+        """The feature of one file; the real decoder's BadImageError (and whether it can pass)."""
+        img = open_rgb(path)
+        try:
+            small = np.asarray(img.resize((4, 4), Image.Resampling.BOX), dtype=np.float32)
+        finally:
+            img.close()
         v = small.reshape(-1) - small.mean()
         return (v / (np.linalg.norm(v) or 1.0)).astype(np.float32)
 
@@ -48,6 +52,8 @@ class PixelEmbedder:
             self.embedded.append(Path(p).name)
             try:
                 yield i, self.vector(p)
+            except BadImageError as exc:
+                yield i, exc
             except (OSError, ValueError) as exc:
                 yield i, BadImageError(f"cannot decode: {exc}")
 
@@ -79,6 +85,8 @@ class DirectPixelEmbedder(PixelEmbedder):
             self.embedded.append(Path(entry.path).name)
             try:
                 vector = self.vector(root / entry.path)
+            except BadImageError as exc:
+                outcomes.append((i, exc))
             except (OSError, ValueError) as exc:
                 outcomes.append((i, BadImageError(f"cannot decode: {exc}")))
             else:

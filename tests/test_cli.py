@@ -109,7 +109,7 @@ def test_cbir_query_several_images_with_plot(first_run, tmp_path):
         assert same_class(result) >= 4
     copy_result = doc["results"][2]
     assert copy_result["matches"][0]["path"] == str(data / "7.jpg")  # a copy outside is not excluded
-    # scores are similarities to the expanded query (the default --qe 10 --mutual 3 moves it toward
+    # scores are similarities to the expanded query (the default --qe 10 --mutual 2 moves it toward
     # the copy's mutual neighbours); without re-ranking the copy scores 1
     assert copy_result["matches"][0]["score"] > 0.9
     plain = ok(cbir("query", data, outside, "-k", "2", "--json", "--no-plot", "--qe", "0", cwd=tmp_path))

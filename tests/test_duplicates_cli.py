@@ -5,15 +5,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 from conftest import COREL_IMAGES, require
-from helpers import cli, ok, one_line_error
+from helpers import ContentStandIn, cli, logging_restored, ok, one_line_error
 from PIL import Image, ImageEnhance
 
+from cbir.cli.main import main
 from cbir.cli.options import DEFAULT_DUPLICATES_OUT
+from cbir.indexing.indexer import IndexOptions, update_index
 
 
 def make_copies(data: Path) -> dict[str, str]:
@@ -109,3 +112,74 @@ def test_duplicates_errors_are_one_line(tmp_path):
     one_line_error(
         cli("duplicates", "--undo", tmp_path / "nope.jsonl", cwd=tmp_path, script=None), "move log"
     )
+
+
+def indexed_copies(tmp_path: Path) -> Path:
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    for name in ("a.jpg", "sub/a_copy.jpg", "b.jpg", "sub/b_copy.jpg", "c.jpg"):
+        letter = Path(name).name[0]
+        (data / name).write_bytes(letter.encode() * 100)
+    update_index(data, ContentStandIn(), options=IndexOptions(progress=False))
+    return data
+
+
+@pytest.fixture
+def in_process():
+    """``main`` is run in this process: leave logging as it was."""
+    with logging_restored():
+        yield
+
+
+def test_move_skips_members_changed_since_indexing_even_without_the_pixel_check(
+    tmp_path, capsys, monkeypatch, in_process
+):
+    """Issue 27 item 12: ``--verify none --move-to`` compares size and mtime with the index first."""
+    data = indexed_copies(tmp_path)
+    os.utime(data / "sub/b_copy.jpg", ns=(10**18, 10**18))  # touched since indexing
+    monkeypatch.chdir(tmp_path)
+    code = main(["duplicates", "data", "--verify", "none", "--move-to", "dups", "--no-plot", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert len(json.loads(out)["groups"]) == 2
+    assert "changed since it was indexed" in err and "moved 1 file(s); 1 left where they are" in err
+    assert (data / "sub/b_copy.jpg").exists() and not (data / "sub/a_copy.jpg").exists()
+    assert (tmp_path / "dups/sub/a_copy.jpg").exists()
+
+
+def test_undo_from_another_folder_and_of_a_dataset_gone_cli(tmp_path, capsys, monkeypatch, in_process):
+    """Issue 27 item 2, the repro: a relative dataset, undo run from elsewhere."""
+    data = indexed_copies(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert (
+        main(["duplicates", "data", "--verify", "none", "--move-to", str(tmp_path / "dups"), "--no-plot"])
+        == 0
+    )
+    log = next((tmp_path / "dups").glob("cbir-moves-*.jsonl"))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert main(["duplicates", "--undo", str(log)]) == 0
+    assert capsys.readouterr().out.startswith("put back 2 file(s)")
+    assert (data / "sub/a_copy.jpg").exists() and list((tmp_path / "elsewhere").iterdir()) == []
+    assert (
+        main(["duplicates", "data", "--verify", "none", "--move-to", str(tmp_path / "d2"), "--no-plot"]) == 2
+    )
+    assert "index" in capsys.readouterr().err  # relative to elsewhere: no such dataset
+    monkeypatch.chdir(tmp_path)
+    assert (
+        main(["duplicates", "data", "--verify", "none", "--move-to", str(tmp_path / "d2"), "--no-plot"]) == 0
+    )
+    log = next((tmp_path / "d2").glob("cbir-moves-*.jsonl"))
+    (tmp_path / "data").rename(tmp_path / "data_renamed")
+    capsys.readouterr()
+    assert main(["duplicates", "--undo", str(log)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and "is not at" in err
+    assert not (tmp_path / "data").exists()
+    (tmp_path / "data_renamed").rename(tmp_path / "data")
+    (data / "sub/a_copy.jpg").write_bytes(b"someone else's")  # a new file where one was moved from
+    assert main(["duplicates", "--undo", str(log)]) == 2
+    out, err = capsys.readouterr()
+    assert out.startswith("put back 1 file(s)") and "not restored" in out
+    assert err.strip() == "cbir: error: 1 file(s) could not be put back (listed above)"

@@ -312,7 +312,7 @@ def test_write_errors_in_the_index_folder_are_one_line(indexed, tmp_path):
             cwd=tmp_path,
             script=None,
         ),
-        "manifest.json: Is a directory",
+        "manifest.json is a folder; move it away",
     )
 
 

@@ -84,15 +84,22 @@ def test_symlink_loop_terminates_and_lists_each_file_once(tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
-def test_symlinked_folder_outside_is_followed(tmp_path):
+def test_links_leaving_the_dataset_are_skipped_with_their_reason_unless_followed(tmp_path):
     outside = tmp_path / "outside"
     touch(outside, "x.jpg")
     root = tmp_path / "root"
-    touch(root, "a.jpg")
+    touch(root, "a.jpg", "in/y.jpg")
     (root / "linked").symlink_to(outside, target_is_directory=True)
     (root / "link.jpg").symlink_to(outside / "x.jpg")
     (root / "dangling.jpg").symlink_to(tmp_path / "missing.jpg")
-    assert find_images(root) == ["a.jpg", "link.jpg", "linked/x.jpg"]
+    (root / "inside.jpg").symlink_to(root / "in" / "y.jpg")
+    (root / "in-too").symlink_to(root / "in", target_is_directory=True)
+    skipped: list[dict[str, str]] = []
+    assert find_images(root, skipped=skipped) == ["a.jpg", "in/y.jpg", "inside.jpg"]
+    assert [s["path"] for s in skipped] == ["link.jpg", "linked"]
+    assert all("leaving the dataset" in s["reason"] for s in skipped)
+    followed = find_images(root, follow_links=True)
+    assert followed == ["a.jpg", "in/y.jpg", "inside.jpg", "link.jpg", "linked/x.jpg"]
 
 
 def test_sorted_deterministic_order(tmp_path):

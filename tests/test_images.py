@@ -14,7 +14,7 @@ from cbir.ingest import decode as decode_module
 from cbir.ingest.decode import (
     Geometry,
     LoadLimits,
-    is_access_error,
+    is_passing_error,
     load_views,
     open_rgb,
     resize,
@@ -396,7 +396,7 @@ def test_other_failures_are_not_transient(tmp_path, make_image):
     (tmp_path / "text.jpg").write_text("not an image")
     path = make_image(tmp_path / "full.jpg", width=400, height=300)
     (tmp_path / "cut.jpg").write_bytes(path.read_bytes()[:2000])
-    for name in ("empty.jpg", "text.jpg", "cut.jpg", "missing.jpg"):
+    for name in ("empty.jpg", "text.jpg", "cut.jpg"):
         with pytest.raises(BadImageError) as info:
             load_views(tmp_path / name, Geometry(64))
         assert not info.value.transient, name
@@ -406,9 +406,11 @@ def test_other_failures_are_not_transient(tmp_path, make_image):
     assert BadImageError("x").transient is False and str(BadImageError("x", transient=True)) == "x"
 
 
-def test_is_access_error():
-    assert is_access_error(PermissionError("no"))
-    assert is_access_error(OSError(errno.EPERM, "no"))
-    assert not is_access_error(OSError(errno.ENOENT, "gone"))
-    assert not is_access_error(FileNotFoundError(errno.ENOENT, "gone"))
-    assert not is_access_error(ValueError("bad"))
+def test_is_passing_error():
+    assert is_passing_error(PermissionError("no"))
+    assert is_passing_error(OSError(errno.EPERM, "no"))
+    assert is_passing_error(OSError(errno.ENOENT, "gone"))
+    assert is_passing_error(FileNotFoundError(errno.ENOENT, "gone"))
+    assert is_passing_error(OSError(errno.EIO, "Input/output error"))
+    assert not is_passing_error(OSError("image file is truncated"))  # Pillow's: no errno, the content's
+    assert not is_passing_error(ValueError("bad"))

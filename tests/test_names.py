@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from cbir.core.names import from_text, is_text, shown, to_text
+from cbir.core.names import from_key, from_text, is_text, shown, to_key, to_text
 
 ODD = [
     os.fsdecode(b"bad\xff.jpg"),
@@ -51,3 +51,17 @@ def test_shown_escapes_only_undecodable_bytes() -> None:
 def test_from_text_refuses_what_to_text_cannot_write(text: str) -> None:
     with pytest.raises(ValueError, match="not an escaped file name"):
         from_text(text)
+
+
+@pytest.mark.parametrize("name", ODD)
+def test_key_form_round_trips_without_backslashes_or_double_quotes(name: str) -> None:
+    key = to_key(name)
+    key.encode("utf-8")
+    assert "\\" not in key and '"' not in key
+    assert from_key(key) == name
+
+
+@pytest.mark.parametrize("key", ["back\\slash", "100%", "%zz", "%41", 'a"b'])
+def test_a_key_to_key_cannot_have_made_is_refused(key: str) -> None:
+    with pytest.raises(ValueError):
+        from_key(key)

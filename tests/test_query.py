@@ -74,7 +74,7 @@ def test_row_of_indexed_symlink(image_folder, make_image, tmp_path, tiny_config,
     root = image_folder(2)
     target = make_image(tmp_path / "store" / "photo.jpg", seed=40)
     (root / "linked.jpg").symlink_to(target)
-    run_index(root, tiny_config, tiny_embedder)
+    run_index(root, tiny_config, tiny_embedder, follow_links=True)  # it leaves the dataset
     index = open_index(root)
     assert index.row_of(target) == index.paths.index("linked.jpg")
 

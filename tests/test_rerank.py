@@ -273,7 +273,7 @@ def test_the_command_line_default_is_adaptive_query_expansion():
     from cbir.search.rerank import DEFAULT_RERANKING
 
     parse = build_parser().parse_args
-    assert reranking_from(parse(["query", "d", "q.jpg"])) == DEFAULT_RERANKING == Reranking(qe=10, mutual=3)
+    assert reranking_from(parse(["query", "d", "q.jpg"])) == DEFAULT_RERANKING == Reranking(qe=10, mutual=2)
     assert reranking_from(parse(["evaluate", "d"])) == DEFAULT_RERANKING
     legacy = build_legacy_parser().parse_args(["-dataset", "d", "-img_query", "q.jpg"])
     assert reranking_from(legacy) == DEFAULT_RERANKING

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import http.server
 import json
 import os
 import queue
@@ -98,6 +99,8 @@ def test_the_page_searches_by_a_dropped_file_and_clicks_through(server, tmp_path
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
+            console: list[str] = []
+            page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
             page.goto(url)
             page.wait_for_selector("#grid li.tile img")
             assert page.locator("#grid li.tile").count() == 10
@@ -138,8 +141,86 @@ def test_the_page_searches_by_a_dropped_file_and_clicks_through(server, tmp_path
             assert (tmp_path / "serve.png").stat().st_size > 10_000
             assert page.locator("#show-duplicates").is_visible()  # the duplicates view is offered
             assert page.locator("#error").is_hidden()
+            assert not console, console  # nothing refused by the page's own Content-Security-Policy
         finally:
             browser.close()
+
+
+ATTACKER = """<!doctype html><html><body>
+<iframe id="frame" src="{url}" width="600" height="400"></iframe>
+<img id="probe" src="{url}thumbs/p01.jpg">
+<script>
+  const probe = document.getElementById("probe");
+  probe.onload = () => (window.probed = "loaded");
+  probe.onerror = () => (window.probed = "error");
+</script>
+</body></html>"""
+
+
+@pytest.fixture
+def other_origin(server) -> Iterator[str]:
+    """A page on another loopback port (another origin, the same site) that frames the server,
+    probes a thumbnail and will post an upload to it."""
+    page = ATTACKER.format(url=server[0]).encode()
+
+    class Attacker(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Attacker)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_another_origin_can_neither_post_nor_frame_nor_probe(server, other_origin):
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    url, ds = server
+    before = json.loads(get(url + "api/info")[1])["queries_embedded"]["images"]
+    photo = base64.b64encode((ds / "p03.jpg").read_bytes()).decode()
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(other_origin)
+            page.wait_for_function("() => window.probed !== undefined")
+            assert page.evaluate("window.probed") == "error"  # CORP: no way to tell indexed from not
+            sent = page.evaluate(
+                """async ([target, b64]) => {
+                    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                    const form = new FormData();
+                    form.append("file", new Blob([bytes], { type: "image/jpeg" }), "p03.jpg");
+                    const options = { method: "POST", mode: "no-cors", body: form };
+                    try {
+                        return (await fetch(target + "api/search?k=1", options)).type;
+                    } catch (e) {
+                        return `failed: ${e.message}`;
+                    }
+                }""",
+                [url, photo],
+            )
+            assert sent.startswith("failed")  # a network error for the page (CORP)...
+            page.wait_for_load_state("load")  # the frame's load too
+            (child,) = page.main_frame.child_frames
+            assert child.query_selector("#grid") is None  # frame-ancestors 'none': not shown
+            assert child.query_selector("script[src='/static/app.js']") is None
+        finally:
+            browser.close()
+    info = json.loads(get(url + "api/info")[1])
+    assert info["queries_embedded"]["images"] == before  # nothing was decoded or embedded:
+    assert info["refused"]["origin"] >= 2  # the upload and the thumbnail were refused by the server
 
 
 def test_serve_errors_are_one_line(tmp_path):

@@ -87,8 +87,11 @@ def test_like_and_upload_answers_are_the_collections_ranking(served, client):
         results = got.json()["results"]
         assert [r["score"] for r in results] == pytest.approx([m.score for m in want], abs=1e-4)
         # the same images, in score order (copy.jpg and img00.jpg tie, being the same bytes: Milvus'
-        # float rounding may swap the two)
-        assert {r["path"] for r in results} == {Path(m.path).relative_to(ds).as_posix() for m in want}
+        # float rounding may swap the two, also when only one of them makes the top k)
+        same = {"copy.jpg": "img00.jpg"}
+        got_paths = {same.get(r["path"], r["path"]) for r in results}
+        want_paths = {same.get(p, p) for p in (Path(m.path).relative_to(ds).as_posix() for m in want)}
+        assert got_paths == want_paths
         assert "img01.jpg" not in [r["path"] for r in results]
     assert all(r["path"].startswith("sub/") for r in got.json()["results"])
     found = upload(plain_client(service), (ds / "img03.jpg").read_bytes(), "q.jpg", "k=1").json()["results"][

@@ -37,7 +37,8 @@ def test_cbir_imports_are_at_the_top_of_each_module():
             if isinstance(node, ast.ImportFrom) and id(node) not in top:
                 if (node.module or "").startswith("cbir") or node.level:
                     late.append(f"{p.relative_to(PACKAGE.parent)}:{node.lineno}")
-    allowed = {"cbir/cli/show.py", "cbir/cli/serve.py"}  # matplotlib, FastAPI: only when used
+    # matplotlib, FastAPI: only when used; the entry point imports the commands inside its Ctrl-C guard
+    allowed = {"cbir/cli/show.py", "cbir/cli/serve.py", "cbir/cli/main.py"}
     assert [x for x in late if x.split(":")[0] not in allowed] == []
 
 

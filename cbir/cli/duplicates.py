@@ -8,10 +8,11 @@ import argparse
 from cbir.cli import show, text
 from cbir.cli.options import DEFAULT_DUPLICATES_OUT, duplicate_options_from
 from cbir.cli.store import store_from
-from cbir.core.errors import QueryError
+from cbir.core.errors import CbirError, QueryError
+from cbir.core.names import shown
 from cbir.core.results import Match, QueryResult
-from cbir.duplicates.moves import move_members, undo_moves
-from cbir.service.duplicates import find_duplicates
+from cbir.duplicates.moves import undo_moves
+from cbir.service.duplicates import find_duplicates, move_duplicates
 from cbir.service.export import export_results
 
 
@@ -20,10 +21,13 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
     if args.undo:
         undone = undo_moves(args.undo)
         print(text.format_undo(undone))
-        return 1 if undone.problems else 0
+        if undone.problems:
+            raise CbirError(f"{len(undone.problems)} file(s) could not be put back (listed above)")
+        return 0
     if not args.dataset:
         raise QueryError("give the indexed folder (or --undo LOG)")
-    report = find_duplicates(store_from(args).open(), duplicate_options_from(args))
+    index = store_from(args).open()
+    report = find_duplicates(index, duplicate_options_from(args))
     show.print_answer(
         args,
         report.to_dict,
@@ -35,10 +39,12 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
     ]
     if args.link_to:
         made = export_results(groups, args.link_to, subfolders=True)
-        print(f"{made} link(s) made in {len(groups)} folder(s) of {args.link_to}", file=show.notes(args))
+        print(
+            f"{made} link(s) made in {len(groups)} folder(s) of {shown(args.link_to)}", file=show.notes(args)
+        )
     if args.move_to:
-        moved = move_members(report.groups, report.dataset, args.move_to)
+        moved = move_duplicates(index, report, args.move_to)
         print(text.format_moves(moved), file=show.notes(args))
-    shown = [QueryResult(r.query, r.matches[1:]) for r in groups[: args.plot_groups]]
-    show.plot_if_asked(args, shown, DEFAULT_DUPLICATES_OUT, label="keep")
+    plotted = [QueryResult(r.query, r.matches[1:]) for r in groups[: args.plot_groups]]
+    show.plot_if_asked(args, plotted, DEFAULT_DUPLICATES_OUT, label="keep")
     return 0

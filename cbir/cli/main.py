@@ -1,262 +1,50 @@
-"""The command line: ``cbir index|query|serve|evaluate|models`` and the original ``run_cbir.py`` flags.
+"""The entry points: ``cbir`` (:func:`main`) and ``run_cbir.py`` (:func:`legacy_main`).
 
-Parses the arguments (:mod:`cbir.cli.options`), calls the library, prints. Every user error becomes
-one line on stderr and exit status 2; Ctrl-C exits with 130 and keeps the finished work.
+This module imports nothing but the standard library, so that Ctrl-C at any moment, even in the
+first fraction of a second while NumPy and the rest are still being imported
+(:mod:`cbir.cli.commands`), is one line on stderr and exit status 130, never a traceback. Usage
+errors come back as exit status 2 instead of ``SystemExit``, so ``main`` can be called in-process.
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
-import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import replace
-from typing import NoReturn
+from collections.abc import Sequence
 
-from cbir.cli import show, text
-from cbir.cli.duplicates import cmd_duplicates
-from cbir.cli.options import (
-    DEFAULT_OUT,
-    build_legacy_parser,
-    build_parser,
-    index_options_from,
-    result_filter_from,
-    settings_from,
-)
-from cbir.cli.rerank import reranking_from
-from cbir.cli.serve import cmd_serve
-from cbir.cli.store import source_from, store_from
-from cbir.core.errors import CbirError, ModelError, QueryError
-from cbir.core.quiet import native_stderr_silenced
-from cbir.core.results import QueryResult, results_to_dict
-from cbir.encoders.backbones import REGISTRY
-from cbir.indexing.indexer import IndexOptions, IndexReport, update_index
-from cbir.indexing.watch import FolderWatcher
-from cbir.service.evaluate import evaluate_index
-from cbir.service.export import export_results
-from cbir.service.query import SearchRequest, check_query_files, like_index, query_index, text_index
-from cbir.service.settings import Settings, classifier_for
-
-__all__ = ["build_legacy_parser", "build_parser", "legacy_main", "main"]
-
-
-def _quiet_tensorflow() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-
-
-def _tensorflow_importer(verbose: int) -> Callable[[], None]:
-    """Import TensorFlow before the first model is built, its C++ start-up chatter sent to /dev/null."""
-
-    def load() -> None:
-        if verbose or "tensorflow" in sys.modules:
-            return
-        try:
-            with native_stderr_silenced():
-                import keras  # noqa: F401
-                import tensorflow as tf
-
-                tf.config.list_physical_devices()
-        except ImportError as exc:
-            raise ModelError(f"this needs TensorFlow and Keras, which cannot be imported ({exc})") from exc
-
-    return load
-
-
-def _setup_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose == 0 else (logging.INFO if verbose == 1 else logging.DEBUG)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("cbir: %(levelname)s: %(message)s"))
-    root = logging.getLogger("cbir")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-
-
-def _index(args: argparse.Namespace, settings: Settings, options: IndexOptions | None = None) -> IndexReport:
-    return update_index(
-        settings.dataset,
-        source_from(args, settings),
-        options=options or index_options_from(args),
-        store=settings.home,
-        classifier=classifier_for(settings),
-    )
-
-
-def cmd_index(args: argparse.Namespace) -> int:
-    settings = settings_from(args, _tensorflow_importer(args.verbose), bulk=True)
-    options = replace(index_options_from(args), rebuild=False)
-
-    def again() -> None:
-        _print_report(args, _index(args, settings, options))
-
-    # the watcher looks at the folder before the first run: nothing copied in meanwhile is missed
-    watcher = (
-        FolderWatcher(settings.dataset, again, skip=settings.home.own_folders, options=options)
-        if args.watch
-        else None
-    )
-    _print_report(args, _index(args, settings))
-    if watcher is not None:
-        print(f"watching {settings.dataset} for new and changed images (Ctrl-C to stop)", file=sys.stderr)
-        watcher.run()
-    return 0
-
-
-def _print_report(args: argparse.Namespace, report: IndexReport) -> None:
-    if args.json:
-        show.print_json(report.to_dict())
-    else:
-        print(text.format_index_summary(report))
-    sys.stdout.flush()  # with --watch, each run's summary is read as it comes
-
-
-def cmd_query(args: argparse.Namespace, update: bool) -> int:
-    """Index (or reuse the index of) DATASET, then answer the queries with the same model.
-
-    ``--like`` or ``--text`` alone (no update) opens the index and nothing else: no settings, no
-    model. ``--text`` with images or ``--like`` keeps only their neighbours whose labels match.
-    """
-    like: list[str] = getattr(args, "like", [])
-    words: str | None = getattr(args, "text", None)
-    if not args.img_query and not like and words is None:
-        raise QueryError("give query images, --like PATH for images of the index, or --text WORDS")
-    check_query_files(args.img_query)
-    exact = getattr(args, "exact", False) or args.ann == "none"
-    pictures = bool(args.img_query or like)
-    request = SearchRequest(
-        args.top,
-        reranking=reranking_from(args),
-        exact=exact,
-        where=result_filter_from(args),
-        words=words if pictures else None,
-    )
-    if not args.img_query and not update:
-        if like:
-            return _answer(args, like_index(store_from(args).open(), like, request), None)
-        if words is not None:
-            return _answer(args, text_index(store_from(args).open(), None, [words], request), None, "words")
-    settings = settings_from(args, _tensorflow_importer(args.verbose), strict=not update)
-    report: IndexReport | None = None
-    if settings.existing and not update:
-        index = settings.home.open()
-        index.check_compatible(settings.config)
-    else:
-        report = _index(args, settings)
-        index = settings.home.open()
-    # run_cbir.py (update) answers an indexed, unchanged query image from its stored vector
-    if words is not None and not pictures:
-        return _answer(args, text_index(index, settings, [words], request), report, "words")
-    results = query_index(index, settings, args.img_query, request, reuse_stored=update)
-    if like:
-        results += like_index(index, like, request)
-    return _answer(args, results, report)
-
-
-def _answer(
-    args: argparse.Namespace, results: list[QueryResult], report: IndexReport | None, label: str = "query"
-) -> int:
-    if report is not None and not args.json:
-        print(text.format_index_summary(report), file=sys.stderr)
-    show.print_answer(
-        args,
-        lambda: results_to_dict(results, report.to_dict() if report else None),
-        lambda: text.format_csv(results),
-        lambda: text.format_results(results),
-    )
-    dest = args.link_to or args.copy_to
-    if dest:
-        made = export_results(results, dest, copy=bool(args.copy_to))
-        print(f"{made} match(es) {'copied' if args.copy_to else 'linked'} into {dest}", file=show.notes(args))
-    show.plot_if_asked(args, results, DEFAULT_OUT, label)
-    return 0
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    settings = settings_from(args, _tensorflow_importer(args.verbose), bulk=True)
-    report = _index(args, settings)
-    index = settings.home.open()
-    result = evaluate_index(index, args.gt, reranking=reranking_from(args))
-    if args.json:
-        doc = result.to_dict()
-        if not args.per_query:
-            doc.pop("per_query_ap", None)
-        doc["index"] = report.to_dict()
-        show.print_json(doc)
-    else:
-        print(text.format_index_summary(report), file=sys.stderr)
-        print(result.format_table())
-    return 0
-
-
-def cmd_models(args: argparse.Namespace) -> int:
-    backbones = list(REGISTRY.values())
-    if args.json:
-        show.print_json(
-            [
-                {"name": b.name, "dim": b.dim, "input_size": b.input_size, "preprocess": b.preprocess}
-                for b in backbones
-            ]
-        )
-    else:
-        print(text.format_models(backbones))
-    return 0
-
-
-def _interrupt(*_: object) -> NoReturn:
-    raise KeyboardInterrupt
-
-
-def _run(args: argparse.Namespace, legacy: bool) -> int:
-    if legacy:
-        return cmd_query(args, update=True)
-    if args.command == "query":
-        args.img_query = args.images
-        return cmd_query(args, update=args.update)
-    commands: dict[str, Callable[[argparse.Namespace], int]] = {
-        "index": cmd_index,
-        "serve": lambda a: cmd_serve(a, _tensorflow_importer(a.verbose)),
-        "evaluate": cmd_evaluate,
-        "duplicates": cmd_duplicates,
-        "models": cmd_models,
-    }
-    return commands[args.command](args)
-
-
-def _dispatch(argv: Sequence[str] | None, legacy: bool) -> int:
-    _quiet_tensorflow()
-    parser = build_legacy_parser() if legacy else build_parser()
-    args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        return _run(args, legacy)
-    except CbirError as exc:
-        print(f"cbir: error: {exc}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except KeyboardInterrupt:
-        print("cbir: interrupted; finished work is saved in the index", file=sys.stderr)
-        return 130
-    except MemoryError:
-        print("cbir: error: out of memory; try a smaller --batch-size", file=sys.stderr)
-        return 1
-    except Exception as exc:
-        if args.verbose:
-            raise
-        print(f"cbir: internal error: {type(exc).__name__}: {exc} (run with -v for details)", file=sys.stderr)
-        return 1
+INTERRUPTED = "cbir: interrupted; finished work is saved in the index"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``cbir`` command."""
-    return _dispatch(argv, legacy=False)
+    """Entry point of the ``cbir`` command: its exit status."""
+    return _guarded(argv, legacy=False)
 
 
 def legacy_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``run_cbir.py``: the original flags, index-then-query in one run."""
-    return _dispatch(argv, legacy=True)
+    return _guarded(argv, legacy=True)
+
+
+def _guarded(argv: Sequence[str] | None, legacy: bool) -> int:
+    try:
+        from cbir.cli.commands import dispatch
+
+        return dispatch(argv, legacy)
+    except KeyboardInterrupt:
+        return _interrupted()
+    except SystemExit as exc:  # argparse: --help (0) and usage errors (2), already printed
+        return exc.code if isinstance(exc.code, int) else 2
+
+
+def _interrupted() -> int:
+    """Say so in one line; a second Ctrl-C meanwhile is ignored rather than a traceback."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: nothing to restore
+        previous = None
+    try:
+        print(INTERRUPTED, file=sys.stderr, flush=True)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    return 130

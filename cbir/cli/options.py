@@ -10,12 +10,14 @@ from pathlib import Path
 
 from cbir.cli.arguments import (
     KINDS,
-    NON_NEGATIVE_INT,
-    POSITIVE,
-    POSITIVE_INT,
+    PORT,
     Parser,
     moment,
+    number,
+    path,
     similarity,
+    whole,
+    words,
 )
 from cbir.cli.rerank import add_rerank_options
 from cbir.cli.store import add_spread_options, add_store_option, shard_from, store_from
@@ -37,6 +39,7 @@ from cbir.stores.folder.ann import AUTO_MIN_ROWS
 DEFAULT_OUT = "cbir_results.png"
 DEFAULT_DUPLICATES_OUT = "cbir_duplicates.png"
 CLI_ANN_MODES = ("auto", "none", "hnsw")  # the IVF kinds stay for the benchmark and the library
+MAX_TOP = 10_000  # matches per query: a listing, not an export of the index
 
 
 def add_feature_setting(g: argparse._ActionsContainer, setting: FeatureSetting) -> None:
@@ -55,6 +58,7 @@ def add_feature_options(p: argparse.ArgumentParser) -> None:
         if setting.name == "model":
             g.add_argument(
                 "--weights",
+                type=path,
                 help="local weights file instead of the ImageNet download ('random': untrained, for tests)",
             )
     g.add_argument(
@@ -63,8 +67,12 @@ def add_feature_options(p: argparse.ArgumentParser) -> None:
         help="the original script's features: max pooling, 224x224 squash, nearest resampling",
     )
     r = p.add_argument_group("running")
-    r.add_argument("--batch-size", type=POSITIVE_INT, default=32, help="images per model call (default 32)")
-    r.add_argument("--workers", type=POSITIVE_INT, help="decoding threads (default: one per core, at most 8)")
+    r.add_argument(
+        "--batch-size", type=whole(1, 1024), default=32, help="images per model call, 1 to 1024 (default 32)"
+    )
+    r.add_argument(
+        "--workers", type=whole(1, 256), help="decoding threads, 1 to 256 (default: one per core, at most 8)"
+    )
     r.add_argument(
         "--runtime",
         choices=list(RUNTIMES),
@@ -74,6 +82,7 @@ def add_feature_options(p: argparse.ArgumentParser) -> None:
     )
     r.add_argument(
         "--model-cache",
+        type=path,
         metavar="DIR",
         help=f"folder of converted models (default ${MODEL_CACHE_ENV}, else the user's cache folder)",
     )
@@ -81,7 +90,7 @@ def add_feature_options(p: argparse.ArgumentParser) -> None:
 
 def add_index_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("index")
-    g.add_argument("--index", metavar="DIR", help="index folder (default: DATASET/.cbir)")
+    g.add_argument("--index", type=path, metavar="DIR", help="index folder (default: DATASET/.cbir)")
     add_store_option(g)
     g.add_argument("--rebuild", action="store_true", help="rebuild the index from scratch")
     g.add_argument(
@@ -102,39 +111,60 @@ def add_index_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-recursive", dest="recursive", action="store_false", help="only the top folder")
     g.add_argument("--include-hidden", action="store_true", help="also index hidden files and folders")
     g.add_argument(
+        "--follow-links",
+        action="store_true",
+        help="also index symbolic links leaving the dataset (cbir serve then serves them)",
+    )
+    g.add_argument(
         "--exclude",
         action="append",
         default=[],
         metavar="PATTERN",
         help="glob of paths or names to skip (repeatable)",
     )
-    g.add_argument("--max-pixels", type=POSITIVE_INT, help="skip images with more pixels (default 250M)")
-    g.add_argument("--max-file-mb", type=POSITIVE, help="skip files larger than this (default 512 MiB)")
+    g.add_argument("--max-pixels", type=whole(1, 10**12), help="skip images with more pixels (default 250M)")
+    g.add_argument(
+        "--max-file-mb",
+        type=number(0, 2**20, inclusive=False),
+        help="skip files larger than this (default 512 MiB)",
+    )
     g.add_argument(
         "--checkpoint-every",
-        type=POSITIVE_INT,
+        type=whole(1, 10**9),
         default=500,
         metavar="N",
         help="commit progress every N images (and every 2 minutes; default 500)",
     )
     g.add_argument(
-        "--whiten-on", metavar="DIR", help="learn a PCA-whitening on the images of DIR and store it"
+        "--whiten-on",
+        type=path,
+        metavar="DIR",
+        help="learn a PCA-whitening on the images of DIR and store it",
     )
-    g.add_argument("--whiten-dim", type=POSITIVE_INT, help="dimensions kept by the whitening (default: all)")
+    g.add_argument(
+        "--whiten-dim", type=whole(1, 65536), help="dimensions kept by the whitening (default: all)"
+    )
     g.add_argument(
         "--whiten-power",
-        type=POSITIVE,
+        type=number(0, 1, inclusive=False),
         default=0.5,
-        help="eigenvalue exponent: 0.5 classic PCA-whitening, 0.25 softened (default 0.5)",
+        help="eigenvalue exponent, above 0 and at most 1: 0.5 classic PCA-whitening, 0.25 softened "
+        "(default 0.5)",
     )
 
 
 def add_output_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
     g.add_argument(
-        "-k", "--top", type=POSITIVE_INT, default=9, help="number of matches per query (default 9)"
+        "-k",
+        "--top",
+        type=whole(1, MAX_TOP),
+        default=9,
+        help=f"matches per query, 1 to {MAX_TOP} (default 9)",
     )
-    g.add_argument("--out", help=f"PNG file for the plot (default {DEFAULT_OUT}; with --json only if given)")
+    g.add_argument(
+        "--out", type=path, help=f"PNG file for the plot (default {DEFAULT_OUT}; with --json only if given)"
+    )
     g.add_argument("--no-plot", action="store_true", help="do not draw the plot")
     g.add_argument("--show", action="store_true", help="also open the plot in a window")
     fmt = g.add_mutually_exclusive_group()
@@ -144,8 +174,12 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
     )
     add_filter_options(g)
     put = g.add_mutually_exclusive_group()
-    put.add_argument("--link-to", metavar="DIR", help="also link the matches into DIR, named by rank")
-    put.add_argument("--copy-to", metavar="DIR", help="also copy the matches into DIR, named by rank")
+    put.add_argument(
+        "--link-to", type=path, metavar="DIR", help="also link the matches into DIR, named by rank"
+    )
+    put.add_argument(
+        "--copy-to", type=path, metavar="DIR", help="also copy the matches into DIR, named by rank"
+    )
 
 
 def add_filter_options(g: argparse._ActionsContainer, what: str = "results") -> None:
@@ -167,7 +201,7 @@ def add_filter_options(g: argparse._ActionsContainer, what: str = "results") -> 
 def add_duplicates_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser("duplicates", help="group the near-duplicate images of an indexed folder")
     p.add_argument("dataset", nargs="?", help="an indexed folder (not needed with --undo)")
-    p.add_argument("--index", metavar="DIR", help="index folder (default: DATASET/.cbir)")
+    p.add_argument("--index", type=path, metavar="DIR", help="index folder (default: DATASET/.cbir)")
     add_store_option(p)
     p.add_argument(
         "--threshold",
@@ -198,11 +232,15 @@ def add_duplicates_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     )
     p.add_argument("--exact", action="store_true", help="exact search even if an approximate index exists")
     g = p.add_argument_group("output")
-    g.add_argument("--out", help=f"PNG file for the plot (default {DEFAULT_DUPLICATES_OUT})")
+    g.add_argument("--out", type=path, help=f"PNG file for the plot (default {DEFAULT_DUPLICATES_OUT})")
     g.add_argument("--no-plot", action="store_true", help="do not draw the plot")
     g.add_argument("--show", action="store_true", help="also open the plot in a window")
     g.add_argument(
-        "--plot-groups", type=POSITIVE_INT, default=10, metavar="N", help="groups drawn (default 10)"
+        "--plot-groups",
+        type=whole(1, 1000),
+        default=10,
+        metavar="N",
+        help="groups drawn, 1 to 1000 (default 10)",
     )
     fmt = g.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print the groups as JSON on stdout")
@@ -212,13 +250,16 @@ def add_duplicates_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     add_filter_options(g, "images")
     act = p.add_argument_group("acting on the groups (nothing is ever deleted)")
     one = act.add_mutually_exclusive_group()
-    one.add_argument("--link-to", metavar="DIR", help="link each group into a folder of DIR, for review")
+    one.add_argument(
+        "--link-to", type=path, metavar="DIR", help="link each group into a folder of DIR, for review"
+    )
     one.add_argument(
         "--move-to",
+        type=path,
         metavar="DIR",
         help="move the members (not the kept images) into DIR, keeping their paths; logged",
     )
-    one.add_argument("--undo", metavar="LOG", help="put back the files a --move-to log lists")
+    one.add_argument("--undo", type=path, metavar="LOG", help="put back the files a --move-to log lists")
     add_verbose(p)
 
 
@@ -261,9 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--text",
+        type=words,
         metavar="WORDS",
-        help="images whose labels match WORDS (an index made with --labels); with --like or images: only "
-        "their neighbours that match",
+        help="images whose labels match WORDS (an index made with --labels; at most 200 characters); with "
+        "--like or images: only their neighbours that match",
     )
     p.add_argument("--update", action="store_true", help="bring the index up to date with the folder first")
     p.add_argument("--exact", action="store_true", help="exact search even if an approximate index exists")
@@ -276,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset")
     p.add_argument(
         "--gt",
+        type=path,
         metavar="FILE",
         help="labels.csv or gt.json (default: found in DATASET, or INRIA Holidays / UKBench file naming)",
     )
@@ -292,12 +335,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)"
     )
-    g.add_argument("--port", type=NON_NEGATIVE_INT, default=8000, help="port (default 8000; 0: any free one)")
+    g.add_argument("--port", type=PORT, default=8000, help="port, 0 to 65535 (default 8000; 0: any free one)")
     g.add_argument(
         "--token", help="secret every request must carry (give one when listening beyond loopback)"
     )
     g.add_argument(
-        "--max-upload-mb", type=POSITIVE, default=32.0, help="largest image upload accepted (default 32)"
+        "--max-upload-mb",
+        type=number(0, 1024, inclusive=False),
+        default=32.0,
+        help="largest image upload accepted, at most 1024 (default 32; held in memory)",
+    )
+    g.add_argument(
+        "--max-upload-mp",
+        type=number(0, 250, inclusive=False),
+        default=40.0,
+        help="largest upload in megapixels, at most 250; larger ones refused before decoding (default 40)",
+    )
+    g.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests for this host name, e.g. a reverse proxy's (repeatable)",
     )
     add_watch(p)
     add_feature_options(p)
@@ -374,6 +433,7 @@ def index_options_from(args: argparse.Namespace) -> IndexOptions:
         recursive=args.recursive,
         include_hidden=args.include_hidden,
         exclude=tuple(args.exclude),
+        follow_links=args.follow_links,
         checkpoint_every=args.checkpoint_every,
         ann=args.ann,
         shard=shard_from(args),

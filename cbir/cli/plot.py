@@ -13,6 +13,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from cbir.core.errors import CbirError
+from cbir.core.names import shown
 from cbir.core.results import Match, QueryResult
 from cbir.ingest.decode import LoadLimits, open_rgb
 
@@ -77,9 +79,11 @@ def plot_results(
     saved = None
     if out is not None:
         saved = Path(out)
-        if saved.parent and not saved.parent.exists():
+        try:
             saved.parent.mkdir(parents=True, exist_ok=True)
-        sheet.save(saved, format="PNG")
+            sheet.save(saved, format="PNG")
+        except OSError as exc:
+            raise CbirError(f"cannot write the plot to {shown(str(saved))}: {exc.strerror or exc}") from None
     if show:
         _show(sheet)
     return saved
@@ -133,5 +137,6 @@ def _show(sheet: Image.Image) -> None:
 
 
 def _short(name: str, width: int = 24) -> str:
-    """``name`` cut to ``width`` characters with an ellipsis, to fit under a thumbnail."""
+    """``name`` as shown to people, cut to ``width`` characters with an ellipsis, to fit under a thumbnail."""
+    name = shown(name)
     return name if len(name) <= width else name[: width - 3] + "..."

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import argparse
 
-from cbir.cli.arguments import NON_NEGATIVE, NON_NEGATIVE_INT, similarity
+from cbir.cli.arguments import number, similarity, whole
 from cbir.search.rerank import DEFAULT_RERANKING, Reranking
+
+MAX_NEIGHBOURS = 1000  # neighbours averaged or checked: well past where re-ranking helps (docs/quality.md)
+MAX_ALPHA = 32  # similarities below 1 raised to more vanish: every neighbour's weight is 0
+NEIGHBOURS = whole(0, MAX_NEIGHBOURS)
 
 
 def add_rerank_options(
@@ -17,26 +21,35 @@ def add_rerank_options(
     title = (
         f"re-ranking (default: adaptive query expansion, --qe {d.qe} --mutual {d.mutual})"
         if d.active
-        else "re-ranking (default: none; the command line's is --qe 10 --mutual 3)"
+        else "re-ranking (default: none; the command line's is "
+        f"--qe {DEFAULT_RERANKING.qe} --mutual {DEFAULT_RERANKING.mutual})"
     )
     g = p.add_argument_group(title)
     g.add_argument(
-        "--qe", type=NON_NEGATIVE_INT, default=d.qe, metavar="N", help="query expansion, up to N (0: off)"
+        "--qe",
+        type=NEIGHBOURS,
+        default=d.qe,
+        metavar="N",
+        help=f"query expansion, up to N, at most {MAX_NEIGHBOURS} (0: off)",
     )
     if dba:
         g.add_argument(
             "--dba",
-            type=NON_NEGATIVE_INT,
+            type=NEIGHBOURS,
             default=d.dba,
             metavar="N",
-            help="database-side augmentation, up to N (in memory; up to ~100k images)",
+            help=f"database-side augmentation, up to N, at most {MAX_NEIGHBOURS} "
+            "(in memory; up to ~100k images)",
         )
     g.add_argument(
-        "--alpha", type=NON_NEGATIVE, default=d.alpha, help="similarity exponent for --qe/--dba (default 3)"
+        "--alpha",
+        type=number(0, MAX_ALPHA),
+        default=d.alpha,
+        help=f"similarity exponent for --qe/--dba, 0 to {MAX_ALPHA} (default 3)",
     )
     g.add_argument(
         "--mutual",
-        type=NON_NEGATIVE_INT,
+        type=NEIGHBOURS,
         default=d.mutual,
         metavar="K",
         help=f"only neighbours that have the query among their K nearest (default {d.mutual}; 0: the top N)",

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from cbir.cli.options import index_options_from, settings_from
 from cbir.cli.rerank import reranking_from
 from cbir.core.errors import CbirError
+from cbir.core.names import shown
 
 
 def cmd_serve(args: argparse.Namespace, load_tensorflow: Callable[[], None]) -> int:
@@ -25,12 +26,19 @@ def cmd_serve(args: argparse.Namespace, load_tensorflow: Callable[[], None]) -> 
         )
     settings = settings_from(args, load_tensorflow)
     options = ServeOptions(
-        args.host, args.port, args.token, args.max_upload_mb, args.watch, reranking=reranking_from(args)
+        args.host,
+        args.port,
+        args.token,
+        args.max_upload_mb,
+        args.max_upload_mp,
+        tuple(args.allow_host),
+        args.watch,
+        reranking=reranking_from(args),
     )
     serve(
         settings,
         index_options_from(args),
         options,
-        lambda url: print(f"serving {settings.dataset} at {url}", flush=True),
+        lambda url: print(f"serving {shown(str(settings.dataset))} at {url}", flush=True),
     )
     return 0

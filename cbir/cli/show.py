@@ -5,18 +5,18 @@ only that; notes go to stderr) or the human listing (notes to stdout), and the p
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
+from cbir.core.names import json_text, shown
 from cbir.core.results import QueryResult
 from cbir.core.types import JSONDict
 
 
 def print_json(doc: JSONDict | list[JSONDict]) -> None:
-    """One JSON document on stdout (strict: no NaN or Infinity)."""
-    print(json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False))
+    """One JSON document on stdout (strict: no NaN or Infinity; names lossless, :func:`json_text`)."""
+    print(json_text(doc, indent=2, allow_nan=False))
 
 
 def for_programs(args: argparse.Namespace) -> bool:
@@ -51,4 +51,4 @@ def plot_if_asked(
 
     saved = plot_results(list(results), out, show=args.show, label=label)
     if saved is not None:
-        print(f"plot saved to {saved}", file=notes(args))
+        print(f"plot saved to {shown(str(saved))}", file=notes(args))

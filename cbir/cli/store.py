@@ -5,6 +5,7 @@ index``), and their translation into a :class:`~cbir.stores.base.Store` and an e
 from __future__ import annotations
 
 import argparse
+from urllib.parse import urlsplit
 
 from cbir.core.errors import StoreError
 from cbir.encoders.base import EncoderSource
@@ -13,12 +14,37 @@ from cbir.indexing.shard import Shard
 from cbir.service.settings import Settings
 from cbir.stores.base import Store
 from cbir.stores.milvus.client import TOKEN_ENV
-from cbir.stores.uri import store_for
+from cbir.stores.uri import SCHEMES, store_for
+
+
+def store_uri(text: str) -> str:
+    """An argparse type: a ``--store`` URI of a known scheme whose address, when it has one
+    (``SCHEME://HOST:PORT/...``), names a host and a port from 1 to 65535. What each store asks of
+    the rest (a ``.db`` name, a collection name) it checks itself, with the dataset known."""
+    scheme = text.split(":", 1)[0] if ":" in text else ""
+    if scheme not in SCHEMES:
+        known = ", ".join(f"{s}:" for s in SCHEMES)
+        raise argparse.ArgumentTypeError(f"{text!r}: unknown kind of store (known: {known})")
+    if "://" in text:
+        try:
+            address = urlsplit(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a URI") from None
+        try:
+            port = address.port
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: the port must be a number from 1 to 65535") from None
+        if not address.hostname:
+            raise argparse.ArgumentTypeError(f"{text!r}: give HOST:PORT")
+        if port == 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: the port must be a number from 1 to 65535")
+    return text
 
 
 def add_store_option(g: argparse._ActionsContainer) -> None:
     g.add_argument(
         "--store",
+        type=store_uri,
         metavar="URI",
         help="keep the index in a vector database instead of a folder: milvus:PATH.db (Milvus Lite) or "
         f"milvus://HOST:PORT[/COLLECTION] (a Milvus server; token in ${TOKEN_ENV})",

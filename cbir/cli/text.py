@@ -9,6 +9,7 @@ import csv
 import io
 from collections.abc import Iterable, Sequence
 
+from cbir.core.names import shown, to_text
 from cbir.core.results import QueryResult
 from cbir.duplicates.moves import MoveReport, UndoReport
 from cbir.encoders.backbones import Backbone
@@ -22,10 +23,10 @@ def format_results(results: Sequence[QueryResult]) -> str:
     """Each query, then its matches ranked from 1 with score and path (or ``(no matches)``)."""
     lines: list[str] = []
     for r in results:
-        lines.append(f"query: {r.query}")
+        lines.append(f"query: {shown(r.query)}")
         if not r.matches:
             lines.append("  (no matches)")
-        lines.extend(f"  {rank:3d}. {m.score:.4f}  {m.path}" for rank, m in enumerate(r.matches, 1))
+        lines.extend(f"  {rank:3d}. {m.score:.4f}  {shown(m.path)}" for rank, m in enumerate(r.matches, 1))
     return "\n".join(lines)
 
 
@@ -55,19 +56,20 @@ def format_index_summary(report: IndexReport) -> str:
     line += f" -> {report.index_dir}"
     if report.skipped:
         line += f"\nskipped {len(report.skipped)} file(s):" + "".join(
-            f"\n  {s['path']}: {s['reason']}" for s in report.skipped
+            f"\n  {shown(s['path'])}: {shown(s['reason'])}" for s in report.skipped
         )
     return line
 
 
 def format_csv(results: Sequence[QueryResult]) -> str:
-    """The ranked matches as CSV (``query,rank,path,score``, one row per match), for spreadsheets."""
+    """The ranked matches as CSV (``query,rank,path,score``, one row per match), for spreadsheets;
+    names in :func:`~cbir.core.names.to_text` form (a backslash doubled, an undecodable byte `\\xNN`)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["query", "rank", "path", "score"])
     for r in results:
         for rank, m in enumerate(r.matches, 1):
-            writer.writerow([r.query, rank, m.path, f"{m.score:.6f}"])
+            writer.writerow([to_text(r.query), rank, to_text(m.path), f"{m.score:.6f}"])
     return buffer.getvalue().rstrip("\n")
 
 
@@ -80,8 +82,8 @@ def format_duplicates(report: DuplicateReport) -> str:
         f"{report.redundant} image(s) besides the kept ones"
     ]
     for number, group in enumerate(report.groups, 1):
-        lines.append(f"group {number}: keep {group.representative}")
-        lines.extend(f"  {m.score:.4f}  {m.path}" for m in group.members)
+        lines.append(f"group {number}: keep {shown(group.representative)}")
+        lines.extend(f"  {m.score:.4f}  {shown(m.path)}" for m in group.members)
     return "\n".join(lines)
 
 
@@ -91,15 +93,19 @@ def format_duplicates_csv(report: DuplicateReport) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["group", "role", "path", "score"])
     for number, group in enumerate(report.groups, 1):
-        writer.writerow([number, "keep", group.representative, ""])
+        writer.writerow([number, "keep", to_text(group.representative), ""])
         for m in group.members:
-            writer.writerow([number, "member", m.path, f"{m.score:.6f}"])
+            writer.writerow([number, "member", to_text(m.path), f"{m.score:.6f}"])
     return buffer.getvalue().rstrip("\n")
 
 
 def format_moves(report: MoveReport) -> str:
+    log = shown(str(report.log))
+    skipped = (
+        f"; {len(report.skipped)} left where they are (changed since indexing)" if report.skipped else ""
+    )
     return (
-        f"moved {report.moved} file(s); the log is {report.log} (undo: cbir duplicates --undo {report.log}); "
+        f"moved {report.moved} file(s){skipped}; the log is {log} (undo: cbir duplicates --undo {log}); "
         "the next `cbir index` drops them from the index"
     )
 
@@ -109,4 +115,4 @@ def format_undo(report: UndoReport) -> str:
     line = f"put back {report.restored} file(s)"
     if report.not_moved:
         line += f"; {report.not_moved} were never moved (or are back already)"
-    return "\n".join([line, *(f"  not restored: {p}" for p in report.problems)])
+    return "\n".join([line, *(f"  not restored: {shown(p)}" for p in report.problems)])

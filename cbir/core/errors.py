@@ -47,8 +47,9 @@ class StoreError(CbirError):
 class BadImageError(Exception):
     """One dataset file cannot be used; the indexer skips it with a warning.
 
-    ``transient`` is True when the cause was access to the file (permission denied while stat-ing,
-    opening or reading it): that can go away without the file changing, so it is worth retrying.
+    ``transient`` is True when the system could not give the file's bytes (gone, permission denied,
+    an I/O error, while stat-ing, opening or reading it) or the file changed while it was read:
+    that can pass without the file changing, so it is retried on the next run, never remembered.
     """
 
     def __init__(self, message: str, transient: bool = False) -> None:

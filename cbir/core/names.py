@@ -7,19 +7,29 @@ picks one of the forms below instead of failing on the first odd name:
 
 - JSON (``--json``, the manifest, the move log): ``json.dumps`` with its default ``ensure_ascii``
   writes a surrogate as ``\\udcNN`` and ``json.loads`` reads it back: lossless as it is.
+  :func:`json_text` does the same for the surrogates only, leaving valid non-ASCII text readable.
 - Text that must be valid Unicode (Milvus ``VARCHAR``, CSV): :func:`to_text` / :func:`from_text`, a
   reversible backslash escape (``\\xNN`` for an undecodable byte, ``\\\\`` for a backslash).
+- Database keys (Milvus ``VARCHAR`` fields): :func:`to_key` / :func:`from_key`, a reversible
+  ``%XX`` escape with neither backslash nor double quote, so that a key is safe even in the filter
+  expressions a client library writes without escaping (pymilvus' query iterator pages with
+  ``path > "LAST KEY"``).
 - People (terminal lines, the page's labels): :func:`shown`, undecodable bytes as ``\\xNN``; not
   reversible, for reading only.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
+from cbir.core.types import JSONDict, Param
+
 _SURROGATE = re.compile("[\udc80-\udcff]")
 _ESCAPED = re.compile(r"\\(\\|x[0-9a-f]{2})")
+_KEY_SPECIAL = re.compile('[%\\\\"\udc80-\udcff]')
+_KEY_ESCAPED = re.compile("%([0-9A-F]{2})")
 
 
 def is_text(name: str) -> bool:
@@ -54,3 +64,35 @@ def from_text(text: str) -> str:
     if to_text(name) != text:
         raise ValueError(f"not an escaped file name: {text!r}")
     return name
+
+
+def to_key(name: str) -> str:
+    """A reversible form of ``name`` that is valid Unicode and holds no backslash or double quote:
+    ``%``, ``\\``, ``"`` and each undecodable byte become ``%XX``. :func:`from_key` undoes it."""
+
+    def escape(m: re.Match[str]) -> str:
+        code = ord(m.group())
+        return f"%{code - 0xDC00 if code >= 0xDC80 else code:02X}"
+
+    return _KEY_SPECIAL.sub(escape, name)
+
+
+def from_key(key: str) -> str:
+    """The in-memory name that :func:`to_key` made ``key`` from; ValueError for a key it cannot
+    have made (a row written by a release that stored names as they were)."""
+
+    def back(m: re.Match[str]) -> str:
+        code = int(m.group(1), 16)
+        return chr(code if code < 0x80 else 0xDC00 + code)
+
+    name = _KEY_ESCAPED.sub(back, key)
+    if to_key(name) != key:
+        raise ValueError(f"not a key form of a file name: {key!r}")
+    return name
+
+
+def json_text(doc: JSONDict | list[JSONDict], **options: Param) -> str:
+    """``json.dumps(doc)`` with readable non-ASCII text, each undecodable byte as its ``\\udcNN`` escape
+    (which ``json.loads`` reads back as the same surrogate): valid UTF-8 whatever the names' bytes."""
+    text = json.dumps(doc, ensure_ascii=False, **options)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)

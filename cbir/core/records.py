@@ -26,8 +26,10 @@ class Entry:
 class Skipped:
     """A file that could not be used, remembered so it is not retried until it changes.
 
-    ``transient`` failures (permission denied) are retried on every run: they can go away without
-    the file changing (a ``chmod``).
+    ``transient`` failures (the file could not be read: gone, permission denied, an I/O error; or it
+    changed while it was read) are retried on every run: they can pass without the file changing (a
+    folder renamed back, a ``chmod``). Only content failures (not an image, a bomb) are remembered,
+    until the file's size or mtime changes.
     """
 
     path: str

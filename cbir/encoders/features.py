@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal
@@ -9,6 +10,17 @@ from typing import Literal
 from cbir.core.types import JSONDict, Param
 from cbir.encoders.pooling import POOLINGS
 from cbir.ingest.decode import GEOMETRY_MODES, RESAMPLERS, Geometry
+
+DEFAULT_MODEL = "resnet50"
+MIN_INPUT_SIDE = 32
+MAX_INPUT_SIDE = 2048
+"""The largest side of a network input (``--size`` times each scale): one 2048x2048 view is 48 MiB of
+float32 and ResNet50's first feature maps on it about 1 GiB, per image of a batch; beyond this
+decoding and the network only run out of memory (``--scales 100`` asked for 22400x22400)."""
+MAX_SCALES = 8
+MIN_GEM_P, MAX_GEM_P = 0.1, 8.0
+"""GeM's exponent: below 0.1 its inverse overflows; above 8 ``x**p`` overflows float32 for activations
+above 65,000 (3.4e38 ** (1/8)), and the pooling is max pooling in all but name."""
 
 
 @dataclass(frozen=True)
@@ -28,7 +40,7 @@ class FeatureConfig:
     that a reader knows whether the index can answer a text query without loading any model.
     """
 
-    model: str = "resnet50"
+    model: str = DEFAULT_MODEL
     weights: str = "imagenet"
     pooling: str = "avg"
     gem_p: float = 3.0
@@ -44,8 +56,10 @@ class FeatureConfig:
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {self.pooling!r}; choose from {', '.join(POOLINGS)}")
-        if not self.scales or any(s <= 0 for s in self.scales):
+        if not self.scales or any(not 0 < s < math.inf for s in self.scales):
             raise ValueError("scales must be positive numbers")
+        if not 0 < self.gem_p < math.inf:  # indexes made before the command line's range still open
+            raise ValueError("the GeM exponent must be a positive number")
 
     def geometry_for(self, default_size: int) -> Geometry:
         """How images become network input; ``default_size``: the backbone's own input size."""
@@ -78,9 +92,10 @@ ORIGINAL = FeatureConfig(pooling="max", geometry="squash", resample="nearest")
 """The original script's settings: ResNet50, 224x224 squash with nearest-neighbour, max pooling."""
 
 
-Kind = Literal["text", "positive", "input size", "scales"]
+Kind = Literal["text", "exponent", "input size", "scales"]
 """How a feature setting's text is read (``cbir.cli.arguments.KINDS`` holds a parser for each):
-as it is, a number above 0, a whole number of at least 32, or ``--scales``' factors."""
+as it is, GeM's exponent (:data:`MIN_GEM_P` to :data:`MAX_GEM_P`), a whole number of pixels
+(:data:`MIN_INPUT_SIDE` to :data:`MAX_INPUT_SIDE`), or ``--scales``' factors."""
 
 
 @dataclass(frozen=True)
@@ -110,11 +125,20 @@ _S = FeatureSetting
 FEATURE_SETTINGS: tuple[FeatureSetting, ...] = (
     _S("model", "backbone (default resnet50; see `cbir models`)", network=True),
     _S("pooling", "pooling of the last feature map", choices=lambda: list(POOLINGS), network=True),
-    _S("gem_p", "GeM exponent (default 3)", kind="positive", network=True),
-    _S("size", "input size, at least 32 (default: the backbone's)", kind="input size", network=True),
+    _S("gem_p", f"GeM exponent, {MIN_GEM_P:g} to {MAX_GEM_P:g} (default 3)", kind="exponent", network=True),
+    _S(
+        "size",
+        f"input size, {MIN_INPUT_SIDE} to {MAX_INPUT_SIDE} (default: the backbone's)",
+        kind="input size",
+        network=True,
+    ),
     _S("geometry", "how images are fitted to the input size", choices=lambda: list(GEOMETRY_MODES)),
     _S("resample", "resampling filter for resizing", choices=lambda: list(RESAMPLERS)),
-    _S("scales", "multi-scale factors, e.g. 1,1/sqrt2,sqrt2", kind="scales"),
+    _S(
+        "scales",
+        f"multi-scale factors, e.g. 1,1/sqrt2,sqrt2 (input size x scale at most {MAX_INPUT_SIDE})",
+        kind="scales",
+    ),
 )
 """The feature settings a user chooses, in the order of the command line's options (which puts
 ``--weights`` after ``--model``). A new one is a :class:`FeatureConfig` field with its default and

@@ -23,7 +23,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cbir.core.atomic import write_bytes
@@ -68,11 +68,13 @@ def network_fields(config: FeatureConfig, input_size: int) -> JSONDict:
 
 @dataclass(frozen=True)
 class CacheSlot:
-    """Where one runtime's conversion of one network lives: ``key`` (file-name safe) and the
-    ``suffix`` of the runtime's format."""
+    """Where one runtime's conversion of one network lives: ``key`` (file-name safe), the ``suffix``
+    of the runtime's format, and the ``network`` fields its records must name (a model copied over
+    another's entry is not used: :meth:`ModelCache.lookup`)."""
 
     key: str
     suffix: str
+    network: JSONDict | None = field(default=None, compare=False)
 
 
 def cache_slot(fields: JSONDict, runtime: str, suffix: str) -> CacheSlot:
@@ -80,7 +82,7 @@ def cache_slot(fields: JSONDict, runtime: str, suffix: str) -> CacheSlot:
     the runtime and model names, then a digest of everything."""
     keyed = {**fields, "runtime": runtime, "suffix": suffix}
     digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:20]
-    return CacheSlot(f"{runtime}-{fields['model']}-{digest}", suffix)
+    return CacheSlot(f"{runtime}-{fields['model']}-{digest}", suffix, json.loads(json.dumps(fields)))
 
 
 @dataclass(frozen=True)
@@ -118,17 +120,25 @@ class ModelCache:
         )
 
     def lookup(self, slot: CacheSlot) -> Lookup:
-        """What the cache holds for ``slot``; a damaged entry is logged and reported as absent."""
+        """What the cache holds for ``slot``; a damaged entry, or one whose record names another
+        network than the slot's, is logged and reported as absent."""
         model, record_file, failed = self.paths(slot)
         if failed.is_file():
             try:
-                return Failed(str(json.loads(failed.read_text())["reason"]))
+                doc = json.loads(failed.read_text())
+                reason = str(doc["reason"])
             except (OSError, ValueError, KeyError, TypeError):
                 log.warning("the model cache's failure record %s is unreadable; trying again", failed)
                 return None
+            if not _same_network(slot, doc):
+                log.warning("the model cache's failure record %s names another network; trying again", failed)
+                return None
+            return Failed(reason)
         if not record_file.is_file() and not model.is_file():
             return None
         problem = self._verify(model, record_file)
+        if isinstance(problem, dict) and not _same_network(slot, problem):
+            problem = "its record names another network"
         if isinstance(problem, str):
             log.warning("the cached model %s is damaged (%s); it will be made again", model, problem)
             return None
@@ -177,3 +187,9 @@ class ModelCache:
         """Write ``data`` to ``path`` whole or not at all (the one atomic-write helper)."""
         self.root.mkdir(parents=True, exist_ok=True)
         write_bytes(path, data)
+
+
+def _same_network(slot: CacheSlot, record: JSONDict) -> bool:
+    """Whether ``record`` (a model's or a failure's) names the network of ``slot`` (any record
+    passes a slot made without its fields)."""
+    return slot.network is None or (isinstance(record, dict) and record.get("network") == slot.network)

@@ -36,7 +36,7 @@ from cbir.core.records import Entry, Skipped
 from cbir.core.types import JSONDict
 from cbir.encoders.base import Encoder, EncoderSource, Result
 from cbir.encoders.classifier import Both, ClassifierSource, JointEncoder, NetworkClassifier
-from cbir.indexing.plan import Plan, make_plan, stat_files
+from cbir.indexing.plan import Listing, Plan, make_plan, stat_files
 from cbir.indexing.shard import Shard
 from cbir.ingest.decode import capture_time
 from cbir.ingest.files import find_images
@@ -81,6 +81,7 @@ class IndexOptions:
     recursive: bool = True
     include_hidden: bool = False
     exclude: tuple[str, ...] = ()
+    follow_links: bool = False  # index symbolic links leaving the dataset (ingest/files.py)
     checkpoint_every: int = 500
     checkpoint_seconds: float = 120.0
     progress: bool | None = None
@@ -108,6 +109,7 @@ class IndexReport:
     removed: int = 0
     unchanged: int = 0
     skipped: list[dict[str, str]] = field(default_factory=list)
+    transient: int = 0  # skipped files and folders that could not be read, looked at again next run
     known_bad: int = 0
     total: int = 0
     rebuilt: str | None = None
@@ -148,17 +150,22 @@ def update_index(
     t0 = time.perf_counter()
     root = Path(root)
     home = store if store is not None else FolderStore(root, index_dir)
+    listing = Listing()
+    links: list[dict[str, str]] = []  # symbolic links leaving the dataset, skipped
     files = find_images(
         root,
         recursive=options.recursive,
         include_hidden=options.include_hidden,
         exclude=options.exclude,
         skip_dirs=home.own_folders,
+        onerror=listing.unlisted,
+        follow_links=options.follow_links,
+        skipped=links,
     )
     if not files:
         raise DatasetError(f"no images found in {root}")
     files = [f for f in files if options.shard.owns(f)]
-    report = IndexReport(dataset=str(root), index_dir=home.location)
+    report = IndexReport(dataset=str(root), index_dir=home.location, skipped=links)
     weights = source.weights
     writer = home.writer(
         source.config,
@@ -169,8 +176,8 @@ def update_index(
     )
     with options.shard.view(writer) as target:
         report.rebuilt = target.rebuilt
-        found, unreadable = stat_files(root, files)
-        plan = make_plan(found, target.held(), target.known_bad(), unreadable)
+        stat_files(root, files, listing)
+        plan = make_plan(listing.stats, target.held(), target.known_bad(), listing.failed, listing.unsure)
         _count(plan, report)
         target.drop(plan.dropped)
         _read_capture_times(root, target, options)
@@ -292,6 +299,7 @@ def _count(plan: Plan, report: IndexReport) -> None:
     report.added, report.updated = len(plan.new), len(plan.changed)
     report.removed, report.unchanged = len(plan.removed), plan.unchanged
     report.known_bad = len(plan.known_bad)
+    report.transient = len(plan.unsure)
     for failure in plan.unreadable:
         log.warning("skipped %s: %s", failure["path"], failure["reason"])
         report.skipped.append(failure)
@@ -332,6 +340,21 @@ def _joint(emb: Encoder, labeller: ClassifierSource | None) -> JointEncoder | No
         return emb
     classifier = labeller.classifier()
     return classifier.beside(emb) if isinstance(classifier, NetworkClassifier) else None
+
+
+def _settled(root: Path, entry: Entry, failure: BadImageError) -> BadImageError:
+    """``failure`` as remembered: a content failure of a file that is gone or changed since the plan
+    stat-ed it (a folder renamed away, a file still being written) becomes one that can pass, so the
+    file is retried next run instead of being remembered as bad at a stat it no longer has."""
+    if failure.transient:
+        return failure
+    try:
+        st = os.stat(root / entry.path)
+    except OSError as exc:
+        return BadImageError(f"gone while it was read ({exc.strerror or exc})", transient=True)
+    if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
+        return BadImageError(f"changed while it was read ({failure})", transient=True)
+    return failure
 
 
 def _embed(
@@ -375,6 +398,8 @@ def _embed(
         for pos, result in _results(root, store, emb, todo, skipped, options.progress, made, labeller):
             entry = todo[pos]
             if isinstance(result, BadImageError):
+                result = _settled(root, entry, result)
+                report.transient += result.transient
                 log.warning("skipped %s: %s", entry.path, result)
                 skipped.append(Skipped(entry.path, entry.size, entry.mtime_ns, str(result), result.transient))
                 report.skipped.append({"path": entry.path, "reason": str(result)})

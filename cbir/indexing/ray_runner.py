@@ -29,7 +29,9 @@ import numpy as np
 
 import cbir
 from cbir.core.errors import BadImageError, CbirError, QueryError, StoreError
+from cbir.core.names import shown
 from cbir.core.progress import progress_bar
+from cbir.core.quiet import adopt_library_logs
 from cbir.core.records import Entry
 from cbir.core.types import JSONDict
 from cbir.encoders.base import Encoder, EncoderSource, Result, SourceFeatures
@@ -65,10 +67,16 @@ def _embed_batch(embedder: Encoder, paths: Sequence[Path]) -> tuple[np.ndarray, 
     transient = np.zeros(len(paths), dtype=bool)
     for i, result in embedder.embed_files(paths, progress=False):
         if isinstance(result, BadImageError):
-            errors[i], transient[i] = str(result) or "unreadable", result.transient
+            errors[i], transient[i] = shown(str(result)) or "unreadable", result.transient
         else:
             vectors[i] = result
     return vectors, errors, transient
+
+
+def _name(value: object) -> str:
+    """A file name that travelled through Ray Data as its bytes (Arrow strings must be UTF-8, a
+    name need not be), back in memory form."""
+    return os.fsdecode(value) if isinstance(value, bytes) else str(value)
 
 
 class EmbedActor:
@@ -78,7 +86,7 @@ class EmbedActor:
         self.embedder = _embedder(source)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        vectors, errors, transient = _embed_batch(self.embedder, [Path(str(p)) for p in batch["path"]])
+        vectors, errors, transient = _embed_batch(self.embedder, [Path(_name(p)) for p in batch["path"]])
         return {"pos": batch["pos"], "vector": vectors, "error": np.array(errors), "transient": transient}
 
 
@@ -91,7 +99,7 @@ class SinkActor:
         self.embedder, self.sink, self.root = _embedder(source), sink, Path(root)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rels = [str(r) for r in batch["rel"]]
+        rels = [_name(r) for r in batch["rel"]]
         vectors, errors, transient = _embed_batch(self.embedder, [self.root / r for r in rels])
         good = [i for i, error in enumerate(errors) if not error]
         taken = [""] * len(rels)
@@ -179,7 +187,7 @@ class RayEmbedder:
     def embed_files(
         self, paths: Sequence[str | os.PathLike[str]], progress: bool | None = False, desc: str = "embedding"
     ) -> Iterator[Result]:
-        items: list[JSONDict] = [{"pos": i, "path": str(p)} for i, p in enumerate(paths)]
+        items: list[JSONDict] = [{"pos": i, "path": os.fsencode(p)} for i, p in enumerate(paths)]
         for out in self._run(items, EmbedActor, {"source": self.source}, progress, desc, pin=False):
             for pos, vector, error, transient in zip(
                 out["pos"], out["vector"], out["error"], out["transient"]
@@ -197,7 +205,8 @@ class RayEmbedder:
     ) -> Iterator[SinkResult]:
         """The actors write the rows through ``sink``; only each file's outcome comes back."""
         items: list[JSONDict] = [
-            {"pos": i, "rel": e.path, "size": e.size, "mtime_ns": e.mtime_ns} for i, e in enumerate(entries)
+            {"pos": i, "rel": os.fsencode(e.path), "size": e.size, "mtime_ns": e.mtime_ns}
+            for i, e in enumerate(entries)
         ]
         kwargs = {"source": self.source, "sink": sink, "root": str(root)}
         for out in self._run(items, SinkActor, kwargs, progress, desc, pin=True):
@@ -267,6 +276,7 @@ class RaySource(SourceFeatures):
         warnings.filterwarnings("ignore", message=r".*deprecated and will be removed in Ray")
         if not ray.is_initialized():
             self._start()
+        adopt_library_logs()  # Ray installs its own handlers on import and in ray.init
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False

@@ -9,6 +9,7 @@ store, which one process at a time may write, takes them one after another.
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ class Shard:
         return cls(int(i), int(n))
 
     def owns(self, path: str) -> bool:
-        return self.count == 1 or zlib.crc32(path.encode("utf-8")) % self.count == self.index
+        return self.count == 1 or zlib.crc32(os.fsencode(path)) % self.count == self.index
 
     def view(self, writer: IndexWriter) -> IndexWriter:
         """``writer`` as this shard sees it (itself when the shard is everything)."""

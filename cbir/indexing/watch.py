@@ -5,7 +5,10 @@ which is all it does where events are unavailable (no watchdog, network shares).
 decision is made on the folder's state (each image's path, size and mtime, as the indexer sees
 them): after a change it waits for ``settle`` seconds and looks again, and acts only once two looks
 agree, so a file still being copied (its size or mtime still moving) is not indexed half-written.
-Bursts of events (a folder copied in) are debounced into one call of ``on_change``.
+Bursts of events (a folder copied in) are debounced into one call of ``on_change``. A run that
+could not read some files for a reason that can pass (:attr:`IndexReport.transient`: a folder
+renamed away and back during the run leaves the folder looking unchanged) asks for another run with
+:meth:`FolderWatcher.retry`; retries back off from ``settle`` to :data:`RETRY_MAX` seconds.
 
 Time comes from a :class:`Clock` (the system's by default), so the debouncing can be stepped with
 a clock that moves only when told to; :meth:`FolderWatcher.step` is one look at the folder.
@@ -28,6 +31,9 @@ from cbir.ingest.files import find_images
 log = logging.getLogger(__name__)
 
 State = frozenset[tuple[str, int, int]]
+RETRY_MAX = 600.0
+"""The longest wait between two runs retrying files that could not be read (a file that stays
+unreadable, permission denied, costs one cheap run this often)."""
 
 
 class Observer(Protocol):
@@ -70,6 +76,7 @@ def folder_state(root: Path, options: IndexOptions, skip: Iterable[Path]) -> Sta
             include_hidden=options.include_hidden,
             exclude=options.exclude,
             skip_dirs=list(skip),
+            follow_links=options.follow_links,
         )
     except CbirError:
         return frozenset()
@@ -107,6 +114,8 @@ class FolderWatcher:
         self.clock = clock
         self._pending: State | None = None  # a changed state not yet settled
         self._since = 0.0  # when the folder was last seen with the pending state
+        self._retry_at: float | None = None  # when to run again although the folder looks the same
+        self._backoff = settle
         self._woken = threading.Event()
         self._stopping = threading.Event()
         self._observer = self._watch_events() if events else None
@@ -165,6 +174,17 @@ class FolderWatcher:
             return None
         return observer
 
+    def retry(self, wanted: bool = True) -> None:
+        """After a run: ``wanted`` when it could not read some files for a reason that can pass, so
+        ``on_change`` is called again later (each retry waits twice as long as the last, up to
+        :data:`RETRY_MAX`); False after a complete run (the backoff starts again)."""
+        if not wanted:
+            self._retry_at, self._backoff = None, self.settle
+            return
+        self._retry_at = self.clock.now() + self._backoff
+        self._backoff = min(max(self._backoff, 0.5) * 2, RETRY_MAX)
+        self._woken.set()
+
     @property
     def settling(self) -> bool:
         """Whether a change was seen and the watcher waits for the folder to stay as it is."""
@@ -175,24 +195,32 @@ class FolderWatcher:
         ``settle`` seconds. A look that finds the folder still moving starts the wait again."""
         now = folder_state(self.root, self.options, self.skip)
         if self._pending is None and now == self._state:
-            return False
+            if self._retry_at is None or self.clock.now() < self._retry_at:
+                return False
+            self._retry_at = None
+            self._call()
+            return True
         if now != self._pending:
             self._pending, self._since = now, self.clock.now()
             return False
         if self.clock.now() - self._since < self.settle:
             return False
         self._state, self._pending = now, None
+        self._call()
+        return True
+
+    def _call(self) -> None:
         try:
             self.on_change()
         except CbirError as exc:
             log.warning("updating after a change failed: %s", exc)
-        return True
 
     def _loop(self) -> None:
         """Sleep ``poll`` seconds (or until an event) while idle, ``settle`` seconds while settling."""
         while not self._stopping.is_set():
             if self._pending is None:
-                self.clock.wait(self._woken, self.poll)
+                due = self.poll if self._retry_at is None else self._retry_at - self.clock.now()
+                self.clock.wait(self._woken, max(min(self.poll, due), 0.0))
             else:  # events do not cut the settling short: only the next look decides
                 left = self._since + self.settle - self.clock.now()
                 self.clock.wait(self._stopping, max(left, 0.0))

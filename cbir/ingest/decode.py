@@ -3,13 +3,12 @@
 Handles what real photo folders contain: EXIF orientation, palette/grey/alpha/CMYK/16-bit modes,
 animated files (first frame), decompression bombs and oversized files, and broken files, which
 raise :class:`~cbir.core.errors.BadImageError` with a short reason instead of crashing a long run (marked
-``transient`` when the cause is a permission problem, which may be fixed without touching the file).
+``transient`` when the system could not give the file's bytes: :func:`is_passing_error`).
 Large JPEGs are decoded at reduced scale (``Image.draft``) when the target size allows it.
 """
 
 from __future__ import annotations
 
-import errno
 import io
 import os
 import re
@@ -108,11 +107,16 @@ class Geometry:
         return self.output_size(width, height, scale)
 
 
-def is_access_error(exc: BaseException) -> bool:
-    """True when ``exc`` is a permission problem (EACCES/EPERM): it may go away without the file changing."""
-    return isinstance(exc, PermissionError) or (
-        isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM)
-    )
+def is_passing_error(exc: BaseException) -> bool:
+    """True when the system could not give the file's bytes (an ``OSError`` with an ``errno``: gone,
+    ENOENT/ENOTDIR, a folder renamed away; permission, EACCES/EPERM; EIO, ESTALE, EBUSY, EMFILE...),
+    as opposed to bytes that are not a usable image (Pillow's errors carry no ``errno``). Such a
+    failure can pass without the file changing (the folder renamed back, a ``chmod``, the share
+    back online), so it is retried on every run and never remembered as bad."""
+    return isinstance(exc, _SYSTEM_ERRORS) or (isinstance(exc, OSError) and exc.errno is not None)
+
+
+_SYSTEM_ERRORS = (PermissionError, FileNotFoundError, NotADirectoryError, IsADirectoryError, TimeoutError)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -153,7 +157,7 @@ def open_rgb(
         size = os.path.getsize(path)
     except OSError as exc:
         raise BadImageError(
-            f"cannot read file ({exc.strerror or exc})", transient=is_access_error(exc)
+            f"cannot read file ({exc.strerror or exc})", transient=is_passing_error(exc)
         ) from exc
     return _open_checked(path, size, limits, draft_for)
 
@@ -163,14 +167,18 @@ def decode_bytes(
     limits: LoadLimits = LoadLimits(),
     geometry: Geometry | None = None,
     scales: tuple[float, ...] = (1.0,),
+    reduce: bool = False,
 ) -> Image.Image:
     """An upright RGB image from the bytes of an image file (an upload), under the same guards as
     files: size and pixel limits (the decompression-bomb guard); BadImageError when unusable.
 
     With ``geometry``, a large JPEG is decoded at reduced scale exactly as indexing decodes the same
-    file, so an upload of an indexed photo gets the vector the index holds."""
+    file, so an upload of an indexed photo gets the vector the index holds. With ``reduce`` too,
+    another format is shrunk by a whole factor (``Image.reduce``) right after decoding, before its
+    orientation and colour conversions copy it (less memory; close to, not exactly, the indexed
+    vector)."""
     draft_for = _draft_for(io.BytesIO(data), geometry, scales) if geometry is not None else None
-    return _open_checked(io.BytesIO(data), len(data), limits, draft_for)
+    return _open_checked(io.BytesIO(data), len(data), limits, draft_for, reduce)
 
 
 def decode_views(
@@ -178,10 +186,12 @@ def decode_views(
     geometry: Geometry,
     scales: tuple[float, ...] = (1.0,),
     limits: LoadLimits = LoadLimits(),
+    reduce: bool = False,
 ) -> list[np.ndarray]:
     """The network inputs of an image file's bytes (an upload), one uint8 HxWx3 array per scale,
-    decoded and resized exactly as :func:`load_views` treats the same file when indexing."""
-    img = decode_bytes(data, limits, geometry, scales)
+    decoded and resized as :func:`load_views` treats the same file when indexing (exactly so
+    unless ``reduce``: see :func:`decode_bytes`)."""
+    img = decode_bytes(data, limits, geometry, scales, reduce)
     try:
         return [resize(img, geometry, s) for s in scales]
     finally:
@@ -207,6 +217,7 @@ def _open_checked(
     size: int,
     limits: LoadLimits,
     draft_for: tuple[int, int] | None,
+    reduce: bool = False,
 ) -> Image.Image:
     if size == 0:
         raise BadImageError("empty file")
@@ -223,7 +234,7 @@ def _open_checked(
     except Image.DecompressionBombError as exc:
         raise BadImageError("image exceeds the pixel limit (decompression bomb guard)") from exc
     except OSError as exc:
-        raise BadImageError(f"cannot open ({exc})", transient=is_access_error(exc)) from exc
+        raise BadImageError(f"cannot open ({exc})", transient=is_passing_error(exc)) from exc
     try:
         w, h = img.size
         if w * h > limits.max_pixels:
@@ -233,7 +244,10 @@ def _open_checked(
             need = draft_for if orientation not in (5, 6, 7, 8) else (draft_for[1], draft_for[0])
             img.draft("RGB", need)
         img.load()
-        return to_rgb(ImageOps.exif_transpose(img))
+        decoded: Image.Image = img
+        if reduce and draft_for is not None and img.format != "JPEG":
+            decoded = _reduced(img, draft_for)
+        return to_rgb(ImageOps.exif_transpose(decoded))
     except BadImageError:
         img.close()
         raise
@@ -242,15 +256,35 @@ def _open_checked(
         raise BadImageError("image exceeds the pixel limit (decompression bomb guard)") from exc
     except (OSError, ValueError, SyntaxError, struct.error, EOFError) as exc:
         img.close()
-        if is_access_error(exc):
+        if is_passing_error(exc):
             raise BadImageError(f"cannot read file ({exc})", transient=True) from exc
         raise BadImageError(f"truncated or corrupt image ({exc})") from exc
+
+
+def _reduced(img: Image.Image, need: tuple[int, int]) -> Image.Image:
+    """``img`` shrunk by the largest whole factor that keeps it at least ``need`` (either
+    orientation) in its own mode; itself when no factor of 2 or more fits or the mode has none."""
+    factor = min(img.size[0] // max(need), img.size[1] // max(need))
+    if factor < 2:
+        return img
+    orientation = img.getexif().get(0x0112)  # from EXIF bytes or TIFF tags: kept for exif_transpose
+    try:
+        small = img.reduce(factor)
+    except ValueError:  # a mode without reduction (palette, 1-bit): converted whole, as before
+        return img
+    small.info = dict(img.info)
+    if orientation:
+        small.getexif()[0x0112] = orientation
+    img.close()
+    return small
 
 
 def upright_size(path: str | os.PathLike[str] | io.BytesIO) -> tuple[int, int]:
     """The (width, height) of an image after EXIF orientation, read from the header only."""
     with Image.open(path) as img:
         w, h = img.size
+        if img.format == "PNG" and "exif" not in img.info:
+            return w, h  # none before the pixels; Pillow would decode them all to look after them
         if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
             return h, w
         return w, h

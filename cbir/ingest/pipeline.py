@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from cbir.core.errors import BadImageError
-from cbir.ingest.decode import Geometry, LoadLimits, is_access_error, load_views, resize, to_rgb
+from cbir.ingest.decode import Geometry, LoadLimits, is_passing_error, load_views, resize, to_rgb
 
 Views = list[np.ndarray]
 """The uint8 HxWx3 network inputs of one image, one per scale."""
@@ -123,7 +123,7 @@ class ImagePipeline:
                     yield i, exc
                 except Exception as exc:  # an unexpected decoder failure must not end a long run
                     message = f"cannot decode ({type(exc).__name__}: {exc})"
-                    yield i, BadImageError(message, transient=is_access_error(exc))
+                    yield i, BadImageError(message, transient=is_passing_error(exc))
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
 

@@ -13,7 +13,14 @@ from typing import Protocol
 
 import numpy as np
 
-from cbir.search.base import as_queries, check_finite, effective_k, longest_exclusion, no_results
+from cbir.search.base import (
+    as_queries,
+    check_finite,
+    effective_k,
+    longest_exclusion,
+    no_results,
+    stored_rows,
+)
 from cbir.search.exact import top_k
 
 
@@ -63,7 +70,7 @@ class ApproximateSearcher:
         return int(self.feats.shape[0])
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
-        return np.asarray(self.feats[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
+        return stored_rows(self.feats[np.asarray(rows, dtype=np.int64)])
 
     def search(
         self, queries: np.ndarray, k: int, exclude: Sequence[Sequence[int]] | None = None

@@ -42,7 +42,9 @@ class Searcher(Protocol):
         ...
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
-        """The float32 database vectors of ``rows`` (re-ranking reads the neighbours it found)."""
+        """The float32 database vectors of ``rows`` (re-ranking reads the neighbours it found, a
+        like-query and the duplicate finder search with them): :func:`stored_rows`-checked, so a
+        damaged row is the one-line IndexFolderError, never a query refused as non-finite."""
         ...
 
 
@@ -71,6 +73,14 @@ def effective_k(rows: int, k: int, exclude: Sequence[Sequence[int]] | None) -> i
 def no_results(n_queries: int) -> tuple[np.ndarray, np.ndarray]:
     """The (n_queries, 0) answer of a search that can return nothing."""
     return np.zeros((n_queries, 0), dtype=np.int64), np.zeros((n_queries, 0), dtype=np.float32)
+
+
+def stored_rows(vectors: np.ndarray) -> np.ndarray:
+    """Database vectors read for use as queries or for re-ranking, as float32; IndexFolderError (the
+    ``--rebuild`` hint) if one is NaN or infinite (a damaged feature matrix)."""
+    out = np.asarray(vectors, dtype=np.float32)
+    check_finite(out)
+    return out
 
 
 def check_finite(scores: np.ndarray) -> None:

@@ -28,6 +28,7 @@ from cbir.search.base import (
     effective_k,
     longest_exclusion,
     no_results,
+    stored_rows,
 )
 
 BLOCK_ROWS = 131072  # feature rows converted to float32 and scored at a time
@@ -200,4 +201,4 @@ class ExactSearcher:
         return rows, scores
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
-        return np.asarray(self.feats[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
+        return stored_rows(self.feats[np.asarray(rows, dtype=np.int64)])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -63,6 +64,22 @@ def rows_taken(taken: Sequence[str | None], since: str | None, until: str | None
     if not inside.any():
         raise QueryError(f"no indexed image taken between {since or 'the start'} and {until or 'now'}")
     return inside
+
+
+MOMENT_FORMS = (("%Y-%m-%d", 10), ("%Y-%m-%dT%H:%M", 16), ("%Y-%m-%dT%H:%M:%S", 19))
+"""The forms of a ``since``/``until`` value: a date, a time to the minute, a time to the second."""
+
+
+def parse_moment(text: str) -> str:
+    """A ``since``/``until`` value as the index compares it (a time to the minute gets ``:00``);
+    QueryError for anything else (``YYYY-MM-DD`` or ``YYYY-MM-DDTHH:MM[:SS]``)."""
+    for form, width in MOMENT_FORMS:
+        try:
+            datetime.strptime(text, form)
+        except ValueError:
+            continue
+        return text if width != 16 else text + ":00"
+    raise QueryError(f"{text!r} is not a date (YYYY-MM-DD) or time (YYYY-MM-DDTHH:MM)")
 
 
 def moments(since: str | None, until: str | None) -> tuple[str, str]:

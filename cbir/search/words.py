@@ -23,6 +23,7 @@ from cbir.core.errors import QueryError
 TABLE = "imagenet_wordnet.json"
 LONGEST_PHRASE = 5
 SUGGESTIONS = 5
+MAX_TEXT = 200  # characters of a word query (the command line's --text and the web API's text=)
 STOP_WORDS = frozenset({"a", "an", "the", "of", "with", "and", "in", "on", "at", "by", "some", "my"})
 """Words skipped between terms ("elephant in water"), unless they start a phrase that is a name."""
 

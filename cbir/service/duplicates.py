@@ -10,6 +10,7 @@ candidate (:mod:`cbir.duplicates.verify`, unless ``--verify none``) -> groups
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ from cbir.core.types import JSONDict
 from cbir.duplicates.graph import Edges, similar_pairs
 from cbir.duplicates.grouping import GROUPINGS, DuplicateGroup, Group
 from cbir.duplicates.keep import KEEP_RULES, RowFacts
+from cbir.duplicates.moves import MoveReport, move_members
 from cbir.duplicates.verify import verified
 from cbir.search.approximate import ApproximateSearcher
 from cbir.search.base import Searcher
@@ -162,6 +164,20 @@ def find_duplicates(
     groups = GROUPINGS[options.grouping](edges, rank, score)
     named = [_named(index, g) for g in groups]
     return DuplicateReport(str(index.root), len(rows), options, len(edges), len(candidates), named)
+
+
+def move_duplicates(index: IndexReader, report: DuplicateReport, dest: str | os.PathLike[str]) -> MoveReport:
+    """``--move-to DEST``: move the members of ``report``'s groups out of ``index``'s dataset, each
+    (and the image its group keeps) first compared with what the index recorded of it (size and
+    modification time): one that changed since indexing stays, with a warning, whatever the check."""
+    indexed: dict[str, tuple[int, int]] = {}
+    for group in report.groups:
+        for path in (group.representative, *(m.path for m in group.members)):
+            row = index.row_named(os.path.relpath(path, index.root).replace(os.sep, "/"))
+            if row is not None:
+                entry = index.entries[row]
+                indexed[path] = (entry.size, entry.mtime_ns)
+    return move_members(report.groups, report.dataset, dest, indexed)
 
 
 def _graph_searcher(index: IndexReader, exact: bool) -> Searcher:

@@ -1,8 +1,9 @@
 """Putting query results in a folder: links to (or copies of) the matches, named by rank.
 
 One query fills ``DEST`` with ``01_name.jpg``, ``02_...``; several queries get a subfolder each
-(``01_QUERYNAME/``). Nothing is ever overwritten: every target name is checked before the first
-link or copy is made, and an existing one is an error.
+(``01_QUERYNAME/``). A name that the rank prefix would make longer than a file name may be (255
+bytes) is shortened before its extension. Nothing is ever overwritten: every target name is
+checked before the first link or copy is made, and an existing one is an error.
 """
 
 from __future__ import annotations
@@ -14,6 +15,23 @@ from pathlib import Path
 
 from cbir.core.errors import CbirError
 from cbir.core.results import QueryResult
+
+NAME_MAX = 255
+"""The longest file name, in bytes, of the file systems cbir writes to (ext4, APFS, NTFS)."""
+
+
+def fitted(prefix: str, name: str) -> str:
+    """``prefix + name``, its stem shortened (at a character boundary) to fit in NAME_MAX bytes."""
+    whole = prefix + name
+    if len(os.fsencode(whole)) <= NAME_MAX:
+        return whole
+    stem, ext = os.path.splitext(name)
+    room = NAME_MAX - len(os.fsencode(prefix + ext))
+    if room <= 0:  # an extension as long as a name: keep the bytes that fit
+        return os.fsdecode(os.fsencode(whole)[:NAME_MAX])
+    while len(os.fsencode(stem)) > room:
+        stem = stem[:-1]
+    return prefix + stem + ext
 
 
 def export_plan(
@@ -27,9 +45,9 @@ def export_plan(
     pairs: list[tuple[Path, Path]] = []
     for qi, r in enumerate(results):
         own = len(results) > 1 or subfolders
-        folder = dest / f"{qi + 1:0{folder_width}d}_{Path(r.query).stem}" if own else dest
+        folder = dest / fitted(f"{qi + 1:0{folder_width}d}_", Path(r.query).stem) if own else dest
         for rank, m in enumerate(r.matches, 1):
-            pairs.append((Path(m.path), folder / f"{rank:0{width}d}_{Path(m.path).name}"))
+            pairs.append((Path(m.path), folder / fitted(f"{rank:0{width}d}_", Path(m.path).name)))
     return pairs
 
 

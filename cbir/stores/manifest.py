@@ -15,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from cbir.core.names import json_text
 from cbir.core.records import CONTROL, Entry, Skipped
 from cbir.core.types import JSONDict
 from cbir.encoders.features import FeatureConfig
@@ -104,7 +105,7 @@ class Manifest:
         return [i for i, e in enumerate(self.entries) if e is not None]
 
     def to_json(self) -> str:
-        return json.dumps(
+        return json_text(
             {
                 "format": FORMAT,
                 "version": VERSION,
@@ -126,7 +127,6 @@ class Manifest:
                 ],
                 "skipped": [[s.path, s.size, s.mtime_ns, s.reason, s.transient] for s in self.skipped],
             },
-            ensure_ascii=False,
             separators=(",", ":"),
             allow_nan=False,
         )

@@ -2,5 +2,7 @@
 
 ``model.py`` (the warm, batching model), ``updater.py`` (background indexing with progress),
 ``collection.py`` (the committed index, reloaded on commit; safe file lookup), ``thumbnails.py``,
-``service.py`` (what the API does), ``app.py`` (HTTP), ``server.py`` (uvicorn), ``static/`` (the page).
+``service.py`` (what the API does), ``uploads.py`` (the upload queue and its memory), ``app.py``
+(HTTP), ``security.py`` (hosts, origins, token, CSRF, headers), ``server.py`` (uvicorn), ``static/``
+(the page).
 """

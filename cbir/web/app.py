@@ -1,45 +1,88 @@
 """The HTTP face of :class:`~cbir.web.service.Service`: a FastAPI app, the page and its JSON API.
 
-Errors are JSON ``{"error": "..."}``: 400 for bad input (not an image, bad k), 401 without the
-token, 404 for anything that is not an indexed image or folder, 413 for an upload over the cap, 501
-for a feature this version lacks, 503 while the model loads or when the store (a Milvus server)
-fails. No CORS headers: only pages served
-from here may call the API.
+Every error is JSON ``{"error": "one line"}``: 400 for bad input (not an image, a bad ``k``, ``page``,
+``threshold`` or date, a malformed form; also a foreign ``Host``), 401 without the token, 403 for a
+request from another site or without the CSRF header, 404 for anything that is not an indexed image
+or folder (and unknown URLs), 405 for a method a URL does not take, 413 for an upload over the cap,
+501 for a feature this version lacks, 503 (with ``Retry-After``) while the model loads, when too
+many uploads wait, or when the store (a Milvus server) fails; 500 for a bug (no details: they go to
+the server's log). Every GET also answers HEAD. Hosts,
+origins, the token, the CSRF header and the security headers are :mod:`cbir.web.security`'s. No
+CORS headers: only pages served from here may read the API.
+
+File names are bytes (:mod:`cbir.core.names`): a URL names a file by the percent-encoding of its
+bytes (``bad%FF.jpg``), read here from the raw request (Starlette would decode it as UTF-8 and turn
+an undecodable byte into U+FFFD), and the JSON carries an undecodable byte as ``\\udcNN``.
 """
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import AsyncGenerator, Awaitable, Callable
+import os
+from collections.abc import AsyncGenerator
 from importlib import resources
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartParser
 
 from cbir.core.errors import BadImageError, CbirError, QueryError, StoreError
+from cbir.core.names import json_text
 from cbir.core.types import JSONDict
 from cbir.web.collection import NotFound
 from cbir.web.model import ModelLoading
-from cbir.web.service import Service, UploadTooLarge
+from cbir.web.security import Guard, Hosts, Policy
+from cbir.web.service import Service, UploadTooLarge, Where
 from cbir.web.thumbnails import thumbnail
+from cbir.web.uploads import Busy
 
 STATUS: dict[type[Exception], int] = {
     NotFound: 404,
     UploadTooLarge: 413,
     ModelLoading: 503,
+    Busy: 503,
     StoreError: 503,
     BadImageError: 400,
     QueryError: 400,
 }
+RETRY_AFTER = {ModelLoading: 2, StoreError: 5}  # seconds; Busy says its own
 STATIC = ("index.html", "app.js", "style.css")
-TOKEN_COOKIE = "cbir_token"
+GET = ["GET", "HEAD"]
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+class NamesJSON(JSONResponse):
+    """JSON whose file names keep their bytes (:func:`~cbir.core.names.json_text`)."""
+
+    def render(self, content: JSONDict) -> bytes:
+        return json_text(content, allow_nan=False, separators=(",", ":")).encode("utf-8")
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return NamesJSON({"error": " ".join(message.split())}, status_code=status, headers=headers)
+
+
+def _query(request: Request, key: str, parsed: str | None) -> str | None:
+    """The query parameter ``key`` with its percent-encoded bytes kept (``parsed``: FastAPI's value)."""
+    if parsed is None:
+        return None
+    raw: bytes = request.scope.get("query_string") or b""
+    text = raw.decode("ascii", "surrogateescape")
+    for name, value in parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="surrogateescape"):
+        if name == key:
+            return os.fsdecode(os.fsencode(value))  # any raw (unencoded) bytes decoded as a name's
+    return parsed
+
+
+def _path_name(request: Request, prefix: str, parsed: str) -> str:
+    """The file name after ``prefix`` in the request's raw path, its bytes kept."""
+    raw: bytes = request.scope.get("raw_path") or b""
+    if not raw.startswith(prefix.encode()):
+        return parsed
+    return os.fsdecode(unquote_to_bytes(raw[len(prefix) :]))
 
 
 def _status(exc: Exception) -> int:
@@ -49,52 +92,75 @@ def _status(exc: Exception) -> int:
     return 400
 
 
+def _retry_after(exc: Exception) -> dict[str, str] | None:
+    if isinstance(exc, Busy):
+        return {"Retry-After": str(exc.retry_after)}
+    for kind, seconds in RETRY_AFTER.items():
+        if isinstance(exc, kind):
+            return {"Retry-After": str(seconds)}
+    return None
+
+
 def _static(name: str) -> bytes:
     return resources.files("cbir.web").joinpath("static", name).read_bytes()
 
 
-def create_app(service: Service, token: str | None = None) -> FastAPI:
-    """The app serving ``service``; with ``token``, every request must carry it (header
-    ``Authorization: Bearer TOKEN``, the cookie set by opening ``/?token=TOKEN``, or ``?token=``)."""
-    app = FastAPI(title="cbir", docs_url=None, redoc_url=None, openapi_url=None)
+def _invalid(exc: RequestValidationError) -> str:
+    """One line naming each bad parameter: ``k: Input should be a valid integer (got 'abc')``."""
+    parts = []
+    for error in exc.errors():
+        name = str(error.get("loc", ("?",))[-1])
+        got = error.get("input")
+        shown = f" (got {got!r})" if got is not None else ""
+        parts.append(f"{name}: {error.get('msg', 'invalid')}{shown}")
+    return "; ".join(parts) or "bad request"
+
+
+def create_app(service: Service, token: str | None = None, hosts: Hosts | None = None) -> Guard:
+    """The app serving ``service``, behind :class:`~cbir.web.security.Guard` (outermost, so that
+    even an internal error's answer carries its headers): with ``token``, every request must carry
+    it (header ``Authorization: Bearer TOKEN``, or the cookie set by opening ``/?token=TOKEN``);
+    with ``hosts``, only those ``Host`` names are answered."""
+    app = FastAPI(
+        title="cbir", docs_url=None, redoc_url=None, openapi_url=None, default_response_class=NamesJSON
+    )
+    policy = Policy(hosts=hosts, token=token)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        return _error(500, "internal error; the server's terminal says more")
 
     @app.exception_handler(CbirError)
     async def cbir_error(request: Request, exc: CbirError) -> JSONResponse:
-        return _error(_status(exc), str(exc))
+        return _error(_status(exc), str(exc), _retry_after(exc))
 
     @app.exception_handler(BadImageError)
     async def bad_image(request: Request, exc: BadImageError) -> JSONResponse:
         return _error(400, str(exc))
 
-    if token:
-        _require_token(app, token)
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(400, _invalid(exc))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        message = "not found" if exc.status_code == 404 else str(exc.detail)
+        if exc.status_code == 405:
+            message = f"{request.method} is not allowed here"
+        return _error(exc.status_code, message, dict(exc.headers or {}))
+
     _add_page(app)
-    _add_api(app, service)
+    _add_api(app, service, policy)
     _add_files(app, service)
-    return app
-
-
-def _require_token(app: FastAPI, token: str) -> None:
-    @app.middleware("http")
-    async def check_token(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        given = request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE) or ""
-        auth = request.headers.get("authorization", "")
-        if auth.startswith("Bearer "):
-            given = auth[7:]
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            return _error(401, "this server needs its token: open the URL it printed")
-        response = await call_next(request)
-        if request.query_params.get("token"):
-            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
-        return response
+    return Guard(app, policy)
 
 
 def _add_page(app: FastAPI) -> None:
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=GET, include_in_schema=False)
     def page() -> HTMLResponse:
-        return HTMLResponse(_static("index.html"))
+        return HTMLResponse(_static("index.html"), headers={"Cache-Control": "no-store"})
 
-    @app.get("/static/{name}", include_in_schema=False)
+    @app.api_route("/static/{name}", methods=GET, include_in_schema=False)
     def static(name: str) -> Response:
         if name not in STATIC:
             return _error(404, "not found")
@@ -102,38 +168,58 @@ def _add_page(app: FastAPI) -> None:
         return Response(_static(name), media_type=f"{kind}; charset=utf-8")
 
 
-def _add_api(app: FastAPI, service: Service) -> None:
-    @app.get("/api/info")
+def _add_api(app: FastAPI, service: Service, policy: Policy) -> None:
+    @app.api_route("/api/info", methods=GET)
     def info() -> JSONDict:
-        return service.info()
+        return {**service.info(), "refused": dict(policy.refused)}
 
-    @app.get("/api/browse")
-    def browse(dir: str = "", page: int = 1) -> JSONDict:
-        return service.collection.browse(dir, page)
+    @app.api_route("/api/csrf", methods=GET)
+    def csrf() -> JSONResponse:
+        """The header value every state-changing request of the page carries (X-CSRF-Token)."""
+        return JSONResponse({"csrf": policy.csrf}, headers={"Cache-Control": "no-store"})
 
-    @app.get("/api/search")
-    def search(
-        like: str | None = None, text: str | None = None, k: int = 9, under: str | None = None
+    @app.api_route("/api/browse", methods=GET)
+    def browse(
+        request: Request, dir: str = "", page: int = 1, since: str | None = None, until: str | None = None
     ) -> JSONDict:
-        if text is not None:
-            return service.words(text, k, under, like)
-        if like is None:
-            raise QueryError("give like=PATH (an indexed image) or text=WORDS")
-        return service.like(like, k, under)
+        return service.browse(_query(request, "dir", dir) or "", page, Where(since=since, until=until))
+
+    @app.api_route("/api/search", methods=GET)
+    def search(
+        request: Request,
+        like: str | None = None,
+        text: str | None = None,
+        k: int = 9,
+        under: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> JSONDict:
+        where = Where(_query(request, "under", under), since, until)
+        return service.search(_query(request, "like", like), text, k, where)
 
     @app.post("/api/search")
-    async def upload(request: Request, k: int = 9, under: str | None = None) -> JSONDict:
-        data, name = await _read_upload(request, service.max_upload_bytes)
-        return await run_in_threadpool(service.upload, data, name, k, under)
+    async def upload(
+        request: Request,
+        k: int = 9,
+        under: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> JSONDict:
+        with service.uploads.admitted():  # before the body is read: memory is bounded
+            data, name = await _read_upload(request, service.max_upload_bytes)
+            return await run_in_threadpool(
+                service.upload, data, name, k, Where(_query(request, "under", under), since, until)
+            )
 
-    @app.get("/api/duplicates")
+    @app.api_route("/api/duplicates", methods=GET)
     def duplicates(threshold: float | None = None) -> JSONDict:
         return service.duplicate_groups(threshold)
 
 
 def _add_files(app: FastAPI, service: Service) -> None:
-    @app.get("/thumbs/{rel:path}")
-    def thumb(rel: str) -> FileResponse:
+    @app.api_route("/thumbs/{rel:path}", methods=GET)
+    def thumb(request: Request, rel: str) -> FileResponse:
+        rel = _path_name(request, "/thumbs/", rel)
         path = service.collection.file(rel)
         try:
             made = thumbnail(service.collection.cache_dir, rel, path, service.limits)
@@ -141,9 +227,9 @@ def _add_files(app: FastAPI, service: Service) -> None:
             raise NotFound(f"no thumbnail for {rel}: {exc}") from None
         return FileResponse(made, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
-    @app.get("/files/{rel:path}")
-    def file(rel: str) -> FileResponse:
-        return FileResponse(service.collection.file(rel))
+    @app.api_route("/files/{rel:path}", methods=GET)
+    def file(request: Request, rel: str) -> FileResponse:
+        return FileResponse(service.collection.file(_path_name(request, "/files/", rel)))
 
 
 async def _read_upload(request: Request, cap: int) -> tuple[bytes, str]:

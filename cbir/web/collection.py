@@ -8,7 +8,8 @@ server never restarts and never sees a half-written index (:mod:`cbir.stores.fol
 
 A name from a URL is served only if it is exactly the name of an indexed image and its real path is
 still inside the dataset: ``..``, absolute paths, encoded variants and symlinks leaving the root all
-fall through as "not found".
+fall through as "not found". With ``--follow-links`` the indexer indexed links leaving the dataset
+(:func:`~cbir.ingest.files.find_images`), and they are served too: one policy for both.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from cbir.core.errors import CbirError, IndexFolderError
+from cbir.core.errors import CbirError, IndexFolderError, QueryError
 from cbir.core.types import JSONDict
+from cbir.search.filters import moments
 from cbir.stores.base import IndexReader, Store
+from cbir.web.thumbnails import forget, prune
 
 PER_PAGE = 60
 
@@ -61,9 +64,10 @@ class Collection:
     """The index of ``root`` in ``store`` as it is now (None while none is committed); the
     thumbnails go to the store's cache folder."""
 
-    def __init__(self, root: Path, store: Store) -> None:
+    def __init__(self, root: Path, store: Store, follow_links: bool = False) -> None:
         self.root = root
         self.store = store
+        self.follow_links = follow_links
         self.cache_dir = store.cache_dir
         self._real_root = os.path.realpath(root)
         self._lock = threading.Lock()
@@ -72,8 +76,11 @@ class Collection:
         self.per_page = PER_PAGE
 
     def current(self) -> IndexReader | None:
-        """The newest committed version (reopened only when a new one was committed)."""
+        """The newest committed version (reopened only when a new one was committed); switching
+        deletes the thumbnails of the images the new version dropped (at the first, of any image
+        it does not hold)."""
         with self._lock:
+            old = self._index
             try:
                 if self._index is None:
                     self._index = self.store.open()
@@ -81,7 +88,13 @@ class Collection:
                     self._index = self._index.refresh()
             except IndexFolderError:
                 pass  # none yet, or changing right now: keep answering from what we have
-            return self._index
+            new = self._index
+        if new is not None and new is not old:
+            if old is None:
+                prune(self.cache_dir, new.entries)
+            else:
+                forget(self.cache_dir, set(old.entries) - set(new.entries))
+        return new
 
     def require(self) -> IndexReader:
         index = self.current()
@@ -98,14 +111,16 @@ class Collection:
         return index, row
 
     def file(self, rel: str) -> Path:
-        """The file of the indexed image ``rel``, only while its real path is inside the dataset."""
+        """The file of the indexed image ``rel``, only while its real path is inside the dataset
+        (anywhere, with ``follow_links``: the indexer then indexed links leaving it too)."""
         index, row = self.row(rel)
         try:
             path = index.file(row)
         except ValueError:
             raise NotFound(f"not an indexed image: {rel}") from None
         real = os.path.realpath(path)
-        if not real.startswith(self._real_root + os.sep) or not os.path.isfile(real):
+        inside = real.startswith(self._real_root + os.sep)
+        if not (inside or self.follow_links) or not os.path.isfile(real):
             raise NotFound(f"not an indexed image: {rel}")
         return path
 
@@ -115,13 +130,27 @@ class Collection:
                 self._folders = (index, Folders.of(list(index.paths)))
             return self._folders[1]
 
-    def browse(self, folder: str, page: int) -> JSONDict:
-        """One page of a folder: its subfolders (with image counts) and its own images."""
+    def dated_folders(self, index: IndexReader, since: str | None, until: str | None) -> Folders:
+        """The folder tree of the images taken between ``since`` and ``until`` (both included;
+        dates as :func:`~cbir.search.filters.parse_moment` gives them); QueryError when the index
+        has no capture times yet."""
+        if since is None and until is None:
+            return self.folders(index)
+        low, high = moments(since, until)
+        taken = index.taken()
+        if any(t is None for t in taken):
+            raise QueryError("this index has no capture times yet: run `cbir index` on it once")
+        return Folders.of([p for p, t in zip(index.paths, taken) if low <= str(t) <= high])
+
+    def browse(self, folder: str, page: int, since: str | None = None, until: str | None = None) -> JSONDict:
+        """One page of a folder: its subfolders (with image counts) and its own images; with
+        ``since``/``until``, only the photos taken then (and the folders holding some)."""
         folder = folder.strip("/")
         index = self.current()
-        tree = self.folders(index) if index is not None else Folders.of([])
-        if folder not in tree.counts and folder != "":
+        whole = self.folders(index) if index is not None else Folders.of([])
+        if folder not in whole.counts and folder != "":
             raise NotFound(f"not a folder of the collection: {folder}")
+        tree = self.dated_folders(index, since, until) if index is not None else whole
         own = tree.images.get(folder, [])
         per = self.per_page
         pages = max(1, math.ceil(len(own) / per))
@@ -136,4 +165,6 @@ class Collection:
             "pages": pages,
             "per_page": per,
             "total": len(own),
+            "since": since,
+            "until": until,
         }

@@ -11,27 +11,30 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from threadpoolctl import threadpool_limits
 
 from cbir.core.errors import CbirError, DatasetError
-from cbir.indexing.indexer import IndexOptions
+from cbir.indexing.indexer import IndexOptions, IndexReport
 from cbir.indexing.watch import FolderWatcher
 from cbir.search.rerank import Reranking
 from cbir.service.settings import Settings
 from cbir.web.app import create_app
 from cbir.web.collection import Collection
 from cbir.web.model import ModelWorker, warmed_up
-from cbir.web.service import Service
+from cbir.web.security import Hosts
+from cbir.web.service import MAX_UPLOAD_PIXELS, Service
 from cbir.web.updater import Updater
+from cbir.web.uploads import give_back_freed_memory
 
 log = logging.getLogger(__name__)
 
-LOCAL_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
+LIBRARY_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "python_multipart", "multipart")
+"""Loggers of the libraries under the server, whose messages go out as cbir's: one line each."""
 
 
 @dataclass(frozen=True)
@@ -40,9 +43,35 @@ class ServeOptions:
     port: int = 8000
     token: str | None = None
     max_upload_mb: float = 32.0
+    max_upload_mp: float = MAX_UPLOAD_PIXELS / 1e6
+    allow_hosts: tuple[str, ...] = ()  # Host names answered besides the bound address (--allow-host)
     watch: bool = False
     update: bool = True  # bring the index up to date at start
     reranking: Reranking = Reranking()  # of like and upload searches (none: speed first)
+
+
+class OneLine(logging.Formatter):
+    """``cbir: warning: uvicorn.error: message``: one line, a traceback reduced to its last line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            message += f": {type(exc).__name__}: {exc}"
+        line = " ".join(message.split())
+        return f"cbir: {record.levelname.lower()}: {record.name}: {line}"
+
+
+def route_library_logs(level: int = logging.WARNING) -> None:
+    """Send uvicorn's and python-multipart's messages (at ``level`` and above) to stderr as one line
+    each, instead of their own formats or Python's bare last-resort output."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLine())
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)
+        logger.propagate = False
 
 
 def is_loopback(host: str) -> bool:
@@ -81,18 +110,24 @@ def running_service(
     worker = ModelWorker(
         lambda: warmed_up(settings.embedder()), max_batch=settings.runtime.batch_size
     ).start()
-    updater = Updater(settings, index_options, lambda: worker.wait()).start()
+    watcher: FolderWatcher | None = None
+
+    def done(report: IndexReport) -> None:
+        if watcher is not None:  # files that could not be read this time: look again later
+            watcher.retry(report.transient > 0)
+
+    updater = Updater(settings, index_options, lambda: worker.wait(), on_done=done).start()
     store = settings.home
     service = Service(
-        Collection(settings.dataset, store),
+        Collection(settings.dataset, store, follow_links=index_options.follow_links),
         worker,
         updater,
         limits=settings.runtime.limits,
         max_upload_bytes=int(options.max_upload_mb * 2**20),
+        max_upload_pixels=int(options.max_upload_mp * 1e6),
         features=settings.config.to_dict(),
         reranking=options.reranking,
     )
-    watcher = None
     if options.watch:  # it looks at the folder before the first run: nothing added meanwhile is missed
         watcher = FolderWatcher(
             settings.dataset,
@@ -126,16 +161,17 @@ def serve(
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/" + (f"?token={options.token}" if options.token else "")
+    hosts = Hosts.of(options.host, host, options.allow_hosts)
+    route_library_logs()
+    give_back_freed_memory()
     # one BLAS thread: the model's runtime keeps the cores busy, and OpenBLAS's own threads, woken by
     # each request's search, spin after every call (a third of the server's CPU under load, measured)
     with (
         threadpool_limits(limits=1, user_api="blas"),
         running_service(settings, index_options, options) as service,
     ):
-        app = create_app(service, options.token)
-        if is_loopback(options.host):  # a page on another site cannot reach us by DNS rebinding
-            app.add_middleware(TrustedHostMiddleware, allowed_hosts=LOCAL_NAMES)
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        app = create_app(service, options.token, hosts)
+        config = uvicorn.Config(app, log_level="warning", log_config=None, access_log=False, lifespan="off")
         server = uvicorn.Server(config)
         on_listening(url)
         try:

@@ -7,18 +7,18 @@ together; :mod:`cbir.web.app` only maps its answers and errors to HTTP.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from cbir.core.errors import BadImageError, CbirError, QueryError
 from cbir.core.results import QueryResult
 from cbir.core.types import JSONDict
 from cbir.ingest.decode import LoadLimits, decode_views
-from cbir.search.filters import ResultFilter
+from cbir.search.filters import ResultFilter, parse_moment
 from cbir.search.rerank import Reranking
+from cbir.search.words import MAX_TEXT
 from cbir.service.duplicates import DuplicateOptions, find_duplicates
 from cbir.service.query import SearchRequest, like_index, text_index
 from cbir.stores.base import IndexReader
@@ -26,9 +26,24 @@ from cbir.web.collection import Collection, NotFound
 from cbir.web.model import ModelWorker
 from cbir.web.searches import CombinedSearches
 from cbir.web.updater import Updater
+from cbir.web.uploads import UploadGate
 
 MAX_K = 500
-MAX_TEXT = 200  # characters of a word query
+MAX_UPLOAD_PIXELS = 40_000_000
+"""The default pixel cap of an upload (``--max-upload-mp 40``): a photo of any current camera, and
+an upload's decode bounded well below the indexing guard's 250 megapixels."""
+
+
+@dataclass(frozen=True)
+class Where:
+    """Which part of the collection a request is about: a folder (``under``), capture dates."""
+
+    under: str | None = None
+    since: str | None = None
+    until: str | None = None
+
+    def to_dict(self) -> JSONDict:
+        return {"under": self.under or None, "since": self.since, "until": self.until}
 
 
 class UploadTooLarge(CbirError):
@@ -52,16 +67,19 @@ class Service:
     updater: Updater | None = None
     limits: LoadLimits = LoadLimits()
     max_upload_bytes: int = 32 * 2**20
+    max_upload_pixels: int = MAX_UPLOAD_PIXELS
     duplicates: Callable[[IndexReader, float | None], JSONDict] = duplicate_groups_of
     features: JSONDict = field(default_factory=dict)
     reranking: Reranking = Reranking()  # of like and upload searches (``cbir serve --qe``)
     _duplicates_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _duplicates_done: dict[tuple[Hashable, float | None], JSONDict] = field(default_factory=dict, repr=False)
     searches: CombinedSearches = field(default_factory=CombinedSearches, repr=False)
-    # one decode per core at a time: more would only take the cores from the model's batch
-    _decoding: threading.BoundedSemaphore = field(
-        default_factory=lambda: threading.BoundedSemaphore(os.cpu_count() or 1), repr=False
-    )
+    uploads: UploadGate = field(default_factory=UploadGate, repr=False)
+
+    @property
+    def upload_limits(self) -> LoadLimits:
+        """The decoding guards of an upload: the indexing ones, with the (lower) upload pixel cap."""
+        return LoadLimits(min(self.limits.max_pixels, self.max_upload_pixels), self.limits.max_bytes)
 
     def info(self) -> JSONDict:
         index = self.collection.current()
@@ -76,50 +94,84 @@ class Service:
             "queries_embedded": {"passes": self.worker.passes, "images": self.worker.embedded},
             "indexing": progress,
             "max_upload_mb": self.max_upload_bytes / 2**20,
+            "max_upload_mp": self.max_upload_pixels / 1e6,
+            "uploads": self.uploads.to_dict(),
         }
 
-    def like(self, rel: str, k: int, under: str | None) -> JSONDict:
+    def like(self, rel: str, k: int, where: Where = Where()) -> JSONDict:
         """More like the indexed image ``rel``, from its stored vector (no model)."""
         index, _ = self.collection.row(rel)
+        where = _checked(where)
         t0 = time.perf_counter()
-        found = like_index(
-            index, [rel], SearchRequest(k=_check_k(k), reranking=self.reranking, where=_where(under))
-        )[0]
-        return _answer(index, found, {"like": rel}, k, under, t0)
+        request = SearchRequest(k=_check_k(k), reranking=self.reranking, where=self._filter(index, where))
+        found = like_index(index, [rel], request)[0]
+        return _answer(index, found, {"like": rel}, k, where, t0)
 
-    def words(self, text: str, k: int, under: str | None, like: str | None = None) -> JSONDict:
+    def search(self, like: str | None, text: str | None, k: int, where: Where = Where()) -> JSONDict:
+        """GET /api/search: more like the indexed image ``like``, the images whose labels match
+        ``text``, or (both) that image's neighbours that match; QueryError when neither is given."""
+        if text is not None:
+            return self.words(text, k, where, like)
+        if like is None:
+            raise QueryError("give like=PATH (an indexed image) or text=WORDS")
+        return self.like(like, k, where)
+
+    def words(self, text: str, k: int, where: Where = Where(), like: str | None = None) -> JSONDict:
         """The images whose labels match ``text`` (an index made with ``--labels``; no model); with
         ``like``, only the neighbours of that indexed image that match."""
         if len(text) > MAX_TEXT:
             raise QueryError(f"the words are longer than {MAX_TEXT} characters")
-        request = SearchRequest(k=_check_k(k), reranking=self.reranking, where=_where(under))
+        k, where = _check_k(k), _checked(where)
         t0 = time.perf_counter()
         if like is not None:
             index, _ = self.collection.row(like)
-            found = like_index(index, [like], replace(request, words=text))[0]
-            return _answer(index, found, {"like": like, "text": text}, k, under, t0)
+            request = SearchRequest(
+                k=k, reranking=self.reranking, where=self._filter(index, where), words=text
+            )
+            found = like_index(index, [like], request)[0]
+            return _answer(index, found, {"like": like, "text": text}, k, where, t0)
         index = self.collection.require()
-        found = text_index(index, None, [text], replace(request, reranking=Reranking()))[0]
-        return _answer(index, found, {"text": text}, k, under, t0)
+        request = SearchRequest(k=k, where=self._filter(index, where))
+        found = text_index(index, None, [text], request)[0]
+        return _answer(index, found, {"text": text}, k, where, t0)
 
-    def upload(self, data: bytes, name: str, k: int, under: str | None) -> JSONDict:
-        """The images most like an uploaded image file (embedded by the warm model, batched)."""
+    def upload(self, data: bytes, name: str, k: int, where: Where = Where()) -> JSONDict:
+        """The images most like an uploaded image file (embedded by the warm model, batched); the
+        caller holds a place of :attr:`uploads` (``uploads.admitted()``) while it reads the body."""
         if len(data) > self.max_upload_bytes:
             raise UploadTooLarge(f"the upload is larger than {self.max_upload_bytes // 2**20} MiB")
-        k, where = _check_k(k), _where(under)
+        k, where = _check_k(k), _checked(where)
         index = self.collection.require()
+        result_filter = self._filter(index, where)
         model = self.worker.ready()
         t0 = time.perf_counter()
         try:
-            with self._decoding:
-                views = decode_views(data, model.geometry, model.config.scales, self.limits)
+            with self.uploads.decoding():
+                views = decode_views(
+                    data, model.geometry, model.config.scales, self.upload_limits, reduce=True
+                )
         except BadImageError as exc:
             raise BadImageError(f"{name or 'the upload'} is not a usable image: {exc}") from None
         vector = self.worker.embed(views)
         if vector.shape[0] != index.dim:
             raise QueryError("the index was rebuilt with other features; restart the server")
-        found = self.searches.search(index, vector, name, k, where, self.reranking)
-        return _answer(index, found, {"upload": name}, k, under, t0)
+        found = self.searches.search(index, vector, name, k, result_filter, self.reranking)
+        return _answer(index, found, {"upload": name}, k, where, t0)
+
+    def browse(self, folder: str, page: int, where: Where = Where()) -> JSONDict:
+        """One page of a folder (only the photos taken between ``since`` and ``until``, if given)."""
+        if where.under:
+            raise QueryError("browse takes dir=, not under=")
+        where = _checked(where)
+        return self.collection.browse(folder, page, where.since, where.until)
+
+    def _filter(self, index: IndexReader, where: Where) -> ResultFilter:
+        """The search filter of ``where`` (dates checked): NotFound for a folder that is not one of
+        the collection."""
+        folder = (where.under or "").strip("/")
+        if folder and folder not in self.collection.folders(index).counts:
+            raise NotFound(f"not a folder of the collection: {where.under}")
+        return ResultFilter(under=(folder,) if folder else (), since=where.since, until=where.until)
 
     def duplicate_groups(self, threshold: float | None) -> JSONDict:
         if threshold is not None and not 0.0 < threshold <= 1.0:
@@ -138,22 +190,27 @@ def _check_k(k: int) -> int:
     return k
 
 
-def _where(under: str | None) -> ResultFilter:
-    if not under or under.strip("/") == "":
-        return ResultFilter()
-    folder = under.strip("/")
-    if folder.startswith("/") or ".." in folder.split("/"):
-        raise NotFound(f"not a folder of the collection: {under}")
-    return ResultFilter(under=(folder,))
+def _checked(where: Where) -> Where:
+    """``where`` with its dates as the index compares them; QueryError for one that is not a date."""
+    return Where(where.under, _moment(where.since, "since"), _moment(where.until, "until"))
+
+
+def _moment(text: str | None, name: str) -> str | None:
+    if text is None:
+        return None
+    try:
+        return parse_moment(text)
+    except QueryError as exc:
+        raise QueryError(f"{name}: {exc}") from None
 
 
 def _answer(
-    index: IndexReader, found: QueryResult, query: JSONDict, k: int, under: str | None, t0: float
+    index: IndexReader, found: QueryResult, query: JSONDict, k: int, where: Where, t0: float
 ) -> JSONDict:
     return {
         "query": query,
         "k": k,
-        "under": under or None,
+        **where.to_dict(),
         "results": [m.to_dict(index.root) for m in found.matches],
         "took_ms": round((time.perf_counter() - t0) * 1000, 2),
     }

@@ -136,7 +136,8 @@ class Updater:
             self.run_once()
 
     def run_once(self) -> IndexReport | None:
-        """One indexer run now (on the calling thread); errors are recorded, not raised."""
+        """One indexer run now (on the calling thread); errors, unexpected ones too, are recorded and
+        logged, not raised: the thread lives on and ``/api/info`` says ``failed`` with the reason."""
         p = self.progress
         p.state, p.done, p.total, p.bad, p.error = "indexing", 0, 0, [], None
         try:
@@ -150,6 +151,10 @@ class Updater:
         except (CbirError, OSError) as exc:
             p.state, p.error = "failed", str(exc)
             log.warning("indexing failed: %s", exc)
+            return None
+        except Exception as exc:  # a bug must not end the thread and leave the page "indexing" for ever
+            p.state, p.error = "failed", f"internal error: {type(exc).__name__}: {exc}"
+            log.error("indexing failed: %s", p.error, exc_info=True)
             return None
         p.state, p.last, p.runs = "idle", report.to_dict(), p.runs + 1
         self.options = replace(self.options, rebuild=False)  # --rebuild means the first run only

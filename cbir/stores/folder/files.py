@@ -81,7 +81,15 @@ def read_matrix(path: Path, rows: int, dim: int, mmap: bool = True) -> np.ndarra
     writer between two opens cannot pair one file's header with another's data. FileNotFoundError
     passes through (the caller reads the manifest again); anything else wrong is an IndexFolderError.
     """
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")  # noqa: SIM115 (closed by the with below)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:  # a folder where the file should be, a folder above it that is a file
+        raise IndexFolderError(
+            f"index file {path} cannot be read ({exc.strerror or exc}); rebuild with --rebuild"
+        ) from None
+    with f:
         try:
             version = np.lib.format.read_magic(f)
             read_header = (

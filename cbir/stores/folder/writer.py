@@ -74,6 +74,14 @@ def read_manifest_stat(index_dir: Path) -> tuple[Manifest | None, tuple[int, int
     except UnicodeDecodeError as exc:
         raise IndexFolderError(f"index manifest {path} is corrupt; rebuild with --rebuild") from exc
     except OSError as exc:
+        if isinstance(exc, IsADirectoryError):  # not ours to delete, and no rebuild can rename over it
+            raise IndexFolderError(
+                f"index manifest {path} is a folder; move it away, then index again"
+            ) from exc
+        if isinstance(exc, NotADirectoryError):
+            raise IndexFolderError(
+                f"the index folder {index_dir} is a file; move it away or pass --index DIR"
+            ) from exc
         raise IndexFolderError(f"cannot read index manifest {path}: {exc.strerror or exc}") from exc
     try:
         manifest = Manifest.from_json(text)

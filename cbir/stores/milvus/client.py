@@ -12,15 +12,26 @@ description), checked on every open. The store is :mod:`cbir.stores.milvus.store
 The labels of ``cbir index --labels`` live in a second collection beside it, ``COLLECTION_labels``
 (:class:`LabelsCollection`: ``path``, ``labels`` in their text form, a placeholder vector Milvus
 requires; the classifier in its properties), so a collection made before labels existed gets them
-without being rebuilt.
+without being rebuilt. Its ``path`` is keyed, written and read exactly as the main collection's.
 
-``milvus:PATH.db`` is Milvus Lite, a server started inside this process on 127.0.0.1. A server URI
+Names (``path``, ``folder``) are stored in :func:`~cbir.core.names.to_key` form: valid Unicode
+whatever the file name's bytes, with no backslash or double quote, because pymilvus writes some
+expressions itself without escaping (its query iterator pages with ``path > "LAST KEY"``; its
+``ids=`` reads quote nothing, so they are never used). Every expression cbir writes is written
+here, by :func:`literal` and :func:`path_in` (Milvus reads ``\\`` and ``\"`` escapes in a string
+literal), so a name in memory reaches Milvus escaped in one place.
+
+``milvus:PATH.db`` is Milvus Lite, a server started inside this process on 127.0.0.1. Its failures
+to start (a ``.db`` held by another process, one that is not a Milvus Lite database, a full disk)
+are one line each (:func:`lite_failure`); pymilvus' and milvus-lite's own log records go to cbir's
+logger at debug level (shown with ``-vv``), never to the terminal as tracebacks. A server URI
 takes its token from the environment variable :data:`TOKEN_ENV`, never from the command line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -28,12 +39,14 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cbir.core.errors import IndexFolderError, StoreError
+from cbir.core.names import from_key, shown, to_key
+from cbir.core.quiet import adopt_library_logs
 from cbir.core.types import JSONDict
 from cbir.encoders.features import FeatureConfig
 
@@ -41,6 +54,7 @@ if TYPE_CHECKING:
     from pymilvus import MilvusClient
 
 log = logging.getLogger(__name__)
+engine_log = logging.getLogger("cbir.stores.milvus.engine")
 
 TOKEN_ENV = "CBIR_MILVUS_TOKEN"
 """The environment variable holding the token (``user:password`` or an API key) of a Milvus server."""
@@ -50,8 +64,9 @@ KEY_FORMAT, KEY_SETTINGS = "cbir.format", "cbir.settings"
 KEY_WEIGHTS, KEY_COMMIT = "cbir.weights", "cbir.commit"
 HNSW = {"M": 32, "efConstruction": 80}  # the folder store's HNSW build parameters (cbir.stores.folder.ann)
 EF_SEARCH = 256
-MAX_PATH = 4096
+MAX_PATH = 16_384  # bytes: a 4096-byte POSIX path with every byte escaped as \xNN
 MAX_REASON = 1024
+IDS_PER_CALL = 1024  # names in one ``path in [...]`` expression
 CONNECT_TIMEOUT = 10.0
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 
@@ -92,15 +107,46 @@ def parse_milvus_uri(text: str) -> MilvusAddress:
 
 
 def folder_of(path: str) -> str:
-    """A row's ``folder`` field: the folder of its relative path, "" at the top."""
+    """The folder of a relative path, "" at the top (a row's ``folder`` field holds its text form)."""
     return path.rpartition("/")[0]
+
+
+def literal(text: str) -> str:
+    """``text`` as a Milvus string literal: the one place a string enters an expression."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def name_literal(name: str) -> str:
+    """A file or folder name (in memory) as the literal of its stored text form."""
+    return literal(to_key(name))
+
+
+def path_in(paths: Iterable[str]) -> str:
+    """The expression true for the rows of ``paths`` (names in memory)."""
+    return f"path in [{', '.join(map(name_literal, paths))}]"
+
+
+def stored_reason(reason: str) -> str:
+    """A failure's reason as the ``reason`` field holds it: shown form, cut to MAX_REASON bytes."""
+    return shown(reason).encode("utf-8")[:MAX_REASON].decode("utf-8", "ignore")
+
+
+def path_of(row: JSONDict) -> str | None:
+    """The in-memory name of a stored row; None (with a warning) for a name that is not in the
+    stored form (a row written by a release before names were escaped: ``--rebuild`` fixes it)."""
+    text = str(row["path"])
+    try:
+        return from_key(text)
+    except ValueError:
+        log.warning("ignored a row of the collection named %r: rebuild it with --rebuild", text)
+        return None
 
 
 def default_collection(root: Path) -> str:
     """One collection per dataset: its folder name and a digest of its full path."""
     real = os.path.realpath(root)
     slug = re.sub(r"[^A-Za-z0-9_]", "_", Path(real).name)[:40]
-    return f"cbir_{slug}_{hashlib.sha1(real.encode('utf-8')).hexdigest()[:10]}"
+    return f"cbir_{slug}_{hashlib.sha1(os.fsencode(real)).hexdigest()[:10]}"
 
 
 @contextlib.contextmanager
@@ -127,6 +173,57 @@ def token_for(address: MilvusAddress) -> str:
     return "" if address.lite else os.environ.get(TOKEN_ENV, "")
 
 
+class _EngineRecords(logging.Handler):
+    """pymilvus' and milvus-lite's log records, passed to cbir's logger at debug level; the last
+    exception one carried is kept to say in one line why Milvus Lite did not start."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.last_error: BaseException | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info is not None and record.exc_info[1] is not None:
+            self.last_error = record.exc_info[1]
+        engine_log.debug("%s: %s", record.name, record.getMessage(), exc_info=record.exc_info)
+
+
+ENGINE_RECORDS = _EngineRecords()
+
+
+def _route_engine_logs() -> None:
+    """Send the engine's loggers (pymilvus, milvus-lite, the gRPC under both) to
+    :data:`ENGINE_RECORDS` only."""
+    for name in ("pymilvus", "milvus_lite", "grpc"):
+        engine = logging.getLogger(name)
+        engine.setLevel(logging.WARNING)
+        engine.handlers[:] = [ENGINE_RECORDS]
+        engine.propagate = False
+
+
+def lite_failure(path: str, error: BaseException) -> str:
+    """One line for why Milvus Lite could not open ``path`` (from the exception it logged)."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = error
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    names = {type(e).__name__ for e in chain}
+    codes = {e.errno for e in chain if isinstance(e, OSError)}
+    if "DataDirLockedError" in names or errno.EAGAIN in codes or errno.EWOULDBLOCK in codes:
+        return (
+            f"the Milvus Lite database {path} is in use by another process; "
+            "use a Milvus server for concurrent access"
+        )
+    if codes & {errno.EEXIST, errno.ENOTDIR}:
+        return f"{path} is not a Milvus Lite database (it is a regular file); name another .db"
+    if errno.ENOSPC in codes or errno.EDQUOT in codes:
+        return f"no space left on the device for the Milvus Lite database {path}"
+    for e in chain:
+        if isinstance(e, OSError) and e.strerror:
+            return f"cannot open the Milvus Lite database {path}: {e.strerror}"
+    return f"Milvus Lite could not open {path}: {type(error).__name__}: {error}"
+
+
 def open_client(uri: str, token: str) -> MilvusClient:
     """A client of ``uri`` (a ``.db`` file or a gRPC address) with ``token``; one-line errors."""
     try:
@@ -135,9 +232,17 @@ def open_client(uri: str, token: str) -> MilvusClient:
         raise StoreError(
             f"the Milvus store needs the milvus extra ({exc}): pip install 'cbir[milvus]'"
         ) from None
-    logging.getLogger("pymilvus").setLevel(logging.ERROR)  # its iterator warnings are not the user's
-    with milvus_errors(f"connecting to {uri}"):
-        return MilvusClient(uri=uri, token=token, timeout=CONNECT_TIMEOUT)
+    adopt_library_logs()  # pymilvus installs its own handlers on import
+    _route_engine_logs()  # then the engine's records go to ENGINE_RECORDS only
+    ENGINE_RECORDS.last_error = None
+    try:
+        with milvus_errors(f"connecting to {uri}"):
+            return MilvusClient(uri=uri, token=token, timeout=CONNECT_TIMEOUT)
+    except StoreError:
+        why = ENGINE_RECORDS.last_error
+        if why is None or uri.startswith(("http://", "https://")):
+            raise
+        raise StoreError(lite_failure(uri, why)) from None
 
 
 def served_uri(address: MilvusAddress) -> str:
@@ -248,8 +353,17 @@ class MilvusCollection:
         return LabelsCollection(self.client, f"{self.name}{LABELS_SUFFIX}", self.where)
 
     def rows(self, where: str, fields: list[str], batch: int = 4096) -> Iterator[JSONDict]:
-        """Every row matching the filter ``where``, with ``fields``, in batches of ``batch``."""
+        """Every row matching the filter ``where``, with ``fields``, in batches of ``batch``; its
+        ``path`` in memory form (rows whose name is not in the stored form are left out)."""
         return rows_of(self.client, self.name, where, fields, batch)
+
+    def get(self, paths: Sequence[str], fields: list[str]) -> Iterator[JSONDict]:
+        """The rows of ``paths`` (any status) that exist, with ``fields``; ``path`` in memory form."""
+        return get_rows(self.client, self.name, paths, fields)
+
+    def delete(self, paths: Sequence[str]) -> None:
+        """Delete the rows of ``paths``."""
+        delete_rows(self.client, self.name, paths)
 
 
 LABELS_SUFFIX = "_labels"
@@ -307,31 +421,59 @@ class LabelsCollection:
                 self.client.load_collection(self.name)
 
     def rows(self) -> Iterator[JSONDict]:
-        """Every labels row (``path``, ``labels``)."""
-        return rows_of(self.client, self.name, 'path != ""', ["path", "labels"], 4096)
+        """Every labels row (``path`` in memory form, ``labels``)."""
+        return rows_of(self.client, self.name, f"path != {literal('')}", ["labels"], 4096)
 
     def put(self, rows: dict[str, str], batch_rows: int) -> None:
-        """Upsert ``rows`` (path -> labels text) in batches."""
-        items = [{"path": p, "labels": t, "vector": [1.0, 0.0]} for p, t in sorted(rows.items())]
+        """Upsert ``rows`` (path in memory -> labels text) in batches, keyed as the main collection."""
+        items = [{"path": to_key(p), "labels": t, "vector": [1.0, 0.0]} for p, t in sorted(rows.items())]
         for start in range(0, len(items), batch_rows):
             with milvus_errors(f"writing to the collection {self.name}"):
                 self.client.upsert(self.name, items[start : start + batch_rows])
 
-    def delete(self, paths: list[str], batch_rows: int) -> None:
-        for start in range(0, len(paths), batch_rows):
-            with milvus_errors(f"deleting from the collection {self.name}"):
-                self.client.delete(self.name, ids=paths[start : start + batch_rows])
+    def delete(self, paths: Sequence[str]) -> None:
+        """Delete the labels of ``paths`` (names in memory)."""
+        delete_rows(self.client, self.name, paths)
 
 
 def rows_of(client: MilvusClient, name: str, where: str, fields: list[str], batch: int) -> Iterator[JSONDict]:
-    """Every row of the collection ``name`` matching ``where``, with ``fields``, in batches."""
+    """Every row of the collection ``name`` matching ``where``, with ``fields``, in batches; its
+    ``path`` in memory form (rows whose name is not in the stored form are left out)."""
     with milvus_errors(f"reading the collection {name}"):
-        it = client.query_iterator(name, batch_size=batch, filter=where, output_fields=fields)
+        it = client.query_iterator(name, batch_size=batch, filter=where, output_fields=_with_path(fields))
         try:
             while True:
                 got = it.next()
                 if not got:
                     return
-                yield from got
+                yield from _named(got)
         finally:
             it.close()
+
+
+def get_rows(client: MilvusClient, name: str, paths: Sequence[str], fields: list[str]) -> Iterator[JSONDict]:
+    """The rows of ``paths`` (names in memory) that exist, with ``fields``; ``path`` in memory form."""
+    for start in range(0, len(paths), IDS_PER_CALL):
+        with milvus_errors(f"reading the collection {name}"):
+            got = client.query(
+                name, filter=path_in(paths[start : start + IDS_PER_CALL]), output_fields=_with_path(fields)
+            )
+        yield from _named(got)
+
+
+def delete_rows(client: MilvusClient, name: str, paths: Sequence[str]) -> None:
+    """Delete the rows of ``paths`` (names in memory) from the collection ``name``."""
+    for start in range(0, len(paths), IDS_PER_CALL):
+        with milvus_errors(f"deleting from the collection {name}"):
+            client.delete(name, filter=path_in(paths[start : start + IDS_PER_CALL]))
+
+
+def _with_path(fields: list[str]) -> list[str]:
+    return ["path", *(f for f in fields if f != "path")]
+
+
+def _named(rows: Iterable[JSONDict]) -> Iterator[JSONDict]:
+    for row in rows:
+        path = path_of(row)
+        if path is not None:
+            yield {**row, "path": path}

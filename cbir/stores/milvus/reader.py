@@ -19,10 +19,27 @@ from cbir.core.errors import IndexFolderError
 from cbir.core.labels import Labels, labels_from_text
 from cbir.core.records import Entry
 from cbir.encoders.features import FeatureConfig
-from cbir.search.base import Searcher, as_queries, check_finite, effective_k, longest_exclusion, no_results
+from cbir.search.base import (
+    Searcher,
+    as_queries,
+    check_finite,
+    effective_k,
+    longest_exclusion,
+    no_results,
+    stored_rows,
+)
 from cbir.search.exact import ExactSearcher, top_k
 from cbir.search.filters import ResultFilter, allowed_k, folder_prefix, moments
-from cbir.stores.milvus.client import EF_SEARCH, MilvusCollection, folder_of, milvus_errors
+from cbir.stores.milvus.client import (
+    EF_SEARCH,
+    MilvusCollection,
+    folder_of,
+    literal,
+    milvus_errors,
+    name_literal,
+    path_in,
+    path_of,
+)
 from cbir.stores.milvus.writer import OK, row_entry
 from cbir.stores.rows import IndexedFiles, check_same_settings
 
@@ -131,13 +148,11 @@ class MilvusIndex(IndexedFiles):
             return np.asarray(self._feats[rows])
         out = np.zeros((len(rows), self.dim), dtype=np.float32)
         ids = [self.paths[r] for r in rows]
-        got: dict[str, list[float]] = {}
-        for start in range(0, len(ids), 1024):
-            with milvus_errors(f"reading the collection {self.collection.name}"):
-                found = self.collection.client.get(
-                    self.collection.name, ids=ids[start : start + 1024], output_fields=["vector"]
-                )
-            got.update({str(r["path"]): r["vector"] for r in found})
+        got = {
+            str(r["path"]): r["vector"]
+            for r in self.collection.get(ids, ["vector", "status"])
+            if r["status"] == OK
+        }
         for i, path in enumerate(ids):
             if path not in got:
                 raise IndexFolderError(CHANGED.format(self.location))
@@ -180,7 +195,7 @@ class MilvusSearcher:
         return len(self.index)
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
-        return self.index.vectors(rows)
+        return stored_rows(self.index.vectors(rows))
 
     def restricted(self, allowed: np.ndarray, where: ResultFilter) -> Searcher:
         """This searcher with ``where`` as a Milvus filter expression (itself when it cannot be
@@ -254,7 +269,8 @@ class MilvusSearcher:
             banned = set(exclude[qi]) if exclude else set()
             pairs = []
             for hit in found:
-                row = lookup.get(str(hit["entity"]["path"]))
+                path = path_of(hit["entity"])
+                row = None if path is None else lookup.get(path)
                 if row is not None and row not in banned:
                     pairs.append((-float(hit["distance"]), row))
             pairs.sort()
@@ -278,19 +294,14 @@ def filter_expression(index: MilvusIndex, where: ResultFilter) -> str | None:
             files = sorted(p for p in prefixes if index.row_named(p) is not None)
             if len(folders) + len(files) > MAX_LISTED:
                 return None
-            names = [f"folder in [{', '.join(map(quoted, folders))}]"] if folders else []
-            names += [f"path in [{', '.join(map(quoted, files))}]"] if files else []
+            names = [f"folder in [{', '.join(map(name_literal, folders))}]"] if folders else []
+            names += [path_in(files)] if files else []
             if not names:
                 return None
             parts.append("(" + " or ".join(names) + ")")
     if where.dated:
         low, high = moments(where.since, where.until)
-        parts.append(f"taken >= {quoted(low)} and taken <= {quoted(high)}")
+        parts.append(f"taken >= {literal(low)} and taken <= {literal(high)}")
     if not parts or any(ord(c) < 32 for part in parts for c in part):
         return None
     return " and ".join(parts)
-
-
-def quoted(text: str) -> str:
-    """``text`` as a Milvus string literal."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cbir.core.labels import labels_to_text
+from cbir.core.names import to_key
 from cbir.core.records import Entry, Skipped
 from cbir.core.types import JSONDict
 from cbir.encoders.features import FeatureConfig
 from cbir.stores.database import DatabaseWriter
 from cbir.stores.milvus.client import (
-    MAX_REASON,
     MilvusAddress,
     MilvusCollection,
     Record,
@@ -42,6 +42,7 @@ from cbir.stores.milvus.client import (
     new_commit_stamp,
     open_client,
     served_uri,
+    stored_reason,
     token_for,
 )
 
@@ -56,6 +57,7 @@ OK, BAD, BAD_TRANSIENT = 0, 1, 2
 
 
 def row_entry(row: JSONDict) -> Entry:
+    """The entry of a row read through :class:`MilvusCollection` (its ``path`` in memory form)."""
     return Entry(str(row["path"]), int(row["size"]), int(row["mtime_ns"]), str(row["taken"]) or None)
 
 
@@ -69,14 +71,14 @@ def _held_row(row: JSONDict) -> Entry | Skipped:
 
 def _row(entry: Entry, vector: list[float], status: int = OK, reason: str = "") -> JSONDict:
     return {
-        "path": entry.path,
+        "path": to_key(entry.path),
         "vector": vector,
         "size": entry.size,
         "mtime_ns": entry.mtime_ns,
-        "folder": folder_of(entry.path),
+        "folder": to_key(folder_of(entry.path)),
         "taken": entry.taken or "",
         "status": status,
-        "reason": reason[:MAX_REASON],
+        "reason": stored_reason(reason),
     }
 
 
@@ -193,7 +195,7 @@ class MilvusWriter(DatabaseWriter):
         if self._labeller is not None and (self._label_puts or self._labels_reset):
             labels.create(self._labeller)
         if self._label_drops and not self._labels_reset:
-            labels.delete(sorted(self._label_drops), self.batch_rows * 4)
+            labels.delete(sorted(self._label_drops))
         if self._label_puts:
             labels.put({p: labels_to_text(v) for p, v in self._label_puts.items()}, self.batch_rows)
         self.labels_committed()
@@ -203,9 +205,7 @@ class MilvusWriter(DatabaseWriter):
         paths = [p for p in self._taken if p in self._held]
         for start in range(0, len(paths), self.batch_rows):
             chunk = paths[start : start + self.batch_rows]
-            with milvus_errors(f"reading the collection {self.collection.name}"):
-                got = self.collection.client.get(self.collection.name, ids=chunk, output_fields=["vector"])
-            vectors = {str(r["path"]): list(r["vector"]) for r in got}
+            vectors = {str(r["path"]): list(r["vector"]) for r in self.collection.get(chunk, ["vector"])}
             rows = []
             for path in chunk:
                 if path in vectors:
@@ -216,10 +216,7 @@ class MilvusWriter(DatabaseWriter):
         self._taken.clear()
 
     def _delete(self, paths: list[str]) -> None:
-        step = self.batch_rows * 4
-        for start in range(0, len(paths), step):
-            with milvus_errors(f"deleting from the collection {self.collection.name}"):
-                self.collection.client.delete(self.collection.name, ids=paths[start : start + step])
+        self.collection.delete(paths)
 
     def _upsert(self, rows: list[JSONDict]) -> None:
         upsert(self.collection.client, self.collection.name, rows, self.batch_rows)

@@ -4,12 +4,33 @@
 const $ = (id) => document.getElementById(id);
 const state = { dir: "", page: 1, pages: 1, images: -1, ready: false };
 
+// A file name's bytes, percent-encoded: the server sends a byte that is not UTF-8 as a lone
+// surrogate U+DC80-U+DCFF (Python's surrogateescape), which encodeURIComponent refuses.
+function encName(name) {
+  let out = "";
+  for (const ch of name) {
+    const code = ch.charCodeAt(0);
+    out += ch.length === 1 && code >= 0xdc80 && code <= 0xdcff
+      ? `%${(code - 0xdc00).toString(16).toUpperCase()}`
+      : encodeURIComponent(ch);
+  }
+  return out;
+}
+
 function enc(rel) {
-  return rel.split("/").map(encodeURIComponent).join("/");
+  return rel.split("/").map(encName).join("/");
+}
+
+let csrfToken = null;
+
+async function csrf() {
+  // the header every state-changing request carries; only a page of this origin can read it
+  if (csrfToken === null) csrfToken = (await api("/api/csrf")).csrf;
+  return csrfToken;
 }
 
 async function api(url, options) {
-  const response = await fetch(url, options);
+  const response = await fetch(url, { credentials: "same-origin", ...options });
   let body = null;
   try {
     body = await response.json();
@@ -52,7 +73,7 @@ function tile(path, score) {
 }
 
 function underParam() {
-  return $("restrict").checked && state.dir ? `&under=${encodeURIComponent(state.dir)}` : "";
+  return $("restrict").checked && state.dir ? `&under=${encName(state.dir)}` : "";
 }
 
 function k() {
@@ -62,7 +83,7 @@ function k() {
 
 async function browse(dir, page) {
   try {
-    const data = await api(`/api/browse?dir=${encodeURIComponent(dir)}&page=${page}`);
+    const data = await api(`/api/browse?dir=${encName(dir)}&page=${page}`);
     showError("");
     Object.assign(state, { dir: data.dir, page: data.page, pages: data.pages });
     const crumbs = $("crumbs");
@@ -105,7 +126,7 @@ function showResults(data, queryNode) {
 
 async function like(path) {
   try {
-    const data = await api(`/api/search?like=${encodeURIComponent(path)}&k=${k()}${underParam()}`);
+    const data = await api(`/api/search?like=${encName(path)}&k=${k()}${underParam()}`);
     showResults(data, el("img", { src: `/thumbs/${enc(path)}`, alt: `query: ${path}` }));
   } catch (e) {
     showError(e.message);
@@ -133,10 +154,11 @@ async function upload(file) {
   form.append("file", file, file.name || "pasted image");
   $("status").textContent = `Searching with ${file.name || "the pasted image"}…`;
   try {
-    const data = await api(`/api/search?k=${k()}${underParam()}`, { method: "POST", body: form });
+    const headers = { "X-CSRF-Token": await csrf() };
+    const data = await api(`/api/search?k=${k()}${underParam()}`, { method: "POST", body: form, headers });
     showResults(data, el("img", { src: URL.createObjectURL(file), alt: `query: ${file.name}` }));
   } catch (e) {
-    showError(e.status === 503 ? `The model is still loading: try again in a moment (${e.message})` : e.message);
+    showError(e.message); // 503: the model is still loading, or too many uploads wait: the server says which
   }
   refreshInfo();
 }
@@ -196,6 +218,7 @@ async function refreshInfo() {
 }
 
 function setUp() {
+  $("controls").addEventListener("submit", (e) => e.preventDefault()); // no inline handlers: the CSP
   $("home").addEventListener("click", (e) => { e.preventDefault(); browse(state.dir, state.page); });
   $("prev").addEventListener("click", () => browse(state.dir, state.page - 1));
   $("next").addEventListener("click", () => browse(state.dir, state.page + 1));

@@ -408,7 +408,15 @@ def test_the_api_searches_by_words(labelled):
     got = client.get("/api/search", params={"text": "elefant"})
     assert got.status_code == 400 and "elephant" in got.json()["error"]
     assert client.get("/api/search", params={"text": "x" * 201}).status_code == 400
-    assert client.get("/api/search").status_code == 400
+    neither = client.get("/api/search", params={"k": 2})
+    assert neither.status_code == 400 and neither.json() == {
+        "error": "give like=PATH (an indexed image) or text=WORDS"
+    }
+    # i21's filters hold for words too: folder, dates
+    assert client.get("/api/search", params={"text": "bus", "under": "nowhere"}).status_code == 404
+    assert client.get("/api/search", params={"text": "bus", "since": "2020-13-01"}).status_code == 400
+    got = client.get("/api/search", params={"text": "beach", "under": "green", "since": "1990-01-01"})
+    assert got.status_code == 200 and got.json()["under"] == "green" and got.json()["since"] == "1990-01-01"
 
 
 # one decode, two networks ------------------------------------------------------------------------
@@ -497,3 +505,62 @@ def test_the_index_summary_says_who_labelled_how_many(tmp_path):
         root, FolderStore(root, tmp_path / "bare"), Source(PixelEmbedder(FeatureConfig(model="p"))), None
     )
     assert "labels" not in format_index_summary(bare)
+
+
+# names that are not text, through --labels and --text ----------------------------------------------
+
+ODD = {  # file name (bytes) -> colour
+    b"bad\xff.png": "red",
+    b"back\\slash.png": "red",
+    b'dir\xfe/in\\side"q.png': "blue",
+    b"plain.png": "green",
+}
+
+
+@pytest.mark.parametrize("kind", ["folder", "milvus"])
+def test_odd_names_are_labelled_and_found_by_words_on_both_stores(tmp_path, monkeypatch, kind):
+    """A name with an invalid UTF-8 byte, a backslash or a quote is labelled (``--labels``), found by
+    ``--text`` with its exact bytes, and its labels follow it when it is removed, on both stores
+    (Milvus keys the labels collection's ``path`` in ``to_key`` form, as the main collection)."""
+    from pixelcli import MODEL, pixel_family, run
+
+    from cbir.encoders import classifier as classifiers
+
+    root = tmp_path / "data"
+    rng = np.random.default_rng(1)
+    for raw, colour in ODD.items():
+        path = Path(os.fsdecode(os.path.join(os.fsencode(root), raw)))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pixels = np.clip(np.array(COLOURS[colour]) + rng.normal(0, 20, (40, 56, 3)), 0, 255)
+        Image.fromarray(pixels.astype(np.uint8)).save(path, format="PNG")
+    clf = ColourClassifier(classifiers.DEFAULT_CLASSIFIER)
+    monkeypatch.setitem(classifiers.CLASSIFIERS, classifiers.DEFAULT_CLASSIFIER, lambda *_: clf)
+    store: tuple[str, ...] = ()
+    if kind == "milvus":
+        pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
+        pytest.importorskip("milvus_lite", reason="the milvus extra is not installed")
+        store = ("--store", f"milvus:{tmp_path / 'index.db'}")
+
+    def found(*args: object) -> list[str]:
+        ran = run("query", root, *store, *args, "--json", "-k", "10")
+        assert ran.code == 0 and "Traceback" not in ran.err, (ran.code, ran.err)
+        (result,) = json.loads(ran.out)["results"]
+        return sorted(os.fsencode(os.path.relpath(m["path"], root)) for m in result["matches"])
+
+    with pixel_family():
+        ran = run("index", root, *MODEL, *store, "--labels", "--json")
+        assert ran.code == 0 and json.loads(ran.out)["labelled"] == len(ODD), (ran.code, ran.err)
+        assert found("--text", "bus") == [b"back\\slash.png", b"bad\xff.png"]
+        assert found("--text", "beach") == sorted(ODD)  # every colour has some seashore
+        assert found("--text", "lakeside") == [b'dir\xfe/in\\side"q.png']
+        bad = os.fsdecode(b"bad\xff.png")
+        assert found("--like", bad, "--text", "school bus", *MODEL) == [b"back\\slash.png"]
+        csv_out = run("query", root, *store, "--text", "bus", "--csv").out.splitlines()
+        assert len(csv_out) == 3 and "Traceback" not in csv_out[0]
+        # removed: its labels go with it; the others keep theirs (nothing labelled again)
+        os.unlink(os.path.join(os.fsencode(root), b"back\\slash.png"))
+        clf.seen.clear()
+        ran = run("index", root, *MODEL, *store, "--json")
+        assert ran.code == 0 and json.loads(ran.out)["labelled"] == 0 and clf.seen == []
+        assert found("--text", "bus") == [b"bad\xff.png"]
+        assert found("--text", "lakeside") == [b'dir\xfe/in\\side"q.png']

@@ -15,6 +15,8 @@ default only if it loses no more than 0.005 mAP against none on every benchmark.
     python3 benchmarks/make_instance.py --out /tmp/instance
     python3 benchmarks/make_real_instance.py GROCERY_REPO --out /tmp/real-instance
     python3 benchmarks/bench_quality.py --instance /tmp/instance --real /tmp/real-instance --maps /tmp/maps
+    # a new backbone first on the default features only (every re-ranking), beside the others:
+    python3 benchmarks/bench_quality.py ... --geometry squash --pooling avg
 
 images/s is the backbone's throughput in the run that made the maps (decoding included, pooling
 and search not timed).
@@ -343,6 +345,9 @@ def query_cost(rows: int, dim: int = 2048, queries: int = 50) -> None:
 BACKBONES: list[tuple[str, str | None]] = [
     ("xception", "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
     ("mobilenet", "mobilenet_1_0_224_tf_no_top.h5"),
+    ("efficientnet-lite0", None),
+    ("efficientnet-lite1", None),
+    ("efficientnet-lite2", None),
 ]
 """The study's backbones, (model, weights): a file name in ../shared/weights, a path, or None for
 the model's own weights. One line adds a backbone, e.g. ``("efficientnet-lite0", None)``."""
@@ -426,16 +431,18 @@ def study(args: argparse.Namespace) -> None:
         files = find_images(root)
         benchmarks.append(Benchmark(name, root, files, load_ground_truth(Path(root), files)))
     backbones = [b for b in BACKBONES if not args.backbone or b[0] in args.backbone]
+    geometries = [g for g in STUDY_GEOMETRIES if not args.geometry or g[0] in args.geometry]
+    poolings = [q for q in STUDY_POOLINGS if not args.pooling or _pooling_name(*q) in args.pooling]
     scores: dict[tuple[str, str, str, str, str], Score] = {}
     for model, spec in backbones:
         weights, wname = _weights(spec, Path(args.shared))
         native = get_backbone(model).input_size
-        for geometry, size in STUDY_GEOMETRIES:
+        for geometry, size in geometries:
             config = resolve_config(FeatureConfig(model=model, geometry=geometry, size=size), weights)
             for bench in benchmarks:
                 paths = [os.path.join(bench.root, f) for f in bench.files]
                 maps = feature_maps(paths, config, weights, Path(args.maps))
-                for pooling, p in STUDY_POOLINGS:
+                for pooling, p in poolings:
                     feats = maps.pooled(partial(pool, pooling=pooling, p=p))
                     for rname, reranking in STUDY_RERANKINGS:
                         searcher = rerank(ExactSearcher(feats), reranking)
@@ -528,6 +535,18 @@ def main() -> None:
     ap.add_argument("--instance", help="study: the generated instance benchmark (make_instance.py)")
     ap.add_argument("--real", help="study: the real instance benchmark (make_real_instance.py)")
     ap.add_argument("--backbone", action="append", help="study: only these BACKBONES (quick checks)")
+    ap.add_argument(
+        "--geometry",
+        action="append",
+        choices=sorted({g for g, _ in STUDY_GEOMETRIES}),
+        help="study: only these STUDY_GEOMETRIES (new backbones on the default input first)",
+    )
+    ap.add_argument(
+        "--pooling",
+        action="append",
+        choices=[_pooling_name(*q) for q in STUDY_POOLINGS],
+        help="study: only these STUDY_POOLINGS ('avg', 'gem p=2', ...)",
+    )
     ap.add_argument("--only", action="append", help="run only these rows")
     ap.add_argument("--base", help="row that re-ranking (and whitening) rows build on")
     ap.add_argument("--limit", type=int, help="use the first N images (quick checks)")

@@ -15,6 +15,8 @@ default only if it loses no more than 0.005 mAP against none on every benchmark.
     python3 benchmarks/make_instance.py --out /tmp/instance
     python3 benchmarks/make_real_instance.py GROCERY_REPO --out /tmp/real-instance
     python3 benchmarks/bench_quality.py --instance /tmp/instance --real /tmp/real-instance --maps /tmp/maps
+    # a new backbone first on the default features only (every re-ranking), beside the others:
+    python3 benchmarks/bench_quality.py ... --geometry squash --pooling avg
 
 images/s is the backbone's throughput in the run that made the maps (decoding included, pooling
 and search not timed).
@@ -60,7 +62,7 @@ from cbir.evaluation.groundtruth import GroundTruth, load_ground_truth  # noqa: 
 from cbir.ingest.files import find_images  # noqa: E402
 from cbir.search.base import Searcher  # noqa: E402
 from cbir.search.exact import ExactSearcher  # noqa: E402
-from cbir.search.rerank import Reranking, rerank  # noqa: E402
+from cbir.search.rerank import DEFAULT_RERANKING, Reranking, rerank  # noqa: E402
 from cbir.service.evaluate import evaluate  # noqa: E402
 
 CORE = "--pooling {pooling} --gem-p {gem_p:g} --geometry {geometry} --resample {resample} --size {size}"
@@ -322,8 +324,7 @@ def throughput(rows: list[Row], paths: list[str], weights: Weights, model: str, 
 def query_cost(rows: int, dim: int = 2048, queries: int = 50) -> None:
     """Search time per query (k=9) without and with the default re-ranking, on ``rows`` random
     unit vectors (exact search; the images' embedding time is not included)."""
-    from cbir.search.rerank import DEFAULT_RERANKING as d
-
+    d = DEFAULT_RERANKING
     rng = np.random.default_rng(0)
     db = rng.standard_normal((rows, dim)).astype(np.float32)
     db /= np.linalg.norm(db, axis=1, keepdims=True)
@@ -343,6 +344,9 @@ def query_cost(rows: int, dim: int = 2048, queries: int = 50) -> None:
 BACKBONES: list[tuple[str, str | None]] = [
     ("xception", "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
     ("mobilenet", "mobilenet_1_0_224_tf_no_top.h5"),
+    ("efficientnet-lite0", None),
+    ("efficientnet-lite1", None),
+    ("efficientnet-lite2", None),
 ]
 """The study's backbones, (model, weights): a file name in ../shared/weights, a path, or None for
 the model's own weights. One line adds a backbone, e.g. ``("efficientnet-lite0", None)``."""
@@ -389,6 +393,7 @@ class Score:
     ns: float
     ips: float
     per_query: dict[str, float] = field(default_factory=dict)
+    default_features: bool = False
 
 
 def _weights(spec: str | None, shared: Path) -> tuple[Weights, str]:
@@ -426,16 +431,18 @@ def study(args: argparse.Namespace) -> None:
         files = find_images(root)
         benchmarks.append(Benchmark(name, root, files, load_ground_truth(Path(root), files)))
     backbones = [b for b in BACKBONES if not args.backbone or b[0] in args.backbone]
+    geometries = [g for g in STUDY_GEOMETRIES if not args.geometry or g[0] in args.geometry]
+    poolings = [q for q in STUDY_POOLINGS if not args.pooling or _pooling_name(*q) in args.pooling]
     scores: dict[tuple[str, str, str, str, str], Score] = {}
     for model, spec in backbones:
         weights, wname = _weights(spec, Path(args.shared))
         native = get_backbone(model).input_size
-        for geometry, size in STUDY_GEOMETRIES:
+        for geometry, size in geometries:
             config = resolve_config(FeatureConfig(model=model, geometry=geometry, size=size), weights)
             for bench in benchmarks:
                 paths = [os.path.join(bench.root, f) for f in bench.files]
                 maps = feature_maps(paths, config, weights, Path(args.maps))
-                for pooling, p in STUDY_POOLINGS:
+                for pooling, p in poolings:
                     feats = maps.pooled(partial(pool, pooling=pooling, p=p))
                     for rname, reranking in STUDY_RERANKINGS:
                         searcher = rerank(ExactSearcher(feats), reranking)
@@ -443,8 +450,7 @@ def study(args: argparse.Namespace) -> None:
                         ns = ns_top4(searcher, bench.files, bench.gt)
                         row = (model, _input_name(geometry, size, native), _pooling_name(pooling, p))
                         default = (geometry, size, pooling, p) == STUDY_GEOMETRIES[0] + STUDY_POOLINGS[0]
-                        per_query = rep.per_query if default else {}
-                        score = Score(rep.map, rep.precision[1], ns, maps.ips, per_query)
+                        score = Score(rep.map, rep.precision[1], ns, maps.ips, rep.per_query, default)
                         scores[row + (rname, bench.name)] = score
         print(f"{model} (weights {wname}): scored", file=sys.stderr, flush=True)
     _print_study(benchmarks, [(m, _weights(w, Path(args.shared))[1]) for m, w in backbones], scores)
@@ -493,14 +499,9 @@ def _print_study(
     print("| backbone | re-ranking | " + " | ".join(names) + " |")
     print("|---|---|" + "---|" * len(names))
     for c in configs:
-        if c[3] == "none" or not scores[c + (names[0],)].per_query:
+        if c[3] == "none" or not scores[c + (names[0],)].default_features:
             continue
-        cells = []
-        for name in names:
-            now, plain = scores[c + (name,)].per_query, scores[c[:3] + ("none", name)].per_query
-            d = np.array([now[q] - plain[q] for q in plain])
-            cells.append(f"{d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(len(d)):.4f}")
-        print(f"| {c[0]} | {c[3]} | {' | '.join(cells)} |")
+        print(f"| {c[0]} | {c[3]} | {' | '.join(_paired(scores, c, n) for n in names)} |")
     print(f"\n### The rule: re-rankings that lose at most {RULE_SLACK} mAP against none on every benchmark\n")
     print("| re-ranking | feature settings where it holds | where it gains on all three |")
     print("|---|---|---|")
@@ -512,7 +513,22 @@ def _print_study(
             holds += min(deltas) >= -RULE_SLACK
             gains += min(deltas) > 0
         print(f"| {rname} | {holds} of {len(features)} | {gains} of {len(features)} |")
+    default = next(name for name, r in STUDY_RERANKINGS if r == DEFAULT_RERANKING)
+    print(f"\n### Feature settings where the default re-ranking ({default}) does not gain on all three:")
+    print("change of mAP against none ± the standard error of the paired per-query differences\n")
+    print("| backbone | input | pooling | " + " | ".join(names) + " |")
+    print("|---|---|---|" + "---|" * len(names))
+    for f in features:
+        if min(scores[f + (default, n)].map - scores[f + ("none", n)].map for n in names) <= 0:
+            print(f"| {' | '.join(f)} | {' | '.join(_paired(scores, f + (default,), n) for n in names)} |")
     print(f"\nbackbones: {', '.join(f'{m} (weights {w})' for m, w in backbones)}")
+
+
+def _paired(scores: dict[tuple[str, str, str, str, str], Score], c: tuple[str, ...], bench: str) -> str:
+    """Mean change of AP of config ``c`` against the same features without re-ranking, ± its SE."""
+    now, plain = scores[c + (bench,)].per_query, scores[c[:3] + ("none", bench)].per_query
+    d = np.array([now[q] - plain[q] for q in plain])
+    return f"{d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(len(d)):.4f}"
 
 
 def main() -> None:
@@ -528,6 +544,18 @@ def main() -> None:
     ap.add_argument("--instance", help="study: the generated instance benchmark (make_instance.py)")
     ap.add_argument("--real", help="study: the real instance benchmark (make_real_instance.py)")
     ap.add_argument("--backbone", action="append", help="study: only these BACKBONES (quick checks)")
+    ap.add_argument(
+        "--geometry",
+        action="append",
+        choices=sorted({g for g, _ in STUDY_GEOMETRIES}),
+        help="study: only these STUDY_GEOMETRIES (new backbones on the default input first)",
+    )
+    ap.add_argument(
+        "--pooling",
+        action="append",
+        choices=[_pooling_name(*q) for q in STUDY_POOLINGS],
+        help="study: only these STUDY_POOLINGS ('avg', 'gem p=2', ...)",
+    )
     ap.add_argument("--only", action="append", help="run only these rows")
     ap.add_argument("--base", help="row that re-ranking (and whitening) rows build on")
     ap.add_argument("--limit", type=int, help="use the first N images (quick checks)")

@@ -234,4 +234,4 @@ def test_serve_errors_are_one_line(tmp_path):
         port = taken.getsockname()[1]
         busy = cli("serve", ds, "--port", port, *TINY_MODEL, cwd=tmp_path, script=None, timeout=120)
     one_line_error(busy, "cannot listen on 127.0.0.1:")
-    one_line_error(cli("serve", ds, "--port", 70000, cwd=tmp_path, script=None), "between 0 and 65535")
+    one_line_error(cli("serve", ds, "--port", 70000, cwd=tmp_path, script=None), "--port", "from 0 to 65535")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import os
+import queue
 import signal
-import struct
 import subprocess
 import sys
-import zlib
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,14 +209,46 @@ def interruptible() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def flat_png(width: int, height: int) -> bytes:
-    """A one-colour greyscale PNG of any size, a few hundred KB, made without holding its pixels."""
+def _attack_images() -> Any:
+    """benchmarks/serve_attack.py, where the hostile uploads of the benchmark are made."""
+    spec = importlib.util.spec_from_file_location("serve_attack", REPO / "benchmarks" / "serve_attack.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    z = zlib.compressobj(9)
-    row = b"\x00" + b"\x80" * width
-    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+_ATTACK = _attack_images()
+flat_png = _ATTACK.flat_png  # a one-colour PNG of any size, a few hundred KB
+claimed_jpeg = _ATTACK.claimed_jpeg  # a small JPEG whose header claims any size
+
+
+@contextlib.contextmanager
+def running_cli(
+    *args: object, cwd: Path | None = None
+) -> Iterator[tuple[subprocess.Popen[str], queue.Queue[str]]]:
+    """``python -m cbir ARGS`` in a subprocess and a queue of its stdout lines; stopped with Ctrl-C
+    when the block ends, which must leave no traceback on its stderr."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cbir", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=interruptible,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout or ()], daemon=True).start()
+    try:
+        yield proc, lines
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert "Traceback" not in err, err

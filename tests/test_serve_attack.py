@@ -6,14 +6,7 @@ benchmark (``bench_serve.py --attack``) holds the 600 MB target, this test the o
 from __future__ import annotations
 
 import http.client
-import io
 import json
-import os
-import queue
-import signal
-import struct
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -21,8 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import save_image
-from helpers import REPO, TINY_MODEL, flat_png, interruptible
-from PIL import Image
+from helpers import TINY_MODEL, claimed_jpeg, flat_png, running_cli
 
 pytest.importorskip("fastapi", reason="cbir serve needs the web extra (pip install 'cbir[web]')")
 pytestmark = pytest.mark.slow  # runs `cbir serve` in a subprocess
@@ -35,16 +27,6 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     raise AssertionError(f"no {field}")
-
-
-def claimed_jpeg(width: int, height: int) -> bytes:
-    """A small JPEG whose frame header claims ``width`` x ``height`` pixels."""
-    out = io.BytesIO()
-    Image.new("RGB", (64, 64), (90, 120, 150)).save(out, "JPEG")
-    data = bytearray(out.getvalue())
-    sof = data.index(b"\xff\xc0")
-    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
-    return bytes(data)
 
 
 def upload(port: int, data: bytes, name: str) -> int:
@@ -80,18 +62,7 @@ def test_a_burst_of_pixel_bombs_stays_within_the_memory_bound(tmp_path):
     ds = tmp_path / "photos"
     for i in range(6):
         save_image(ds / f"p{i}.jpg", seed=i)
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cbir", "serve", str(ds), "--port", "0", *TINY_MODEL],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=interruptible,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
-    try:
+    with running_cli("serve", ds, "--port", "0", *TINY_MODEL) as (proc, lines):
         port = int(lines.get(timeout=120).rsplit(":", 1)[1].split("/")[0])
         deadline = time.monotonic() + 180
         while not (info(port)["ready"] and info(port)["indexing"]["state"] == "idle"):
@@ -126,11 +97,3 @@ def test_a_burst_of_pixel_bombs_stays_within_the_memory_bound(tmp_path):
         assert {s for (_, s) in statuses} <= {200, 400, 503}, statuses
         assert statuses[("under-the-cap.png", 200)] + statuses[("under-the-cap.png", 503)] == 4, statuses
         assert upload(port, normal, "p1.jpg") == 200
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            _, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    assert "Traceback" not in err, err

@@ -6,13 +6,8 @@ from __future__ import annotations
 import base64
 import http.server
 import json
-import os
-import queue
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -22,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import save_image
-from helpers import REPO, TINY_MODEL, cli, interruptible, one_line_error
+from helpers import TINY_MODEL, cli, one_line_error, running_cli
 
 pytest.importorskip("fastapi", reason="cbir serve needs the web extra (pip install 'cbir[web]')")
 pytestmark = pytest.mark.slow  # every test runs `cbir serve` in a subprocess
@@ -48,18 +43,7 @@ def server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     save_image(ds / "trips" / "t1.png", seed=40)
     save_image(ds / "trips" / "t2.png", seed=41)
     (ds / "broken.jpg").write_bytes(b"not a picture")
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cbir", "serve", str(ds), "--port", "0", *TINY_MODEL],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=interruptible,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
-    try:
+    with running_cli("serve", ds, "--port", "0", *TINY_MODEL) as (_, lines):
         line = lines.get(timeout=120)
         assert line.startswith(f"serving {ds} at http://127.0.0.1:"), line
         url = line.split(" at ")[1].strip()
@@ -71,14 +55,6 @@ def server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
             assert time.monotonic() < deadline, info
             time.sleep(0.2)
         yield url, ds
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            _, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    assert "Traceback" not in err, err
 
 
 def test_the_command_serves_on_loopback_and_refuses_other_host_names(server):

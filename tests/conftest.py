@@ -189,3 +189,20 @@ def no_ml_packages(tmp_path) -> Path:
         (stubs / name).mkdir(parents=True)
         (stubs / name / "__init__.py").write_text(STUB.format(name=name))
     return stubs
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    """A real Milvus standalone server (PyPI's ``milvus`` package) on free ports of 127.0.0.1, started
+    once per session and always stopped; skipped with the reason where it cannot be started."""
+    from milvus_server import MilvusServer, why_not
+
+    reason = why_not()
+    if reason is not None:
+        pytest.skip(reason)
+    server = MilvusServer(tmp_path_factory.mktemp("milvus-server"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

@@ -1,8 +1,9 @@
-"""The store contract, run on every store: the folder store and Milvus Lite (``milvus:PATH.db``).
+"""The store contract, run on every store: the folder store, Milvus Lite (``milvus:PATH.db``) and a
+real Milvus server (the ``milvus_server`` fixture: PyPI's ``milvus`` standalone server on 127.0.0.1).
 
 Sync counts (add, change, remove, bad files), the settings check, search equal to an exact scan of
 the same vectors, ``--like``, filters, a crash in the middle of a sync, and readers' versions.
-Without the milvus extra the Milvus Lite cases are skipped and the folder cases run
+Without the milvus extra the Milvus cases are skipped and the folder cases run
 (tests/test_contract_without_milvus.py checks that).
 """
 
@@ -45,8 +46,14 @@ def milvus_store(root: Path, tmp: Path) -> Store:
 STORES = {"folder": folder_store, "milvus-lite": milvus_store}
 
 
-@pytest.fixture(params=list(STORES))
+@pytest.fixture(params=[*STORES, "milvus-server"])
 def make_store(request, tmp_path) -> Callable[[Path], Store]:
+    if request.param == "milvus-server":  # one collection per test on the session's server
+        from cbir.stores.milvus.store import MilvusStore
+
+        server = request.getfixturevalue("milvus_server")
+        name = f"t{abs(hash(request.node.nodeid)):x}"
+        return lambda root: MilvusStore.from_uri(f"{server.uri}/{name}", root)
     if request.param == "milvus-lite":  # skipped alone: the folder cases run without the extra
         pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
         pytest.importorskip("milvus_lite", reason="the milvus extra is not installed")

@@ -281,6 +281,11 @@ class Record:
         }
 
 
+# Every read sees every write acknowledged before it (a server's default, "Bounded", lets a query
+# miss rows upserted a moment ago: a resumed run would embed them again, a reader would lose them).
+CONSISTENCY = "Strong"
+
+
 @dataclass
 class MilvusCollection:
     """One collection of a client, as the Milvus store keeps it; ``where`` names it for people."""
@@ -331,6 +336,7 @@ class MilvusCollection:
                 index_params=index,
                 description=f"cbir index ({record.config.model})",
                 properties=record.properties(),
+                consistency_level=CONSISTENCY,
             )
 
     def drop(self) -> None:
@@ -407,6 +413,7 @@ class LabelsCollection:
                 schema=schema,
                 index_params=index,
                 description="cbir labels",
+                consistency_level=CONSISTENCY,
                 properties={KEY_FORMAT: LABELS_FORMAT, KEY_CLASSIFIER: classifier},
             )
 
@@ -440,7 +447,13 @@ def rows_of(client: MilvusClient, name: str, where: str, fields: list[str], batc
     """Every row of the collection ``name`` matching ``where``, with ``fields``, in batches; its
     ``path`` in memory form (rows whose name is not in the stored form are left out)."""
     with milvus_errors(f"reading the collection {name}"):
-        it = client.query_iterator(name, batch_size=batch, filter=where, output_fields=_with_path(fields))
+        it = client.query_iterator(
+            name,
+            batch_size=batch,
+            filter=where,
+            output_fields=_with_path(fields),
+            consistency_level=CONSISTENCY,
+        )
         try:
             while True:
                 got = it.next()
@@ -456,7 +469,10 @@ def get_rows(client: MilvusClient, name: str, paths: Sequence[str], fields: list
     for start in range(0, len(paths), IDS_PER_CALL):
         with milvus_errors(f"reading the collection {name}"):
             got = client.query(
-                name, filter=path_in(paths[start : start + IDS_PER_CALL]), output_fields=_with_path(fields)
+                name,
+                filter=path_in(paths[start : start + IDS_PER_CALL]),
+                output_fields=_with_path(fields),
+                consistency_level=CONSISTENCY,
             )
         yield from _named(got)
 

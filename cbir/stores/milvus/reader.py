@@ -31,6 +31,7 @@ from cbir.search.base import (
 from cbir.search.exact import ExactSearcher, top_k
 from cbir.search.filters import ResultFilter, allowed_k, folder_prefix, moments
 from cbir.stores.milvus.client import (
+    CONSISTENCY,
     EF_SEARCH,
     MilvusCollection,
     folder_of,
@@ -262,6 +263,7 @@ class MilvusSearcher:
                 filter=f"status == {OK}" + (f" and {self.expr}" if self.expr else ""),
                 output_fields=["path"],
                 search_params={"metric_type": "IP", "params": {"ef": max(self.ef, limit)}},
+                consistency_level=CONSISTENCY,
             )
         lookup = self.index._lookup()
         out = []

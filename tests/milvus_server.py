@@ -56,7 +56,7 @@ def free_ports(n: int) -> list[int]:
 def why_not() -> str | None:
     """Why no server can be started here (None: it can)."""
     if shutil.which("milvus-server") is None:
-        return "PyPI's milvus package (the milvus-server script) is not installed: pip install -r requirements-dev.txt"
+        return "PyPI's milvus package (its milvus-server script) is not installed: see requirements-dev.txt"
     try:
         import pymilvus  # noqa: F401
     except ImportError:
@@ -117,7 +117,8 @@ class MilvusServer:
         )
         env = {**os.environ, "ETCD_USE_EMBED": "true", "ETCD_CONFIG_PATH": str(etcd_config)}
         # sessions of a killed server expire after this ttl (30 s by default): a restart waits that long
-        args = ["milvus-server", "--data", str(self.data), "--extra-config", f"common.session.ttl={SESSION_TTL}"]
+        args = ["milvus-server", "--data", str(self.data)]
+        args += ["--extra-config", f"common.session.ttl={SESSION_TTL}"]
         for option, port in self.ports.items():
             value = f"localhost:{port}" if option in ("etcd-port", "index-coord-port") else str(port)
             args += [f"--{option}", str(port), "--extra-config", f"{PORTS[option]}={value}"]
@@ -125,7 +126,12 @@ class MilvusServer:
         log = open(self.data / f"script-{self.starts}.log", "wb")  # noqa: SIM115 - kept for the process
         with log:
             self.proc = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
             )
         deadline = time.monotonic() + START_TIMEOUT
         while not self.answers():
@@ -134,7 +140,8 @@ class MilvusServer:
             except subprocess.TimeoutExpired:
                 if time.monotonic() > deadline:
                     self.kill()
-                    raise RuntimeError(f"the Milvus server did not answer in {START_TIMEOUT:.0f} s{self.tail()}")
+                    why = f"the Milvus server did not answer in {START_TIMEOUT:.0f} s{self.tail()}"
+                    raise RuntimeError(why) from None
                 continue
             self.proc = None
             raise RuntimeError(f"the Milvus server exited with {code}{self.tail()}")

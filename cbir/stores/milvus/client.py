@@ -348,11 +348,12 @@ class MilvusCollection:
             self.client.alter_collection_properties(self.name, properties={KEY_COMMIT: stamp})
 
     def ensure_loaded(self) -> None:
-        """A reopened collection must be loaded before it is searched or queried."""
+        """A reopened collection must be loaded before it is searched or queried (a restarted server
+        reloads its collections in the background: this waits for that)."""
         with milvus_errors(f"loading the collection {self.name}"):
             state = str(self.client.get_load_state(self.name).get("state", ""))
-            if "NotLoad" in state:
-                self.client.load_collection(self.name)
+            if "Loaded" not in state:  # NotLoad, or Loading (a server reloading after a restart)
+                self.client.load_collection(self.name)  # returns once it is loaded
 
     def labels(self) -> LabelsCollection:
         """The collection of this one's labels (which may not exist yet)."""
@@ -424,8 +425,8 @@ class LabelsCollection:
     def ensure_loaded(self) -> None:
         with milvus_errors(f"loading the collection {self.name}"):
             state = str(self.client.get_load_state(self.name).get("state", ""))
-            if "NotLoad" in state:
-                self.client.load_collection(self.name)
+            if "Loaded" not in state:  # NotLoad, or Loading (a server reloading after a restart)
+                self.client.load_collection(self.name)  # returns once it is loaded
 
     def rows(self) -> Iterator[JSONDict]:
         """Every labels row (``path`` in memory form, ``labels``)."""

@@ -1,0 +1,94 @@
+"""Faults against a real Milvus server (the ``milvus_server`` fixture: PyPI's ``milvus`` standalone
+server on 127.0.0.1): the server killed with ``kill -9`` in the middle of ``cbir index``, after
+some checkpoints; the indexer's one-line error; a reader while the server is down (one line, never
+an answer) and after it is back; the server restarted and ``cbir index`` run again: the collection
+equals a clean build (same paths, vectors within float tolerance, no duplicate rows, no lost rows).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import save_image
+from helpers import REPO, cli, ok, one_line_error
+from stores import rows_of
+
+pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
+
+IMAGES = 60
+EVERY = 4  # --checkpoint-every: the server is killed once two checkpoints are in
+
+
+def row_count(server, name: str) -> int:
+    """The rows of collection ``name`` (0 before it is made and loaded), read with Strong consistency."""
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=server.http, timeout=10)
+    try:
+        if not client.has_collection(name) or "Loaded" not in str(client.get_load_state(name)["state"]):
+            return 0  # not made or not loaded yet: the indexer has not committed
+        got = client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")
+        return int(got[0]["count(*)"])
+    finally:
+        client.close()
+
+
+def index_command(data: Path, uri: str, weights: Path) -> list[str]:
+    model = ("--model", "mobilenetv2", "--size", "64", "--weights", weights)  # real weights: same vectors
+    args = ["index", data, "--store", uri, *model, "--checkpoint-every", EVERY, "--runtime", "keras"]
+    return [sys.executable, "-m", "cbir", *map(str, args)]
+
+
+def test_server_killed_during_index_then_restarted_and_indexed_again(
+    tmp_path, milvus_server, mobilenetv2_weights
+):
+    from cbir.stores.milvus.store import MilvusStore
+
+    data = tmp_path / "data"
+    for i in range(IMAGES):
+        save_image(data / f"f{i % 4}" / f"img{i:03d}.png", seed=i, width=48, height=40)
+    uri = f"{milvus_server.uri}/killed"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    indexer = subprocess.Popen(
+        index_command(data, uri, mobilenetv2_weights),
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        while row_count(milvus_server, "killed") < 2 * EVERY:  # polled: the indexer's own pace
+            assert indexer.poll() is None, indexer.communicate()
+        milvus_server.kill()
+        out, err = indexer.communicate(timeout=300)
+    finally:
+        if indexer.poll() is None:
+            indexer.kill()
+            indexer.wait()
+    assert indexer.returncode == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Milvus" in lines[0] and "Traceback" not in err, err
+
+    query = ("query", data, "--like", "f0/img000.png", "--store", uri, "-k", "3", "--json")
+    one_line_error(cli(*query, cwd=tmp_path, script=None), "Milvus")  # a reader meanwhile: one line
+    milvus_server.start()
+    answer = ok(cli(*query, cwd=tmp_path, script=None))  # the reader recovers: the committed rows
+    assert answer.stdout.count('"path"') == 3
+
+    again = ok(cli(*index_command(data, uri, mobilenetv2_weights)[3:], "--json", cwd=tmp_path, script=None))
+    assert f'"total": {IMAGES}' in again.stdout
+    clean_uri = f"{milvus_server.uri}/clean"
+    ok(cli(*index_command(data, clean_uri, mobilenetv2_weights)[3:], cwd=tmp_path, script=None))
+
+    resumed = rows_of(MilvusStore.from_uri(uri, data).open())
+    clean = rows_of(MilvusStore.from_uri(clean_uri, data).open())
+    assert sorted(resumed) == sorted(clean) and len(clean) == IMAGES  # no lost rows
+    for path, vector in clean.items():
+        np.testing.assert_allclose(resumed[path], vector, atol=1e-5)
+    assert row_count(milvus_server, "killed") == IMAGES  # no duplicate rows

@@ -41,10 +41,15 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# the tests' helper that starts PyPI's milvus standalone server on free ports (one copy of that logic)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+
+import contextlib  # noqa: E402
 
 import numpy as np  # noqa: E402
 from bench_search import Space  # noqa: E402
 from machine import SHARED, describe  # noqa: E402
+from milvus_server import MilvusServer, why_not  # noqa: E402
 
 from cbir.core.records import Entry
 from cbir.encoders.base import (
@@ -118,7 +123,35 @@ def measure(store: Store, feats: np.ndarray, queries: np.ndarray, truth: np.ndar
     }
 
 
-def bench_stores(args: argparse.Namespace, tmp: Path) -> None:
+@contextlib.contextmanager
+def milvus_server(args: argparse.Namespace, tmp: Path) -> Iterator[str | None]:
+    """A real Milvus standalone server (PyPI's milvus package, started on free ports of 127.0.0.1
+    with its data in ``tmp``): its ``milvus://`` URI, or None (said why) with --no-server or where
+    it cannot start. Always stopped."""
+    reason = "--no-server" if args.no_server else why_not()
+    if reason is not None:
+        print(f"no Milvus server: {reason}")
+        yield None
+        return
+    server = MilvusServer(tmp / "milvus-server")
+    try:
+        server.start()
+        yield server.uri
+    finally:
+        server.stop()
+
+
+def server_version(uri: str) -> str:
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=uri.replace("milvus://", "http://"))
+    try:
+        return str(client.get_server_version())
+    finally:
+        client.close()
+
+
+def bench_stores(args: argparse.Namespace, tmp: Path, server: str | None) -> None:
     space = Space()
     feats = np.concatenate(
         [
@@ -139,10 +172,13 @@ def bench_stores(args: argparse.Namespace, tmp: Path) -> None:
         f"{'recall@10':>11}{'x folder':>12}"
     )
     results = {}
-    for name, store in (
+    stores: list[tuple[str, Store]] = [
         ("folder (faiss)", FolderStore(tmp, tmp / "folder-index")),
         ("milvus lite", MilvusStore.from_uri(f"milvus:{tmp / 'bench.db'}", tmp)),
-    ):
+    ]
+    if server is not None:
+        stores.append(("milvus server", MilvusStore.from_uri(f"{server}/bench", tmp)))
+    for name, store in stores:
         write, finish = insert(store, feats, args.checkpoint)
         m = measure(store, feats, queries, truth)
         rate = args.rows / (write + finish)
@@ -247,7 +283,7 @@ def filtered_latency(store: Store, queries: np.ndarray, where: ResultFilter) -> 
     return 1e3 * times[0], 1e3 * float(np.median(times[1:]))
 
 
-def bench_filters(args: argparse.Namespace, tmp: Path) -> None:
+def bench_filters(args: argparse.Namespace, tmp: Path, server: str | None) -> None:
     """``--under`` on Milvus searched inside Milvus (a filter expression) against the mask alone
     (more candidates asked until k pass), and the folder store's mask, same rows and queries."""
     space = Space()
@@ -259,6 +295,8 @@ def bench_filters(args: argparse.Namespace, tmp: Path) -> None:
         "folder": FolderStore(tmp, tmp / "filter-index"),
         "milvus lite": MilvusStore.from_uri(f"milvus:{tmp / 'filters.db'}", tmp),
     }
+    if server is not None:
+        stores["milvus server"] = MilvusStore.from_uri(f"{server}/filters", tmp)
     for store in stores.values():
         insert(store, feats, args.checkpoint, foldered_name)
     print(
@@ -274,6 +312,7 @@ def bench_filters(args: argparse.Namespace, tmp: Path) -> None:
             ("folder (mask)", stores["folder"], listed),
             ("milvus lite (expression + mask)", stores["milvus lite"], listed),
             ("milvus lite (mask only)", stores["milvus lite"], 0),
+            *([("milvus server (expression + mask)", stores["milvus server"], listed)] if server else []),
         ):
             milvus_reader.MAX_LISTED = limit
             rows.append((name, *filtered_latency(store, queries, where)))
@@ -293,14 +332,19 @@ def main() -> None:
     parser.add_argument(
         "--filter-rows", type=int, default=0, help="vectors for the --under part (0: skip it; 50000 in docs)"
     )
+    parser.add_argument(
+        "--no-server", action="store_true", help="leave out the real Milvus server (PyPI's milvus package)"
+    )
     args = parser.parse_args()
     print(describe())
-    print(", ".join(f"{n} {version(n)}" for n in ("pymilvus", "milvus-lite", "faiss-cpu", "ray")))
-    with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
+    print(", ".join(f"{n} {version(n)}" for n in ("pymilvus", "milvus-lite", "milvus", "faiss-cpu", "ray")))
+    with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp, milvus_server(args, Path(tmp)) as server:
+        if server is not None:
+            print(f"Milvus server {server_version(server)} (standalone, embedded etcd, local storage)")
         if args.rows:
-            bench_stores(args, Path(tmp))
+            bench_stores(args, Path(tmp), server)
         if args.filter_rows:
-            bench_filters(args, Path(tmp))
+            bench_filters(args, Path(tmp), server)
         if args.images:
             bench_ray(args, Path(tmp))
 

@@ -44,6 +44,7 @@ def index_command(data: Path, uri: str, weights: Path) -> list[str]:
     return [sys.executable, "-m", "cbir", *map(str, args)]
 
 
+@pytest.mark.slow
 def test_server_killed_during_index_then_restarted_and_indexed_again(
     tmp_path, milvus_server, mobilenetv2_weights
 ):

@@ -46,7 +46,8 @@ def milvus_store(root: Path, tmp: Path) -> Store:
 STORES = {"folder": folder_store, "milvus-lite": milvus_store}
 
 
-@pytest.fixture(params=[*STORES, "milvus-server"])
+# the real server's cases take ~10 s each (collections made, loaded and flushed by a server): slow
+@pytest.fixture(params=[*STORES, pytest.param("milvus-server", marks=pytest.mark.slow)])
 def make_store(request, tmp_path) -> Callable[[Path], Store]:
     if request.param == "milvus-server":  # one collection per test on the session's server
         from cbir.stores.milvus.store import MilvusStore

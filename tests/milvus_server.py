@@ -60,7 +60,7 @@ def why_not() -> str | None:
     try:
         import pymilvus  # noqa: F401
     except ImportError:
-        return "pymilvus is not installed (the milvus extra)"
+        return "the milvus extra is not installed (pymilvus)"
     return None
 
 

@@ -1,6 +1,6 @@
 """The store contract without the milvus extra: the folder store's cases run and pass, the Milvus
-Lite and Milvus server cases are skipped with the reason. pytest runs tests/test_store_contract.py in a subprocess
-where ``import pymilvus`` and ``import milvus_lite`` raise ImportError."""
+Lite and Milvus server cases are skipped with the reason. pytest runs tests/test_store_contract.py in
+a subprocess where ``import pymilvus`` and ``import milvus_lite`` raise ImportError."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import save_image
-from helpers import REPO, cli, ok, one_line_error
+from helpers import REPO, TINY_MODEL, cli, ok, one_line_error
 from stores import rows_of
 
 pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
@@ -93,3 +93,43 @@ def test_server_killed_during_index_then_restarted_and_indexed_again(
     for path, vector in clean.items():
         np.testing.assert_allclose(resumed[path], vector, atol=1e-5)
     assert row_count(milvus_server, "killed") == IMAGES  # no duplicate rows
+
+
+@pytest.mark.slow
+def test_cbir_serve_answers_503_while_the_server_is_down_and_recovers(tmp_path, milvus_server, monkeypatch):
+    """``cbir serve --store milvus://...`` (its app, in-process) over the real server: like-searches
+    while the server is killed are 503s with one line, never results; the same answers once back."""
+    pytest.importorskip("fastapi", reason="cbir serve needs the web extra (pip install 'cbir[web]')")
+    import dataclasses
+
+    from fastapi.testclient import TestClient
+    from test_serve import settled, wait_until
+
+    from cbir.cli.options import build_parser, index_options_from, settings_from
+    from cbir.search.rerank import DEFAULT_RERANKING
+    from cbir.web.app import create_app
+    from cbir.web.server import ServeOptions, running_service
+
+    ds = tmp_path / "photos"
+    for i in range(6):
+        save_image(ds / f"img{i:02d}.jpg", seed=i)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    args = build_parser().parse_args(
+        ["serve", str(ds), *TINY_MODEL, "--store", f"{milvus_server.uri}/served"]
+    )
+    options = dataclasses.replace(index_options_from(args), progress=False)
+    with running_service(settings_from(args), options, ServeOptions(reranking=DEFAULT_RERANKING)) as service:
+        wait_until(lambda: settled(service), what="the model and the first indexing run")
+        client = TestClient(create_app(service))
+        query = {"like": "img01.jpg", "k": 3}
+        before = client.get("/api/search", params=query)
+        assert before.status_code == 200 and len(before.json()["results"]) == 3
+        milvus_server.kill()
+        down = client.get("/api/search", params=query)
+        assert down.status_code == 503 and "results" not in down.json(), down.text
+        error = down.json()["error"]
+        assert "Milvus" in error and "\n" not in error
+        milvus_server.start()
+        after = client.get("/api/search", params=query)
+        assert after.status_code == 200, after.text
+        assert after.json()["results"] == before.json()["results"]

@@ -171,7 +171,12 @@ class MilvusIndex(IndexedFiles):
         return record is not None and record.commit == self.commit
 
     def refresh(self) -> MilvusIndex:
-        return self if self.is_current() else MilvusIndex.read(self.collection, self.root)
+        """This reader while its commit is the collection's (the collection loaded again first if a
+        restarted server has not yet: a long-lived reader outlives the server's memory), else a new one."""
+        if not self.is_current():
+            return MilvusIndex.read(self.collection, self.root)
+        self.collection.ensure_loaded()
+        return self
 
 
 class MilvusSearcher:

@@ -20,22 +20,26 @@ from stores import rows_of
 
 pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
 
-IMAGES = 60
-EVERY = 4  # --checkpoint-every: the server is killed once two checkpoints are in
+# the server is killed once two checkpoints are in: the ~70 commits still to come (two calls to the
+# server each) take far longer than one poll of the row count, so the kill lands mid-run
+IMAGES = 300
+EVERY = 4  # --checkpoint-every
 
 
-def row_count(server, name: str) -> int:
+def row_count(server, name: str, client: object = None) -> int:
     """The rows of collection ``name`` (0 before it is made and loaded), read with Strong consistency."""
     from pymilvus import MilvusClient
 
-    client = MilvusClient(uri=server.http, timeout=10)
+    own = client is None
+    milvus = MilvusClient(uri=server.http, timeout=10) if own else client
     try:
-        if not client.has_collection(name) or "Loaded" not in str(client.get_load_state(name)["state"]):
+        if not milvus.has_collection(name) or "Loaded" not in str(milvus.get_load_state(name)["state"]):
             return 0  # not made or not loaded yet: the indexer has not committed
-        got = client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")
+        got = milvus.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")
         return int(got[0]["count(*)"])
     finally:
-        client.close()
+        if own:
+            milvus.close()
 
 
 def index_command(data: Path, uri: str, weights: Path) -> list[str]:
@@ -63,16 +67,20 @@ def test_server_killed_during_index_then_restarted_and_indexed_again(
         stderr=subprocess.PIPE,
         text=True,
     )
+    from pymilvus import MilvusClient
+
+    watcher = MilvusClient(uri=milvus_server.http, timeout=10)
     try:
-        while row_count(milvus_server, "killed") < 2 * EVERY:  # polled: the indexer's own pace
+        while row_count(milvus_server, "killed", watcher) < 2 * EVERY:  # polled: the indexer's own pace
             assert indexer.poll() is None, indexer.communicate()
         milvus_server.kill()
+        watcher.close()
         out, err = indexer.communicate(timeout=300)
     finally:
         if indexer.poll() is None:
             indexer.kill()
             indexer.wait()
-    assert indexer.returncode == 2, (out, err)
+    assert indexer.returncode == 2, ("the kill did not land mid-run", out, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Milvus" in lines[0] and "Traceback" not in err, err
 

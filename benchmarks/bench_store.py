@@ -4,7 +4,10 @@ Part 1 (stores): ``--rows`` synthetic vectors from the generator of ``bench_sear
 clustered, L2-normalised) are written through each store's writer (``--checkpoint`` rows per
 commit, as the indexer does) and made searchable (the folder store builds its faiss HNSW in
 ``finish``; Milvus Lite indexes as it goes). Then, per store: single-query latency (one query per
-call, median and p95) and recall@10 of its default searcher against exact float32 search.
+call, median and p95) and recall@10 of its default searcher against exact float32 search. The
+stores: the folder store, Milvus Lite, and a real Milvus server (the standalone server of PyPI's
+``milvus`` package, started here on free ports by ``tests/milvus_server.py`` and always stopped;
+``--no-server`` leaves it out, and it is left out with the reason where it cannot start).
 
 Part 2 (Ray): ``--images`` Corel-1k images (copied to a temporary folder) indexed by the plain
 indexer (into the folder store and into Milvus Lite) and by ``--ray`` on a local Ray with this
@@ -20,10 +23,11 @@ on a cluster, not here.
     python3 benchmarks/bench_store.py --rows 0 --images 200         # the Ray part only
     python3 benchmarks/bench_store.py --rows 0 --images 0 --filter-rows 50000 --dim 1024   # --under
 
-Part 3 (``--filter-rows N``): N synthetic vectors in 1,000 folders, in both stores; a query with
+Part 3 (``--filter-rows N``): N synthetic vectors in 1,000 folders, in every store; a query with
 ``--under`` one folder (0.1% of the rows) and ten folders (1%), k=10: the folder store's mask,
 Milvus with the filter expression (the default), and Milvus with the mask alone (how it was
-before: more candidates asked until k pass, and past 16,384 of them every vector read).
+before: more candidates asked until k pass, and past 16,384 of them every vector read); the real
+server with the expression.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ equals a clean build (same paths, vectors within float tolerance, no duplicate r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -15,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import save_image
-from helpers import REPO, TINY_MODEL, cli, ok, one_line_error
-from stores import rows_of
+from helpers import REPO, TINY_MODEL, Source, cli, ok, one_line_error
+from stores import PixelEmbedder, rows_of
 
 pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
 
@@ -141,3 +142,49 @@ def test_cbir_serve_answers_503_while_the_server_is_down_and_recovers(tmp_path, 
         after = client.get("/api/search", params=query)
         assert after.status_code == 200, after.text
         assert after.json()["results"] == before.json()["results"]
+
+
+@pytest.mark.slow
+def test_a_commit_is_read_at_its_server_timestamp_and_every_row_is_seen(tmp_path, milvus_server):
+    """A commit records a server timestamp issued after its last write; a read at it, on a client of
+    its own right after the commit, sees every row of the commit: one of a run that stopped (rows not
+    flushed, the commit made on the way out) and one of a finished run. Reads at it wait for the
+    server's time tick only while the commit is younger than a tick, where "Strong" waits on every
+    call; "Bounded" (the server's default) misses the rows of the stopped run."""
+    from pymilvus import MilvusClient
+    from test_store_contract import FailingEmbedder
+
+    from cbir.encoders.features import FeatureConfig
+    from cbir.indexing.indexer import IndexOptions, update_index
+    from cbir.stores.milvus.client import MilvusCollection
+    from cbir.stores.milvus.store import MilvusStore
+
+    config = Source(None, FeatureConfig(model="mobilenet", width_multiplier=0.25, size=64)).config
+    root = tmp_path / "data"
+    for i in range(12):
+        save_image(root / f"img{i:02d}.png", seed=i, width=16, height=16)
+    paths = sorted(p.name for p in root.iterdir())
+    store = MilvusStore.from_uri(f"{milvus_server.uri}/stamped", root)
+    reader = MilvusClient(uri=milvus_server.http, timeout=10)
+    try:
+        collection = MilvusCollection(reader, "stamped", "stamped")
+        stamps = []
+        for after, options in ((7, {"checkpoint_every": 5}), (None, {})):
+            embedder = (
+                PixelEmbedder(config) if after is None else FailingEmbedder(config, after, RuntimeError())
+            )
+            with contextlib.suppress(RuntimeError):
+                update_index(
+                    root,
+                    Source(embedder, config),
+                    options=IndexOptions(progress=False, **options),
+                    store=store,
+                )
+            record = collection.record()
+            assert record is not None and record.read_ts > 0
+            stamps.append(record.read_ts)
+            got = sorted(str(r["path"]) for r in collection.get(paths, ["path"], ts=record.read_ts))
+            assert got == paths[: after or len(paths)]
+        assert stamps[1] > stamps[0]
+    finally:
+        reader.close()

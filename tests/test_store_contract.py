@@ -245,3 +245,11 @@ def test_a_reader_keeps_its_version_and_notices_a_new_one(tmp_path, make_store):
     rows, _ = old.searcher().search(old.feats[:2], 6)
     assert rows.max() < 6  # only rows of its own version
     assert len(old.refresh()) == 9
+    # a reader opened (on its own client) right after a commit finds every row just committed, by
+    # listing and by search: each new image's own vector finds it first
+    fresh = make_store(root).open()
+    new = [fresh.row_named(f"img{i:03d}.jpg") or fresh.row_named(f"sub/img{i:03d}.jpg") for i in (20, 22)]
+    assert len(fresh) == 9 and None not in new
+    searcher = fresh.searcher()
+    rows, _ = searcher.search(searcher.vectors(np.array(new)), 1)
+    assert rows[:, 0].tolist() == new

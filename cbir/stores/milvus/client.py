@@ -62,6 +62,7 @@ TOKEN_ENV = "CBIR_MILVUS_TOKEN"
 FORMAT = "cbir-milvus-1"
 KEY_FORMAT, KEY_SETTINGS = "cbir.format", "cbir.settings"
 KEY_WEIGHTS, KEY_COMMIT = "cbir.weights", "cbir.commit"
+KEY_READ_TS = "cbir.read_ts"
 HNSW = {"M": 32, "efConstruction": 80}  # the folder store's HNSW build parameters (cbir.stores.folder.ann)
 EF_SEARCH = 256
 MAX_PATH = 16_384  # bytes: a 4096-byte POSIX path with every byte escaped as \xNN
@@ -265,12 +266,14 @@ def new_commit_stamp() -> str:
 
 @dataclass(frozen=True)
 class Record:
-    """What a collection says about itself (its properties): settings, weights file, commit stamp."""
+    """What a collection says about itself (its properties): settings, weights file, commit stamp,
+    and the server timestamp its readers read at (``read_ts``, 0: none, see :func:`read_at`)."""
 
     config: FeatureConfig
     dim: int
     weights_path: str | None
     commit: str
+    read_ts: int = 0
 
     def properties(self) -> dict[str, str]:
         return {
@@ -278,12 +281,37 @@ class Record:
             KEY_SETTINGS: json.dumps({"config": self.config.to_dict(), "dim": self.dim}, sort_keys=True),
             KEY_WEIGHTS: self.weights_path or "",
             KEY_COMMIT: self.commit,
+            KEY_READ_TS: str(self.read_ts),
         }
 
 
-# Every read sees every write acknowledged before it (a server's default, "Bounded", lets a query
-# miss rows upserted a moment ago: a resumed run would embed them again, a reader would lose them).
+# A read must see every row committed before it. A server's default, "Bounded", lets a query miss
+# rows upserted a moment ago (a resumed run would embed them again, a reader would lose them);
+# "Strong" sees them but waits for the server's next time tick on every call (~200 ms on a 2.3
+# server). So a commit records a server timestamp issued after its last write (``read_ts``), and a
+# reader of that commit reads at it ("Customized": waits only until the server has applied the
+# writes up to it, at most once); writers, and collections committed without one, read "Strong".
 CONSISTENCY = "Strong"
+
+
+def read_at(ts: int) -> dict[str, object]:
+    """The consistency arguments of a read that sees every write the server acknowledged before
+    issuing the hybrid timestamp ``ts`` (0: every write acknowledged before the read, "Strong")."""
+    if ts > 0:
+        return {"consistency_level": "Customized", "guarantee_timestamp": ts}
+    return {"consistency_level": CONSISTENCY}
+
+
+def server_timestamp(client: MilvusClient) -> int:
+    """A hybrid timestamp issued by the server now, later than every write it has acknowledged; 0
+    where the server issues none (Milvus Lite answers 0: its reads never wait, "Strong" costs nothing).
+    pymilvus has the call (AllocTimestamp) on its connection only, not on MilvusClient."""
+    connection = getattr(client, "_get_connection", None)
+    alloc = getattr(connection() if connection is not None else None, "alloc_timestamp", None)
+    if alloc is None:
+        return 0
+    with milvus_errors("asking the server for a timestamp"):
+        return max(0, int(alloc()))
 
 
 @dataclass
@@ -310,7 +338,11 @@ class MilvusCollection:
             raise IndexFolderError(
                 f"the collection {self.where} has damaged settings ({exc}); rebuild with --rebuild"
             ) from None
-        return Record(config, dim, props.get(KEY_WEIGHTS) or None, props.get(KEY_COMMIT, ""))
+        try:
+            read_ts = max(0, int(props.get(KEY_READ_TS) or 0))
+        except ValueError:
+            read_ts = 0  # not one cbir wrote: read "Strong"
+        return Record(config, dim, props.get(KEY_WEIGHTS) or None, props.get(KEY_COMMIT, ""), read_ts)
 
     def create(self, record: Record) -> None:
         """A new, empty collection for ``record`` (another process may have made it meanwhile)."""
@@ -343,9 +375,12 @@ class MilvusCollection:
         with milvus_errors(f"dropping the collection {self.name}"):
             self.client.drop_collection(self.name)
 
-    def set_commit(self, stamp: str) -> None:
+    def set_commit(self, stamp: str, read_ts: int) -> None:
+        """Stamp a new commit, and the server timestamp its readers read at (one call: both or neither)."""
         with milvus_errors(f"committing to the collection {self.name}"):
-            self.client.alter_collection_properties(self.name, properties={KEY_COMMIT: stamp})
+            self.client.alter_collection_properties(
+                self.name, properties={KEY_COMMIT: stamp, KEY_READ_TS: str(read_ts)}
+            )
 
     def ensure_loaded(self) -> None:
         """A reopened collection must be loaded before it is searched or queried (a restarted server
@@ -359,14 +394,16 @@ class MilvusCollection:
         """The collection of this one's labels (which may not exist yet)."""
         return LabelsCollection(self.client, f"{self.name}{LABELS_SUFFIX}", self.where)
 
-    def rows(self, where: str, fields: list[str], batch: int = 4096) -> Iterator[JSONDict]:
-        """Every row matching the filter ``where``, with ``fields``, in batches of ``batch``; its
-        ``path`` in memory form (rows whose name is not in the stored form are left out)."""
-        return rows_of(self.client, self.name, where, fields, batch)
+    def rows(self, where: str, fields: list[str], batch: int = 4096, ts: int = 0) -> Iterator[JSONDict]:
+        """Every row matching the filter ``where``, with ``fields``, in batches of ``batch``, read at
+        ``ts`` (:func:`read_at`); its ``path`` in memory form (rows whose name is not in the stored
+        form are left out)."""
+        return rows_of(self.client, self.name, where, fields, batch, ts)
 
-    def get(self, paths: Sequence[str], fields: list[str]) -> Iterator[JSONDict]:
-        """The rows of ``paths`` (any status) that exist, with ``fields``; ``path`` in memory form."""
-        return get_rows(self.client, self.name, paths, fields)
+    def get(self, paths: Sequence[str], fields: list[str], ts: int = 0) -> Iterator[JSONDict]:
+        """The rows of ``paths`` (any status) that exist, with ``fields``, read at ``ts``; ``path`` in
+        memory form."""
+        return get_rows(self.client, self.name, paths, fields, ts)
 
     def delete(self, paths: Sequence[str]) -> None:
         """Delete the rows of ``paths``."""
@@ -428,9 +465,9 @@ class LabelsCollection:
             if "Loaded" not in state:  # NotLoad, or Loading (a server reloading after a restart)
                 self.client.load_collection(self.name)  # returns once it is loaded
 
-    def rows(self) -> Iterator[JSONDict]:
-        """Every labels row (``path`` in memory form, ``labels``)."""
-        return rows_of(self.client, self.name, f"path != {literal('')}", ["labels"], 4096)
+    def rows(self, ts: int = 0) -> Iterator[JSONDict]:
+        """Every labels row (``path`` in memory form, ``labels``), read at ``ts`` (:func:`read_at`)."""
+        return rows_of(self.client, self.name, f"path != {literal('')}", ["labels"], 4096, ts)
 
     def put(self, rows: dict[str, str], batch_rows: int) -> None:
         """Upsert ``rows`` (path in memory -> labels text) in batches, keyed as the main collection."""
@@ -444,16 +481,19 @@ class LabelsCollection:
         delete_rows(self.client, self.name, paths)
 
 
-def rows_of(client: MilvusClient, name: str, where: str, fields: list[str], batch: int) -> Iterator[JSONDict]:
-    """Every row of the collection ``name`` matching ``where``, with ``fields``, in batches; its
-    ``path`` in memory form (rows whose name is not in the stored form are left out)."""
+def rows_of(
+    client: MilvusClient, name: str, where: str, fields: list[str], batch: int, ts: int = 0
+) -> Iterator[JSONDict]:
+    """Every row of the collection ``name`` matching ``where``, with ``fields``, in batches, read at
+    ``ts`` (:func:`read_at`); its ``path`` in memory form (rows whose name is not in the stored form
+    are left out)."""
     with milvus_errors(f"reading the collection {name}"):
         it = client.query_iterator(
             name,
             batch_size=batch,
             filter=where,
             output_fields=_with_path(fields),
-            consistency_level=CONSISTENCY,
+            **read_at(ts),
         )
         try:
             while True:
@@ -465,15 +505,18 @@ def rows_of(client: MilvusClient, name: str, where: str, fields: list[str], batc
             it.close()
 
 
-def get_rows(client: MilvusClient, name: str, paths: Sequence[str], fields: list[str]) -> Iterator[JSONDict]:
-    """The rows of ``paths`` (names in memory) that exist, with ``fields``; ``path`` in memory form."""
+def get_rows(
+    client: MilvusClient, name: str, paths: Sequence[str], fields: list[str], ts: int = 0
+) -> Iterator[JSONDict]:
+    """The rows of ``paths`` (names in memory) that exist, with ``fields``, read at ``ts``
+    (:func:`read_at`); ``path`` in memory form."""
     for start in range(0, len(paths), IDS_PER_CALL):
         with milvus_errors(f"reading the collection {name}"):
             got = client.query(
                 name,
                 filter=path_in(paths[start : start + IDS_PER_CALL]),
                 output_fields=_with_path(fields),
-                consistency_level=CONSISTENCY,
+                **read_at(ts),
             )
         yield from _named(got)
 

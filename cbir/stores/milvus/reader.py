@@ -6,6 +6,10 @@ path: that list is its version, and its rows never change meanwhile. Milvus has 
 transactions, so a search may meet rows committed after the reader opened: they are left out (and
 more candidates fetched), so results only name rows of the reader's version. Vectors are read on
 demand (``vectors(rows)``), or all at once for an exact scan (``feats``).
+
+Every read of a reader is made at its commit's server timestamp (``read_ts``,
+:func:`~cbir.stores.milvus.client.read_at`): it sees every row of that commit, and waits for the
+server's time tick only while the commit is younger than one tick; without one, "Strong".
 """
 
 from __future__ import annotations
@@ -31,7 +35,6 @@ from cbir.search.base import (
 from cbir.search.exact import ExactSearcher, top_k
 from cbir.search.filters import ResultFilter, allowed_k, folder_prefix, moments
 from cbir.stores.milvus.client import (
-    CONSISTENCY,
     EF_SEARCH,
     MilvusCollection,
     folder_of,
@@ -40,6 +43,7 @@ from cbir.stores.milvus.client import (
     name_literal,
     path_in,
     path_of,
+    read_at,
 )
 from cbir.stores.milvus.writer import OK, row_entry
 from cbir.stores.rows import IndexedFiles, check_same_settings
@@ -59,9 +63,10 @@ class MilvusIndex(IndexedFiles):
         dim: int,
         commit: str,
         entries: list[Entry],
+        read_ts: int = 0,
     ) -> None:
         self.collection, self.root, self._config = collection, root, config
-        self.dim, self.commit = dim, commit
+        self.dim, self.commit, self.read_ts = dim, commit, read_ts
         self.entries = entries
         self.paths = [e.path for e in entries]
         self._by_path: dict[str, int] | None = None
@@ -80,9 +85,10 @@ class MilvusIndex(IndexedFiles):
                 f"no index in {collection.where}; build one with: cbir index {root} --store URI"
             )
         collection.ensure_loaded()
-        rows = collection.rows(f"status == {OK}", ["path", "size", "mtime_ns", "taken"])
+        fields = ["path", "size", "mtime_ns", "taken"]
+        rows = collection.rows(f"status == {OK}", fields, ts=record.read_ts)
         entries = sorted((row_entry(r) for r in rows), key=lambda e: e.path)
-        index = cls(collection, root, record.config, record.dim, record.commit, entries)
+        index = cls(collection, root, record.config, record.dim, record.commit, entries, record.read_ts)
         index.labeller = collection.labels().classifier()
         return index
 
@@ -93,7 +99,7 @@ class MilvusIndex(IndexedFiles):
             if self.labeller is not None:
                 labels = self.collection.labels()
                 labels.ensure_loaded()
-                for row in labels.rows():
+                for row in labels.rows(self.read_ts):
                     try:
                         by_path[str(row["path"])] = labels_from_text(str(row["labels"]))
                     except ValueError as exc:
@@ -133,7 +139,7 @@ class MilvusIndex(IndexedFiles):
             out = np.zeros((len(self.paths), self.dim), dtype=np.float32)
             seen = np.zeros(len(self.paths), dtype=bool)
             lookup = self._lookup()
-            for row in self.collection.rows(f"status == {OK}", ["path", "vector"]):
+            for row in self.collection.rows(f"status == {OK}", ["path", "vector"], ts=self.read_ts):
                 i = lookup.get(str(row["path"]))
                 if i is not None:
                     out[i], seen[i] = row["vector"], True
@@ -151,7 +157,7 @@ class MilvusIndex(IndexedFiles):
         ids = [self.paths[r] for r in rows]
         got = {
             str(r["path"]): r["vector"]
-            for r in self.collection.get(ids, ["vector", "status"])
+            for r in self.collection.get(ids, ["vector", "status"], self.read_ts)
             if r["status"] == OK
         }
         for i, path in enumerate(ids):
@@ -268,7 +274,7 @@ class MilvusSearcher:
                 filter=f"status == {OK}" + (f" and {self.expr}" if self.expr else ""),
                 output_fields=["path"],
                 search_params={"metric_type": "IP", "params": {"ef": max(self.ef, limit)}},
-                consistency_level=CONSISTENCY,
+                **read_at(self.index.read_ts),
             )
         lookup = self.index._lookup()
         out = []

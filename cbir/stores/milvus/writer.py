@@ -42,6 +42,7 @@ from cbir.stores.milvus.client import (
     new_commit_stamp,
     open_client,
     served_uri,
+    server_timestamp,
     stored_reason,
     token_for,
 )
@@ -183,7 +184,9 @@ class MilvusWriter(DatabaseWriter):
             ]
         )
         self._write_labels()
-        self.collection.set_commit(stamp)
+        # issued after every write of this commit was acknowledged, workers' ones too (they are
+        # adopted before the commit that takes them in): readers of this commit read at it
+        self.collection.set_commit(stamp, server_timestamp(self.collection.client))
         self.committed(changes)
 
     def _write_labels(self) -> None:

@@ -1,8 +1,10 @@
 """Faults against a real Milvus server (the ``milvus_server`` fixture: PyPI's ``milvus`` standalone
 server on 127.0.0.1): the server killed with ``kill -9`` in the middle of ``cbir index``, after
-some checkpoints; the indexer's one-line error; a reader while the server is down (one line, never
-an answer) and after it is back; the server restarted and ``cbir index`` run again: the collection
-equals a clean build (same paths, vectors within float tolerance, no duplicate rows, no lost rows).
+some checkpoints; the indexer's one-line error; readers while the server is down (``cbir query``: one
+line; ``cbir serve``: 503s with one line; never an answer) and after it is back; the server restarted
+and ``cbir index`` run again: the collection equals a clean build (same paths, vectors within float
+tolerance, no duplicate rows, no lost rows). One kill for all of it: each restart costs seconds.
+And a commit's rows seen by a reader right after it, read at the commit's server timestamp.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -49,65 +52,10 @@ def index_command(data: Path, uri: str, weights: Path) -> list[str]:
     return [sys.executable, "-m", "cbir", *map(str, args)]
 
 
-@pytest.mark.slow
-def test_server_killed_during_index_then_restarted_and_indexed_again(
-    tmp_path, milvus_server, mobilenetv2_weights
-):
-    from cbir.stores.milvus.store import MilvusStore
-
-    data = tmp_path / "data"
-    for i in range(IMAGES):
-        save_image(data / f"f{i % 4}" / f"img{i:03d}.png", seed=i, width=48, height=40)
-    uri = f"{milvus_server.uri}/killed"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    indexer = subprocess.Popen(
-        index_command(data, uri, mobilenetv2_weights),
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    from pymilvus import MilvusClient
-
-    watcher = MilvusClient(uri=milvus_server.http, timeout=10)
-    try:
-        while row_count(milvus_server, "killed", watcher) < 2 * EVERY:  # polled: the indexer's own pace
-            assert indexer.poll() is None, indexer.communicate()
-        milvus_server.kill()
-        watcher.close()
-        out, err = indexer.communicate(timeout=300)
-    finally:
-        if indexer.poll() is None:
-            indexer.kill()
-            indexer.wait()
-    assert indexer.returncode == 2, ("the kill did not land mid-run", out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Milvus" in lines[0] and "Traceback" not in err, err
-
-    query = ("query", data, "--like", "f0/img000.png", "--store", uri, "-k", "3", "--json")
-    one_line_error(cli(*query, cwd=tmp_path, script=None), "Milvus")  # a reader meanwhile: one line
-    milvus_server.start()
-    answer = ok(cli(*query, cwd=tmp_path, script=None))  # the reader recovers: the committed rows
-    assert answer.stdout.count('"path"') == 3
-
-    again = ok(cli(*index_command(data, uri, mobilenetv2_weights)[3:], "--json", cwd=tmp_path, script=None))
-    assert f'"total": {IMAGES}' in again.stdout
-    clean_uri = f"{milvus_server.uri}/clean"
-    ok(cli(*index_command(data, clean_uri, mobilenetv2_weights)[3:], cwd=tmp_path, script=None))
-
-    resumed = rows_of(MilvusStore.from_uri(uri, data).open())
-    clean = rows_of(MilvusStore.from_uri(clean_uri, data).open())
-    assert sorted(resumed) == sorted(clean) and len(clean) == IMAGES  # no lost rows
-    for path, vector in clean.items():
-        np.testing.assert_allclose(resumed[path], vector, atol=1e-5)
-    assert row_count(milvus_server, "killed") == IMAGES  # no duplicate rows
-
-
-@pytest.mark.slow
-def test_cbir_serve_answers_503_while_the_server_is_down_and_recovers(tmp_path, milvus_server, monkeypatch):
-    """``cbir serve --store milvus://...`` (its app, in-process) over the real server: like-searches
-    while the server is killed are 503s with one line, never results; the same answers once back."""
+@contextlib.contextmanager
+def served(tmp_path: Path, uri: str) -> Iterator[tuple[object, dict[str, object]]]:
+    """``cbir serve DATASET --store URI`` (its app, in-process, a tiny model) over 6 images, once its
+    first indexing run is done: the test client and a like-search's query."""
     pytest.importorskip("fastapi", reason="cbir serve needs the web extra (pip install 'cbir[web]')")
     import dataclasses
 
@@ -122,26 +70,80 @@ def test_cbir_serve_answers_503_while_the_server_is_down_and_recovers(tmp_path, 
     ds = tmp_path / "photos"
     for i in range(6):
         save_image(ds / f"img{i:02d}.jpg", seed=i)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    args = build_parser().parse_args(
-        ["serve", str(ds), *TINY_MODEL, "--store", f"{milvus_server.uri}/served"]
-    )
+    args = build_parser().parse_args(["serve", str(ds), *TINY_MODEL, "--store", uri])
     options = dataclasses.replace(index_options_from(args), progress=False)
     with running_service(settings_from(args), options, ServeOptions(reranking=DEFAULT_RERANKING)) as service:
         wait_until(lambda: settled(service), what="the model and the first indexing run")
-        client = TestClient(create_app(service))
-        query = {"like": "img01.jpg", "k": 3}
-        before = client.get("/api/search", params=query)
+        yield TestClient(create_app(service)), {"like": "img01.jpg", "k": 3}
+
+
+@pytest.mark.slow
+def test_server_killed_during_index_then_restarted_and_indexed_again(
+    tmp_path, milvus_server, mobilenetv2_weights, monkeypatch
+):
+    """One kill of the server, with ``cbir index`` mid-run and two readers: ``cbir query`` and
+    ``cbir serve`` (left running: 503s with one line while the server is down, never results; the
+    same answers once it is back)."""
+    from pymilvus import MilvusClient
+
+    from cbir.stores.milvus.store import MilvusStore
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    for i in range(IMAGES):
+        save_image(data / f"f{i % 4}" / f"img{i:03d}.png", seed=i, width=48, height=40)
+    uri = f"{milvus_server.uri}/killed"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    with served(tmp_path, f"{milvus_server.uri}/served") as (web, like):
+        before = web.get("/api/search", params=like)
         assert before.status_code == 200 and len(before.json()["results"]) == 3
-        milvus_server.kill()
-        down = client.get("/api/search", params=query)
+        indexer = subprocess.Popen(
+            index_command(data, uri, mobilenetv2_weights),
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        watcher = MilvusClient(uri=milvus_server.http, timeout=10)
+        try:
+            while row_count(milvus_server, "killed", watcher) < 2 * EVERY:  # polled: the indexer's pace
+                assert indexer.poll() is None, indexer.communicate()
+            milvus_server.kill()
+            watcher.close()
+            out, err = indexer.communicate(timeout=300)
+        finally:
+            if indexer.poll() is None:
+                indexer.kill()
+                indexer.wait()
+        assert indexer.returncode == 2, ("the kill did not land mid-run", out, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "Milvus" in lines[0] and "Traceback" not in err, err
+
+        query = ("query", data, "--like", "f0/img000.png", "--store", uri, "-k", "3", "--json")
+        one_line_error(cli(*query, cwd=tmp_path, script=None), "Milvus")  # a reader meanwhile: one line
+        down = web.get("/api/search", params=like)
         assert down.status_code == 503 and "results" not in down.json(), down.text
         error = down.json()["error"]
         assert "Milvus" in error and "\n" not in error
         milvus_server.start()
-        after = client.get("/api/search", params=query)
+        after = web.get("/api/search", params=like)
         assert after.status_code == 200, after.text
         assert after.json()["results"] == before.json()["results"]
+    answer = ok(cli(*query, cwd=tmp_path, script=None))  # the reader recovers: the committed rows
+    assert answer.stdout.count('"path"') == 3
+
+    again = ok(cli(*index_command(data, uri, mobilenetv2_weights)[3:], "--json", cwd=tmp_path, script=None))
+    assert f'"total": {IMAGES}' in again.stdout
+    clean_uri = f"{milvus_server.uri}/clean"
+    ok(cli(*index_command(data, clean_uri, mobilenetv2_weights)[3:], cwd=tmp_path, script=None))
+
+    resumed = rows_of(MilvusStore.from_uri(uri, data).open())
+    clean = rows_of(MilvusStore.from_uri(clean_uri, data).open())
+    assert sorted(resumed) == sorted(clean) and len(clean) == IMAGES  # no lost rows
+    for path, vector in clean.items():
+        np.testing.assert_allclose(resumed[path], vector, atol=1e-5)
+    assert row_count(milvus_server, "killed") == IMAGES  # no duplicate rows
 
 
 @pytest.mark.slow

@@ -53,6 +53,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 256  # rows per upsert: 2 MiB of 2048-d float32 vectors, far below gRPC's message limit
+# a run that wrote fewer rows leaves them to Milvus' own sealing (a segment is sealed when full or
+# idle): a flush costs ~2 s on a server and makes one more small segment to compact, while a few
+# hundred unsealed rows are scanned as fast as they are searched; committed rows are durable either way
+FLUSH_ROWS = 1024
 FIELDS = ["path", "size", "mtime_ns", "taken", "status", "reason"]
 OK, BAD, BAD_TRANSIENT = 0, 1, 2
 
@@ -132,6 +136,7 @@ class MilvusWriter(DatabaseWriter):
         super().__init__(config, rebuild=rebuild, where=collection.where)
         self.collection, self.weights_path = collection, weights_path
         self.batch_rows, self.address = batch_rows, address
+        self.rows_written = 0  # by this run, its workers' included: whether ``finish`` flushes
 
     def __enter__(self) -> MilvusWriter:
         record = self.collection.record()
@@ -223,11 +228,16 @@ class MilvusWriter(DatabaseWriter):
 
     def _upsert(self, rows: list[JSONDict]) -> None:
         upsert(self.collection.client, self.collection.name, rows, self.batch_rows)
+        self.rows_written += len(rows)
+
+    def adopt(self, entries: Sequence[Entry]) -> None:
+        super().adopt(entries)
+        self.rows_written += len(entries)
 
     def finish(self, ann_mode: str) -> str:
-        """Seal what was written, so Milvus indexes it (HNSW) instead of scanning it on every search;
-        Milvus builds and keeps the index itself."""
-        if self._exists:
+        """Seal what was written (FLUSH_ROWS rows or more), so Milvus indexes it (HNSW) instead of
+        scanning it on every search; Milvus builds and keeps the index itself."""
+        if self._exists and self.rows_written >= FLUSH_ROWS:
             with milvus_errors(f"flushing the collection {self.collection.name}"):
                 self.collection.client.flush(self.collection.name)
         return "hnsw (milvus)"

@@ -322,7 +322,7 @@ def test_duplicates_are_the_groups_of_the_duplicates_feature_with_relative_paths
 
 def test_the_page_and_its_assets_are_served(client):
     page = client.get("/")
-    assert page.status_code == 200 and '<script src="/static/app.js">' in page.text
+    assert page.status_code == 200 and '<script type="module" src="/static/app.js">' in page.text
     assert "http" not in page.text.replace("http-equiv", "")  # nothing from elsewhere: works offline
     js = client.get("/static/app.js")
     assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")

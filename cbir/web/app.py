@@ -50,7 +50,12 @@ STATUS: dict[type[Exception], int] = {
     QueryError: 400,
 }
 RETRY_AFTER = {ModelLoading: 2, StoreError: 5}  # seconds; Busy says its own
-STATIC = ("index.html", "app.js", "style.css")
+STATIC_KINDS = {"js": "text/javascript", "css": "text/css", "html": "text/html"}
+STATIC = frozenset(  # the page's files: every .js/.css/.html shipped in cbir/web/static
+    item.name
+    for item in resources.files("cbir.web").joinpath("static").iterdir()
+    if item.name.rpartition(".")[2] in STATIC_KINDS
+)
 GET = ["GET", "HEAD"]
 
 
@@ -164,7 +169,7 @@ def _add_page(app: FastAPI) -> None:
     def static(name: str) -> Response:
         if name not in STATIC:
             return _error(404, "not found")
-        kind = {"js": "text/javascript", "css": "text/css", "html": "text/html"}[name.rpartition(".")[2]]
+        kind = STATIC_KINDS[name.rpartition(".")[2]]
         return Response(_static(name), media_type=f"{kind}; charset=utf-8")
 
 

@@ -1,64 +1,9 @@
 // cbir's page: browse the collection, search by example. Uses only the JSON API of the server.
-"use strict";
+import { $, api, csrf, el, enc, encName, show, showError } from "./api.js";
+import { mountDuplicates } from "./duplicates.js";
+import { refreshInfo, startStatus } from "./status.js";
 
-const $ = (id) => document.getElementById(id);
 const state = { dir: "", page: 1, pages: 1, images: -1, ready: false };
-
-// A file name's bytes, percent-encoded: the server sends a byte that is not UTF-8 as a lone
-// surrogate U+DC80-U+DCFF (Python's surrogateescape), which encodeURIComponent refuses.
-function encName(name) {
-  let out = "";
-  for (const ch of name) {
-    const code = ch.charCodeAt(0);
-    out += ch.length === 1 && code >= 0xdc80 && code <= 0xdcff
-      ? `%${(code - 0xdc00).toString(16).toUpperCase()}`
-      : encodeURIComponent(ch);
-  }
-  return out;
-}
-
-function enc(rel) {
-  return rel.split("/").map(encName).join("/");
-}
-
-let csrfToken = null;
-
-async function csrf() {
-  // the header every state-changing request carries; only a page of this origin can read it
-  if (csrfToken === null) csrfToken = (await api("/api/csrf")).csrf;
-  return csrfToken;
-}
-
-async function api(url, options) {
-  const response = await fetch(url, { credentials: "same-origin", ...options });
-  let body = null;
-  try {
-    body = await response.json();
-  } catch (e) {
-    body = { error: `${response.status} ${response.statusText}` };
-  }
-  if (!response.ok) {
-    const error = new Error(body.error || `${response.status} ${response.statusText}`);
-    error.status = response.status;
-    throw error;
-  }
-  return body;
-}
-
-function showError(message) {
-  $("error").textContent = message;
-  $("error").hidden = !message;
-}
-
-function show(view) {
-  for (const id of ["browse", "results", "duplicates"]) $(id).hidden = id !== view;
-}
-
-function el(tag, props, ...children) {
-  const node = Object.assign(document.createElement(tag), props || {});
-  for (const child of children) node.append(child);
-  return node;
-}
 
 function tile(path, score) {
   const img = el("img", { src: `/thumbs/${enc(path)}`, alt: path, loading: "lazy" });
@@ -163,67 +108,12 @@ async function upload(file) {
   refreshInfo();
 }
 
-async function showDuplicates() {
-  try {
-    const data = await api("/api/duplicates");
-    $("groups").replaceChildren(
-      ...(data.groups || []).map((g) => el("ul", { className: "grid group" }, ...g.paths.map((p) => tile(p))))
-    );
-    show("duplicates");
-  } catch (e) {
-    showError(e.message);
-  }
-}
-
-async function probeDuplicates() {
-  try {
-    await api("/api/duplicates");
-    $("show-duplicates").hidden = false;
-  } catch (e) {
-    $("show-duplicates").hidden = true; // 501: this version has no duplicate grouping
-  }
-}
-
-function describe(info) {
-  const parts = [`${info.images} images`];
-  if (info.model === "loading") parts.push("loading the model… (browsing and “more like this” already work)");
-  if (info.model === "failed") parts.push(`the model failed: ${info.model_error}`);
-  const ix = info.indexing;
-  if (ix && ix.state === "indexing") parts.push(`indexing ${ix.done} / ${ix.total || "?"}`);
-  if (ix && ix.state === "failed") parts.push(`indexing failed: ${ix.error}`);
-  if (ix && ix.bad && ix.bad.length) parts.push(`${ix.bad.length} files could not be read`);
-  return parts.join(" · ");
-}
-
-async function refreshInfo() {
-  let info;
-  try {
-    info = await api("/api/info");
-  } catch (e) {
-    $("status").textContent = `server unreachable: ${e.message}`;
-    setTimeout(refreshInfo, 3000);
-    return;
-  }
-  $("dataset").textContent = info.dataset;
-  $("status").textContent = describe(info);
-  const ix = info.indexing;
-  const bad = (ix && ix.bad) || [];
-  $("bad").hidden = bad.length === 0;
-  $("bad-list").replaceChildren(...bad.map((b) => el("li", {}, `${b.path}: ${b.reason}`)));
-  state.ready = info.ready;
-  const busy = info.model === "loading" || (ix && ix.state === "indexing");
-  if (info.images !== state.images && !$("browse").hidden) browse(state.dir, state.page);
-  state.images = info.images;
-  setTimeout(refreshInfo, busy ? 1000 : 4000);
-}
-
 function setUp() {
   $("controls").addEventListener("submit", (e) => e.preventDefault()); // no inline handlers: the CSP
   $("home").addEventListener("click", (e) => { e.preventDefault(); browse(state.dir, state.page); });
   $("prev").addEventListener("click", () => browse(state.dir, state.page - 1));
   $("next").addEventListener("click", () => browse(state.dir, state.page + 1));
   $("file").addEventListener("change", (e) => upload(e.target.files[0]));
-  $("show-duplicates").addEventListener("click", showDuplicates);
   $("words").addEventListener("submit", (e) => { e.preventDefault(); words($("text").value); });
   let depth = 0;
   window.addEventListener("dragenter", (e) => { e.preventDefault(); depth++; $("drop").hidden = false; });
@@ -251,8 +141,12 @@ function setUp() {
     $("text").value = decodeURIComponent(location.hash.slice(6));
     words($("text").value);
   }
-  refreshInfo();
-  probeDuplicates();
+  startStatus((info) => {
+    state.ready = info.ready;
+    if (info.images !== state.images && !$("browse").hidden) browse(state.dir, state.page);
+    state.images = info.images;
+  });
+  mountDuplicates(tile);
 }
 
 setUp();

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import save_image
-from helpers import TINY_MODEL
+from helpers import TINY_MODEL, ready_groups
 from PIL import Image
 
 pytest.importorskip("fastapi", reason="cbir serve needs the web extra (pip install 'cbir[web]')")
@@ -69,7 +69,8 @@ def served(tmp_path_factory) -> Iterator[tuple[Path, Service]]:
     args = build_parser().parse_args(["serve", str(ds), *TINY_MODEL])
     options = dataclasses.replace(index_options_from(args), progress=False)
     # re-ranked as the command line ranks (the server's default is none), so both paths are tested
-    with running_service(settings_from(args), options, ServeOptions(reranking=DEFAULT_RERANKING)) as service:
+    serving = ServeOptions(reranking=DEFAULT_RERANKING, trash=base / "trash")
+    with running_service(settings_from(args), options, serving) as service:
         wait_until(lambda: settled(service), what="the model and the first indexing run")
         yield ds, service
 
@@ -303,7 +304,7 @@ def test_a_file_swapped_for_a_symlink_out_of_the_dataset_is_not_served(served, c
 def test_duplicates_are_the_groups_of_the_duplicates_feature_with_relative_paths(served, client):
     ds, service = served
     for threshold in (0.5, 0.99):
-        doc = client.get("/api/duplicates", params={"threshold": threshold}).json()
+        doc = ready_groups(client, service, threshold)
         report = find_duplicates(
             service.collection.require(), DuplicateOptions(threshold=threshold), progress=False
         )

@@ -29,6 +29,7 @@ from cbir.ingest.decode import Geometry, LoadLimits, decode_views  # noqa: E402
 from cbir.ingest.files import find_images  # noqa: E402
 from cbir.web.app import create_app  # noqa: E402
 from cbir.web.collection import Collection  # noqa: E402
+from cbir.web.duplicates import DuplicateReview  # noqa: E402
 from cbir.web.security import Hosts  # noqa: E402
 from cbir.web.server import ServeOptions, route_library_logs, running_service  # noqa: E402
 from cbir.web.service import Service  # noqa: E402
@@ -108,6 +109,8 @@ WORK = [
     ("GET", "/thumbs/p1.jpg"),
     ("GET", "/files/p1.jpg"),
     ("POST", "/api/search"),
+    ("POST", "/api/duplicates/move"),
+    ("POST", "/api/duplicates/undo"),
 ]
 
 
@@ -422,12 +425,16 @@ def test_thumbnails_of_images_the_index_drops_are_deleted(served, client):
     assert not stray.exists() and cached.parent.parent.is_dir()
 
 
-def test_an_internal_error_is_json_with_the_security_headers(served):
+def test_an_internal_error_is_json_with_the_security_headers(served, tmp_path):
     def broken(index, threshold):
         raise RuntimeError("a bug")
 
-    app = create_app(dataclasses.replace(served[1], duplicates=broken))
-    response = TestClient(app, raise_server_exceptions=False).get("/api/duplicates?threshold=0.42")
+    review = DuplicateReview(served[1].collection, tmp_path / "trash", compute=broken)
+    app = create_app(dataclasses.replace(served[1], review=review))
+    client = TestClient(app, raise_server_exceptions=False)
+    assert client.get("/api/duplicates?threshold=0.42").json()["state"] == "computing"
+    review.run_once()  # what its thread does
+    response = client.get("/api/duplicates?threshold=0.42")
     assert is_error(response, 500) and "a bug" not in response.text
     assert response.headers["x-frame-options"] == "DENY"
 

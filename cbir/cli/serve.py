@@ -34,6 +34,7 @@ def cmd_serve(args: argparse.Namespace, load_tensorflow: Callable[[], None]) -> 
         tuple(args.allow_host),
         args.watch,
         reranking=reranking_from(args),
+        trash=args.trash,
     )
     serve(
         settings,

@@ -17,6 +17,8 @@ an undecodable byte into U+FFFD), and the JSON carries an undecodable byte as ``
 
 from __future__ import annotations
 
+import hmac
+import json
 import os
 from collections.abc import AsyncGenerator
 from importlib import resources
@@ -34,14 +36,23 @@ from cbir.core.errors import BadImageError, CbirError, QueryError, StoreError
 from cbir.core.names import json_text
 from cbir.core.types import JSONDict
 from cbir.web.collection import NotFound
+from cbir.web.duplicates import Conflict, Lacking
 from cbir.web.model import ModelLoading
-from cbir.web.security import Guard, Hosts, Policy
+from cbir.web.security import CSRF_HEADER, Guard, Hosts, Policy
 from cbir.web.service import Service, UploadTooLarge, Where
 from cbir.web.thumbnails import thumbnail
 from cbir.web.uploads import Busy
 
+
+class Forbidden(CbirError):
+    """A request that moves files without the CSRF header (HTTP 403)."""
+
+
 STATUS: dict[type[Exception], int] = {
     NotFound: 404,
+    Forbidden: 403,
+    Conflict: 409,
+    Lacking: 501,
     UploadTooLarge: 413,
     ModelLoading: 503,
     Busy: 503,
@@ -57,6 +68,7 @@ STATIC = frozenset(  # the page's files: every .js/.css/.html shipped in cbir/we
     if item.name.rpartition(".")[2] in STATIC_KINDS
 )
 GET = ["GET", "HEAD"]
+MAX_JSON = 1024 * 1024  # a review's moves: thousands of paths
 
 
 class NamesJSON(JSONResponse):
@@ -219,6 +231,40 @@ def _add_api(app: FastAPI, service: Service, policy: Policy) -> None:
     @app.api_route("/api/duplicates", methods=GET)
     def duplicates(threshold: float | None = None) -> JSONDict:
         return service.duplicate_groups(threshold)
+
+    @app.post("/api/duplicates/move")
+    async def move_duplicates(request: Request) -> JSONDict:
+        """Move the files a review chose out of the dataset: ``{"version": V, "groups": [{"keep":
+        REL, "remove": [REL, ...]}]}``; the X-CSRF-Token header is required from every client."""
+        body = await _json_body(request, policy)
+        review = service.reviewer()
+        return await run_in_threadpool(review.move, body.get("version"), body.get("groups"))
+
+    @app.post("/api/duplicates/undo")
+    async def undo_duplicates(request: Request) -> JSONDict:
+        """Put back the files of a move: ``{"log": NAME}``, the name its answer gave."""
+        body = await _json_body(request, policy)
+        return await run_in_threadpool(service.reviewer().undo, body.get("log"))
+
+
+async def _json_body(request: Request, policy: Policy) -> JSONDict:
+    """The JSON object of a request that moves files, which must carry the CSRF header (scripts
+    too: they read it from /api/csrf) and be small."""
+    sent = request.headers.get(CSRF_HEADER, "")
+    if not hmac.compare_digest(sent.encode(), policy.csrf.encode()):
+        raise Forbidden("missing or wrong X-CSRF-Token header (the page reads it from /api/csrf)")
+    data = b""
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > MAX_JSON:
+            raise QueryError(f"the request is larger than {MAX_JSON // 1024} KiB")
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError):
+        raise QueryError("send a JSON object") from None
+    if not isinstance(body, dict):
+        raise QueryError("send a JSON object")
+    return body
 
 
 def _add_files(app: FastAPI, service: Service) -> None:

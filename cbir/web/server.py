@@ -1,7 +1,8 @@
 """``cbir serve``: the service put together and run under uvicorn until interrupted.
 
 The socket is bound before anything else (a port in use is one error line, port 0 picks a free one),
-the page answers at once, and the model loads and the index catches up in background threads; with
+the page answers at once, and the model loads, the index catches up and its near-duplicate groups are
+made (:mod:`cbir.web.duplicates`) in background threads; with
 ``watch``, a :class:`~cbir.indexing.watch.FolderWatcher` asks the indexer for a run whenever the
 folder's images change and settle.
 """
@@ -15,6 +16,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
@@ -25,6 +27,7 @@ from cbir.search.rerank import Reranking
 from cbir.service.settings import Settings
 from cbir.web.app import create_app
 from cbir.web.collection import Collection
+from cbir.web.duplicates import DuplicateReview, check_trash, default_trash
 from cbir.web.model import ModelWorker, warmed_up
 from cbir.web.security import Hosts
 from cbir.web.service import MAX_UPLOAD_PIXELS, Service
@@ -48,6 +51,7 @@ class ServeOptions:
     watch: bool = False
     update: bool = True  # bring the index up to date at start
     reranking: Reranking = Reranking()  # of like and upload searches (none: speed first)
+    trash: Path | None = None  # where the review moves duplicates (None: default_trash of the dataset)
 
 
 class OneLine(logging.Formatter):
@@ -115,11 +119,21 @@ def running_service(
     def done(report: IndexReport) -> None:
         if watcher is not None:  # files that could not be read this time: look again later
             watcher.retry(report.transient > 0)
+        review.request()  # the groups of the version just committed
 
-    updater = Updater(settings, index_options, lambda: worker.wait(), on_done=done).start()
+    updater = Updater(settings, index_options, lambda: worker.wait(), on_done=done)
     store = settings.home
+    collection = Collection(settings.dataset, store, follow_links=index_options.follow_links)
+    review = DuplicateReview(
+        collection,
+        options.trash or default_trash(settings.dataset),
+        busy=lambda: updater.progress.state == "indexing",
+        changed=updater.request,
+    )
+    updater.start()
+    review.start()
     service = Service(
-        Collection(settings.dataset, store, follow_links=index_options.follow_links),
+        collection,
         worker,
         updater,
         limits=settings.runtime.limits,
@@ -127,6 +141,7 @@ def running_service(
         max_upload_pixels=int(options.max_upload_mp * 1e6),
         features=settings.config.to_dict(),
         reranking=options.reranking,
+        review=review,
     )
     if options.watch:  # it looks at the folder before the first run: nothing added meanwhile is missed
         watcher = FolderWatcher(
@@ -143,6 +158,7 @@ def running_service(
         if watcher is not None:
             watcher.stop()
         updater.stop()
+        review.stop()
         worker.stop()
 
 
@@ -157,6 +173,7 @@ def serve(
 
     if not settings.dataset.is_dir():
         raise DatasetError(f"dataset folder not found: {settings.dataset}")
+    check_trash(options.trash or default_trash(settings.dataset), settings.dataset)
     sock = bind(options.host, options.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host

@@ -1,4 +1,5 @@
-"""What the web API does, without HTTP: info, browse, like- and upload-search, duplicates.
+"""What the web API does, without HTTP: info, browse, like- and upload-search, duplicates
+(:mod:`cbir.web.duplicates`).
 
 :class:`Service` ties the collection (the committed index, reloaded on commit), the warm model
 (:class:`~cbir.web.model.ModelWorker`) and the background indexer (:class:`~cbir.web.updater.Updater`)
@@ -7,9 +8,7 @@ together; :mod:`cbir.web.app` only maps its answers and errors to HTTP.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from cbir.core.errors import BadImageError, CbirError, QueryError
@@ -19,10 +18,10 @@ from cbir.ingest.decode import LoadLimits, decode_views
 from cbir.search.filters import ResultFilter, parse_moment
 from cbir.search.rerank import Reranking
 from cbir.search.words import MAX_TEXT
-from cbir.service.duplicates import DuplicateOptions, find_duplicates
 from cbir.service.query import SearchRequest, like_index, text_index
 from cbir.stores.base import IndexReader
 from cbir.web.collection import Collection, NotFound
+from cbir.web.duplicates import DuplicateReview, Lacking
 from cbir.web.model import ModelWorker
 from cbir.web.searches import CombinedSearches
 from cbir.web.updater import Updater
@@ -50,14 +49,6 @@ class UploadTooLarge(CbirError):
     """An upload above ``--max-upload-mb``."""
 
 
-def duplicate_groups_of(index: IndexReader, threshold: float | None) -> JSONDict:
-    """The near-duplicate groups of ``index`` (:mod:`cbir.service.duplicates`, default rules) in the
-    shape of ``cbir duplicates --json``, paths relative to the dataset as everywhere in the API."""
-    return find_duplicates(index, DuplicateOptions(threshold=threshold), progress=False).to_dict(
-        relative=True
-    )
-
-
 @dataclass
 class Service:
     """The collection, its model and its indexer, and the limits of what a client may ask."""
@@ -68,11 +59,9 @@ class Service:
     limits: LoadLimits = LoadLimits()
     max_upload_bytes: int = 32 * 2**20
     max_upload_pixels: int = MAX_UPLOAD_PIXELS
-    duplicates: Callable[[IndexReader, float | None], JSONDict] = duplicate_groups_of
     features: JSONDict = field(default_factory=dict)
     reranking: Reranking = Reranking()  # of like and upload searches (``cbir serve --qe``)
-    _duplicates_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _duplicates_done: dict[tuple[Hashable, float | None], JSONDict] = field(default_factory=dict, repr=False)
+    review: DuplicateReview | None = None  # the near-duplicate groups and their moves
     searches: CombinedSearches = field(default_factory=CombinedSearches, repr=False)
     uploads: UploadGate = field(default_factory=UploadGate, repr=False)
 
@@ -96,6 +85,7 @@ class Service:
             "max_upload_mb": self.max_upload_bytes / 2**20,
             "max_upload_mp": self.max_upload_pixels / 1e6,
             "uploads": self.uploads.to_dict(),
+            "duplicates": self.review.state() if self.review is not None else None,
         }
 
     def like(self, rel: str, k: int, where: Where = Where()) -> JSONDict:
@@ -174,14 +164,13 @@ class Service:
         return ResultFilter(under=(folder,) if folder else (), since=where.since, until=where.until)
 
     def duplicate_groups(self, threshold: float | None) -> JSONDict:
-        if threshold is not None and not 0.0 < threshold <= 1.0:
-            raise QueryError("threshold must be in (0, 1]")
-        index = self.collection.require()
-        key = (index.version, threshold)
-        with self._duplicates_lock:  # one computation per index version and threshold
-            if key not in self._duplicates_done:
-                self._duplicates_done = {key: self.duplicates(index, threshold)}
-            return self._duplicates_done[key]
+        """GET /api/duplicates: the groups made in the background (``computing`` until then)."""
+        return self.reviewer().groups(threshold)
+
+    def reviewer(self) -> DuplicateReview:
+        if self.review is None:
+            raise Lacking("this server does not group near-duplicates")
+        return self.review
 
 
 def _check_k(k: int) -> int:

@@ -152,7 +152,9 @@ class DuplicateReview:
         (and the computation asked for); the error of a computation that failed."""
         if threshold is not None and not 0.0 < threshold <= 1.0:
             raise QueryError("threshold must be in (0, 1]")
-        index = self.collection.require()
+        index = self.collection.current()
+        if index is None:  # the first indexing run is under way
+            return {"state": "computing", "version": None, "trash": str(self.trash)}
         version = self.version_of(index)
         with self._cond:
             found = self._done.get((version, threshold))
@@ -180,6 +182,14 @@ class DuplicateReview:
         """Wait until the groups of ``version`` are made (or failed); False on timeout."""
         with self._cond:
             return self._cond.wait_for(lambda: (version, threshold) in self._done, timeout)
+
+    def wait_newer(self, version: str, timeout: float = 60.0) -> bool:
+        """Wait until the groups of a version other than ``version`` are made (after a re-indexing
+        run); False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: any(v != version and t is None for v, t in self._done), timeout
+            )
 
     def _loop(self) -> None:
         while True:

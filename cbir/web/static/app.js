@@ -1,6 +1,6 @@
 // cbir's page: browse the collection, search by example. Uses only the JSON API of the server.
 import { $, api, csrf, el, enc, encName, show, showError } from "./api.js";
-import { mountDuplicates } from "./duplicates.js";
+import { mountDuplicates, showDuplicates } from "./duplicates.js";
 import { refreshInfo, startStatus } from "./status.js";
 
 const state = { dir: "", page: 1, pages: 1, images: -1, ready: false };
@@ -147,6 +147,13 @@ function setUp() {
     state.images = info.images;
   });
   mountDuplicates(tile);
+  const route = () => {
+    if (location.hash.startsWith("#/duplicates")) {
+      showDuplicates(new URLSearchParams(location.hash.split("?")[1] || ""));
+    }
+  };
+  window.addEventListener("hashchange", route);
+  route();
 }
 
 setUp();

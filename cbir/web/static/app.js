@@ -136,7 +136,7 @@ function setUp() {
     else if (e.key === "ArrowRight" && !$("browse").hidden && !$("next").disabled) browse(state.dir, state.page + 1);
     else if (e.key === "ArrowLeft" && !$("browse").hidden && !$("prev").disabled) browse(state.dir, state.page - 1);
   });
-  browse("", 1);
+  if (!location.hash.startsWith("#/duplicates")) browse("", 1); // else the review (route below)
   if (location.hash.startsWith("#text=")) {
     $("text").value = decodeURIComponent(location.hash.slice(6));
     words($("text").value);

@@ -270,8 +270,7 @@ def test_the_duplicates_review_moves_the_others_and_undoes(review_server):
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             console: list[str] = []
             page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
-            page.goto(url)
-            page.click("#show-duplicates")
+            page.goto(url + "#/duplicates")  # the review's route
             page.wait_for_selector("#duplicates .group .member img")
             assert page.locator(".group").count() == 1
             kept = page.locator(".member.kept")

@@ -180,7 +180,10 @@ function focusGroup(n) {
 }
 
 function step(delta) {
-  focusGroup(review.current + delta);
+  const count = document.querySelectorAll("#groups .group").length;
+  const next = Math.max(0, Math.min(count - 1, review.current + delta));
+  focusGroup(next);
+  location.hash = `#/duplicates?group=${next + 1}`; // the route: reload and Back come back here
 }
 
 function currentIndex() {
@@ -188,9 +191,9 @@ function currentIndex() {
   return card ? parseInt(card.dataset.group, 10) - 1 : null;
 }
 
-function render(data, params) {
+function render(data, params, fresh = false) {
   const same = review.data && review.data.version === data.version;
-  if (!same) {
+  if (!same || fresh) {
     review.data = data;
     review.keep = new Map(data.groups.map((g, i) => [i, g.keep || g.representative]));
     review.remove = new Map(data.groups.map((g, i) => [i, new Set(g.paths.filter((p) => p !== review.keep.get(i)))]));
@@ -214,6 +217,10 @@ function computing(message) {
 
 /** Shows the review (route #/duplicates, #/duplicates?group=N). */
 export async function showDuplicates(params = new URLSearchParams()) {
+  if (!$("duplicates").hidden && review.data && params.has("group")) { // moving within the review
+    focusGroup(parseInt(params.get("group"), 10) - 1 || 0);
+    return;
+  }
   show("duplicates");
   let data;
   try {
@@ -242,12 +249,23 @@ async function post(url, body) {
   return api(url, { method: "POST", body: JSON.stringify(body), headers });
 }
 
+/** How many indexing runs the server finished (null: it has no indexer). */
+async function indexRuns() {
+  const info = await api("/api/info");
+  return info.indexing ? info.indexing.runs : null;
+}
+
 async function resolve(indices) {
   const chosen = picks(indices);
   if (!chosen.length) return;
   try {
+    const runs = await indexRuns();
     const moved = await post("/api/duplicates/move", { version: review.data.version, groups: chosen });
     const kept = moved.skipped.length ? ` ${moved.skipped.length} left in place: ${moved.skipped.join("; ")}` : "";
+    if (!moved.moved) {
+      showError(`Nothing was moved.${kept}`);
+      return;
+    }
     offerUndo(moved, `Moved ${moved.moved} file(s) to ${moved.folder}.${kept}`);
     for (const i of indices) if (!review.skipped.has(i)) review.done.add(i);
     for (const i of review.done) {
@@ -257,22 +275,26 @@ async function resolve(indices) {
     showError("");
     summary();
     focusGroup(review.current);
-    waitForNewGroups();
+    waitForNewGroups(runs);
   } catch (e) {
     showError(e.message);
   }
 }
 
-function waitForNewGroups() {
-  const version = review.data.version;
+/** Redraws the review once the server re-indexed after a move or an undo (an indexing run after
+ * ``runs`` finished) and grouped that version (after an undo it may be one seen before). */
+function waitForNewGroups(runs) {
   const check = async () => {
     if ($("duplicates").hidden) return;
     try {
-      const data = await api("/api/duplicates");
-      if (data.state === "ready" && data.version !== version) {
-        setButton("ready");
-        render(data, new URLSearchParams());
-        return;
+      const now = await indexRuns();
+      if (runs === null || now > runs) {
+        const data = await api("/api/duplicates");
+        if (data.state === "ready") {
+          setButton("ready");
+          render(data, new URLSearchParams(), true);
+          return;
+        }
       }
       setButton("computing");
     } catch (e) {
@@ -290,12 +312,13 @@ async function undo() {
   const log = $("dup-undo").dataset.log;
   if (!log) return;
   try {
+    const runs = await indexRuns();
     const done = await post("/api/duplicates/undo", { log });
     const problems = done.problems.length ? ` Not restored: ${done.problems.join("; ")}` : "";
     $("dup-undo").hidden = true;
     delete $("dup-undo").dataset.log;
     $("dup-summary").textContent = `Put back ${done.restored} file(s); re-indexing…${problems}`;
-    waitForNewGroups();
+    if (done.restored) waitForNewGroups(runs);
   } catch (e) {
     showError(e.message);
   }

@@ -56,11 +56,10 @@ def served(tmp_path_factory) -> Iterator[Served]:
     options = dataclasses.replace(index_options_from(args), progress=False)
     serving = ServeOptions(trash=base / "trash")
     with running_service(settings_from(args), options, serving) as service:
-        assert service.worker.wait() is not None
+        assert service.review is not None and service.review.wait_newer("", timeout=300)  # indexed, grouped
         client = TestClient(create_app(service))
-        yield Served(
-            ds, base / "trash", service, client, {"X-CSRF-Token": client.get("/api/csrf").json()["csrf"]}
-        )
+        csrf = {"X-CSRF-Token": client.get("/api/csrf").json()["csrf"]}
+        yield Served(ds, base / "trash", service, client, csrf)
 
 
 def ready(s: Served, newer_than: str | None = None) -> dict:

@@ -360,14 +360,18 @@ function onKey(e) {
   e.stopPropagation();
 }
 
+/** Sets the button from /api/info's ``duplicates`` (null: this server does not group), and looks
+ * again while the groups are being made. */
 export async function probeDuplicates() {
+  let state = "computing";
   try {
-    const data = await api("/api/duplicates");
-    setButton(data.state === "ready" ? "ready" : "computing");
-    if (data.state !== "ready") setTimeout(probeDuplicates, 2000);
+    const info = await api("/api/info");
+    state = info.duplicates ? info.duplicates.state : "none";
   } catch (e) {
-    setButton(e.status === 501 ? "none" : "computing"); // 501: this server does not group
+    // the server is unreachable for a moment: keep offering the review, look again
   }
+  setButton(state === "ready" ? "ready" : state);
+  if (state === "computing") setTimeout(probeDuplicates, 2000);
 }
 
 /** Wires the view to the page: ``viewer(paths, index)`` opens the page's viewer over a list (a

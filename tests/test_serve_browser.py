@@ -223,6 +223,9 @@ def test_serve_errors_are_one_line(tmp_path):
         busy = cli("serve", ds, "--port", port, *TINY_MODEL, cwd=tmp_path, script=None, timeout=120)
     one_line_error(busy, "cannot listen on 127.0.0.1:")
     one_line_error(cli("serve", ds, "--port", 70000, cwd=tmp_path, script=None), "--port", "from 0 to 65535")
+    inside = cli("serve", ds, "--trash", ds / "bin", "--port", 0, *TINY_MODEL, cwd=tmp_path, script=None)
+    one_line_error(inside, "--trash", "is inside the dataset")
+    assert not (ds / "bin").exists()
 
 
 AXE = Path(__file__).parent / "vendor" / "axe.min.js"  # axe-core 4.10.3 (npm pack), MPL-2.0

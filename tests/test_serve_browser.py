@@ -285,6 +285,12 @@ def test_the_duplicates_review_moves_the_others_and_undoes(review_server):
             page.locator('.member[data-path="p1.jpg"] input[type=radio]').check()  # keep this one instead
             page.wait_for_selector('.member.kept[data-path="p1.jpg"]')
             assert page.locator(".member input[type=checkbox]:checked").count() == 2
+            page.keyboard.press("s")  # skip the group, from the keyboard: nothing left to resolve
+            page.wait_for_selector(".group.skipped")
+            assert page.locator("#dup-resolve-all").is_disabled()
+            page.keyboard.press("s")  # and back
+            page.wait_for_selector(".group:not(.skipped)")
+            assert page.locator(".member.kept").get_attribute("data-path") == "p1.jpg"
             page.keyboard.press("c")  # compare two, from the keyboard
             page.wait_for_selector(".compare figure img")
             assert page.locator(".compare figure").count() == 2

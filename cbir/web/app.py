@@ -17,6 +17,7 @@ an undecodable byte into U+FFFD), and the JSON carries an undecodable byte as ``
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncGenerator
 from importlib import resources
@@ -57,6 +58,10 @@ STATIC = frozenset(  # the page's files: every .js/.css/.html shipped in cbir/we
     if item.name.rpartition(".")[2] in STATIC_KINDS
 )
 GET = ["GET", "HEAD"]
+REFUSAL_DELAY = 0.1
+"""Seconds a refused upload waits for its answer, holding nothing (no place, no body, no CPU): a
+page that loops hostile uploads gets a few refusals a second per connection instead of hundreds,
+each costing this server's CPU that the normal uploads need (measured in bench_serve.py --attack)."""
 
 
 class NamesJSON(JSONResponse):
@@ -210,11 +215,16 @@ def _add_api(app: FastAPI, service: Service, policy: Policy) -> None:
         since: str | None = None,
         until: str | None = None,
     ) -> JSONDict:
-        with service.uploads.admitted():  # before the body is read: memory is bounded
-            data, name = await _read_upload(request, service.max_upload_bytes)
-            return await run_in_threadpool(
-                service.upload, data, name, k, Where(_query(request, "under", under), since, until)
-            )
+        try:
+            with service.uploads.admitted():  # before the body is read: memory is bounded
+                data, name = await _read_upload(request, service.max_upload_bytes)
+                service.screen(data, name)  # here, not in a worker thread: refusals stay cheap
+                return await run_in_threadpool(
+                    service.upload, data, name, k, Where(_query(request, "under", under), since, until)
+                )
+        except (BadImageError, UploadTooLarge, QueryError, Busy):
+            await asyncio.sleep(REFUSAL_DELAY)  # the place is free again; only the sender waits
+            raise
 
     @app.api_route("/api/duplicates", methods=GET)
     def duplicates(threshold: float | None = None) -> JSONDict:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from cbir.core.errors import BadImageError, CbirError, QueryError
 from cbir.core.results import QueryResult
 from cbir.core.types import JSONDict
-from cbir.ingest.decode import LoadLimits, decode_views
+from cbir.ingest.decode import LoadLimits, decode_views, screen_bytes
 from cbir.search.filters import ResultFilter, parse_moment
 from cbir.search.rerank import Reranking
 from cbir.search.words import MAX_TEXT
@@ -135,6 +135,15 @@ class Service:
         found = text_index(index, None, [text], request)[0]
         return _answer(index, found, {"text": text}, k, where, t0)
 
+    def screen(self, data: bytes, name: str) -> None:
+        """Refuse an upload the decode would refuse, from its header alone (BadImageError): cheap
+        enough for the event loop, so a flood of refused uploads never queues for the decode slots
+        or the thread pool that the normal uploads wait in."""
+        try:
+            screen_bytes(data, self.upload_limits)
+        except BadImageError as exc:
+            raise BadImageError(f"{name or 'the upload'} is not a usable image: {exc}") from None
+
     def upload(self, data: bytes, name: str, k: int, where: Where = Where()) -> JSONDict:
         """The images most like an uploaded image file (embedded by the warm model, batched); the
         caller holds a place of :attr:`uploads` (``uploads.admitted()``) while it reads the body."""
@@ -145,6 +154,7 @@ class Service:
         result_filter = self._filter(index, where)
         model = self.worker.ready()
         t0 = time.perf_counter()
+        self.screen(data, name)
         try:
             with self.uploads.decoding():
                 views = decode_views(

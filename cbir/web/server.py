@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,9 +21,10 @@ from threadpoolctl import threadpool_limits
 
 from cbir.core.errors import CbirError, DatasetError
 from cbir.indexing.indexer import IndexOptions, IndexReport
-from cbir.indexing.watch import FolderWatcher
+from cbir.indexing.watch import Changes, FolderWatcher
 from cbir.search.rerank import Reranking
 from cbir.service.settings import Settings
+from cbir.web.activity import Activity
 from cbir.web.app import create_app
 from cbir.web.collection import Collection
 from cbir.web.model import ModelWorker, warmed_up
@@ -103,20 +105,34 @@ def bind(host: str, port: int) -> socket.socket:
 
 @contextmanager
 def running_service(
-    settings: Settings, index_options: IndexOptions, options: ServeOptions
+    settings: Settings,
+    index_options: IndexOptions,
+    options: ServeOptions,
+    activity: Activity | None = None,
 ) -> Iterator[Service]:
     """The service with its model worker, indexer and (with ``watch``) watcher running; all stopped
-    on the way out."""
+    on the way out. ``activity``: where runs, changes and retries are told (the terminal)."""
     worker = ModelWorker(
         lambda: warmed_up(settings.embedder()), max_batch=settings.runtime.batch_size
     ).start()
     watcher: FolderWatcher | None = None
 
     def done(report: IndexReport) -> None:
-        if watcher is not None:  # files that could not be read this time: look again later
-            watcher.retry(report.transient > 0)
+        if watcher is None:
+            return
+        wait = watcher.retry(report.transient > 0)  # files that could not be read: look again later
+        updater.progress.retry = None if wait is None else {"files": report.transient, "in_s": wait}
+        if wait is not None and activity is not None:
+            activity.retrying(report.transient, wait)
 
-    updater = Updater(settings, index_options, lambda: worker.wait(), on_done=done).start()
+    def seen(batch: Changes) -> None:
+        added, changed, removed = batch
+        counts = {"added": len(added), "changed": len(changed), "removed": len(removed)}
+        updater.progress.change = {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), **counts}
+        if activity is not None:
+            activity.changed(batch)
+
+    updater = Updater(settings, index_options, lambda: worker.wait(), done, activity).start()
     store = settings.home
     service = Service(
         Collection(settings.dataset, store, follow_links=index_options.follow_links),
@@ -134,6 +150,7 @@ def running_service(
             updater.request,
             skip=[*store.own_folders, store.cache_dir],
             options=index_options,
+            on_seen=seen,
         ).start()
     if options.update or options.watch:
         updater.request()
@@ -151,8 +168,10 @@ def serve(
     index_options: IndexOptions,
     options: ServeOptions,
     on_listening: Callable[[str], None] = lambda url: None,
+    activity: Activity | None = None,
 ) -> None:
-    """Serve the collection of ``settings`` until interrupted; ``on_listening`` gets the URL."""
+    """Serve the collection of ``settings`` until interrupted; ``on_listening`` gets the URL, then
+    ``activity`` writes what the indexer and the watcher do."""
     import uvicorn
 
     if not settings.dataset.is_dir():
@@ -168,12 +187,14 @@ def serve(
     # each request's search, spin after every call (a third of the server's CPU under load, measured)
     with (
         threadpool_limits(limits=1, user_api="blas"),
-        running_service(settings, index_options, options) as service,
+        running_service(settings, index_options, options, activity) as service,
     ):
         app = create_app(service, options.token, hosts)
         config = uvicorn.Config(app, log_level="warning", log_config=None, access_log=False, lifespan="off")
         server = uvicorn.Server(config)
         on_listening(url)
+        if activity is not None:  # the URL first, then what the indexer and the watcher do
+            activity.release()
         try:
             server.run(sockets=[sock])
         finally:

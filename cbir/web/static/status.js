@@ -18,7 +18,12 @@ function counted(n, word) {
 
 // One indexing run (the report of /api/info's indexing.last) in a few words.
 export function describeRun(r) {
-  const parts = [counted(r.added, "added"), counted(r.updated, "changed"), counted(r.removed, "removed")];
+  const parts = [];
+  if (r.added || r.updated || r.removed) {
+    parts.push(counted(r.added, "added"), counted(r.updated, "changed"), counted(r.removed, "removed"));
+  } else {
+    parts.push("no changes");
+  }
   const bad = r.skipped.length + r.known_bad;
   if (bad) parts.push(counted(bad, "could not be read"));
   return `${parts.join(", ")}, took ${duration(r.seconds)}`;

@@ -23,9 +23,10 @@ from conftest import save_image
 from helpers import REPO, TINY_MODEL, Source, interruptible
 from stores import PixelEmbedder, milvus_store
 
+from cbir.core.errors import BadImageError
 from cbir.encoders.features import FeatureConfig
 from cbir.indexing.indexer import IndexOptions, update_index
-from cbir.indexing.watch import changes
+from cbir.indexing.watch import FolderWatcher, changes
 from cbir.stores.base import Store
 from cbir.stores.folder.store import FolderStore
 from cbir.web.activity import PROGRESS_EVERY, Activity
@@ -95,6 +96,7 @@ from cbir.cli.options import build_parser, index_options_from, settings_from  # 
 from cbir.web.app import create_app  # noqa: E402
 from cbir.web.collection import Collection  # noqa: E402
 from cbir.web.model import ModelWorker  # noqa: E402
+from cbir.web.server import Watching  # noqa: E402
 from cbir.web.service import Service  # noqa: E402
 from cbir.web.updater import Updater  # noqa: E402
 
@@ -141,6 +143,73 @@ def test_api_info_lists_the_bad_files_of_the_index_after_later_runs_and_restarts
     save_image(root / "sub" / "junk.png", seed=5)
     updater.run_once()
     assert bad_of(client) == {}
+
+
+class Flaky(PixelEmbedder):
+    """The pixel embedder, but ``flaky.jpg`` cannot be read the first ``times`` times (an I/O error)."""
+
+    times = 1
+
+    def embed_files(self, paths, progress=False, desc=""):
+        for i, path in enumerate(paths):
+            if Path(path).name == "flaky.jpg" and self.times > 0:
+                self.times -= 1
+                yield i, BadImageError("cannot read (Input/output error)", transient=True)
+            else:
+                yield from ((i, result) for _, result in super().embed_files([path]))
+
+
+class Stepped:
+    """The watcher's clock, moved by the test; the watcher is stepped, never left to sleep."""
+
+    def __init__(self) -> None:
+        self.time = 0.0
+
+    def now(self) -> float:
+        return self.time
+
+    def wait(self, event: threading.Event, timeout: float) -> bool:
+        raise AssertionError("a stepped watcher does not sleep")
+
+
+def test_the_watchers_batches_and_retries_reach_the_page_and_the_terminal(tmp_path):
+    root = dataset(tmp_path / "photos")
+    save_image(root / "flaky.jpg", seed=8)
+    args = build_parser().parse_args(["serve", str(root), "--watch", *TINY_MODEL])
+    settings = settings_from(args)
+    embedder = Flaky(settings.config)
+    lines: list[str] = []
+    watching = Watching(Activity(lines.append))
+    watching.activity.release()
+    options = dataclasses.replace(index_options_from(args), progress=False)
+    updater = Updater(settings, options, lambda: embedder, watching.done, watching.activity)
+    watching.progress = updater.progress
+    clock, calls = Stepped(), []
+    watching.watcher = FolderWatcher(
+        root, lambda: calls.append(1), skip=[root / ".cbir"], events=False, clock=clock, on_seen=watching.seen
+    )
+    service = Service(Collection(root, settings.home), ModelWorker(lambda: embedder), updater)
+    client = TestClient(create_app(service))
+
+    assert updater.run_once().transient == 1
+    assert lines[-1] == "1 file(s) could not be read for a reason that can pass; trying again in 1.0 s"
+    info = client.get("/api/info").json()["indexing"]
+    assert info["retry"] == {"files": 1, "in_s": 1.0}
+    assert bad_of(client)["flaky.jpg"] == ("cannot read (Input/output error)", True)
+
+    save_image(root / "new.jpg", seed=11)
+    (root / "img0.jpg").unlink()
+    assert not watching.watcher.step()  # seen, not settled yet
+    clock.time += 1.0
+    assert watching.watcher.step() and calls == [1]
+    assert lines[-1] == "changes: 1 new: new.jpg; 1 gone: img0.jpg"
+    change = client.get("/api/info").json()["indexing"]["change"]
+    assert {k: change[k] for k in ("added", "changed", "removed")} == {"added": 1, "changed": 0, "removed": 1}
+
+    report = updater.run_once()  # the retry reads flaky.jpg this time
+    assert (report.added, report.removed, report.transient) == (2, 1, 0)
+    assert client.get("/api/info").json()["indexing"]["retry"] is None
+    assert set(bad_of(client)) == {"broken.jpg", "sub/junk.png"}
 
 
 # --- the terminal's lines ----------------------------------------------------------------------------

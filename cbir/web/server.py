@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from threadpoolctl import threadpool_limits
 
@@ -30,7 +30,7 @@ from cbir.web.collection import Collection
 from cbir.web.model import ModelWorker, warmed_up
 from cbir.web.security import Hosts
 from cbir.web.service import MAX_UPLOAD_PIXELS, Service
-from cbir.web.updater import Updater
+from cbir.web.updater import Progress, Updater
 from cbir.web.uploads import give_back_freed_memory
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,33 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+@dataclass
+class Watching:
+    """What the watcher saw and will retry, told to the page (the indexer's ``progress``) and the
+    terminal (``activity``)."""
+
+    activity: Activity | None = None
+    progress: Progress = field(default_factory=Progress)
+    watcher: FolderWatcher | None = None
+
+    def done(self, report: IndexReport) -> None:
+        """After a run: with a watcher, files that could not be read are looked at again later."""
+        if self.watcher is None:
+            return
+        wait = self.watcher.retry(report.transient > 0)
+        self.progress.retry = None if wait is None else {"files": report.transient, "in_s": wait}
+        if wait is not None and self.activity is not None:
+            self.activity.retrying(report.transient, wait)
+
+    def seen(self, batch: Changes) -> None:
+        """The watcher saw a settled batch of changes (the run it asks for comes next)."""
+        added, changed, removed = batch
+        counts = {"added": len(added), "changed": len(changed), "removed": len(removed)}
+        self.progress.change = {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), **counts}
+        if self.activity is not None:
+            self.activity.changed(batch)
+
+
 @contextmanager
 def running_service(
     settings: Settings,
@@ -115,24 +142,9 @@ def running_service(
     worker = ModelWorker(
         lambda: warmed_up(settings.embedder()), max_batch=settings.runtime.batch_size
     ).start()
-    watcher: FolderWatcher | None = None
-
-    def done(report: IndexReport) -> None:
-        if watcher is None:
-            return
-        wait = watcher.retry(report.transient > 0)  # files that could not be read: look again later
-        updater.progress.retry = None if wait is None else {"files": report.transient, "in_s": wait}
-        if wait is not None and activity is not None:
-            activity.retrying(report.transient, wait)
-
-    def seen(batch: Changes) -> None:
-        added, changed, removed = batch
-        counts = {"added": len(added), "changed": len(changed), "removed": len(removed)}
-        updater.progress.change = {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), **counts}
-        if activity is not None:
-            activity.changed(batch)
-
-    updater = Updater(settings, index_options, lambda: worker.wait(), done, activity).start()
+    watching = Watching(activity)
+    updater = Updater(settings, index_options, lambda: worker.wait(), watching.done, activity).start()
+    watching.progress = updater.progress
     store = settings.home
     service = Service(
         Collection(settings.dataset, store, follow_links=index_options.follow_links),
@@ -145,20 +157,20 @@ def running_service(
         reranking=options.reranking,
     )
     if options.watch:  # it looks at the folder before the first run: nothing added meanwhile is missed
-        watcher = FolderWatcher(
+        watching.watcher = FolderWatcher(
             settings.dataset,
             updater.request,
             skip=[*store.own_folders, store.cache_dir],
             options=index_options,
-            on_seen=seen,
+            on_seen=watching.seen,
         ).start()
     if options.update or options.watch:
         updater.request()
     try:
         yield service
     finally:
-        if watcher is not None:
-            watcher.stop()
+        if watching.watcher is not None:
+            watching.watcher.stop()
         updater.stop()
         worker.stop()
 

@@ -29,6 +29,8 @@ from cbir.web.updater import Updater
 from cbir.web.uploads import UploadGate
 
 MAX_K = 500
+MAX_BAD_LISTED = 1000
+"""The most bad files ``/api/info`` lists (it is polled every few seconds); ``bad_count`` has them all."""
 MAX_UPLOAD_PIXELS = 40_000_000
 """The default pixel cap of an upload (``--max-upload-mp 40``): a photo of any current camera, and
 an upload's decode bounded well below the indexing guard's 250 megapixels."""
@@ -84,6 +86,8 @@ class Service:
     def info(self) -> JSONDict:
         index = self.collection.current()
         progress = self.updater.progress.to_dict() if self.updater is not None else None
+        if progress is not None:
+            progress["bad"], progress["bad_count"] = bad_files(index, progress["bad"])
         return {
             "dataset": str(self.collection.root),
             "images": len(index) if index is not None else 0,
@@ -192,6 +196,23 @@ class Service:
             if key not in self._duplicates_done:
                 self._duplicates_done = {key: self.duplicates(index, threshold)}
             return self._duplicates_done[key]
+
+
+def bad_files(index: IndexReader | None, this_run: list[JSONDict]) -> tuple[list[JSONDict], int]:
+    """The files that could not be used, each ``{path, reason, transient}``, sorted by path, at most
+    :data:`MAX_BAD_LISTED`, and how many there are: the failures the index remembers (they survive
+    later runs and restarts until the file is fixed or removed) with this run's (or the last run's)
+    newer ones over them, which include what the index does not keep (unreadable folders, names
+    with control characters, links leaving the dataset)."""
+    found: dict[str, JSONDict] = {}
+    if index is not None:
+        for s in index.skipped():
+            found[s.path] = {"path": s.path, "reason": s.reason, "transient": s.transient}
+    for b in this_run:
+        known = found.get(b["path"], {}).get("transient", False)
+        found[b["path"]] = {"path": b["path"], "reason": b["reason"], "transient": b.get("transient", known)}
+    listed = [found[p] for p in sorted(found)[:MAX_BAD_LISTED]]
+    return listed, len(found)
 
 
 def _check_k(k: int) -> int:

@@ -185,9 +185,19 @@ def _add_api(app: FastAPI, service: Service, policy: Policy) -> None:
 
     @app.api_route("/api/browse", methods=GET)
     def browse(
-        request: Request, dir: str = "", page: int = 1, since: str | None = None, until: str | None = None
+        request: Request,
+        dir: str = "",
+        page: int = 1,
+        since: str | None = None,
+        until: str | None = None,
+        sort: str = "name",
     ) -> JSONDict:
-        return service.browse(_query(request, "dir", dir) or "", page, Where(since=since, until=until))
+        where = Where(since=since, until=until)
+        return service.browse(_query(request, "dir", dir) or "", page, where, sort)
+
+    @app.api_route("/api/image", methods=GET)
+    def image(request: Request, path: str) -> JSONDict:
+        return service.image(_query(request, "path", path) or "")
 
     @app.api_route("/api/search", methods=GET)
     def search(

@@ -160,6 +160,7 @@ def test_the_viewer_walks_the_list_and_shows_the_details(page, server):
     page.keyboard.press("Escape")
     page.wait_for_selector("#viewer", state="hidden")
     assert page.evaluate("location.hash") == "#/like?path=p03.jpg&k=6" and paths(page) == listed
+    page.wait_for_function("(p) => document.activeElement.closest('li')?.dataset.path === p", arg=listed[0])
     # reload on a viewer URL: the same picture, over the same list
     page.locator("#result-grid li.tile a.name").nth(4).click()
     page.wait_for_selector("#viewer:not([hidden])")

@@ -9,7 +9,7 @@ import { $, api, csrf, el, enc, encName, show, showError } from "./api.js";
 import { mountDuplicates, showDuplicates } from "./duplicates.js";
 import { WEAK, decodeName, formatTaken } from "./format.js";
 import { refreshInfo, startStatus } from "./status.js";
-import { hideViewer, mountViewer, showViewer, viewerIsOpen } from "./viewer.js";
+import { hideViewer, mountViewer, showViewer, viewedPath, viewerIsOpen } from "./viewer.js";
 
 const MAX_K = 500;
 const LIST_KEY = "cbir.list"; // sessionStorage: the list the viewer walks, kept across a reload
@@ -24,7 +24,18 @@ const state = {
   drawn: 0, // increases with every render: an answer for an older one is dropped
   drawing: "", // the hash of the list view being drawn
   viewerDepth: -1, // the history depth of the viewer's entry when the page itself opened it
+  focusPath: null, // the picture the viewer showed last: its tile gets the focus back
 };
+
+/** The focus on the tile of the picture the viewer showed last, else on ``fallback``. */
+function refocus(grid, fallback) {
+  const path = state.focusPath;
+  state.focusPath = null;
+  const tiles = [...document.querySelectorAll(`#${grid} li.tile`)];
+  const target = (path && tiles.find((t) => t.dataset.path === path)) || fallback;
+  const button = target && target.querySelector("button.more");
+  if (button && !viewerIsOpen()) button.focus({ preventScroll: !path });
+}
 
 // ---- routes -------------------------------------------------------------------------------------
 
@@ -197,6 +208,7 @@ async function showBrowse(params, drawn) {
   $("next").disabled = data.page >= data.pages;
   $("restrict-dir").textContent = data.dir ? `${data.dir}/` : "/";
   show("browse");
+  if (state.focusPath) refocus("grid", null);
 }
 
 function ordered(results, params) {
@@ -228,9 +240,8 @@ function drawResults(data, params, queryNode) {
   $("result-grid").replaceChildren(...items.map((r) => tile(r.path, r.score, { taken: r.taken })));
   remember(items.map((r) => ({ path: r.path, score: r.score, taken: r.taken, bytes: r.bytes })));
   show("results");
-  const first = document.querySelector("#result-grid button.more");
-  if (first && !viewerIsOpen()) first.focus({ preventScroll: true });
   window.scrollTo(0, 0);
+  refocus("result-grid", document.querySelector("#result-grid li.tile"));
 }
 
 async function showLike(params, drawn) {
@@ -361,6 +372,7 @@ function openViewer(paths, index) {
 }
 
 function closeViewer() {
+  state.focusPath = viewedPath();
   if (state.depth > 0 && state.viewerDepth === state.depth) return history.back();
   const from = state.list.hash && !state.list.hash.startsWith("#/view") ? state.list.hash : "#/browse";
   history.replaceState({ depth: state.depth }, "", from);

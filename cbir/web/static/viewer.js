@@ -41,6 +41,11 @@ function step(delta) {
   viewer.hooks.move(viewer.items[next]);
 }
 
+/** The path shown now (null when closed): the page puts the focus back on its tile. */
+export function viewedPath() {
+  return viewer.open ? current().path : null;
+}
+
 export function viewerIsOpen() {
   return viewer.open;
 }
@@ -78,7 +83,7 @@ function details(item, facts) {
   const size = f.width ? `${f.width} × ${f.height} px` : facts ? "unknown" : "…";
   const rows = [
     ["Path", item.path],
-    ["Folder", `${folder || "(top)"}/`],
+    ["Folder", folder ? `${folder}/` : "the top folder"],
     ["Date taken", formatTaken(f.taken !== undefined ? f.taken : item.taken) || "unknown"],
     ["Pixel size", size],
     ["File size", formatBytes(f.bytes !== undefined ? f.bytes : item.bytes) || "unknown"],

@@ -237,6 +237,14 @@ def test_k_outside_1_to_500_is_refused_with_a_message(page, server, console):
     console.clear()
 
 
+def test_an_upload_url_after_a_reload_says_the_image_is_gone(page, server):
+    url, _ = server
+    page.goto(url + "#/upload?id=1&k=5")
+    page.wait_for_selector("#results:not([hidden])")
+    assert "kept only while the page is open" in page.locator("#query").inner_text()
+    assert paths(page) == [] and page.locator("#back").is_visible()
+
+
 def test_phone_size_back_control_swipe_and_axe(browser, server):
     url, _ = server
     context = browser.new_context(viewport=PHONE, has_touch=True, is_mobile=True)

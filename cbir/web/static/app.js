@@ -40,6 +40,7 @@ function refocus(grid, fallback) {
 // ---- routes -------------------------------------------------------------------------------------
 
 function parseHash(hash) {
+  if (hash.startsWith("#text=")) return { name: "text", params: { q: decodeName(hash.slice(6)) } }; // older links
   const text = hash.replace(/^#\/?/, "");
   const [name, query = ""] = text.split("?", 2);
   const params = {};

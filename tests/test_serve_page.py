@@ -209,6 +209,7 @@ def test_date_filter_and_order_by_date(page, server):
     by_score = page.locator("#result-grid li.tile .score").all_inner_texts()
     cutoff = round(float(by_score[5]) - 0.001, 3)  # just under the 6th best score (shown rounded)
     page.select_option("#sort-results", "date")
+    page.wait_for_function("() => document.querySelector('#query').textContent.includes('newest first')")
     page.fill("#min", str(cutoff))
     page.locator("#min").dispatch_event("change")
     page.wait_for_function("() => location.hash.includes('sort=date') && location.hash.includes('min=')")
@@ -231,8 +232,9 @@ def test_k_outside_1_to_500_is_refused_with_a_message(page, server, console):
         assert "k must be a whole number from 1 to 500" in page.locator("#error").inner_text()
         assert page.locator("#k").input_value() == typed and page.evaluate("location.hash") == ""
     page.goto(url + "#/like?path=p01.jpg&k=1000")  # a typed URL: the server's refusal is shown
-    page.wait_for_selector("#error:not([hidden])")
-    assert page.locator("#error").inner_text() == "k must be between 1 and 500"
+    refused = "k must be between 1 and 500"
+    page.wait_for_function("(m) => document.querySelector('#error').textContent === m", arg=refused)
+    assert page.locator("#error").is_visible() and page.locator("#k").input_value() == "1000"
     assert console == ["Failed to load resource: the server responded with a status of 400 (Bad Request)"]
     console.clear()
 
@@ -255,6 +257,9 @@ def test_phone_size_back_control_swipe_and_axe(browser, server):
         assert page.locator("#back").is_visible()
         page.locator("#grid li.tile button.more").first.tap()
         page.wait_for_selector("#results:not([hidden]) #result-grid li.tile")
+        page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+        box = page.locator("#back").bounding_box()
+        assert box and 0 <= box["y"] and box["y"] + box["height"] <= PHONE["height"]  # in view at the end
         page.locator("#back").tap()  # the visible back control
         page.wait_for_function("() => location.hash === '#/browse?dir=trips'")
         page.wait_for_function("() => document.querySelectorAll('#grid li.tile').length === 6")

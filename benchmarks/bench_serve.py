@@ -367,6 +367,17 @@ def page_bench(images: int) -> None:
                             [n, f"query: {target}"],
                         )
                     )
+                # the baseline, in the same browser: the API answers alone (fetch and JSON parse)
+                api_ms = """async (u) => {
+                    const t0 = performance.now();
+                    await (await fetch(u)).json();
+                    return performance.now() - t0;
+                }"""
+                api_browse = [page.evaluate(api_ms, f"/api/browse?dir=f{n % folders:02d}") for n in range(20)]
+                api_like = [
+                    page.evaluate(api_ms, f"/api/search?like=f00%2F{n * 37 % min(images, 1000):05d}.jpg&k=18")
+                    for n in range(20)
+                ]
                 dups = []
                 for _ in range(3):
                     page.goto("about:blank")  # a fresh page each time: no answer of the last one pending
@@ -419,9 +430,17 @@ def page_bench(images: int) -> None:
         f" ({len(warm)} runs); target <= 500 ms: {'met' if max(first[0], p50(warm)) <= 500 else 'MISSED'}"
     )
     print(
+        f"  baseline, GET /api/browse alone from the page: p50 {p50(api_browse):.1f} ms "
+        f"(warm grid / API: {p50(warm) / p50(api_browse):.1f}x; the rest is loading the page and its modules)"
+    )
+    print(
         f"click on a tile -> results painted: p50 {p50(clicks):.0f} ms, max {max(clicks):.0f} ms "
         f"({len(clicks)} "
         f"clicks); target <= 150 ms: {'met' if p50(clicks) <= 150 else 'MISSED'}"
+    )
+    print(
+        f"  baseline, GET /api/search?like= (k=18) alone from the page: p50 {p50(api_like):.1f} ms "
+        f"(click / API: {p50(clicks) / p50(api_like):.1f}x)"
     )
     if dups:
         print(

@@ -23,6 +23,7 @@ const state = {
   nextUpload: 1,
   drawn: 0, // increases with every render: an answer for an older one is dropped
   drawing: "", // the hash of the list view being drawn
+  shown: null, // the hash of the list view drawn last (under the viewer)
   viewerDepth: -1, // the history depth of the viewer's entry when the page itself opened it
   focusPath: null, // the picture the viewer showed last: its tile gets the focus back
 };
@@ -164,6 +165,7 @@ function storedList() {
 /** The list just drawn (the view at ``state.drawing``), for the viewer, also after a reload. */
 function remember(items, hash = state.drawing) {
   state.list = { hash, items };
+  state.shown = state.drawing;
   try {
     sessionStorage.setItem(LIST_KEY, JSON.stringify(state.list));
   } catch (e) {
@@ -303,7 +305,7 @@ async function render() {
   state.route = route;
   $("back").hidden = route.name === "browse" && !route.params.dir;
   if (route.name === "view") {
-    if (!$("page-main").querySelector("section:not([hidden])")) {
+    if (state.shown !== state.list.hash) {
       // opened directly (a reload, a link): the list it came from is drawn below it first
       const from = parseHash(state.list.hash);
       if (state.list.hash && from.name !== "view" && from.name !== "upload" && VIEWS[from.name]) {

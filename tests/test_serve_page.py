@@ -263,6 +263,14 @@ def test_phone_size_back_control_swipe_and_axe(browser, server):
         page.locator("#back").tap()  # the visible back control
         page.wait_for_function("() => location.hash === '#/browse?dir=trips'")
         page.wait_for_function("() => document.querySelectorAll('#grid li.tile').length === 6")
+        page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+        left_at = page.evaluate("window.scrollY")
+        assert left_at > 200
+        page.locator("#grid li.tile a.name").last.tap()
+        page.wait_for_selector("#viewer:not([hidden])")
+        page.locator("#viewer-close").tap()  # back at the list, where it was
+        page.wait_for_selector("#viewer", state="hidden")
+        page.wait_for_function("(y) => Math.abs(window.scrollY - y) < 5", arg=left_at)
         page.locator("#grid li.tile a.name").first.tap()
         page.wait_for_selector("#viewer:not([hidden])")
         assert page.locator("#viewer-count").inner_text() == "1 of 6"

@@ -26,6 +26,7 @@ const state = {
   shown: null, // the hash of the list view drawn last (under the viewer)
   viewerDepth: -1, // the history depth of the viewer's entry when the page itself opened it
   focusPath: null, // the picture the viewer showed last: its tile gets the focus back
+  restoreScroll: null, // after Back/forward: the scroll position the list had when it was left
 };
 
 /** The focus on the tile of the picture the viewer showed last, else on ``fallback``. */
@@ -66,8 +67,13 @@ function buildHash(name, params) {
 function go(name, params, replace = false) {
   const hash = buildHash(name, params);
   if (hash === location.hash) return render();
-  if (replace) history.replaceState({ depth: state.depth }, "", hash);
-  else history.pushState({ depth: ++state.depth }, "", hash);
+  if (replace) {
+    history.replaceState({ depth: state.depth }, "", hash);
+  } else {
+    history.replaceState({ ...history.state, scroll: window.scrollY }, ""); // where Back will return to
+    history.pushState({ depth: ++state.depth }, "", hash);
+  }
+  state.restoreScroll = null;
   return render();
 }
 
@@ -75,7 +81,15 @@ function onHashChange() {
   // Back/forward, a link, or another module's `location.hash = ...`
   if (!history.state) history.replaceState({ depth: state.depth + 1 }, "");
   state.depth = history.state.depth;
+  state.restoreScroll = typeof history.state.scroll === "number" ? history.state.scroll : null;
   render();
+}
+
+/** Back (or forward) to a list: where it was scrolled to when it was left. */
+function restoreScroll() {
+  if (state.restoreScroll === null || viewerIsOpen()) return;
+  window.scrollTo(0, state.restoreScroll);
+  state.restoreScroll = null;
 }
 
 function back() {
@@ -212,6 +226,7 @@ async function showBrowse(params, drawn) {
   $("restrict-dir").textContent = data.dir ? `${data.dir}/` : "/";
   show("browse");
   if (state.focusPath) refocus("grid", null);
+  restoreScroll();
 }
 
 function ordered(results, params) {
@@ -245,6 +260,7 @@ function drawResults(data, params, queryNode) {
   show("results");
   window.scrollTo(0, 0);
   refocus("result-grid", document.querySelector("#result-grid li.tile"));
+  restoreScroll();
 }
 
 async function showLike(params, drawn) {

@@ -144,6 +144,7 @@ def test_the_viewer_walks_the_list_and_shows_the_details(page, server):
     assert page.locator("#viewer-title").inner_text() == listed[1].split("/")[-1]
     assert page.locator("#viewer-count").inner_text() == "2 of 6"
     page.wait_for_function("() => document.querySelector('#viewer-img').naturalWidth > 0")
+    page.locator("#viewer-img").click()  # the focus leaves the buttons: the keys still work
     page.keyboard.press("ArrowRight")
     page.wait_for_function("() => document.querySelector('#viewer-count').textContent === '3 of 6'")
     third = listed[2]

@@ -13,7 +13,9 @@ export function mountViewer(hooks) {
   $("viewer-prev").addEventListener("click", () => step(-1));
   $("viewer-next").addEventListener("click", () => step(1));
   $("viewer-like").addEventListener("click", () => hooks.like(current().path));
-  $("viewer").addEventListener("keydown", (e) => {
+  document.addEventListener("keydown", (e) => {
+    // wherever the focus is (a click on the picture leaves it on the page's body)
+    if (!viewer.open || e.altKey || e.ctrlKey || e.metaKey) return;
     if (e.key === "Escape") { e.preventDefault(); hooks.close(); }
     else if (e.key === "ArrowRight") { e.preventDefault(); step(1); }
     else if (e.key === "ArrowLeft") { e.preventDefault(); step(-1); }

@@ -133,10 +133,12 @@ function filterQuery(params) {
 
 function syncControls(params) {
   // the header and toolbars show the route's own settings (after a reload, Back, a shared link)
-  if (params.k) $("k").value = params.k;
+  // (not a field being typed in: its next change makes the next view)
+  const set = (id, value) => { if (document.activeElement !== $(id)) $(id).value = value; };
+  if (params.k) set("k", params.k);
   $("k").setAttribute("aria-invalid", "false");
-  $("since").value = params.since || "";
-  $("until").value = params.until || "";
+  set("since", params.since || "");
+  set("until", params.until || "");
   if (params.under !== undefined) $("restrict").checked = Boolean(params.under);
 }
 
@@ -245,7 +247,7 @@ function drawResults(data, params, queryNode) {
   showError("");
   const { items, min } = ordered(data.results, params);
   $("sort-results").value = params.sort === "date" ? "date" : "score";
-  $("min").value = params.min || "";
+  if (document.activeElement !== $("min")) $("min").value = params.min || "";
   const parts = [`${data.results.length} results in ${data.took_ms} ms`];
   if (min !== null) parts.push(`${items.length} scoring at least ${min}`);
   if (params.sort === "date") parts.push("newest first");

@@ -11,6 +11,9 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
 
 from cbir.core.errors import BadImageError, CbirError, QueryError
 from cbir.core.results import QueryResult
@@ -22,7 +25,7 @@ from cbir.search.words import MAX_TEXT
 from cbir.service.duplicates import DuplicateOptions, find_duplicates
 from cbir.service.query import SearchRequest, like_index, text_index
 from cbir.stores.base import IndexReader
-from cbir.web.collection import Collection, NotFound
+from cbir.web.collection import Collection, NotFound, image_facts
 from cbir.web.model import ModelWorker
 from cbir.web.searches import CombinedSearches
 from cbir.web.updater import Updater
@@ -172,12 +175,20 @@ class Service:
         found = self.searches.search(index, vector, name, k, result_filter, self.reranking)
         return _answer(index, found, {"upload": name}, k, where, t0)
 
-    def browse(self, folder: str, page: int, where: Where = Where()) -> JSONDict:
-        """One page of a folder (only the photos taken between ``since`` and ``until``, if given)."""
+    def browse(self, folder: str, page: int, where: Where = Where(), sort: str = "name") -> JSONDict:
+        """One page of a folder (only the photos taken between ``since`` and ``until``, if given),
+        by name or by date taken."""
         if where.under:
             raise QueryError("browse takes dir=, not under=")
         where = _checked(where)
-        return self.collection.browse(folder, page, where.since, where.until)
+        return self.collection.browse(folder, page, where.since, where.until, sort)
+
+    def image(self, rel: str) -> JSONDict:
+        """GET /api/image: the viewer's details of the indexed image ``rel``: path, folder, date
+        taken and bytes (from the index), and its upright pixel size (from the file's header only)."""
+        index, _ = self.collection.row(rel)
+        width, height = _upright_size(self.collection.file(rel))
+        return {**image_facts(index, rel), "folder": rel.rpartition("/")[0], "width": width, "height": height}
 
     def _filter(self, index: IndexReader, where: Where) -> ResultFilter:
         """The search filter of ``where`` (dates checked): NotFound for a folder that is not one of
@@ -235,6 +246,23 @@ def _moment(text: str | None, name: str) -> str | None:
         raise QueryError(f"{name}: {exc}") from None
 
 
+def _with_facts(index: IndexReader, match: JSONDict) -> JSONDict:
+    """A result with the facts the page shows on a tile (date taken, bytes)."""
+    return {**image_facts(index, match["path"]), **match}
+
+
+def _upright_size(path: Path) -> tuple[int | None, int | None]:
+    """The width and height the image is shown at (EXIF orientation applied), read from its header
+    (no decoding); (None, None) for a file Pillow cannot open."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None, None
+    return (height, width) if turned else (width, height)
+
+
 def _answer(
     index: IndexReader, found: QueryResult, query: JSONDict, k: int, where: Where, t0: float
 ) -> JSONDict:
@@ -242,6 +270,6 @@ def _answer(
         "query": query,
         "k": k,
         **where.to_dict(),
-        "results": [m.to_dict(index.root) for m in found.matches],
+        "results": [_with_facts(index, m.to_dict(index.root)) for m in found.matches],
         "took_ms": round((time.perf_counter() - t0) * 1000, 2),
     }

@@ -152,6 +152,40 @@ def test_serve_takes_the_query_re_ranking_options_but_not_dba(tmp_path):
         build_parser().parse_args(["serve", str(tmp_path), "--dba", "5"])
 
 
+def test_images_carry_their_date_and_size_and_browse_orders_by_date(served, client):
+    ds, service = served
+    index = service.collection.current()
+    by_name = client.get("/api/browse").json()["images"]
+    assert [i["path"] for i in by_name] == sorted(i["path"] for i in by_name)
+    for item in by_name:
+        entry = index.entries[index.row_named(item["path"])]
+        assert item["taken"] == entry.taken
+        assert item["bytes"] == entry.size == (ds / item["path"]).stat().st_size
+    by_date = client.get("/api/browse", params={"sort": "date"}).json()
+    keys = [(i["taken"], i["path"]) for i in by_date["images"]]
+    assert by_date["sort"] == "date" and keys == sorted(keys) and len(keys) == len(by_name)
+    refused = client.get("/api/browse", params={"sort": "size"})
+    assert refused.status_code == 400 and refused.json()["error"] == "sort must be one of name, date"
+    found = client.get("/api/search", params={"like": "img03.jpg", "k": 3}).json()["results"]
+    assert all(r["taken"] and r["bytes"] == (ds / r["path"]).stat().st_size for r in found)
+    first = min(e.taken for e in index.entries)
+    later = client.get("/api/search", params={"like": "img03.jpg", "k": 20, "since": "2999-01-01"})
+    assert later.status_code == 400 and "2999-01-01" in later.json()["error"]  # since= filters the search
+    dated = client.get("/api/search", params={"like": "img03.jpg", "k": 20, "since": first[:10]}).json()
+    assert dated["since"] == first[:10] and len(dated["results"]) == len(index.paths) - 1
+
+
+def test_the_viewer_details_of_an_image(client):
+    rotated = client.get("/api/image", params={"path": "rotated.jpg"}).json()
+    assert (rotated["width"], rotated["height"]) == (60, 120)  # stored 120 x 60, shown upright
+    assert rotated["folder"] == "" and rotated["taken"] and rotated["bytes"] > 0
+    sub = client.get("/api/image", params={"path": "sub/deeper/b.png"}).json()
+    assert sub["folder"] == "sub/deeper" and sub["path"] == "sub/deeper/b.png"
+    assert client.get("/api/image", params={"path": "../secret/outside.jpg"}).status_code == 404
+    assert client.get("/api/image", params={"path": "broken.jpg"}).status_code == 404
+    assert client.get("/api/image").status_code == 400
+
+
 @pytest.mark.parametrize(
     "params, status",
     [

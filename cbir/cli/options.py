@@ -366,6 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the user's data folder, ~/.local/share/cbir/trash/NAME-DIGEST on Linux)",
     )
     add_watch(p)
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the URL, each indexing run, batch of changes and retry as one JSON object per line",
+    )
     add_feature_options(p)
     add_index_options(p)
     add_rerank_options(p, Reranking(), dba=False)  # speed first: docs/decisions.md

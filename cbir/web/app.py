@@ -1,14 +1,14 @@
 """The HTTP face of :class:`~cbir.web.service.Service`: a FastAPI app, the page and its JSON API.
 
-Every error is JSON ``{"error": "one line"}``: 400 for bad input (not an image, a bad ``k``, ``page``,
-``threshold`` or date, a malformed form; also a foreign ``Host``), 401 without the token, 403 for a
-request from another site or without the CSRF header, 404 for anything that is not an indexed image
-or folder (and unknown URLs), 405 for a method a URL does not take, 413 for an upload over the cap,
-501 for a feature this version lacks, 503 (with ``Retry-After``) while the model loads, when too
-many uploads wait, or when the store (a Milvus server) fails; 500 for a bug (no details: they go to
-the server's log). Every GET also answers HEAD. Hosts,
-origins, the token, the CSRF header and the security headers are :mod:`cbir.web.security`'s. No
-CORS headers: only pages served from here may read the API.
+Every error is JSON ``{"error": "one line"}``: 400 for bad input (not an image, a bad ``k``,
+``page``, ``sort``, ``threshold`` or date, a malformed form; also a foreign ``Host``), 401 without
+the token, 403 for a request from another site or without the CSRF header, 404 for anything that is
+not an indexed image or folder (and unknown URLs), 405 for a method a URL does not take, 413 for an
+upload over the cap, 501 for a feature this version lacks, 503 (with ``Retry-After``) while the
+model loads, when too many uploads wait, or when the store (a Milvus server) fails; 500 for a bug
+(no details: they go to the server's log). Every GET also answers HEAD. Hosts, origins, the token,
+the CSRF header and the security headers are :mod:`cbir.web.security`'s. No CORS headers: only pages
+served from here may read the API.
 
 File names are bytes (:mod:`cbir.core.names`): a URL names a file by the percent-encoding of its
 bytes (``bad%FF.jpg``), read here from the raw request (Starlette would decode it as UTF-8 and turn
@@ -17,6 +17,7 @@ an undecodable byte into U+FFFD), and the JSON carries an undecodable byte as ``
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import os
@@ -69,6 +70,10 @@ STATIC = frozenset(  # the page's files: every .js/.css/.html shipped in cbir/we
 )
 GET = ["GET", "HEAD"]
 MAX_JSON = 1024 * 1024  # a review's moves: thousands of paths
+REFUSAL_DELAY = 0.1
+"""Seconds a refused upload waits for its answer, holding nothing (no place, no body, no CPU): a
+page that loops hostile uploads gets a few refusals a second per connection instead of hundreds,
+each costing this server's CPU that the normal uploads need (measured in bench_serve.py --attack)."""
 
 
 class NamesJSON(JSONResponse):
@@ -197,9 +202,19 @@ def _add_api(app: FastAPI, service: Service, policy: Policy) -> None:
 
     @app.api_route("/api/browse", methods=GET)
     def browse(
-        request: Request, dir: str = "", page: int = 1, since: str | None = None, until: str | None = None
+        request: Request,
+        dir: str = "",
+        page: int = 1,
+        since: str | None = None,
+        until: str | None = None,
+        sort: str = "name",
     ) -> JSONDict:
-        return service.browse(_query(request, "dir", dir) or "", page, Where(since=since, until=until))
+        where = Where(since=since, until=until)
+        return service.browse(_query(request, "dir", dir) or "", page, where, sort)
+
+    @app.api_route("/api/image", methods=GET)
+    def image(request: Request, path: str) -> JSONDict:
+        return service.image(_query(request, "path", path) or "")
 
     @app.api_route("/api/search", methods=GET)
     def search(
@@ -222,11 +237,16 @@ def _add_api(app: FastAPI, service: Service, policy: Policy) -> None:
         since: str | None = None,
         until: str | None = None,
     ) -> JSONDict:
-        with service.uploads.admitted():  # before the body is read: memory is bounded
-            data, name = await _read_upload(request, service.max_upload_bytes)
-            return await run_in_threadpool(
-                service.upload, data, name, k, Where(_query(request, "under", under), since, until)
-            )
+        try:
+            with service.uploads.admitted():  # before the body is read: memory is bounded
+                data, name = await _read_upload(request, service.max_upload_bytes)
+                service.screen(data, name)  # here, not in a worker thread: refusals stay cheap
+                return await run_in_threadpool(
+                    service.upload, data, name, k, Where(_query(request, "under", under), since, until)
+                )
+        except (BadImageError, UploadTooLarge, QueryError, Busy):
+            await asyncio.sleep(REFUSAL_DELAY)  # the place is free again; only the sender waits
+            raise
 
     @app.api_route("/api/duplicates", methods=GET)
     def duplicates(threshold: float | None = None) -> JSONDict:

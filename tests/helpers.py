@@ -264,3 +264,7 @@ def ready_groups(client: Any, service: Any, threshold: float | None = None) -> d
         answer = client.get("/api/duplicates", params=params).json()
     assert answer["state"] == "ready", answer
     return answer
+
+
+PHONE = {"width": 390, "height": 844}
+"""A phone's viewport (CSS pixels) for the page's browser tests."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import save_image
-from helpers import TINY_MODEL, cli, one_line_error, running_cli
+from helpers import PHONE, TINY_MODEL, cli, one_line_error, running_cli
 from PIL import Image
 
 pytest.importorskip("fastapi", reason="cbir serve needs the web extra (pip install 'cbir[web]')")
@@ -258,9 +258,11 @@ def review_server(tmp_path_factory) -> Iterator[tuple[str, Path, Path]]:
         yield url, ds, base / "trash"
 
 
-def test_the_duplicates_review_moves_the_others_and_undoes(review_server):
+@pytest.mark.parametrize("size", ["desktop", "phone"])
+def test_the_duplicates_review_moves_the_others_and_undoes(review_server, size):
     """Open the review, keep another copy than the rule's, move the others (they leave the dataset
-    and the index), undo (they are back, byte-identical, and indexed again); axe on the view."""
+    and the index), undo (they are back, byte-identical, and indexed again); axe on the view. The
+    same at a phone's size, by touch."""
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
@@ -270,7 +272,10 @@ def test_the_duplicates_review_moves_the_others_and_undoes(review_server):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            if size == "phone":
+                page = browser.new_page(viewport=PHONE, has_touch=True, is_mobile=True)
+            else:
+                page = browser.new_page(viewport={"width": 1280, "height": 900})
             console: list[str] = []
             page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
             page.goto(url + "#/duplicates")  # the review's route
@@ -282,7 +287,8 @@ def test_the_duplicates_review_moves_the_others_and_undoes(review_server):
             for other in ("p1.jpg", "copies/p1-small.jpg"):  # each with its score and size
                 shown = page.locator(f'.member[data-path="{other}"]').inner_text()
                 assert re.search(r"similarity [01]\.\d{3}", shown) and re.search(r"\d KB", shown), shown
-            page.locator('.member[data-path="p1.jpg"] input[type=radio]').check()  # keep this one instead
+            keep = page.locator('.member[data-path="p1.jpg"] input[type=radio]')
+            keep.tap() if size == "phone" else keep.check()  # keep this one instead
             page.wait_for_selector('.member.kept[data-path="p1.jpg"]')
             assert page.locator(".member input[type=checkbox]:checked").count() == 2
             page.keyboard.press("s")  # skip the group, from the keyboard: nothing left to resolve

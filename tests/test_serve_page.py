@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import save_image
-from helpers import TINY_MODEL, running_cli
+from helpers import PHONE, TINY_MODEL, running_cli
 from PIL import Image
 
 pytest.importorskip("fastapi", reason="cbir serve needs the web extra (pip install 'cbir[web]')")
@@ -24,7 +24,6 @@ pytestmark = pytest.mark.slow  # `cbir serve` in a subprocess and a real browser
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
 AXE = Path(__file__).parent / "vendor" / "axe.min.js"
-PHONE = {"width": 390, "height": 844}
 
 
 def paths(page, grid: str = "#result-grid") -> list[str]:

@@ -252,3 +252,19 @@ def running_cli(
             proc.kill()
             raise
     assert "Traceback" not in err, err
+
+
+def ready_groups(client: Any, service: Any, threshold: float | None = None) -> dict:
+    """``GET /api/duplicates`` once the server's background job made the groups: the first answer
+    may say ``computing``; then wait for that version's groups (an event, no polling)."""
+    params = {} if threshold is None else {"threshold": threshold}
+    answer = client.get("/api/duplicates", params=params).json()
+    if answer.get("state") == "computing":
+        assert service.review.wait(answer["version"], threshold, timeout=120), "the groups were not made"
+        answer = client.get("/api/duplicates", params=params).json()
+    assert answer["state"] == "ready", answer
+    return answer
+
+
+PHONE = {"width": 390, "height": 844}
+"""A phone's viewport (CSS pixels) for the page's browser tests."""

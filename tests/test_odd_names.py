@@ -129,7 +129,7 @@ def test_duplicates_find_groups_over_every_name(data, store, tmp_path):
     assert "bad\\xff" in ok(run("duplicates", data, *store, "--verify", "none", "--no-plot")).out
 
 
-def test_the_web_api_names_files_by_their_bytes(data, store):
+def test_the_web_api_names_files_by_their_bytes(data, store, tmp_path):
     pytest.importorskip("fastapi", reason="cbir serve needs the web extra")
     from fastapi.testclient import TestClient
 
@@ -137,6 +137,7 @@ def test_the_web_api_names_files_by_their_bytes(data, store):
     from cbir.cli.store import store_from
     from cbir.web.app import create_app
     from cbir.web.collection import Collection
+    from cbir.web.duplicates import DuplicateReview
     from cbir.web.model import ModelWorker
     from cbir.web.service import Service
 
@@ -144,7 +145,9 @@ def test_the_web_api_names_files_by_their_bytes(data, store):
     (data / twin).write_bytes((data / os.fsdecode(b"bad\xff.png")).read_bytes())
     ok(run("index", data, *MODEL, *store))
     args = build_parser().parse_args(["duplicates", str(data), *store])
-    service = Service(Collection(data, store_from(args)), ModelWorker(lambda: None))
+    collection = Collection(data, store_from(args))
+    review = DuplicateReview(collection, tmp_path / "trash")
+    service = Service(collection, ModelWorker(lambda: None), review=review)
     client = TestClient(create_app(service))
     top = client.get("/api/browse").json()
     assert sorted(i["path"] for i in top["images"]) == [n for n in DECODED if "/" not in n]
@@ -160,6 +163,10 @@ def test_the_web_api_names_files_by_their_bytes(data, store):
         found = client.get(f"/api/search?like={quote_from_bytes(name, safe='')}&k=20").json()
         others = sorted({*DECODED, twin} - {os.fsdecode(name)})
         assert sorted(m["path"] for m in found["results"]) == others
+    review.run_once()  # what its thread does; the groups are stored with the index, names and all
     groups = client.get("/api/duplicates").json()
     assert [sorted(g["paths"]) for g in groups["groups"]] == [sorted([os.fsdecode(b"bad\xff.png"), twin])]
+    stored = DuplicateReview(collection, tmp_path / "trash", compute=lambda index, threshold: {})
+    stored.run_once()
+    assert stored.groups()["groups"] == groups["groups"]
     assert client.get("/files/bad%EF%BF%BD.png").status_code == 404  # U+FFFD is another name

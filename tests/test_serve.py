@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import save_image
-from helpers import TINY_MODEL
+from helpers import TINY_MODEL, ready_groups
 from PIL import Image
 
 pytest.importorskip("fastapi", reason="cbir serve needs the web extra (pip install 'cbir[web]')")
@@ -69,7 +69,8 @@ def served(tmp_path_factory) -> Iterator[tuple[Path, Service]]:
     args = build_parser().parse_args(["serve", str(ds), *TINY_MODEL])
     options = dataclasses.replace(index_options_from(args), progress=False)
     # re-ranked as the command line ranks (the server's default is none), so both paths are tested
-    with running_service(settings_from(args), options, ServeOptions(reranking=DEFAULT_RERANKING)) as service:
+    serving = ServeOptions(reranking=DEFAULT_RERANKING, trash=base / "trash")
+    with running_service(settings_from(args), options, serving) as service:
         wait_until(lambda: settled(service), what="the model and the first indexing run")
         yield ds, service
 
@@ -149,6 +150,40 @@ def test_serve_takes_the_query_re_ranking_options_but_not_dba(tmp_path):
     assert reranking_from(args) == DEFAULT_RERANKING
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", str(tmp_path), "--dba", "5"])
+
+
+def test_images_carry_their_date_and_size_and_browse_orders_by_date(served, client):
+    ds, service = served
+    index = service.collection.current()
+    by_name = client.get("/api/browse").json()["images"]
+    assert [i["path"] for i in by_name] == sorted(i["path"] for i in by_name)
+    for item in by_name:
+        entry = index.entries[index.row_named(item["path"])]
+        assert item["taken"] == entry.taken
+        assert item["bytes"] == entry.size == (ds / item["path"]).stat().st_size
+    by_date = client.get("/api/browse", params={"sort": "date"}).json()
+    keys = [(i["taken"], i["path"]) for i in by_date["images"]]
+    assert by_date["sort"] == "date" and keys == sorted(keys) and len(keys) == len(by_name)
+    refused = client.get("/api/browse", params={"sort": "size"})
+    assert refused.status_code == 400 and refused.json()["error"] == "sort must be one of name, date"
+    found = client.get("/api/search", params={"like": "img03.jpg", "k": 3}).json()["results"]
+    assert all(r["taken"] and r["bytes"] == (ds / r["path"]).stat().st_size for r in found)
+    first = min(e.taken for e in index.entries)
+    later = client.get("/api/search", params={"like": "img03.jpg", "k": 20, "since": "2999-01-01"})
+    assert later.status_code == 400 and "2999-01-01" in later.json()["error"]  # since= filters the search
+    dated = client.get("/api/search", params={"like": "img03.jpg", "k": 20, "since": first[:10]}).json()
+    assert dated["since"] == first[:10] and len(dated["results"]) == len(index.paths) - 1
+
+
+def test_the_viewer_details_of_an_image(client):
+    rotated = client.get("/api/image", params={"path": "rotated.jpg"}).json()
+    assert (rotated["width"], rotated["height"]) == (60, 120)  # stored 120 x 60, shown upright
+    assert rotated["folder"] == "" and rotated["taken"] and rotated["bytes"] > 0
+    sub = client.get("/api/image", params={"path": "sub/deeper/b.png"}).json()
+    assert sub["folder"] == "sub/deeper" and sub["path"] == "sub/deeper/b.png"
+    assert client.get("/api/image", params={"path": "../secret/outside.jpg"}).status_code == 404
+    assert client.get("/api/image", params={"path": "broken.jpg"}).status_code == 404
+    assert client.get("/api/image").status_code == 400
 
 
 @pytest.mark.parametrize(
@@ -303,7 +338,7 @@ def test_a_file_swapped_for_a_symlink_out_of_the_dataset_is_not_served(served, c
 def test_duplicates_are_the_groups_of_the_duplicates_feature_with_relative_paths(served, client):
     ds, service = served
     for threshold in (0.5, 0.99):
-        doc = client.get("/api/duplicates", params={"threshold": threshold}).json()
+        doc = ready_groups(client, service, threshold)
         report = find_duplicates(
             service.collection.require(), DuplicateOptions(threshold=threshold), progress=False
         )
@@ -322,7 +357,7 @@ def test_duplicates_are_the_groups_of_the_duplicates_feature_with_relative_paths
 
 def test_the_page_and_its_assets_are_served(client):
     page = client.get("/")
-    assert page.status_code == 200 and '<script src="/static/app.js">' in page.text
+    assert page.status_code == 200 and '<script type="module" src="/static/app.js">' in page.text
     assert "http" not in page.text.replace("http-equiv", "")  # nothing from elsewhere: works offline
     js = client.get("/static/app.js")
     assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.server
 import json
+import re
 import shutil
 import socket
 import threading
@@ -17,7 +19,8 @@ from pathlib import Path
 
 import pytest
 from conftest import save_image
-from helpers import TINY_MODEL, cli, one_line_error, running_cli
+from helpers import PHONE, TINY_MODEL, cli, one_line_error, running_cli
+from PIL import Image
 
 pytest.importorskip("fastapi", reason="cbir serve needs the web extra (pip install 'cbir[web]')")
 pytestmark = pytest.mark.slow  # every test runs `cbir serve` in a subprocess
@@ -34,6 +37,25 @@ def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
+@contextlib.contextmanager
+def serving(ds: Path, images: int, *options: object) -> Iterator[str]:
+    """``cbir serve DS --port 0 OPTIONS`` until its model is ready, ``images`` are indexed and their
+    near-duplicate groups are made; the URL it printed."""
+    with running_cli("serve", ds, "--port", "0", *options, *TINY_MODEL) as (_, lines):
+        line = lines.get(timeout=120)
+        assert line.startswith(f"serving {ds} at http://127.0.0.1:"), line
+        url = line.split(" at ")[1].strip()
+        deadline = time.monotonic() + 180
+        while True:
+            info = json.loads(get(url + "api/info")[1])
+            idle = info["ready"] and info["indexing"]["state"] == "idle"
+            if idle and info["images"] == images and info["duplicates"]["state"] == "ready":
+                break
+            assert time.monotonic() < deadline, info
+            time.sleep(0.2)
+        yield url
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     """``cbir serve DATASET --port 0`` on 12 generated images and a broken one; the URL it printed."""
@@ -43,17 +65,7 @@ def server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     save_image(ds / "trips" / "t1.png", seed=40)
     save_image(ds / "trips" / "t2.png", seed=41)
     (ds / "broken.jpg").write_bytes(b"not a picture")
-    with running_cli("serve", ds, "--port", "0", *TINY_MODEL) as (_, lines):
-        line = lines.get(timeout=120)
-        assert line.startswith(f"serving {ds} at http://127.0.0.1:"), line
-        url = line.split(" at ")[1].strip()
-        deadline = time.monotonic() + 180
-        while True:
-            info = json.loads(get(url + "api/info")[1])
-            if info["ready"] and info["indexing"]["state"] == "idle" and info["images"] == 12:
-                break
-            assert time.monotonic() < deadline, info
-            time.sleep(0.2)
+    with serving(ds, 12) as url:
         yield url, ds
 
 
@@ -211,3 +223,102 @@ def test_serve_errors_are_one_line(tmp_path):
         busy = cli("serve", ds, "--port", port, *TINY_MODEL, cwd=tmp_path, script=None, timeout=120)
     one_line_error(busy, "cannot listen on 127.0.0.1:")
     one_line_error(cli("serve", ds, "--port", 70000, cwd=tmp_path, script=None), "--port", "from 0 to 65535")
+    inside = cli("serve", ds, "--trash", ds / "bin", "--port", 0, *TINY_MODEL, cwd=tmp_path, script=None)
+    one_line_error(inside, "--trash", "is inside the dataset")
+    assert not (ds / "bin").exists()
+
+
+AXE = Path(__file__).parent / "vendor" / "axe.min.js"  # axe-core 4.10.3 (npm pack), MPL-2.0
+
+
+def serious_axe_violations(page) -> list[tuple[str, str, list]]:
+    """axe-core's serious and critical violations on what the page shows now (evaluated through the
+    browser's debugging protocol: the page's own CSP allows no injected script)."""
+    page.evaluate(AXE.read_text())
+    found = page.evaluate("async () => (await axe.run(document)).violations")
+    return [
+        (v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3])
+        for v in found
+        if v["impact"] in ("serious", "critical")
+    ]
+
+
+@pytest.fixture(scope="module")
+def review_server(tmp_path_factory) -> Iterator[tuple[str, Path, Path]]:
+    """A server over five photos, one of them with a byte copy and a re-encoded copy (one group of
+    three); ``--trash`` beside the dataset."""
+    base = tmp_path_factory.mktemp("review")
+    ds = base / "photos"
+    for i in range(5):
+        save_image(ds / f"p{i}.jpg", seed=i, width=192, height=144)
+    (ds / "copies").mkdir()
+    shutil.copyfile(ds / "p1.jpg", ds / "copies" / "p1-copy.jpg")
+    Image.open(ds / "p1.jpg").save(ds / "copies" / "p1-small.jpg", quality=60)
+    with serving(ds, 7, "--trash", base / "trash") as url:
+        yield url, ds, base / "trash"
+
+
+@pytest.mark.parametrize("size", ["desktop", "phone"])
+def test_the_duplicates_review_moves_the_others_and_undoes(review_server, size):
+    """Open the review, keep another copy than the rule's, move the others (they leave the dataset
+    and the index), undo (they are back, byte-identical, and indexed again); axe on the view. The
+    same at a phone's size, by touch."""
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    url, ds, trash = review_server
+    group = ["p1.jpg", "copies/p1-copy.jpg", "copies/p1-small.jpg"]
+    saved = {p: (ds / p).read_bytes() for p in group}
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            if size == "phone":
+                page = browser.new_page(viewport=PHONE, has_touch=True, is_mobile=True)
+            else:
+                page = browser.new_page(viewport={"width": 1280, "height": 900})
+            console: list[str] = []
+            page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
+            page.goto(url + "#/duplicates")  # the review's route
+            page.wait_for_selector("#duplicates .group .member img")
+            assert page.locator(".group").count() == 1
+            kept = page.locator(".member.kept")
+            assert kept.get_attribute("data-path") == "copies/p1-copy.jpg"  # the --keep rule's choice
+            assert "Kept copy" in kept.inner_text() and "KB" in kept.inner_text()
+            for other in ("p1.jpg", "copies/p1-small.jpg"):  # each with its score and size
+                shown = page.locator(f'.member[data-path="{other}"]').inner_text()
+                assert re.search(r"similarity [01]\.\d{3}", shown) and re.search(r"\d KB", shown), shown
+            keep = page.locator('.member[data-path="p1.jpg"] input[type=radio]')
+            keep.tap() if size == "phone" else keep.check()  # keep this one instead
+            page.wait_for_selector('.member.kept[data-path="p1.jpg"]')
+            assert page.locator(".member input[type=checkbox]:checked").count() == 2
+            page.keyboard.press("s")  # skip the group, from the keyboard: nothing left to resolve
+            page.wait_for_selector(".group.skipped")
+            assert page.locator("#dup-resolve-all").is_disabled()
+            page.keyboard.press("s")  # and back
+            page.wait_for_selector(".group:not(.skipped)")
+            assert page.locator(".member.kept").get_attribute("data-path") == "p1.jpg"
+            page.keyboard.press("c")  # compare two, from the keyboard
+            page.wait_for_selector(".compare figure img")
+            assert page.locator(".compare figure").count() == 2
+            assert serious_axe_violations(page) == []
+            page.click("#dup-resolve-all")
+            text = page.locator("#dup-confirm-text").inner_text()
+            assert text.startswith(f"Move 2 file(s) from 1 group(s) to a new folder in {trash}")
+            page.click("#dup-confirm-move")
+            page.wait_for_selector("#dup-undo:not([hidden])")
+            assert not (ds / "copies" / "p1-copy.jpg").exists() and (ds / "p1.jpg").exists()
+            moved = sorted(f.relative_to(trash).as_posix().split("/", 1)[1] for f in trash.rglob("*.jpg"))
+            assert moved == ["copies/p1-copy.jpg", "copies/p1-small.jpg"]
+            page.wait_for_function(
+                "() => document.querySelector('#dup-summary').textContent.startsWith('No near')"
+            )
+            assert json.loads(get(url + "api/info")[1])["images"] == 5  # re-indexed without them
+            page.click("#dup-undo-button")
+            page.wait_for_selector(".group .member img")  # re-indexed with them: the group is back
+            assert {p: (ds / p).read_bytes() for p in group} == saved
+            assert not list(trash.rglob("*.jpg"))
+            assert json.loads(get(url + "api/info")[1])["images"] == 7
+            assert page.locator("#error").is_hidden()
+            assert not console, console
+        finally:
+            browser.close()

@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,11 +25,13 @@ pytest.importorskip("fastapi", reason="cbir serve needs the web extra (pip insta
 
 from fastapi.testclient import TestClient  # noqa: E402
 
+import cbir.web.app as app_module  # noqa: E402
 from cbir.cli.options import build_parser, index_options_from, settings_from  # noqa: E402
 from cbir.ingest.decode import Geometry, LoadLimits, decode_views  # noqa: E402
 from cbir.ingest.files import find_images  # noqa: E402
 from cbir.web.app import create_app  # noqa: E402
 from cbir.web.collection import Collection  # noqa: E402
+from cbir.web.duplicates import DuplicateReview  # noqa: E402
 from cbir.web.security import Hosts  # noqa: E402
 from cbir.web.server import ServeOptions, route_library_logs, running_service  # noqa: E402
 from cbir.web.service import Service  # noqa: E402
@@ -108,6 +111,8 @@ WORK = [
     ("GET", "/thumbs/p1.jpg"),
     ("GET", "/files/p1.jpg"),
     ("POST", "/api/search"),
+    ("POST", "/api/duplicates/move"),
+    ("POST", "/api/duplicates/undo"),
 ]
 
 
@@ -357,6 +362,26 @@ def test_uploads_beyond_the_queue_are_a_503_with_retry_after(served):
     assert gate.refused == 1 and gate.admitted_now == 0
 
 
+def test_a_refused_upload_waits_holding_nothing_and_a_good_one_never_waits(served, monkeypatch):
+    gate = UploadGate(decoders=1, waiting=0)
+    client = TestClient(create_app(dataclasses.replace(served[1], uploads=gate)))
+    waits: list[tuple[float, int, int]] = []
+
+    async def wait(seconds: float) -> None:  # what a refusal holds while its sender waits
+        waits.append((seconds, gate.admitted_now, gate.decoding_now))
+
+    monkeypatch.setattr(app_module, "asyncio", SimpleNamespace(sleep=wait))  # this module's only
+    with gate.decoding():  # the only decode slot is taken: a refusal must not need it
+        refused = client.post("/api/search", **form(flat_png(7000, 6000), "wide.png"))
+    assert is_error(refused, 400) and "exceeds the limit" in refused.json()["error"]
+    assert waits == [(app_module.REFUSAL_DELAY, 0, 1)]  # its place given back before the wait
+    with gate.admitted():  # the only place is taken: 503, after the same wait
+        assert is_error(client.post("/api/search", **form(photo(served))), 503)
+    assert len(waits) == 2 and waits[1][1] == 1  # the other upload's place, not its own
+    assert client.post("/api/search?k=1", **form(photo(served))).status_code == 200
+    assert len(waits) == 2 and gate.admitted_now == 0  # an answered upload does not wait
+
+
 # ---- symbolic links and thumbnails
 
 
@@ -422,12 +447,16 @@ def test_thumbnails_of_images_the_index_drops_are_deleted(served, client):
     assert not stray.exists() and cached.parent.parent.is_dir()
 
 
-def test_an_internal_error_is_json_with_the_security_headers(served):
+def test_an_internal_error_is_json_with_the_security_headers(served, tmp_path):
     def broken(index, threshold):
         raise RuntimeError("a bug")
 
-    app = create_app(dataclasses.replace(served[1], duplicates=broken))
-    response = TestClient(app, raise_server_exceptions=False).get("/api/duplicates?threshold=0.42")
+    review = DuplicateReview(served[1].collection, tmp_path / "trash", compute=broken)
+    app = create_app(dataclasses.replace(served[1], review=review))
+    client = TestClient(app, raise_server_exceptions=False)
+    assert client.get("/api/duplicates?threshold=0.42").json()["state"] == "computing"
+    review.run_once()  # what its thread does
+    response = client.get("/api/duplicates?threshold=0.42")
     assert is_error(response, 500) and "a bug" not in response.text
     assert response.headers["x-frame-options"] == "DENY"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import save_image
-from helpers import TINY_MODEL
+from helpers import TINY_MODEL, ready_groups
 from test_serve import plain_client, settled, upload, wait_until
 
 pytest.importorskip("fastapi", reason="cbir serve needs the web extra (pip install 'cbir[web]')")
@@ -49,7 +49,7 @@ def served(tmp_path_factory) -> Iterator[tuple[Path, Path, Service]]:
     options = dataclasses.replace(index_options_from(args), progress=False)
     try:
         with running_service(
-            settings_from(args), options, ServeOptions(reranking=DEFAULT_RERANKING)
+            settings_from(args), options, ServeOptions(reranking=DEFAULT_RERANKING, trash=base / "trash")
         ) as service:
             wait_until(lambda: settled(service), what="the model and the first indexing run")
             yield ds, cache, service
@@ -111,8 +111,8 @@ def test_thumbnails_go_to_the_users_cache_folder(served, client):
     assert sorted(p.relative_to(ds) for p in ds.rglob("*")) == before
 
 
-def test_duplicates_come_from_the_collections_vectors(client):
-    answer = client.get("/api/duplicates").json()
+def test_duplicates_come_from_the_collections_vectors(served, client):
+    answer = ready_groups(client, served[2])
     assert answer["images"] == 9 and answer["verify"] == "orb"
     assert [sorted(g["paths"]) for g in answer["groups"]] == [["copy.jpg", "img00.jpg"]]
 

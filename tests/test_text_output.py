@@ -106,6 +106,7 @@ def test_index_summary():
         unchanged=40,
         skipped=[{"path": "bad.jpg", "reason": "not a recognised image"}],
         known_bad=1,
+        known_bad_files=[{"path": "old/scan.gif", "reason": "not a recognised image"}],
         total=44,
         rebuilt="settings changed",
         ann="hnsw up to date",

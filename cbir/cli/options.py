@@ -358,7 +358,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="also answer requests for this host name, e.g. a reverse proxy's (repeatable)",
     )
+    g.add_argument(
+        "--trash",
+        type=Path,
+        metavar="DIR",
+        help="where the page's near-duplicates review moves files, outside the dataset "
+        "(default: the user's data folder, ~/.local/share/cbir/trash/NAME-DIGEST on Linux)",
+    )
     add_watch(p)
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the URL, each indexing run, batch of changes and retry as one JSON object per line",
+    )
     add_feature_options(p)
     add_index_options(p)
     add_rerank_options(p, Reranking(), dba=False)  # speed first: docs/decisions.md

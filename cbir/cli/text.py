@@ -38,6 +38,10 @@ def format_models(backbones: Iterable[Backbone]) -> str:
     return "\n".join(lines)
 
 
+KNOWN_BAD_SHOWN = 10
+"""How many remembered failures the text summary names (``--json`` has them all)."""
+
+
 def format_index_summary(report: IndexReport) -> str:
     """The one-line summary of an indexing run, then the files it skipped, one per line."""
     line = (
@@ -58,6 +62,13 @@ def format_index_summary(report: IndexReport) -> str:
         line += f"\nskipped {len(report.skipped)} file(s):" + "".join(
             f"\n  {shown(s['path'])}: {shown(s['reason'])}" for s in report.skipped
         )
+    if report.known_bad_files:
+        known = report.known_bad_files
+        line += f"\nstill skipped, unchanged since they failed: {len(known)} file(s):" + "".join(
+            f"\n  {shown(s['path'])}: {shown(s['reason'])}" for s in known[:KNOWN_BAD_SHOWN]
+        )
+        if len(known) > KNOWN_BAD_SHOWN:
+            line += f"\n  ... and {len(known) - KNOWN_BAD_SHOWN} more (--json lists them all)"
     return line
 
 

@@ -111,6 +111,8 @@ class IndexReport:
     skipped: list[dict[str, str]] = field(default_factory=list)
     transient: int = 0  # skipped files and folders that could not be read, looked at again next run
     known_bad: int = 0
+    known_bad_files: list[dict[str, str]] = field(default_factory=list)
+    """The remembered failures this run left alone (unchanged since they failed), with why."""
     total: int = 0
     rebuilt: str | None = None
     ann: str | None = None
@@ -299,6 +301,7 @@ def _count(plan: Plan, report: IndexReport) -> None:
     report.added, report.updated = len(plan.new), len(plan.changed)
     report.removed, report.unchanged = len(plan.removed), plan.unchanged
     report.known_bad = len(plan.known_bad)
+    report.known_bad_files = [{"path": s.path, "reason": s.reason} for s in plan.known_bad]
     report.transient = len(plan.unsure)
     for failure in plan.unreadable:
         log.warning("skipped %s: %s", failure["path"], failure["reason"])

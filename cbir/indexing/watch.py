@@ -90,6 +90,20 @@ def folder_state(root: Path, options: IndexOptions, skip: Iterable[Path]) -> Sta
     return frozenset(state)
 
 
+Changes = tuple[list[str], list[str], list[str]]
+"""One settled batch: the images added, changed (size or mtime) and removed, each sorted."""
+
+
+def changes(before: State, after: State) -> Changes:
+    """What differs between two looks at a folder."""
+    old = {rel: (size, mtime) for rel, size, mtime in before}
+    new = {rel: (size, mtime) for rel, size, mtime in after}
+    added = sorted(rel for rel in new if rel not in old)
+    changed = sorted(rel for rel in new if rel in old and old[rel] != new[rel])
+    removed = sorted(rel for rel in old if rel not in new)
+    return added, changed, removed
+
+
 class FolderWatcher:
     """Calls ``on_change()`` (on the watcher's thread) when the images of ``root`` changed and settled."""
 
@@ -104,9 +118,11 @@ class FolderWatcher:
         poll: float = 2.0,
         events: bool = True,
         clock: Clock = SYSTEM_CLOCK,
+        on_seen: Callable[[Changes], None] | None = None,
     ) -> None:
         self.root = Path(root)
         self.on_change = on_change
+        self.on_seen = on_seen  # told each settled batch of changes, before ``on_change``
         self.skip = [Path(s) for s in skip]
         self.options = options
         self.settle = settle
@@ -174,16 +190,19 @@ class FolderWatcher:
             return None
         return observer
 
-    def retry(self, wanted: bool = True) -> None:
+    def retry(self, wanted: bool = True) -> float | None:
         """After a run: ``wanted`` when it could not read some files for a reason that can pass, so
         ``on_change`` is called again later (each retry waits twice as long as the last, up to
-        :data:`RETRY_MAX`); False after a complete run (the backoff starts again)."""
+        :data:`RETRY_MAX`); False after a complete run (the backoff starts again). Returns the
+        seconds until that retry (None: none)."""
         if not wanted:
             self._retry_at, self._backoff = None, self.settle
-            return
-        self._retry_at = self.clock.now() + self._backoff
+            return None
+        wait = self._backoff
+        self._retry_at = self.clock.now() + wait
         self._backoff = min(max(self._backoff, 0.5) * 2, RETRY_MAX)
         self._woken.set()
+        return wait
 
     @property
     def settling(self) -> bool:
@@ -205,7 +224,9 @@ class FolderWatcher:
             return False
         if self.clock.now() - self._since < self.settle:
             return False
-        self._state, self._pending = now, None
+        before, self._state, self._pending = self._state, now, None
+        if self.on_seen is not None:
+            self.on_seen(changes(before, now))
         self._call()
         return True
 

@@ -181,6 +181,28 @@ def decode_bytes(
     return _open_checked(io.BytesIO(data), len(data), limits, draft_for, reduce)
 
 
+def screen_bytes(data: bytes, limits: LoadLimits = LoadLimits()) -> tuple[int, int]:
+    """The (width, height) an image file's bytes declare, from the header only: BadImageError when
+    they are over the size or pixel limits or not an image. Cheap (no pixel is decoded), so an
+    upload that would be refused is refused before it waits for a decode slot."""
+    if not data:
+        raise BadImageError("empty file")
+    if len(data) > limits.max_bytes:
+        raise BadImageError(f"file larger than the {limits.max_bytes // 2**20} MiB limit")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+    except UnidentifiedImageError as exc:
+        raise BadImageError("not a recognised image") from exc
+    except Image.DecompressionBombError as exc:
+        raise BadImageError("image exceeds the pixel limit (decompression bomb guard)") from exc
+    except (OSError, ValueError, SyntaxError, struct.error, EOFError) as exc:
+        raise BadImageError(f"truncated or corrupt image ({exc})") from exc
+    if w * h > limits.max_pixels:
+        raise BadImageError(f"{w}x{h} pixels exceeds the limit of {limits.max_pixels}")
+    return w, h
+
+
 def decode_views(
     data: bytes,
     geometry: Geometry,

@@ -1,14 +1,14 @@
 """The HTTP face of :class:`~cbir.web.service.Service`: a FastAPI app, the page and its JSON API.
 
-Every error is JSON ``{"error": "one line"}``: 400 for bad input (not an image, a bad ``k``, ``page``,
-``threshold`` or date, a malformed form; also a foreign ``Host``), 401 without the token, 403 for a
-request from another site or without the CSRF header, 404 for anything that is not an indexed image
-or folder (and unknown URLs), 405 for a method a URL does not take, 413 for an upload over the cap,
-501 for a feature this version lacks, 503 (with ``Retry-After``) while the model loads, when too
-many uploads wait, or when the store (a Milvus server) fails; 500 for a bug (no details: they go to
-the server's log). Every GET also answers HEAD. Hosts,
-origins, the token, the CSRF header and the security headers are :mod:`cbir.web.security`'s. No
-CORS headers: only pages served from here may read the API.
+Every error is JSON ``{"error": "one line"}``: 400 for bad input (not an image, a bad ``k``,
+``page``, ``sort``, ``threshold`` or date, a malformed form; also a foreign ``Host``), 401 without
+the token, 403 for a request from another site or without the CSRF header, 404 for anything that is
+not an indexed image or folder (and unknown URLs), 405 for a method a URL does not take, 413 for an
+upload over the cap, 501 for a feature this version lacks, 503 (with ``Retry-After``) while the
+model loads, when too many uploads wait, or when the store (a Milvus server) fails; 500 for a bug
+(no details: they go to the server's log). Every GET also answers HEAD. Hosts, origins, the token,
+the CSRF header and the security headers are :mod:`cbir.web.security`'s. No CORS headers: only pages
+served from here may read the API.
 
 File names are bytes (:mod:`cbir.core.names`): a URL names a file by the percent-encoding of its
 bytes (``bad%FF.jpg``), read here from the raw request (Starlette would decode it as UTF-8 and turn
@@ -17,6 +17,9 @@ an undecodable byte into U+FFFD), and the JSON carries an undecodable byte as ``
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import json
 import os
 from collections.abc import AsyncGenerator
 from importlib import resources
@@ -34,14 +37,23 @@ from cbir.core.errors import BadImageError, CbirError, QueryError, StoreError
 from cbir.core.names import json_text
 from cbir.core.types import JSONDict
 from cbir.web.collection import NotFound
+from cbir.web.duplicates import Conflict, Lacking
 from cbir.web.model import ModelLoading
-from cbir.web.security import Guard, Hosts, Policy
+from cbir.web.security import CSRF_HEADER, Guard, Hosts, Policy
 from cbir.web.service import Service, UploadTooLarge, Where
 from cbir.web.thumbnails import thumbnail
 from cbir.web.uploads import Busy
 
+
+class Forbidden(CbirError):
+    """A request that moves files without the CSRF header (HTTP 403)."""
+
+
 STATUS: dict[type[Exception], int] = {
     NotFound: 404,
+    Forbidden: 403,
+    Conflict: 409,
+    Lacking: 501,
     UploadTooLarge: 413,
     ModelLoading: 503,
     Busy: 503,
@@ -50,8 +62,18 @@ STATUS: dict[type[Exception], int] = {
     QueryError: 400,
 }
 RETRY_AFTER = {ModelLoading: 2, StoreError: 5}  # seconds; Busy says its own
-STATIC = ("index.html", "app.js", "style.css")
+STATIC_KINDS = {"js": "text/javascript", "css": "text/css", "html": "text/html"}
+STATIC = frozenset(  # the page's files: every .js/.css/.html shipped in cbir/web/static
+    item.name
+    for item in resources.files("cbir.web").joinpath("static").iterdir()
+    if item.name.rpartition(".")[2] in STATIC_KINDS
+)
 GET = ["GET", "HEAD"]
+MAX_JSON = 1024 * 1024  # a review's moves: thousands of paths
+REFUSAL_DELAY = 0.1
+"""Seconds a refused upload waits for its answer, holding nothing (no place, no body, no CPU): a
+page that loops hostile uploads gets a few refusals a second per connection instead of hundreds,
+each costing this server's CPU that the normal uploads need (measured in bench_serve.py --attack)."""
 
 
 class NamesJSON(JSONResponse):
@@ -164,7 +186,7 @@ def _add_page(app: FastAPI) -> None:
     def static(name: str) -> Response:
         if name not in STATIC:
             return _error(404, "not found")
-        kind = {"js": "text/javascript", "css": "text/css", "html": "text/html"}[name.rpartition(".")[2]]
+        kind = STATIC_KINDS[name.rpartition(".")[2]]
         return Response(_static(name), media_type=f"{kind}; charset=utf-8")
 
 
@@ -180,9 +202,19 @@ def _add_api(app: FastAPI, service: Service, policy: Policy) -> None:
 
     @app.api_route("/api/browse", methods=GET)
     def browse(
-        request: Request, dir: str = "", page: int = 1, since: str | None = None, until: str | None = None
+        request: Request,
+        dir: str = "",
+        page: int = 1,
+        since: str | None = None,
+        until: str | None = None,
+        sort: str = "name",
     ) -> JSONDict:
-        return service.browse(_query(request, "dir", dir) or "", page, Where(since=since, until=until))
+        where = Where(since=since, until=until)
+        return service.browse(_query(request, "dir", dir) or "", page, where, sort)
+
+    @app.api_route("/api/image", methods=GET)
+    def image(request: Request, path: str) -> JSONDict:
+        return service.image(_query(request, "path", path) or "")
 
     @app.api_route("/api/search", methods=GET)
     def search(
@@ -205,15 +237,54 @@ def _add_api(app: FastAPI, service: Service, policy: Policy) -> None:
         since: str | None = None,
         until: str | None = None,
     ) -> JSONDict:
-        with service.uploads.admitted():  # before the body is read: memory is bounded
-            data, name = await _read_upload(request, service.max_upload_bytes)
-            return await run_in_threadpool(
-                service.upload, data, name, k, Where(_query(request, "under", under), since, until)
-            )
+        try:
+            with service.uploads.admitted():  # before the body is read: memory is bounded
+                data, name = await _read_upload(request, service.max_upload_bytes)
+                service.screen(data, name)  # here, not in a worker thread: refusals stay cheap
+                return await run_in_threadpool(
+                    service.upload, data, name, k, Where(_query(request, "under", under), since, until)
+                )
+        except (BadImageError, UploadTooLarge, QueryError, Busy):
+            await asyncio.sleep(REFUSAL_DELAY)  # the place is free again; only the sender waits
+            raise
 
     @app.api_route("/api/duplicates", methods=GET)
     def duplicates(threshold: float | None = None) -> JSONDict:
         return service.duplicate_groups(threshold)
+
+    @app.post("/api/duplicates/move")
+    async def move_duplicates(request: Request) -> JSONDict:
+        """Move the files a review chose out of the dataset: ``{"version": V, "groups": [{"keep":
+        REL, "remove": [REL, ...]}]}``; the X-CSRF-Token header is required from every client."""
+        body = await _json_body(request, policy)
+        review = service.reviewer()
+        return await run_in_threadpool(review.move, body.get("version"), body.get("groups"))
+
+    @app.post("/api/duplicates/undo")
+    async def undo_duplicates(request: Request) -> JSONDict:
+        """Put back the files of a move: ``{"log": NAME}``, the name its answer gave."""
+        body = await _json_body(request, policy)
+        return await run_in_threadpool(service.reviewer().undo, body.get("log"))
+
+
+async def _json_body(request: Request, policy: Policy) -> JSONDict:
+    """The JSON object of a request that moves files, which must carry the CSRF header (scripts
+    too: they read it from /api/csrf) and be small."""
+    sent = request.headers.get(CSRF_HEADER, "")
+    if not hmac.compare_digest(sent.encode(), policy.csrf.encode()):
+        raise Forbidden("missing or wrong X-CSRF-Token header (the page reads it from /api/csrf)")
+    data = b""
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > MAX_JSON:
+            raise QueryError(f"the request is larger than {MAX_JSON // 1024} KiB")
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError):
+        raise QueryError("send a JSON object") from None
+    if not isinstance(body, dict):
+        raise QueryError("send a JSON object")
+    return body
 
 
 def _add_files(app: FastAPI, service: Service) -> None:

@@ -27,6 +27,7 @@ from cbir.stores.base import IndexReader, Store
 from cbir.web.thumbnails import forget, prune
 
 PER_PAGE = 60
+BROWSE_SORTS = ("name", "date")
 
 
 class NotFound(CbirError):
@@ -142,9 +143,14 @@ class Collection:
             raise QueryError("this index has no capture times yet: run `cbir index` on it once")
         return Folders.of([p for p, t in zip(index.paths, taken) if low <= str(t) <= high])
 
-    def browse(self, folder: str, page: int, since: str | None = None, until: str | None = None) -> JSONDict:
-        """One page of a folder: its subfolders (with image counts) and its own images; with
-        ``since``/``until``, only the photos taken then (and the folders holding some)."""
+    def browse(
+        self, folder: str, page: int, since: str | None = None, until: str | None = None, sort: str = "name"
+    ) -> JSONDict:
+        """One page of a folder: its subfolders (with image counts) and its own images (each with
+        :func:`image_facts`), by name or (``sort="date"``) by date taken, oldest first, undated last;
+        with ``since``/``until``, only the photos taken then (and the folders holding some)."""
+        if sort not in BROWSE_SORTS:
+            raise QueryError(f"sort must be one of {', '.join(BROWSE_SORTS)}")
         folder = folder.strip("/")
         index = self.current()
         whole = self.folders(index) if index is not None else Folders.of([])
@@ -152,6 +158,8 @@ class Collection:
             raise NotFound(f"not a folder of the collection: {folder}")
         tree = self.dated_folders(index, since, until) if index is not None else whole
         own = tree.images.get(folder, [])
+        if sort == "date" and index is not None:
+            own = sorted(own, key=lambda p: _date_key(index, p))
         per = self.per_page
         pages = max(1, math.ceil(len(own) / per))
         page = min(max(1, page), pages)
@@ -160,11 +168,29 @@ class Collection:
             "dir": folder,
             "parent": None if folder == "" else folder.rpartition("/")[0],
             "folders": [{"path": s, "name": s.rpartition("/")[2], "images": tree.counts[s]} for s in subs],
-            "images": [{"path": p} for p in own[(page - 1) * per : page * per]],
+            "images": [image_facts(index, p) for p in own[(page - 1) * per : page * per]] if index else [],
             "page": page,
             "pages": pages,
             "per_page": per,
             "total": len(own),
             "since": since,
             "until": until,
+            "sort": sort,
         }
+
+
+def image_facts(index: IndexReader, rel: str) -> JSONDict:
+    """What the page shows of an indexed image without opening it: its path, when it was taken
+    (``YYYY-MM-DDTHH:MM:SS`` or None) and its size in bytes, from the index."""
+    row = index.row_named(rel)
+    entry = index.entries[row] if row is not None else None
+    return {
+        "path": rel,
+        "taken": entry.taken if entry is not None else None,
+        "bytes": entry.size if entry is not None else None,
+    }
+
+
+def _date_key(index: IndexReader, rel: str) -> tuple[bool, str, str]:
+    taken = image_facts(index, rel)["taken"]
+    return (taken is None, taken or "", rel)

@@ -1,7 +1,8 @@
 """``cbir serve``: the service put together and run under uvicorn until interrupted.
 
 The socket is bound before anything else (a port in use is one error line, port 0 picks a free one),
-the page answers at once, and the model loads and the index catches up in background threads; with
+the page answers at once, and the model loads, the index catches up and its near-duplicate groups are
+made (:mod:`cbir.web.duplicates`) in background threads; with
 ``watch``, a :class:`~cbir.indexing.watch.FolderWatcher` asks the indexer for a run whenever the
 folder's images change and settle.
 """
@@ -12,23 +13,27 @@ import ipaddress
 import logging
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
 from cbir.core.errors import CbirError, DatasetError
 from cbir.indexing.indexer import IndexOptions, IndexReport
-from cbir.indexing.watch import FolderWatcher
+from cbir.indexing.watch import Changes, FolderWatcher
 from cbir.search.rerank import Reranking
 from cbir.service.settings import Settings
+from cbir.web.activity import Activity
 from cbir.web.app import create_app
 from cbir.web.collection import Collection
+from cbir.web.duplicates import DuplicateReview, check_trash, default_trash
 from cbir.web.model import ModelWorker, warmed_up
 from cbir.web.security import Hosts
 from cbir.web.service import MAX_UPLOAD_PIXELS, Service
-from cbir.web.updater import Updater
+from cbir.web.updater import Progress, Updater
 from cbir.web.uploads import give_back_freed_memory
 
 log = logging.getLogger(__name__)
@@ -48,6 +53,7 @@ class ServeOptions:
     watch: bool = False
     update: bool = True  # bring the index up to date at start
     reranking: Reranking = Reranking()  # of like and upload searches (none: speed first)
+    trash: Path | None = None  # where the review moves duplicates (None: default_trash of the dataset)
 
 
 class OneLine(logging.Formatter):
@@ -101,25 +107,63 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+@dataclass
+class Watching:
+    """What the watcher saw and will retry, told to the page (the indexer's ``progress``) and the
+    terminal (``activity``)."""
+
+    activity: Activity | None = None
+    progress: Progress = field(default_factory=Progress)
+    watcher: FolderWatcher | None = None
+    then: Callable[[], None] = lambda: None  # what else follows each run
+
+    def done(self, report: IndexReport) -> None:
+        """After a run: with a watcher, files that could not be read are looked at again later."""
+        self.then()
+        if self.watcher is None:
+            return
+        wait = self.watcher.retry(report.transient > 0)
+        self.progress.retry = None if wait is None else {"files": report.transient, "in_s": wait}
+        if wait is not None and self.activity is not None:
+            self.activity.retrying(report.transient, wait)
+
+    def seen(self, batch: Changes) -> None:
+        """The watcher saw a settled batch of changes (the run it asks for comes next)."""
+        added, changed, removed = batch
+        counts = {"added": len(added), "changed": len(changed), "removed": len(removed)}
+        self.progress.change = {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), **counts}
+        if self.activity is not None:
+            self.activity.changed(batch)
+
+
 @contextmanager
 def running_service(
-    settings: Settings, index_options: IndexOptions, options: ServeOptions
+    settings: Settings,
+    index_options: IndexOptions,
+    options: ServeOptions,
+    activity: Activity | None = None,
 ) -> Iterator[Service]:
     """The service with its model worker, indexer and (with ``watch``) watcher running; all stopped
-    on the way out."""
+    on the way out. ``activity``: where runs, changes and retries are told (the terminal)."""
     worker = ModelWorker(
         lambda: warmed_up(settings.embedder()), max_batch=settings.runtime.batch_size
     ).start()
-    watcher: FolderWatcher | None = None
-
-    def done(report: IndexReport) -> None:
-        if watcher is not None:  # files that could not be read this time: look again later
-            watcher.retry(report.transient > 0)
-
-    updater = Updater(settings, index_options, lambda: worker.wait(), on_done=done).start()
+    watching = Watching(activity)
+    updater = Updater(settings, index_options, lambda: worker.wait(), watching.done, activity)
+    watching.progress = updater.progress
     store = settings.home
+    collection = Collection(settings.dataset, store, follow_links=index_options.follow_links)
+    review = DuplicateReview(
+        collection,
+        options.trash or default_trash(settings.dataset),
+        busy=lambda: updater.progress.state == "indexing",
+        changed=updater.request,
+    )
+    watching.then = review.request  # the groups of each version just committed
+    updater.start()
+    review.start()
     service = Service(
-        Collection(settings.dataset, store, follow_links=index_options.follow_links),
+        collection,
         worker,
         updater,
         limits=settings.runtime.limits,
@@ -127,22 +171,25 @@ def running_service(
         max_upload_pixels=int(options.max_upload_mp * 1e6),
         features=settings.config.to_dict(),
         reranking=options.reranking,
+        review=review,
     )
     if options.watch:  # it looks at the folder before the first run: nothing added meanwhile is missed
-        watcher = FolderWatcher(
+        watching.watcher = FolderWatcher(
             settings.dataset,
             updater.request,
             skip=[*store.own_folders, store.cache_dir],
             options=index_options,
+            on_seen=watching.seen,
         ).start()
     if options.update or options.watch:
         updater.request()
     try:
         yield service
     finally:
-        if watcher is not None:
-            watcher.stop()
+        if watching.watcher is not None:
+            watching.watcher.stop()
         updater.stop()
+        review.stop()
         worker.stop()
 
 
@@ -151,12 +198,15 @@ def serve(
     index_options: IndexOptions,
     options: ServeOptions,
     on_listening: Callable[[str], None] = lambda url: None,
+    activity: Activity | None = None,
 ) -> None:
-    """Serve the collection of ``settings`` until interrupted; ``on_listening`` gets the URL."""
+    """Serve the collection of ``settings`` until interrupted; ``on_listening`` gets the URL, then
+    ``activity`` writes what the indexer and the watcher do."""
     import uvicorn
 
     if not settings.dataset.is_dir():
         raise DatasetError(f"dataset folder not found: {settings.dataset}")
+    check_trash(options.trash or default_trash(settings.dataset), settings.dataset)
     sock = bind(options.host, options.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
@@ -168,12 +218,14 @@ def serve(
     # each request's search, spin after every call (a third of the server's CPU under load, measured)
     with (
         threadpool_limits(limits=1, user_api="blas"),
-        running_service(settings, index_options, options) as service,
+        running_service(settings, index_options, options, activity) as service,
     ):
         app = create_app(service, options.token, hosts)
         config = uvicorn.Config(app, log_level="warning", log_config=None, access_log=False, lifespan="off")
         server = uvicorn.Server(config)
         on_listening(url)
+        if activity is not None:  # the URL first, then what the indexer and the watcher do
+            activity.release()
         try:
             server.run(sockets=[sock])
         finally:

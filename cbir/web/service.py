@@ -1,4 +1,5 @@
-"""What the web API does, without HTTP: info, browse, like- and upload-search, duplicates.
+"""What the web API does, without HTTP: info, browse, like- and upload-search, duplicates
+(:mod:`cbir.web.duplicates`).
 
 :class:`Service` ties the collection (the committed index, reloaded on commit), the warm model
 (:class:`~cbir.web.model.ModelWorker`) and the background indexer (:class:`~cbir.web.updater.Updater`)
@@ -7,28 +8,31 @@ together; :mod:`cbir.web.app` only maps its answers and errors to HTTP.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
 
 from cbir.core.errors import BadImageError, CbirError, QueryError
 from cbir.core.results import QueryResult
 from cbir.core.types import JSONDict
-from cbir.ingest.decode import LoadLimits, decode_views
+from cbir.ingest.decode import LoadLimits, decode_views, screen_bytes
 from cbir.search.filters import ResultFilter, parse_moment
 from cbir.search.rerank import Reranking
 from cbir.search.words import MAX_TEXT
-from cbir.service.duplicates import DuplicateOptions, find_duplicates
 from cbir.service.query import SearchRequest, like_index, text_index
 from cbir.stores.base import IndexReader
-from cbir.web.collection import Collection, NotFound
+from cbir.web.collection import Collection, NotFound, image_facts
+from cbir.web.duplicates import DuplicateReview, Lacking
 from cbir.web.model import ModelWorker
 from cbir.web.searches import CombinedSearches
 from cbir.web.updater import Updater
 from cbir.web.uploads import UploadGate
 
 MAX_K = 500
+MAX_BAD_LISTED = 1000
+"""The most bad files ``/api/info`` lists (it is polled every few seconds); ``bad_count`` has them all."""
 MAX_UPLOAD_PIXELS = 40_000_000
 """The default pixel cap of an upload (``--max-upload-mp 40``): a photo of any current camera, and
 an upload's decode bounded well below the indexing guard's 250 megapixels."""
@@ -50,14 +54,6 @@ class UploadTooLarge(CbirError):
     """An upload above ``--max-upload-mb``."""
 
 
-def duplicate_groups_of(index: IndexReader, threshold: float | None) -> JSONDict:
-    """The near-duplicate groups of ``index`` (:mod:`cbir.service.duplicates`, default rules) in the
-    shape of ``cbir duplicates --json``, paths relative to the dataset as everywhere in the API."""
-    return find_duplicates(index, DuplicateOptions(threshold=threshold), progress=False).to_dict(
-        relative=True
-    )
-
-
 @dataclass
 class Service:
     """The collection, its model and its indexer, and the limits of what a client may ask."""
@@ -68,11 +64,9 @@ class Service:
     limits: LoadLimits = LoadLimits()
     max_upload_bytes: int = 32 * 2**20
     max_upload_pixels: int = MAX_UPLOAD_PIXELS
-    duplicates: Callable[[IndexReader, float | None], JSONDict] = duplicate_groups_of
     features: JSONDict = field(default_factory=dict)
     reranking: Reranking = Reranking()  # of like and upload searches (``cbir serve --qe``)
-    _duplicates_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _duplicates_done: dict[tuple[Hashable, float | None], JSONDict] = field(default_factory=dict, repr=False)
+    review: DuplicateReview | None = None  # the near-duplicate groups and their moves
     searches: CombinedSearches = field(default_factory=CombinedSearches, repr=False)
     uploads: UploadGate = field(default_factory=UploadGate, repr=False)
 
@@ -84,6 +78,8 @@ class Service:
     def info(self) -> JSONDict:
         index = self.collection.current()
         progress = self.updater.progress.to_dict() if self.updater is not None else None
+        if progress is not None:
+            progress["bad"], progress["bad_count"] = bad_files(index, progress["bad"])
         return {
             "dataset": str(self.collection.root),
             "images": len(index) if index is not None else 0,
@@ -96,6 +92,7 @@ class Service:
             "max_upload_mb": self.max_upload_bytes / 2**20,
             "max_upload_mp": self.max_upload_pixels / 1e6,
             "uploads": self.uploads.to_dict(),
+            "duplicates": self.review.state() if self.review is not None else None,
         }
 
     def like(self, rel: str, k: int, where: Where = Where()) -> JSONDict:
@@ -135,6 +132,15 @@ class Service:
         found = text_index(index, None, [text], request)[0]
         return _answer(index, found, {"text": text}, k, where, t0)
 
+    def screen(self, data: bytes, name: str) -> None:
+        """Refuse an upload the decode would refuse, from its header alone (BadImageError): cheap
+        enough for the event loop, so a flood of refused uploads never queues for the decode slots
+        or the thread pool that the normal uploads wait in."""
+        try:
+            screen_bytes(data, self.upload_limits)
+        except BadImageError as exc:
+            raise BadImageError(f"{name or 'the upload'} is not a usable image: {exc}") from None
+
     def upload(self, data: bytes, name: str, k: int, where: Where = Where()) -> JSONDict:
         """The images most like an uploaded image file (embedded by the warm model, batched); the
         caller holds a place of :attr:`uploads` (``uploads.admitted()``) while it reads the body."""
@@ -145,6 +151,7 @@ class Service:
         result_filter = self._filter(index, where)
         model = self.worker.ready()
         t0 = time.perf_counter()
+        self.screen(data, name)
         try:
             with self.uploads.decoding():
                 views = decode_views(
@@ -158,12 +165,20 @@ class Service:
         found = self.searches.search(index, vector, name, k, result_filter, self.reranking)
         return _answer(index, found, {"upload": name}, k, where, t0)
 
-    def browse(self, folder: str, page: int, where: Where = Where()) -> JSONDict:
-        """One page of a folder (only the photos taken between ``since`` and ``until``, if given)."""
+    def browse(self, folder: str, page: int, where: Where = Where(), sort: str = "name") -> JSONDict:
+        """One page of a folder (only the photos taken between ``since`` and ``until``, if given),
+        by name or by date taken."""
         if where.under:
             raise QueryError("browse takes dir=, not under=")
         where = _checked(where)
-        return self.collection.browse(folder, page, where.since, where.until)
+        return self.collection.browse(folder, page, where.since, where.until, sort)
+
+    def image(self, rel: str) -> JSONDict:
+        """GET /api/image: the viewer's details of the indexed image ``rel``: path, folder, date
+        taken and bytes (from the index), and its upright pixel size (from the file's header only)."""
+        index, _ = self.collection.row(rel)
+        width, height = _upright_size(self.collection.file(rel))
+        return {**image_facts(index, rel), "folder": rel.rpartition("/")[0], "width": width, "height": height}
 
     def _filter(self, index: IndexReader, where: Where) -> ResultFilter:
         """The search filter of ``where`` (dates checked): NotFound for a folder that is not one of
@@ -174,14 +189,30 @@ class Service:
         return ResultFilter(under=(folder,) if folder else (), since=where.since, until=where.until)
 
     def duplicate_groups(self, threshold: float | None) -> JSONDict:
-        if threshold is not None and not 0.0 < threshold <= 1.0:
-            raise QueryError("threshold must be in (0, 1]")
-        index = self.collection.require()
-        key = (index.version, threshold)
-        with self._duplicates_lock:  # one computation per index version and threshold
-            if key not in self._duplicates_done:
-                self._duplicates_done = {key: self.duplicates(index, threshold)}
-            return self._duplicates_done[key]
+        """GET /api/duplicates: the groups made in the background (``computing`` until then)."""
+        return self.reviewer().groups(threshold)
+
+    def reviewer(self) -> DuplicateReview:
+        if self.review is None:
+            raise Lacking("this server does not group near-duplicates")
+        return self.review
+
+
+def bad_files(index: IndexReader | None, this_run: list[JSONDict]) -> tuple[list[JSONDict], int]:
+    """The files that could not be used, each ``{path, reason, transient}``, sorted by path, at most
+    :data:`MAX_BAD_LISTED`, and how many there are: the failures the index remembers (they survive
+    later runs and restarts until the file is fixed or removed) with this run's (or the last run's)
+    newer ones over them, which include what the index does not keep (unreadable folders, names
+    with control characters, links leaving the dataset)."""
+    found: dict[str, JSONDict] = {}
+    if index is not None:
+        for s in index.skipped():
+            found[s.path] = {"path": s.path, "reason": s.reason, "transient": s.transient}
+    for b in this_run:
+        known = found.get(b["path"], {}).get("transient", False)
+        found[b["path"]] = {"path": b["path"], "reason": b["reason"], "transient": b.get("transient", known)}
+    listed = [found[p] for p in sorted(found)[:MAX_BAD_LISTED]]
+    return listed, len(found)
 
 
 def _check_k(k: int) -> int:
@@ -204,6 +235,23 @@ def _moment(text: str | None, name: str) -> str | None:
         raise QueryError(f"{name}: {exc}") from None
 
 
+def _with_facts(index: IndexReader, match: JSONDict) -> JSONDict:
+    """A result with the facts the page shows on a tile (date taken, bytes)."""
+    return {**image_facts(index, match["path"]), **match}
+
+
+def _upright_size(path: Path) -> tuple[int | None, int | None]:
+    """The width and height the image is shown at (EXIF orientation applied), read from its header
+    (no decoding); (None, None) for a file Pillow cannot open."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None, None
+    return (height, width) if turned else (width, height)
+
+
 def _answer(
     index: IndexReader, found: QueryResult, query: JSONDict, k: int, where: Where, t0: float
 ) -> JSONDict:
@@ -211,6 +259,6 @@ def _answer(
         "query": query,
         "k": k,
         **where.to_dict(),
-        "results": [m.to_dict(index.root) for m in found.matches],
+        "results": [_with_facts(index, m.to_dict(index.root)) for m in found.matches],
         "took_ms": round((time.perf_counter() - t0) * 1000, 2),
     }

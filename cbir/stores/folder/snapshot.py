@@ -20,7 +20,7 @@ import numpy as np
 
 from cbir.core.errors import IndexFolderError
 from cbir.core.labels import Labels
-from cbir.core.records import Entry
+from cbir.core.records import Entry, Skipped
 from cbir.encoders.features import FeatureConfig
 from cbir.search.approximate import ApproximateSearcher
 from cbir.search.base import Searcher
@@ -86,6 +86,10 @@ class Index(IndexedFiles):
                     ) from None
             self._labels = [by_path.get(p) for p in self.paths]
         return self._labels
+
+    def skipped(self) -> list[Skipped]:
+        """The failures the manifest remembers (see :meth:`cbir.stores.base.IndexReader.skipped`)."""
+        return sorted(self.manifest.skipped, key=lambda s: s.path)
 
     def check_compatible(self, config: FeatureConfig) -> None:
         """Refuse to mix features: raise IncompatibleIndexError if ``config`` differs from the index's."""

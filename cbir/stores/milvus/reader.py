@@ -21,7 +21,7 @@ import numpy as np
 
 from cbir.core.errors import IndexFolderError
 from cbir.core.labels import Labels, labels_from_text
-from cbir.core.records import Entry
+from cbir.core.records import Entry, Skipped
 from cbir.encoders.features import FeatureConfig
 from cbir.search.base import (
     Searcher,
@@ -45,7 +45,7 @@ from cbir.stores.milvus.client import (
     path_of,
     read_at,
 )
-from cbir.stores.milvus.writer import OK, row_entry
+from cbir.stores.milvus.writer import FIELDS, OK, failure_of, row_entry
 from cbir.stores.rows import IndexedFiles, check_same_settings
 
 MAX_TOPK = 16_384  # Milvus' largest search limit
@@ -76,6 +76,7 @@ class MilvusIndex(IndexedFiles):
         self._searchers: dict[bool, Searcher] = {}
         self.labeller: str | None = None
         self._labels: list[Labels | None] | None = None
+        self._skipped: list[Skipped] | None = None
 
     @classmethod
     def read(cls, collection: MilvusCollection, root: Path) -> MilvusIndex:
@@ -122,6 +123,13 @@ class MilvusIndex(IndexedFiles):
     def version(self) -> str:
         """The collection's commit stamp when this reader opened it."""
         return self.commit
+
+    def skipped(self) -> list[Skipped]:
+        """The failures the collection remembers (its rows of status 1 and 2), read on first use."""
+        if self._skipped is None:
+            rows = self.collection.rows(f"status > {OK}", FIELDS)
+            self._skipped = sorted((failure_of(r) for r in rows), key=lambda s: s.path)
+        return self._skipped
 
     def check_compatible(self, config: FeatureConfig) -> None:
         check_same_settings(self._config, config, self.location)

@@ -66,12 +66,15 @@ def row_entry(row: JSONDict) -> Entry:
     return Entry(str(row["path"]), int(row["size"]), int(row["mtime_ns"]), str(row["taken"]) or None)
 
 
+def failure_of(row: JSONDict) -> Skipped:
+    """The failure a row of status 1 or 2 records (read with :data:`FIELDS`)."""
+    e = row_entry(row)
+    return Skipped(e.path, e.size, e.mtime_ns, str(row["reason"]), int(row["status"]) == BAD_TRANSIENT)
+
+
 def _held_row(row: JSONDict) -> Entry | Skipped:
     """A stored row as the writer holds it: an indexed file, or a failure (status 1 or 2)."""
-    e = row_entry(row)
-    if int(row["status"]) == OK:
-        return e
-    return Skipped(e.path, e.size, e.mtime_ns, str(row["reason"]), int(row["status"]) == BAD_TRANSIENT)
+    return row_entry(row) if int(row["status"]) == OK else failure_of(row)
 
 
 def _row(entry: Entry, vector: list[float], status: int = OK, reason: str = "") -> JSONDict:

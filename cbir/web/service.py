@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 from cbir.core.errors import BadImageError, CbirError, QueryError
 from cbir.core.results import QueryResult
 from cbir.core.types import JSONDict
+from cbir.encoders.base import Encoder
+from cbir.encoders.features import FeatureConfig
 from cbir.ingest.decode import LoadLimits, decode_views
 from cbir.search.filters import ResultFilter, parse_moment
 from cbir.search.rerank import Reranking
 from cbir.search.words import MAX_TEXT
 from cbir.service.duplicates import DuplicateOptions, find_duplicates
-from cbir.service.query import SearchRequest, like_index, text_index
+from cbir.service.query import SearchRequest, TextModel, embeds_text, like_index, text_index, words_route
 from cbir.stores.base import IndexReader
 from cbir.web.collection import Collection, NotFound
 from cbir.web.model import ModelWorker
@@ -56,6 +58,20 @@ def duplicate_groups_of(index: IndexReader, threshold: float | None) -> JSONDict
     return find_duplicates(index, DuplicateOptions(threshold=threshold), progress=False).to_dict(
         relative=True
     )
+
+
+@dataclass(frozen=True)
+class WarmText:
+    """The server's warm model as the text model of a word search (503 while it is loading)."""
+
+    worker: ModelWorker
+
+    @property
+    def config(self) -> FeatureConfig:
+        return self.worker.ready().config
+
+    def embedder(self) -> Encoder:
+        return self.worker.ready()
 
 
 @dataclass
@@ -128,12 +144,16 @@ class Service:
             request = SearchRequest(
                 k=k, reranking=self.reranking, where=self._filter(index, where), words=text
             )
-            found = like_index(index, [like], request)[0]
-            return _answer(index, found, {"like": like, "text": text}, k, where, t0)
+            found = like_index(index, [like], request, self._text_model(index))[0]
+            return _answer(index, found, {"like": like, "text": text, "by": words_route(index)}, k, where, t0)
         index = self.collection.require()
         request = SearchRequest(k=k, where=self._filter(index, where))
-        found = text_index(index, None, [text], request)[0]
-        return _answer(index, found, {"text": text}, k, where, t0)
+        found = text_index(index, self._text_model(index), [text], request)[0]
+        return _answer(index, found, {"text": text, "by": words_route(index)}, k, where, t0)
+
+    def _text_model(self, index: IndexReader) -> TextModel | None:
+        """The warm model, for words on an index of a joint text-image model (its text tower)."""
+        return WarmText(self.worker) if embeds_text(index) else None
 
     def upload(self, data: bytes, name: str, k: int, where: Where = Where()) -> JSONDict:
         """The images most like an uploaded image file (embedded by the warm model, batched); the

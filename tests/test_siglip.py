@@ -8,7 +8,8 @@ the product's path: ``cbir index DATA --model DIR`` (both towers converted to Li
 ``cbir query DATA --text ...`` (the tokenizer and the cached text tower: no TensorFlow), the service's
 word search. Five colour-shape pairs are never shown in training and are queried by their captions;
 the issue's target (P@5 >= 0.9 on them) is NOT reached by this tiny model: it measured 0.52 for the
-pair (chance 0.05) and 0.8 for the colour, and the test asserts only well above chance (0.2). The download of a built-in preset is tested up to
+pair (chance 0.05) and 0.8 for the colour, and the test asserts only well above chance (0.2).
+The download of a built-in preset is tested up to
 the network (Kaggle's ``model_download``, the one call mocked), and its offline message.
 """
 

@@ -298,3 +298,22 @@ def test_offline_the_preset_names_the_files_and_the_folder_in_one_line(tmp_path,
     err = capsys.readouterr().err
     assert code == 2 and expected in err and "Traceback" not in err
     assert not folder.exists() or not any(folder.rglob("*.h5"))  # nothing half-placed
+
+
+def test_words_blend_into_an_image_query_by_their_weight():
+    from cbir.service.query import blend
+
+    image = np.array([[3.0, 0.0, 0.0]], np.float32)
+    text = np.array([0.0, 0.0, 2.0], np.float32)
+    assert np.allclose(blend(image, text, 0.0), [[1, 0, 0]])
+    assert np.allclose(blend(image, text, 1.0), [[0, 0, 1]])
+    assert np.allclose(blend(image, text, 0.5), [[2**-0.5, 0, 2**-0.5]])
+    assert np.allclose(blend(image, text, 0.25), np.array([[0.75, 0, 0.25]]) / np.hypot(0.75, 0.25))
+
+
+def test_text_weight_without_a_picture_is_one_line(tmp_path, capsys):
+    from cbir.cli.main import main
+
+    code = main(["query", str(tmp_path), "--text", "a dog", "--text-weight", "0.3"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--text-weight weighs --text against query images or --like: give both" in err

@@ -173,13 +173,14 @@ def cmd_query(args: argparse.Namespace, update: bool) -> int:
 
 
 def _say_route(args: argparse.Namespace, index: IndexReader, weight: float | None) -> None:
-    """One line on stderr: whether the words go through the model's text tower or the labels."""
+    """One line on stderr when the words go through the model's text tower (not the labels)."""
     if weight is not None and not embeds_text(index):
         raise QueryError(
             f"--text-weight needs an index made by a text-image model; {index.config.model}'s is searched "
             "by words through its labels, which filter the neighbours instead"
         )
-    print(f"cbir: {words_route(index)}", file=sys.stderr)
+    if embeds_text(index):  # labels: as before, nothing (an error stays one line)
+        print(f"cbir: {words_route(index)}", file=sys.stderr)
 
 
 def _answer(

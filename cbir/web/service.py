@@ -145,11 +145,11 @@ class Service:
                 k=k, reranking=self.reranking, where=self._filter(index, where), words=text
             )
             found = like_index(index, [like], request, self._text_model(index))[0]
-            return _answer(index, found, {"like": like, "text": text, "by": words_route(index)}, k, where, t0)
+            return _answer(index, found, {"like": like, "text": text, **_route(index)}, k, where, t0)
         index = self.collection.require()
         request = SearchRequest(k=k, where=self._filter(index, where))
         found = text_index(index, self._text_model(index), [text], request)[0]
-        return _answer(index, found, {"text": text, "by": words_route(index)}, k, where, t0)
+        return _answer(index, found, {"text": text, **_route(index)}, k, where, t0)
 
     def _text_model(self, index: IndexReader) -> TextModel | None:
         """The warm model, for words on an index of a joint text-image model (its text tower)."""
@@ -234,3 +234,8 @@ def _answer(
         "results": [m.to_dict(index.root) for m in found.matches],
         "took_ms": round((time.perf_counter() - t0) * 1000, 2),
     }
+
+
+def _route(index: IndexReader) -> JSONDict:
+    """``{"by": ...}`` when words went through a joint model's text tower (labels: nothing, as before)."""
+    return {"by": words_route(index)} if embeds_text(index) else {}

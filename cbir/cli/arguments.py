@@ -95,6 +95,7 @@ NON_NEGATIVE = _number(float, 0, "a number")
 PORT = whole(0, 65535)
 GEM_P = number(MIN_GEM_P, MAX_GEM_P)
 INPUT_SIZE = whole(MIN_INPUT_SIDE, MAX_INPUT_SIDE)
+TEXT_WEIGHT = number(0, 1)
 
 
 def similarity(text: str) -> float:

@@ -39,8 +39,18 @@ from cbir.indexing.indexer import IndexOptions, IndexReport, update_index
 from cbir.indexing.watch import FolderWatcher
 from cbir.service.evaluate import evaluate_index
 from cbir.service.export import export_results
-from cbir.service.query import SearchRequest, check_query_files, like_index, query_index, text_index
+from cbir.service.query import (
+    DEFAULT_TEXT_WEIGHT,
+    SearchRequest,
+    check_query_files,
+    embeds_text,
+    like_index,
+    query_index,
+    text_index,
+    words_route,
+)
 from cbir.service.settings import Settings, classifier_for
+from cbir.stores.base import IndexReader
 
 
 def _quiet_tensorflow() -> None:
@@ -119,23 +129,30 @@ def cmd_query(args: argparse.Namespace, update: bool) -> int:
     """
     like: list[str] = getattr(args, "like", [])
     words: str | None = getattr(args, "text", None)
+    weight: float | None = getattr(args, "text_weight", None)
     if not args.img_query and not like and words is None:
         raise QueryError("give query images, --like PATH for images of the index, or --text WORDS")
     check_query_files(args.img_query)
     exact = getattr(args, "exact", False) or args.ann == "none"
     pictures = bool(args.img_query or like)
+    if weight is not None and not (words is not None and pictures):
+        raise QueryError("--text-weight weighs --text against query images or --like: give both")
     request = SearchRequest(
         args.top,
         reranking=reranking_from(args),
         exact=exact,
         where=result_filter_from(args),
         words=words if pictures else None,
+        text_weight=DEFAULT_TEXT_WEIGHT if weight is None else weight,
     )
     if not args.img_query and not update:
-        if like:
-            return _answer(args, like_index(store_from(args).open(), like, request), None)
+        index = store_from(args).open()
         if words is not None:
-            return _answer(args, text_index(store_from(args).open(), None, [words], request), None, "words")
+            _say_route(args, index, weight)
+        if words is None or not embeds_text(index):  # no model: stored vectors, or labels
+            if like:
+                return _answer(args, like_index(index, like, request), None)
+            return _answer(args, text_index(index, None, [words or ""], request), None, "words")
     settings = settings_from(args, _tensorflow_importer(args.verbose), strict=not update)
     report: IndexReport | None = None
     if settings.existing and not update:
@@ -144,13 +161,26 @@ def cmd_query(args: argparse.Namespace, update: bool) -> int:
     else:
         report = _index(args, settings)
         index = settings.home.open()
+        if words is not None:
+            _say_route(args, index, weight)
     # run_cbir.py (update) answers an indexed, unchanged query image from its stored vector
     if words is not None and not pictures:
         return _answer(args, text_index(index, settings, [words], request), report, "words")
     results = query_index(index, settings, args.img_query, request, reuse_stored=update)
     if like:
-        results += like_index(index, like, request)
+        results += like_index(index, like, request, settings)
     return _answer(args, results, report)
+
+
+def _say_route(args: argparse.Namespace, index: IndexReader, weight: float | None) -> None:
+    """One line on stderr when the words go through the model's text tower (not the labels)."""
+    if weight is not None and not embeds_text(index):
+        raise QueryError(
+            f"--text-weight needs an index made by a text-image model; {index.config.model}'s is searched "
+            "by words through its labels, which filter the neighbours instead"
+        )
+    if embeds_text(index):  # labels: as before, nothing (an error stays one line)
+        print(f"cbir: {words_route(index)}", file=sys.stderr)
 
 
 def _answer(

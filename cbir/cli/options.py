@@ -11,6 +11,7 @@ from pathlib import Path
 from cbir.cli.arguments import (
     KINDS,
     PORT,
+    TEXT_WEIGHT,
     Parser,
     moment,
     number,
@@ -304,8 +305,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--text",
         type=words,
         metavar="WORDS",
-        help="images whose labels match WORDS (an index made with --labels; at most 200 characters); with "
-        "--like or images: only their neighbours that match",
+        help="search by words (at most 200 characters): with the text tower of an index made by a "
+        "text-image model (--model siglip-base), else through its labels (an index made with --labels); "
+        "with --like or images: blended into their query (text-image model), else only their neighbours "
+        "that match",
+    )
+    p.add_argument(
+        "--text-weight",
+        type=TEXT_WEIGHT,
+        metavar="W",
+        help="with --text and images or --like on a text-image model's index: the words' share of the "
+        "combined query, 0 to 1 (default 0.5)",
     )
     p.add_argument("--update", action="store_true", help="bring the index up to date with the folder first")
     p.add_argument("--exact", action="store_true", help="exact search even if an approximate index exists")

@@ -70,7 +70,8 @@ class LiteRTNetwork:
             self._interpreter = Interpreter(**source, num_threads=threads or default_threads())
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"cannot load the converted model: {exc}") from exc
-        self._input = self._interpreter.get_input_details()[0]["index"]
+        first = self._interpreter.get_input_details()[0]
+        self._input, self._dtype = first["index"], first["dtype"]
         outputs = self._named_outputs()
         features = outputs.get(FEATURES) or self._interpreter.get_output_details()[0]
         self._output = features["index"]
@@ -88,7 +89,7 @@ class LiteRTNetwork:
         return dict(self._interpreter.get_signature_runner(signatures[0]).get_output_details())
 
     def _invoke(self, x: np.ndarray) -> None:
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = np.ascontiguousarray(x, dtype=self._dtype)  # float32 images; int32 token ids
         if x.shape != self._shape:
             self._interpreter.resize_tensor_input(self._input, x.shape, strict=False)
             with quiet_native_stderr():
@@ -98,7 +99,8 @@ class LiteRTNetwork:
         self._interpreter.invoke()
 
     def run(self, x: np.ndarray, eager: bool = False) -> np.ndarray:
-        """Pooled features of a preprocessed float32 batch (N, H, W, 3); ``eager`` means nothing here."""
+        """Pooled features of a preprocessed float32 batch (N, H, W, 3) (or of a text tower's int32
+        token ids (N, L)); ``eager`` means nothing here."""
         self._invoke(x)
         return np.array(self._interpreter.get_tensor(self._output))
 

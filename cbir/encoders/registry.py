@@ -14,9 +14,11 @@ from dataclasses import dataclass
 
 from cbir.core.errors import ModelError
 from cbir.encoders.backbones import ALIASES, REGISTRY, get_backbone, width_multiplier
-from cbir.encoders.base import IMAGE, Encoder, RuntimeOptions
+from cbir.encoders.base import IMAGE, TEXT, Encoder, RuntimeOptions
 from cbir.encoders.embedder import Embedder
 from cbir.encoders.features import FeatureConfig
+from cbir.encoders.joint.encoder import TextImageEncoder
+from cbir.encoders.joint.presets import PRESETS, is_preset_folder, preset_source
 from cbir.encoders.model_cache import ModelCache, default_cache_dir
 from cbir.encoders.network import import_tensorflow
 from cbir.encoders.weights import Weights
@@ -73,6 +75,37 @@ def _build_cnn(request: EncoderRequest) -> Embedder:
     )
 
 
+def _resolve_siglip(config: FeatureConfig, weights: Weights) -> FeatureConfig:
+    """A built-in model's name, or a preset folder's absolute path with its digest as the weights;
+    the settings a joint model has no use for are refused (its input size is the model's own)."""
+    if weights.kind not in ("imagenet", "own"):
+        raise ModelError(f"--weights does not apply to {config.model}: give a preset folder as --model DIR")
+    default = FeatureConfig()
+    for name in ("pooling", "size", "scales", "width_multiplier"):
+        if getattr(config, name) != getattr(default, name):
+            raise ModelError(
+                f"--{name.replace('_', '-')} does not apply to the text-image model {config.model}"
+            )
+    source = preset_source(config.model, default_cache_dir(None))
+    return config.replace(model=source.model, weights=source.identity)
+
+
+def _build_siglip(request: EncoderRequest) -> TextImageEncoder:
+    if request.whitening is not None:
+        raise ModelError(
+            "whitening does not apply to a text-image model: texts would leave the images' space"
+        )
+    root = default_cache_dir(request.runtime.model_cache)
+    return TextImageEncoder(
+        request.config,
+        request.weights,
+        preset_source(request.config.model, root),
+        request.runtime,
+        ModelCache(root),
+        request.load_tensorflow,
+    )
+
+
 ENCODERS: dict[str, EncoderKind] = {
     "cnn": EncoderKind(
         name="cnn",
@@ -81,6 +114,14 @@ ENCODERS: dict[str, EncoderKind] = {
         knows=lambda model: ALIASES.get(model.lower(), model.lower()) in REGISTRY,
         resolve=_resolve_cnn,
         build=_build_cnn,
+    ),
+    "siglip": EncoderKind(
+        name="siglip",
+        modalities=(IMAGE, TEXT),
+        models=lambda: list(PRESETS),
+        knows=lambda model: model.lower() in PRESETS or is_preset_folder(model),
+        resolve=_resolve_siglip,
+        build=_build_siglip,
     ),
 }
 """The encoder families, by the name the index records (``FeatureConfig.encoder``)."""

@@ -15,7 +15,7 @@ from typing import Literal
 
 from cbir.core.errors import ModelError
 
-WeightsKind = Literal["imagenet", "file", "random"]
+WeightsKind = Literal["imagenet", "file", "random", "own"]
 
 
 def file_digest(path: str | os.PathLike[str], length: int = 16) -> str:
@@ -33,7 +33,8 @@ class Weights:
     or :meth:`parse`.
 
     ``identity`` is ``"imagenet"``, ``"random"`` or ``"file:NAME:SHA16"`` (the file's name and the
-    first 16 hex digits of its SHA-256), the string stored as ``FeatureConfig.weights``.
+    first 16 hex digits of its SHA-256), the string stored as ``FeatureConfig.weights``; kind ``own``
+    is a model's own weights named by its family (a joint model's preset, :meth:`recorded`).
     """
 
     kind: WeightsKind
@@ -74,6 +75,15 @@ class Weights:
         if text == "random":
             return cls.random()
         return cls.from_file(text)
+
+    @classmethod
+    def recorded(cls, identity: str) -> Weights:
+        """The weights an index records (not a file's: the caller finds that): ``imagenet``,
+        ``random``, or a model's own published weights as its family names them (``keras-hub:...``,
+        ``preset:NAME:SHA``), kind ``own``."""
+        if identity in ("imagenet", "random"):
+            return cls.parse(identity)
+        return cls("own", None, identity)
 
     @property
     def is_file(self) -> bool:

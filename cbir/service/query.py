@@ -11,12 +11,15 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from cbir.core.errors import BadImageError, QueryError
 from cbir.core.results import Match, QueryResult
+from cbir.core.vectors import l2_normalize
 from cbir.encoders.base import TEXT, Encoder, EncoderSource
+from cbir.encoders.features import FeatureConfig
 from cbir.search.filters import FilteredSearcher, ResultFilter, restrict
 from cbir.search.labels import matches_all, rank_by_labels
 from cbir.search.rerank import Reranking, rerank
@@ -24,12 +27,47 @@ from cbir.search.words import Term, vocabulary
 from cbir.stores.base import IndexReader
 
 
+class TextModel(Protocol):
+    """What embeds the words of a query on an index of a joint model: an ``EncoderSource`` (its
+    config, checked against the index, and its encoder, built on first need) or a server's warm model."""
+
+    @property
+    def config(self) -> FeatureConfig: ...
+
+    def embedder(self) -> Encoder: ...
+
+
+DEFAULT_TEXT_WEIGHT = 0.5
+"""The words' share of a query that combines them with an image (``--text-weight``)."""
+
+
+def embeds_text(index: IndexReader) -> bool:
+    """Whether the index's vectors were made by a joint text-image model (words use its text tower)."""
+    return TEXT in index.config.modalities
+
+
+def words_route(index: IndexReader) -> str:
+    """How words search ``index``, for people: its model's text tower, or its labels."""
+    if embeds_text(index):
+        return f"words searched with the text tower of {index.config.model}"
+    return "words searched through the index's labels (ImageNet classes)"
+
+
+def blend(images: np.ndarray, text: np.ndarray, text_weight: float) -> np.ndarray:
+    """Each image query vector combined with the text's: ``(1 - w) * image + w * text``, both
+    L2-normalised first, the sum normalised again (rclip's combination of a text and an image)."""
+    summed = (1.0 - text_weight) * l2_normalize(images) + text_weight * l2_normalize(text[None, :])
+    return l2_normalize(summed).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class SearchRequest:
     """How one search ranks: ``k`` results per query, the query itself left out of its own list when it
     is indexed (``exclude_self``), ``reranking``, ``exact`` (skip the approximate index), and
-    ``where`` (only some folders or dates; re-ranking still sees every image), and ``words`` (only
-    images whose labels match these words: "more like this, but only the ones with a boat")."""
+    ``where`` (only some folders or dates; re-ranking still sees every image), and ``words``: on an
+    index of a joint text-image model, the words' vector is blended into each query's (``text_weight``
+    its share, 0 to 1); on any other index, only images whose labels match these words ("more like
+    this, but only the ones with a boat")."""
 
     k: int = 9
     exclude_self: bool = True
@@ -37,6 +75,7 @@ class SearchRequest:
     exact: bool = False
     where: ResultFilter = ResultFilter()
     words: str | None = None
+    text_weight: float = DEFAULT_TEXT_WEIGHT
 
 
 def labelled_terms(index: IndexReader, text: str) -> list[Term]:
@@ -75,9 +114,12 @@ def search_index(
     query_vectors: np.ndarray,
     queries: Sequence[str | os.PathLike[str]],
     request: SearchRequest = SearchRequest(),
+    source: TextModel | None = None,
 ) -> list[QueryResult]:
     """Rank the index for each query vector as ``request`` says; a query that is itself indexed is
-    left out of its list (and of its query expansion) unless ``request.exclude_self`` is False."""
+    left out of its list (and of its query expansion) unless ``request.exclude_self`` is False.
+    ``request.words`` on an index of a joint model are embedded by ``source``'s text tower and
+    blended into the query vectors; on any other index they filter by labels."""
     own = [index.row_of(q) if request.exclude_self else None for q in queries]
     exclude = [[r] if r is not None else [] for r in own]
     searcher = rerank(index.searcher(exact=request.exact), request.reranking)
@@ -85,7 +127,12 @@ def search_index(
     allowed = where.mask(index.root, index.paths, index.taken() if where.dated else [])
     if allowed is not None:
         searcher = restrict(searcher, allowed, where)
-    if request.words is not None:
+    if request.words is not None and embeds_text(index):
+        if source is None:
+            raise QueryError("combining words with images on this index needs its text model")
+        text = np.asarray(source.embedder().embed_texts([request.words]), dtype=np.float32)[0]
+        query_vectors = blend(query_vectors, text, request.text_weight)
+    elif request.words is not None:
         terms = labelled_terms(index, request.words)
         worded = np.array([matches_all(labels, terms) for labels in index.labels()], dtype=bool)
         allowed = worded if allowed is None else allowed & worded
@@ -127,15 +174,19 @@ def query_index(
     stored = [(i, row) for i, row in enumerate(rows) if row is not None]
     if stored:
         vectors[[i for i, _ in stored]] = searcher.vectors(np.array([r for _, r in stored], dtype=np.int64))
-    return search_index(index, vectors, images, request)
+    return search_index(index, vectors, images, request, source)
 
 
 def like_index(
-    index: IndexReader, images: Sequence[str | os.PathLike[str]], request: SearchRequest = SearchRequest()
+    index: IndexReader,
+    images: Sequence[str | os.PathLike[str]],
+    request: SearchRequest = SearchRequest(),
+    source: TextModel | None = None,
 ) -> list[QueryResult]:
     """More like these indexed images (named as indexed, relative to the dataset, or by their own
     path inside it): their ranking from their stored vectors, with no model and no decoding; each
-    image is left out of its own list."""
+    image is left out of its own list. ``source``: the text model, for words blended in
+    (``request.words`` on an index of a joint model)."""
     rows: list[int] = []
     for image in images:
         row = index.indexed_row(image)
@@ -145,7 +196,7 @@ def like_index(
     stored = index.searcher(exact=request.exact).vectors(np.array(rows, dtype=np.int64))
     vectors = np.asarray(stored, dtype=np.float32)
     files = [index.file(r) for r in rows]
-    return search_index(index, vectors, files, replace(request, exclude_self=True))
+    return search_index(index, vectors, files, replace(request, exclude_self=True), source)
 
 
 def words_index(
@@ -171,7 +222,7 @@ def words_index(
 
 def text_index(
     index: IndexReader,
-    source: EncoderSource | None,
+    source: TextModel | None,
     texts: Sequence[str],
     request: SearchRequest = SearchRequest(),
 ) -> list[QueryResult]:
@@ -182,7 +233,7 @@ def text_index(
     when it was built) and whether it has labels: QueryError in one line, before any model is
     built, when neither holds.
     """
-    if TEXT not in index.config.modalities:
+    if not embeds_text(index):
         if index.labeller is not None:
             return words_index(index, texts, request)
         raise QueryError(

@@ -179,7 +179,7 @@ def choose_features(
             raise IndexFolderError(f"the index was built with the weights file {name}; pass --weights FILE")
         chosen = Weights.from_file(path)
     else:
-        chosen = Weights.parse(base.weights)
+        chosen = Weights.recorded(base.weights)
     keep_whitening = config.replace(whitening=None) == base.replace(whitening=None)
     return config.replace(whitening=None), chosen, keep_whitening
 

@@ -17,11 +17,13 @@ from PIL import Image
 from cbir.core.errors import BadImageError, CbirError, QueryError
 from cbir.core.results import QueryResult
 from cbir.core.types import JSONDict
+from cbir.encoders.base import Encoder
+from cbir.encoders.features import FeatureConfig
 from cbir.ingest.decode import LoadLimits, decode_views, screen_bytes
 from cbir.search.filters import ResultFilter, parse_moment
 from cbir.search.rerank import Reranking
 from cbir.search.words import MAX_TEXT
-from cbir.service.query import SearchRequest, like_index, text_index
+from cbir.service.query import SearchRequest, TextModel, embeds_text, like_index, text_index, words_route
 from cbir.stores.base import IndexReader
 from cbir.web.collection import Collection, NotFound, image_facts
 from cbir.web.duplicates import DuplicateReview, Lacking
@@ -52,6 +54,20 @@ class Where:
 
 class UploadTooLarge(CbirError):
     """An upload above ``--max-upload-mb``."""
+
+
+@dataclass(frozen=True)
+class WarmText:
+    """The server's warm model as the text model of a word search (503 while it is loading)."""
+
+    worker: ModelWorker
+
+    @property
+    def config(self) -> FeatureConfig:
+        return self.worker.ready().config
+
+    def embedder(self) -> Encoder:
+        return self.worker.ready()
 
 
 @dataclass
@@ -125,12 +141,16 @@ class Service:
             request = SearchRequest(
                 k=k, reranking=self.reranking, where=self._filter(index, where), words=text
             )
-            found = like_index(index, [like], request)[0]
-            return _answer(index, found, {"like": like, "text": text}, k, where, t0)
+            found = like_index(index, [like], request, self._text_model(index))[0]
+            return _answer(index, found, {"like": like, "text": text, **_route(index)}, k, where, t0)
         index = self.collection.require()
         request = SearchRequest(k=k, where=self._filter(index, where))
-        found = text_index(index, None, [text], request)[0]
-        return _answer(index, found, {"text": text}, k, where, t0)
+        found = text_index(index, self._text_model(index), [text], request)[0]
+        return _answer(index, found, {"text": text, **_route(index)}, k, where, t0)
+
+    def _text_model(self, index: IndexReader) -> TextModel | None:
+        """The warm model, for words on an index of a joint text-image model (its text tower)."""
+        return WarmText(self.worker) if embeds_text(index) else None
 
     def screen(self, data: bytes, name: str) -> None:
         """Refuse an upload the decode would refuse, from its header alone (BadImageError): cheap
@@ -262,3 +282,8 @@ def _answer(
         "results": [_with_facts(index, m.to_dict(index.root)) for m in found.matches],
         "took_ms": round((time.perf_counter() - t0) * 1000, 2),
     }
+
+
+def _route(index: IndexReader) -> JSONDict:
+    """``{"by": ...}`` when words went through a joint model's text tower (labels: nothing, as before)."""
+    return {"by": words_route(index)} if embeds_text(index) else {}

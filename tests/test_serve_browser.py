@@ -281,6 +281,7 @@ def test_the_duplicates_review_moves_the_others_and_undoes(review_server, size):
             page.goto(url + "#/duplicates")  # the review's route
             page.wait_for_selector("#duplicates .group .member img")
             assert page.locator(".group").count() == 1
+            assert page.locator("#error").is_hidden(), page.locator("#error").inner_text()
             kept = page.locator(".member.kept")
             assert kept.get_attribute("data-path") == "copies/p1-copy.jpg"  # the --keep rule's choice
             assert "Kept copy" in kept.inner_text() and "KB" in kept.inner_text()

@@ -314,7 +314,7 @@ const VIEWS = {
   like: showLike,
   text: showText,
   upload: showUpload,
-  duplicates: (params) => showDuplicates(params),
+  duplicates: (params) => showDuplicates(new URLSearchParams(params)),
 };
 
 async function render() {

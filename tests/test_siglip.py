@@ -7,8 +7,8 @@ and written as a Keras Hub preset folder with its SentencePiece vocabulary. From
 the product's path: ``cbir index DATA --model DIR`` (both towers converted to LiteRT and cached),
 ``cbir query DATA --text ...`` (the tokenizer and the cached text tower: no TensorFlow), the service's
 word search. Five colour-shape pairs are never shown in training and are queried by their captions;
-the issue's target (P@5 >= 0.9 on them) is NOT reached by this tiny model: it measured 0.52 for the
-pair (chance 0.05) and 0.8 for the colour, and the test asserts only well above chance (0.2).
+the issue's target (P@5 >= 0.9 on them) is NOT reached by this tiny model: it measured 0.68 for the
+pair (chance 0.05) and 0.92 for the colour, and the test asserts ten times chance (0.5).
 The download of a built-in preset is tested up to
 the network (Kaggle's ``model_download``, the one call mocked), and its offline message.
 """
@@ -47,6 +47,8 @@ HELD_OUT = {
 }
 """Colour-shape pairs never seen together in training: queried by their captions."""
 SIDE, LENGTH = 32, 8
+RADIUS = (13.0, 16.0)
+"""Large shapes: the 8 px patches of the tiny ViT see their edges (10-14 measured 0.52)."""
 
 
 def draw(rng: np.random.Generator, colour: str, shape: str, background: str) -> np.ndarray:
@@ -57,7 +59,7 @@ def draw(rng: np.random.Generator, colour: str, shape: str, background: str) -> 
     img[:] = ground
     if background == "stripes":
         img[(xx // 4) % 2 == 0] = ground * 0.45
-    r = rng.uniform(10, 14)
+    r = rng.uniform(*RADIUS)
     cx, cy = rng.uniform(r, SIDE - r, 2)
     dx, dy = abs(xx - cx), abs(yy - cy)
     if shape == "circle":
@@ -86,7 +88,7 @@ def train_tiny_siglip(folder: Path) -> Path:
     from cbir.encoders.joint.tokenizer import Tokenizer
     from cbir.encoders.joint.towers import preprocess_images, save_preset
 
-    seen = [(c, s, b) for c in COLOURS for s in SHAPES for b in BACKGROUNDS if (c, s) not in HELD_OUT]
+    seen = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in HELD_OUT]
     vocabulary = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
         sentence_iterator=iter([caption(c, s, b) for c in COLOURS for s in SHAPES for b in BACKGROUNDS]),
@@ -107,12 +109,16 @@ def train_tiny_siglip(folder: Path) -> Path:
     spm.write_bytes(vocabulary.getvalue())
     tokenize = Tokenizer(spm, LENGTH)  # the product's tokenizer makes the training ids too
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(1)
     images, texts = [], []
-    for _ in range(100):  # each batch: every seen caption once (no false negatives in the loss)
+    for _ in range(200):  # each batch: every seen pair once (no false negatives in the loss)
         for j in rng.permutation(len(seen)):
-            images.append(draw(rng, *seen[j]))
-            texts.append(caption(*seen[j]))
+            background = BACKGROUNDS[rng.integers(2)]
+            images.append(draw(rng, *seen[j], background))
+            # Stripes are named half the time, so "a red circle" means any background: a caption
+            # that always names them ties "a red circle" to plain ones (P@5 capped at 3 of 6).
+            named = background if rng.random() < 0.5 else "plain"
+            texts.append(caption(*seen[j], named))
     x = preprocess_images(np.stack(images))
     ids = tokenize(texts)
 
@@ -143,7 +149,7 @@ def train_tiny_siglip(folder: Path) -> Path:
         with tf.GradientTape() as tape:
             v = tf.math.l2_normalize(backbone.get_vision_embeddings(im), -1)
             t = tf.math.l2_normalize(backbone.get_text_embeddings(tok), -1)
-            logits = 20.0 * tf.matmul(v, t, transpose_b=True)
+            logits = 10.0 * tf.matmul(v, t, transpose_b=True)
             labels = tf.range(tf.shape(logits)[0])
             ce = tf.nn.sparse_softmax_cross_entropy_with_logits
             loss = tf.reduce_mean(ce(labels, logits)) + tf.reduce_mean(ce(labels, tf.transpose(logits)))
@@ -158,7 +164,7 @@ def train_tiny_siglip(folder: Path) -> Path:
     return save_preset(backbone, vocabulary.getvalue(), folder)
 
 
-EPOCHS = 6
+EPOCHS = 3
 
 
 @pytest.fixture(scope="module")
@@ -227,11 +233,12 @@ def test_a_trained_joint_model_finds_unseen_pairs_by_words_through_the_cli(train
     results = text_index(index, settings, captions, SearchRequest(k=5))
     found = [[m.path for m in r.matches] for r in results]
     shown = [[Path(p).parent.name + "/" + Path(p).name for p in paths] for paths in [paths] + found]
-    assert shown[0] == shown[1] and len(shown[0]) == 5  # the command and the service agree
+    # the command and the service agree (as sets: one query alone or six in a batch may swap near ties)
+    assert sorted(shown[0]) == sorted(shown[1]) and len(shown[0]) == 5
     pairs = [precision_at_5(paths, *pair) for paths, pair in zip(found[1:], sorted(HELD_OUT))]
     colours = [precision_at_5(paths, pair[0]) for paths, pair in zip(found[1:], sorted(HELD_OUT))]
     print("held-out captions, P@5 of the pair / of the colour:", dict(zip(captions[1:], zip(pairs, colours))))
-    assert np.mean(pairs) >= 0.2  # four times chance (6 of 120 images show each pair)
+    assert np.mean(pairs) >= 0.5  # ten times chance (6 of 120 images show each pair); measured 0.68
 
 
 def siglip_base(cache: Path):

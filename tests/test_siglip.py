@@ -240,6 +240,20 @@ def test_a_trained_joint_model_finds_unseen_pairs_by_words_through_the_cli(train
     print("held-out captions, P@5 of the pair / of the colour:", dict(zip(captions[1:], zip(pairs, colours))))
     assert np.mean(pairs) >= 0.5  # ten times chance (6 of 120 images show each pair); measured 0.68
 
+    # words blended into "more like this" (rclip's --text-weight), through the command line: a red
+    # circle's neighbours are red circles; with most of the weight on "green", green pictures lead
+    like = ["query", data, "--index", idx, "--like", data / "red-circle" / "0.png", "-k", "5", "--json"]
+    alone = cli(*like, cache=cache)
+    blended = cli(*like, "--text", "a green circle", "--text-weight", "0.8", cache=cache)
+    assert alone.returncode == 0 and blended.returncode == 0, alone.stderr + blended.stderr
+    assert "text tower" in blended.stderr and "text tower" not in alone.stderr
+
+    def top(done: subprocess.CompletedProcess[str]) -> list[str]:
+        return [m["path"] for m in json.loads(done.stdout)["results"][0]["matches"]]
+
+    assert precision_at_5(top(alone), "red") >= 0.8 and precision_at_5(top(alone), "green") == 0
+    assert precision_at_5(top(blended), "green") >= 0.6
+
 
 def siglip_base(cache: Path):
     """The encoder ``--model siglip-base`` builds, with its files in ``cache``."""

@@ -157,7 +157,7 @@ def test_non_finite_features_are_a_bad_image_never_a_vector(tmp_path, tiny_confi
 
 
 def test_embed_files_drives_a_progress_bar(tmp_path, tiny_embedder, monkeypatch):
-    from cbir.encoders import embedder as embedder_module
+    from cbir.core import progress as progress_module
 
     bars = []
 
@@ -172,7 +172,7 @@ def test_embed_files_drives_a_progress_bar(tmp_path, tiny_embedder, monkeypatch)
         def close(self):
             self.closed = True
 
-    monkeypatch.setattr(embedder_module, "progress_bar", Bar)
+    monkeypatch.setattr(progress_module, "progress_bar", Bar)
     paths = _pngs(tmp_path, [(96, 72)] * 3)
     assert len(list(tiny_embedder.embed_files(paths))) == 3
     assert bars == []  # no bar unless asked for
@@ -184,7 +184,7 @@ def test_embed_files_drives_a_progress_bar(tmp_path, tiny_embedder, monkeypatch)
 
 
 def test_stopping_early_closes_the_bar(tmp_path, tiny_embedder, monkeypatch):
-    from cbir.encoders import embedder as embedder_module
+    from cbir.core import progress as progress_module
 
     closed = []
 
@@ -198,7 +198,7 @@ def test_stopping_early_closes_the_bar(tmp_path, tiny_embedder, monkeypatch):
         def close(self):
             closed.append(True)
 
-    monkeypatch.setattr(embedder_module, "progress_bar", Bar)
+    monkeypatch.setattr(progress_module, "progress_bar", Bar)
     results = tiny_embedder.embed_files(_pngs(tmp_path, [(96, 72)] * 5), progress=True)
     next(results)
     results.close()

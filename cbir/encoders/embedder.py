@@ -14,12 +14,11 @@ import logging
 import os
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import closing
-from typing import TypeVar
 
 import numpy as np
 
 from cbir.core.errors import BadImageError, ModelError, QueryError
-from cbir.core.progress import progress_bar
+from cbir.core.progress import with_progress
 from cbir.core.vectors import finite_rows, l2_normalize
 from cbir.encoders.backbones import Backbone, get_backbone
 from cbir.encoders.base import IMAGE, Result
@@ -38,7 +37,6 @@ log = logging.getLogger(__name__)
 Classified = tuple[int, tuple[np.ndarray, np.ndarray] | BadImageError]
 """``(position, (vector, class probabilities))`` for a usable image, ``(position, BadImageError)``."""
 
-T = TypeVar("T")
 
 EAGER_MAX_IMAGES = 2
 """Jobs this small run the network eagerly: tracing costs more than it saves (docs/speed.md)."""
@@ -142,7 +140,7 @@ class Embedder:
         ``progress`` drives a bar named ``desc`` (None: only on a terminal; False: none).
         """
         results = self._embed(self.pipeline.from_files(paths), len(paths))
-        return _with_progress(results, len(paths), progress, desc)
+        return with_progress(results, len(paths), progress, desc)
 
     @property
     def classes(self) -> int:
@@ -162,7 +160,7 @@ class Embedder:
             raise ModelError(f"the model {self.config.model} has no classifier head")
         results = self._run(self.pipeline.from_files(paths), len(paths), with_classes=True)
         classified = ((i, v if isinstance(v, BadImageError) else (v, p)) for i, v, p in results)
-        return _with_progress(classified, len(paths), progress, desc)
+        return with_progress(classified, len(paths), progress, desc)
 
     @property
     def classifier_name(self) -> str:
@@ -188,7 +186,7 @@ class Embedder:
         side output))`` per image, or its BadImageError."""
         results = self._run(self.pipeline.from_files(paths), len(paths), with_classes=False, side=side)
         classified = ((i, v if isinstance(v, BadImageError) else (v, p)) for i, v, p in results)
-        return _with_progress(classified, len(paths), progress, desc)
+        return with_progress(classified, len(paths), progress, desc)
 
     def embed_all(
         self,
@@ -292,21 +290,3 @@ class Embedder:
             if self.whitening is not None:
                 vecs = self.whitening.apply(vecs)
         return vecs
-
-
-def _with_progress(results: Iterator[T], total: int, progress: bool | None, desc: str) -> Iterator[T]:
-    """``results`` as they come, driving a progress bar named ``desc`` (None: only on a terminal;
-    False: none); closing the iterator closes ``results``."""
-    if progress is False:
-        yield from results
-        return
-    bar = progress_bar(total=total, desc=desc, unit="img", enabled=progress)
-    try:
-        for result in results:
-            yield result
-            bar.update(1)
-    finally:
-        bar.close()
-        close = getattr(results, "close", None)
-        if close is not None:
-            close()

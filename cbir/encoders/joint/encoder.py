@@ -12,7 +12,7 @@ from contextlib import closing
 import numpy as np
 
 from cbir.core.errors import BadImageError, QueryError
-from cbir.core.progress import progress_bar
+from cbir.core.progress import with_progress
 from cbir.core.vectors import finite_rows, l2_normalize
 from cbir.encoders.base import IMAGE, TEXT, Result, RuntimeOptions
 from cbir.encoders.features import FeatureConfig
@@ -111,7 +111,7 @@ class TextImageEncoder:
         results = self._embed(self.pipeline.from_files(paths))
         if progress is False:
             return results
-        return _with_progress(results, len(paths), progress, desc)
+        return with_progress(results, len(paths), progress, desc)
 
     def embed_arrays(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Decoded uint8 RGB arrays (any size, resized like files) -> one row each."""
@@ -139,15 +139,3 @@ class TextImageEncoder:
                     vecs = l2_normalize(self.image_tower(preprocess_images(item.array)))
                 for i, vec, ok in zip(item.items, vecs, finite_rows(vecs)):
                     yield i, vec if ok else BadImageError("non-finite features")
-
-
-def _with_progress(
-    results: Iterator[Result], total: int, progress: bool | None, desc: str
-) -> Iterator[Result]:
-    bar = progress_bar(total=total, desc=desc, unit="img", enabled=progress)
-    try:
-        for result in results:
-            yield result
-            bar.update(1)
-    finally:
-        bar.close()

@@ -401,7 +401,8 @@ def test_the_api_searches_by_words(labelled):
     got = client.get("/api/search", params={"text": "school bus", "k": 2})
     assert got.status_code == 200
     doc = got.json()
-    assert doc["query"] == {"text": "school bus"} and doc["k"] == 2
+    by = "words searched through the index's labels (ImageNet classes)"  # the page shows it
+    assert doc["query"] == {"text": "school bus", "by": by} and doc["k"] == 2
     assert [r["path"] for r in doc["results"]] == ["red/0.png", "red/1.png"]
     got = client.get("/api/search", params={"text": "bus", "like": "green/0.png", "k": 9})
     assert got.status_code == 200 and {r["path"].split("/")[0] for r in got.json()["results"]} == {"red"}

@@ -338,3 +338,101 @@ def test_text_weight_without_a_picture_is_one_line(tmp_path, capsys):
     code = main(["query", str(tmp_path), "--text", "a dog", "--text-weight", "0.3"])
     err = capsys.readouterr().err
     assert code == 2 and "--text-weight weighs --text against query images or --like: give both" in err
+
+
+# the web app over a joint index ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served_joint(trained, tmp_path_factory):
+    """``cbir serve DATA --model PRESET``'s service (model worker, indexer), indexing the unseen
+    pictures itself; the converted towers come from a copy of the model cache the CLI test filled
+    (converted here when it has not run), so that test's cache is never written to."""
+    pytest.importorskip("fastapi", reason="cbir serve needs the web extra")
+    import dataclasses
+    import shutil
+
+    from cbir.cli.options import build_parser, index_options_from, settings_from
+    from cbir.web.server import ServeOptions, running_service
+
+    preset, data, base = trained
+    here = tmp_path_factory.mktemp("serve-joint")
+    cache = here / "cache"
+    if (base / "cache").is_dir():
+        shutil.copytree(base / "cache", cache)
+    argv = ["serve", data, "--model", preset, "--index", here / "index", "--model-cache", cache]
+    args = build_parser().parse_args(list(map(str, argv)))
+    options = dataclasses.replace(index_options_from(args), progress=False)
+    with running_service(settings_from(args), options, ServeOptions(update=False)) as service:
+        report = service.updater.run_once()  # the server's first run, here in the test's thread
+        assert report is not None and report.added == 120, service.updater.progress.to_dict()
+        yield service
+
+
+def test_the_web_search_box_on_a_joint_index_uses_the_text_tower_and_says_so(trained, served_joint):
+    from fastapi.testclient import TestClient
+
+    from cbir.web.app import create_app
+
+    preset, data, _ = trained
+    client = TestClient(create_app(served_joint))
+    info = client.get("/api/info").json()
+    assert info["features"]["encoder"] == "siglip" and info["features"]["modalities"] == ["image", "text"]
+    got = client.get("/api/search", params={"text": "a red circle", "k": 5})
+    assert got.status_code == 200, got.text
+    doc = got.json()
+    assert doc["query"] == {"text": "a red circle", "by": f"words searched with the text tower of {preset}"}
+    paths = [r["path"] for r in doc["results"]]
+    assert len(paths) == 5 and precision_at_5(paths, "red") >= 0.8  # a seen pair: red ones lead
+    # "more like this" with words blended in (the API's like+text; the page offers no such search)
+    blended = client.get("/api/search", params={"like": "red-circle/0.png", "text": "a green circle", "k": 5})
+    assert blended.status_code == 200 and blended.json()["query"]["by"] == doc["query"]["by"]
+    assert "red-circle/0.png" not in [r["path"] for r in blended.json()["results"]]
+    too_long = client.get("/api/search", params={"text": "x" * 201})
+    assert too_long.status_code == 400 and too_long.json()["error"]
+
+
+def test_the_page_says_the_words_were_matched_by_the_text_image_model(trained, served_joint):
+    """The search box in a real browser (Debian's chromium, as tests/test_serve_page.py): its hint
+    offers free text, and the results say the text-image model matched the words."""
+    import shutil
+    import threading
+
+    chromium = next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    import uvicorn
+
+    from cbir.web.app import create_app
+    from cbir.web.security import Hosts
+    from cbir.web.server import bind
+
+    preset, _, _ = trained
+    sock = bind("127.0.0.1", 0)
+    host, port = sock.getsockname()[:2]
+    app = create_app(served_joint, hosts=Hosts.of("127.0.0.1", host))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", log_config=None, lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    errors: list[str] = []
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_page()
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"http://{host}:{port}/")
+            page.wait_for_function("() => document.querySelector('#text').placeholder.includes('a red bus')")
+            assert str(preset) in (page.locator("#words").get_attribute("title") or "")
+            page.fill("#text", "a red circle")
+            page.press("#text", "Enter")
+            page.wait_for_selector("#results:not([hidden]) #result-grid li.tile")
+            assert page.locator("#query strong").inner_text() == "“a red circle”"
+            by = page.locator("#query .by").inner_text()
+            assert by == f"words searched with the text tower of {preset}"
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+    assert not errors, errors

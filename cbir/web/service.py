@@ -121,8 +121,8 @@ class Service:
         return _answer(index, found, {"like": rel}, k, where, t0)
 
     def search(self, like: str | None, text: str | None, k: int, where: Where = Where()) -> JSONDict:
-        """GET /api/search: more like the indexed image ``like``, the images whose labels match
-        ``text``, or (both) that image's neighbours that match; QueryError when neither is given."""
+        """GET /api/search: more like the indexed image ``like``, the images that match ``text``
+        (:meth:`words`), or both; QueryError when neither is given."""
         if text is not None:
             return self.words(text, k, where, like)
         if like is None:
@@ -130,8 +130,10 @@ class Service:
         return self.like(like, k, where)
 
     def words(self, text: str, k: int, where: Where = Where(), like: str | None = None) -> JSONDict:
-        """The images whose labels match ``text`` (an index made with ``--labels``; no model); with
-        ``like``, only the neighbours of that indexed image that match."""
+        """The images that match ``text``: through the text tower of the index's joint text-image
+        model (warm in the worker), else through its labels (an index made with ``--labels``; no
+        model); with ``like``, that indexed image's neighbours blended with the words (joint model)
+        or only those that match (labels). The answer's ``query.by`` says which."""
         if len(text) > MAX_TEXT:
             raise QueryError(f"the words are longer than {MAX_TEXT} characters")
         k, where = _check_k(k), _checked(where)
@@ -285,5 +287,6 @@ def _answer(
 
 
 def _route(index: IndexReader) -> JSONDict:
-    """``{"by": ...}`` when words went through a joint model's text tower (labels: nothing, as before)."""
-    return {"by": words_route(index)} if embeds_text(index) else {}
+    """``{"by": ...}``: how the words were matched, for the page to say (a joint model's text tower,
+    or the index's labels)."""
+    return {"by": words_route(index)}

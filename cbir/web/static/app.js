@@ -276,7 +276,10 @@ async function showText(params, drawn) {
   $("text").value = params.q || "";
   const data = await api(`/api/search?text=${encodeURIComponent(params.q || "")}${filterQuery(params)}`);
   if (drawn !== state.drawn) return;
-  drawResults(data, params, el("strong", {}, `“${data.query.text}” `));
+  // how the words were matched (a text-image model's text tower, or the index's labels): the
+  // results of the two mean different things, so the page says which
+  const by = data.query.by ? el("span", { className: "by" }, data.query.by) : "";
+  drawResults(data, params, el("span", { className: "words" }, el("strong", {}, `“${data.query.text}”`), by));
 }
 
 async function showUpload(params, drawn) {
@@ -418,6 +421,15 @@ function refilter() {
   }
 }
 
+/** The search box's hint: free text on an index of a text-image model, ImageNet labels otherwise. */
+function describeWords(features) {
+  const joint = Boolean(features && (features.modalities || []).includes("text"));
+  $("words").title = joint
+    ? `Search by words: any description, matched by the text-image model ${features.model}`
+    : "Search by words: ImageNet labels (an index made with --labels)";
+  $("text").placeholder = joint ? "Search by words, e.g. a red bus in the snow" : "Search by words, e.g. dog, bus, beach";
+}
+
 function setUp() {
   if (!history.state) history.replaceState({ depth: 0 }, "");
   state.depth = history.state.depth;
@@ -467,6 +479,7 @@ function setUp() {
     else if (e.key === "ArrowLeft" && state.route.name === "browse") turnPage(-1);
   });
   startStatus((info) => {
+    describeWords(info.features);
     if (state.images !== -1 && info.images !== state.images && state.route.name === "browse") render();
     state.images = info.images;
   });

@@ -16,11 +16,11 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from stores import PixelEmbedder
+from stores import DIM, PixelEmbedder
 
 from cbir.cli.main import main
 from cbir.encoders.base import IMAGE
-from cbir.encoders.registry import ENCODERS, EncoderKind
+from cbir.encoders.registry import ENCODERS, EncoderKind, ModelInfo
 
 MODEL = ("--model", "pixel-4x4", "--weights", "random")
 
@@ -33,6 +33,7 @@ def _kind() -> EncoderKind:
         knows=lambda model: model == "pixel-4x4",
         resolve=lambda config, weights: config.replace(weights=weights.identity),
         build=lambda request: PixelEmbedder(request.config),
+        describe=lambda cache: [ModelInfo("pixel-4x4", "pixels", (IMAGE,), DIM, 4, "none")],
     )
 
 

@@ -223,14 +223,36 @@ def test_usage_errors_exit_2(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
 
 
-def test_models_lists_backbones(tmp_path):
-    proc = ok(cbir("models", cwd=tmp_path))
-    names = [line.split()[0] for line in proc.stdout.splitlines()[1:] if line.strip()]
-    assert "resnet50" in names and "mobilenet" in names and "xception" in names
-    resnet = next(line.split() for line in proc.stdout.splitlines() if line.startswith("resnet50 "))
-    assert resnet[1:] == ["2048", "224", "caffe"]
-    doc = json.loads(ok(cbir("models", "--json", cwd=tmp_path)).stdout)
-    assert {"name": "resnet50", "dim": 2048, "input_size": 224, "preprocess": "caffe"} in doc
+def test_models_lists_backbones_and_text_image_models(tmp_path):
+    # siglip-base's files are in this model cache (as the first use would leave them), no other's
+    placed = tmp_path / "cache" / "keras-hub" / "siglip_base_patch16_224"
+    for name in ("config.json", "model.weights.h5", "assets/tokenizer/vocabulary.spm"):
+        (placed / name).parent.mkdir(parents=True, exist_ok=True)
+        (placed / name).write_bytes(b"{}")
+    proc = ok(cbir("models", "--model-cache", tmp_path / "cache", cwd=tmp_path))
+    rows = {line.split()[0]: line.split()[1:] for line in proc.stdout.splitlines()[1:] if line.strip()}
+    assert "resnet50" in rows and "mobilenet" in rows and "xception" in rows
+    assert rows["resnet50"] == ["2048", "224", "caffe"]
+    assert rows["siglip-base"] == ["768", "224", "ViT-B/16", "~0.8", "GB", "yes"]
+    assert rows["siglip-large"] == ["1024", "256", "ViT-L/16", "~2.6", "GB", "no"]
+    assert rows["siglip-so400m"][:2] == ["1152", "224"] and rows["siglip-base-384"][:2] == ["768", "384"]
+    assert f"into {tmp_path / 'cache' / 'keras-hub'}" in proc.stdout
+    doc = json.loads(ok(cbir("models", "--json", "--model-cache", tmp_path / "cache", cwd=tmp_path)).stdout)
+    resnet = {"name": "resnet50", "family": "cnn", "modalities": ["image"], "dim": 2048, "input_size": 224}
+    assert {**resnet, "preprocess": "caffe"} in doc
+    base = next(m for m in doc if m["name"] == "siglip-base")
+    assert base == {
+        "name": "siglip-base",
+        "family": "siglip",
+        "modalities": ["image", "text"],
+        "dim": 768,
+        "input_size": 224,
+        "preprocess": "siglip",
+        "architecture": "ViT-B/16",
+        "download_bytes": 812624920,
+        "cached": True,
+    }
+    assert [m["cached"] for m in doc if m["family"] == "siglip"] == [True, False, False, False]
 
 
 def test_help(tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from stores import PixelEmbedder
+from stores import DIM, PixelEmbedder
 
 from cbir.core.errors import ModelError, QueryError
 from cbir.encoders.base import IMAGE, TEXT
@@ -25,6 +25,7 @@ from cbir.encoders.registry import (
     ENCODERS,
     EncoderKind,
     EncoderRequest,
+    ModelInfo,
     kind_of,
     open_encoder,
     resolve_config,
@@ -68,6 +69,7 @@ def colour_family(monkeypatch):
         knows=lambda model: model == "colour-clip",
         resolve=lambda config, weights: config.replace(weights=weights.identity),
         build=lambda request: ColourEncoder(request.config),
+        describe=lambda cache: [ModelInfo("colour-clip", "colours", (IMAGE, TEXT), DIM, 4, "none")],
     )
     monkeypatch.setitem(ENCODERS, "colours", kind)
     return kind

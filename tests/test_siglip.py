@@ -436,3 +436,15 @@ def test_the_page_says_the_words_were_matched_by_the_text_image_model(trained, s
         thread.join(timeout=10)
         sock.close()
     assert not errors, errors
+
+
+def test_the_built_in_presets_are_keras_hubs_by_handle_and_parameters():
+    """What ``cbir models`` says before a download (parameters, hence the download size) is Keras
+    Hub's own preset metadata, and the handle fetched is Keras Hub's."""
+    from keras_hub.src.models.siglip.siglip_presets import backbone_presets
+
+    from cbir.encoders.joint.presets import PRESETS
+
+    for preset in PRESETS.values():
+        known = backbone_presets[preset.preset]
+        assert (preset.handle, preset.params) == (known["kaggle_handle"], known["metadata"]["params"])

@@ -17,7 +17,9 @@ import pytest
 
 from cbir.cli.text import MODELS_NOTE, format_models, format_results
 from cbir.core.results import Match, QueryResult
-from cbir.encoders.backbones import REGISTRY, Backbone
+from cbir.encoders.backbones import REGISTRY
+from cbir.encoders.joint.presets import PRESETS
+from cbir.encoders.registry import ModelInfo, describe_models
 from cbir.service.evaluate import ClassRow, EvaluationReport
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -50,10 +52,12 @@ RESULTS = [
     ),
 ]
 
-BACKBONES = [
-    Backbone("resnet50", "ResNet50", "caffe", 224, 2048),
-    Backbone("mobilenetv3small", "MobileNetV3Small", "builtin", 224, 576),
-    Backbone("a-much-longer-model-name", "Long", "torch", 1024, 12345),
+MODELS = [
+    ModelInfo("resnet50", "cnn", ("image",), 2048, 224, "caffe"),
+    ModelInfo("mobilenetv3small", "cnn", ("image",), 576, 224, "builtin"),
+    ModelInfo("a-much-longer-model-name", "cnn", ("image",), 12345, 1024, "torch"),
+    ModelInfo("joint-small", "siglip", ("image", "text"), 768, 224, "siglip", "ViT-B/16", 812_624_920, True),
+    ModelInfo("joint-unknown-size", "siglip", ("image", "text"), 1152, 384, "siglip", None, None, False),
 ]
 
 REPORT = EvaluationReport(
@@ -80,10 +84,11 @@ def test_results_listing():
 
 
 def test_models_table():
-    check_golden("models.txt", format_models(BACKBONES))
-    lines = format_models(REGISTRY.values()).splitlines()
-    assert len(lines) == len(REGISTRY) + 2 and lines[-1] == MODELS_NOTE
-    assert [line.split()[0] for line in lines[1:-1]] == list(REGISTRY)
+    check_golden("models.txt", format_models(MODELS, Path("/home/me/.cache/cbir/models")))
+    lines = format_models(describe_models(Path("/nowhere")), Path("/nowhere")).splitlines()
+    note = lines.index(MODELS_NOTE)
+    assert [line.split()[0] for line in lines[1:note]] == list(REGISTRY)
+    assert [line.split()[0] for line in lines[note + 4 :]] == list(PRESETS)
 
 
 def test_evaluation_tables():

@@ -34,7 +34,8 @@ from cbir.core.errors import CbirError, ModelError, QueryError
 from cbir.core.names import shown
 from cbir.core.quiet import native_stderr_silenced, route_logs
 from cbir.core.results import QueryResult, results_to_dict
-from cbir.encoders.backbones import REGISTRY
+from cbir.encoders.model_cache import default_cache_dir
+from cbir.encoders.registry import describe_models
 from cbir.indexing.indexer import IndexOptions, IndexReport, update_index
 from cbir.indexing.watch import FolderWatcher
 from cbir.service.evaluate import evaluate_index
@@ -223,16 +224,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    backbones = list(REGISTRY.values())
+    """The models of every encoder family; for those downloaded on first use, whether they are."""
+    cache = default_cache_dir(args.model_cache)
+    models = describe_models(cache)
     if args.json:
-        show.print_json(
-            [
-                {"name": b.name, "dim": b.dim, "input_size": b.input_size, "preprocess": b.preprocess}
-                for b in backbones
-            ]
-        )
+        show.print_json([m.to_dict() for m in models])
     else:
-        print(text.format_models(backbones))
+        print(text.format_models(models, cache))
     return 0
 
 

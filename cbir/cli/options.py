@@ -385,8 +385,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_index_options(p)
     add_rerank_options(p, Reranking(), dba=False)  # speed first: docs/decisions.md
     add_verbose(p)
-    p = sub.add_parser("models", help="list the available backbones")
+    p = sub.add_parser("models", help="list the models (and whether text-image ones are downloaded)")
     p.add_argument("--json", action="store_true", help="print the list as JSON")
+    p.add_argument(
+        "--model-cache",
+        type=path,
+        metavar="DIR",
+        help=f"the model cache to look in (default ${MODEL_CACHE_ENV}, else the user's cache folder)",
+    )
     add_verbose(p)
     return parser
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from cbir.core.names import shown, to_text
 from cbir.core.results import QueryResult
 from cbir.duplicates.moves import MoveReport, UndoReport
-from cbir.encoders.backbones import Backbone
+from cbir.encoders.base import TEXT
+from cbir.encoders.registry import ModelInfo
 from cbir.indexing.indexer import IndexReport
 from cbir.service.duplicates import DuplicateReport
 
@@ -30,12 +32,34 @@ def format_results(results: Sequence[QueryResult]) -> str:
     return "\n".join(lines)
 
 
-def format_models(backbones: Iterable[Backbone]) -> str:
-    """The ``cbir models`` table: name, feature dimension, input size and preprocessing of each."""
+def format_models(models: Iterable[ModelInfo], cache: Path) -> str:
+    """The ``cbir models`` tables: the image models (name, feature dimension, input size and
+    preprocessing of each), then the text-image ones, which are downloaded on first use (about how
+    much, and whether they already are, in ``cache``)."""
+    images: list[ModelInfo] = []
+    joint: list[ModelInfo] = []
+    for m in models:
+        (joint if TEXT in m.modalities else images).append(m)
     lines = [f"{'model':<20}{'dim':>6}{'input':>7}  preprocessing"]
-    lines.extend(f"{b.name:<20}{b.dim:>6}{b.input_size:>7}  {b.preprocess}" for b in backbones)
+    lines.extend(f"{m.name:<20}{m.dim:>6}{m.input_size:>7}  {m.preprocess}" for m in images)
     lines.append(MODELS_NOTE)
+    if joint:
+        lines.append("")
+        lines.append(
+            "text-image models, for search by free text (cbir query --text); downloaded on first use "
+            f"into {shown(str(cache / 'keras-hub'))}"
+        )
+        lines.append(f"{'model':<20}{'dim':>6}{'input':>7}  {'architecture':<13}{'download':>9}  cached")
+        lines.extend(
+            f"{m.name:<20}{m.dim:>6}{m.input_size:>7}  {m.architecture or '':<13}"
+            f"{_gigabytes(m.download_bytes):>9}  {'yes' if m.cached else 'no'}"
+            for m in joint
+        )
     return "\n".join(lines)
+
+
+def _gigabytes(size: int | None) -> str:
+    return "?" if size is None else f"~{size / 1e9:.1f} GB"
 
 
 KNOWN_BAD_SHOWN = 10

@@ -10,9 +10,11 @@ indexer, the stores and the queries only see the :class:`~cbir.encoders.base.Enc
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from cbir.core.errors import ModelError
+from cbir.core.types import JSONDict
 from cbir.encoders.backbones import ALIASES, REGISTRY, get_backbone, width_multiplier
 from cbir.encoders.base import IMAGE, TEXT, Encoder, RuntimeOptions
 from cbir.encoders.embedder import Embedder
@@ -38,8 +40,32 @@ class EncoderRequest:
 
 
 @dataclass(frozen=True)
+class ModelInfo:
+    """One model as ``cbir models`` lists it: what it embeds, its vectors' ``dim``, its input size and
+    preprocessing; for a model downloaded on first use, about how much (``download_bytes``) and
+    whether it is already in the model cache (``cached``)."""
+
+    name: str
+    family: str
+    modalities: tuple[str, ...]
+    dim: int
+    input_size: int
+    preprocess: str
+    architecture: str | None = None
+    download_bytes: int | None = None
+    cached: bool | None = None
+
+    def to_dict(self) -> JSONDict:
+        """The ``--json`` form (the fields that do not apply to the model are left out)."""
+        d = {k: v for k, v in asdict(self).items() if v is not None}
+        d["modalities"] = list(self.modalities)
+        return d
+
+
+@dataclass(frozen=True)
 class EncoderKind:
-    """One encoder family: its ``models``, what it ``resolve``s a config into, and how it ``build``s."""
+    """One encoder family: its ``models``, what it ``resolve``s a config into, how it ``build``s,
+    and what ``cbir models`` says of each model (``describe``, given the model cache folder)."""
 
     name: str
     modalities: tuple[str, ...]
@@ -47,6 +73,7 @@ class EncoderKind:
     knows: Callable[[str], bool]
     resolve: Callable[[FeatureConfig, Weights], FeatureConfig]
     build: Callable[[EncoderRequest], Encoder]
+    describe: Callable[[Path], list[ModelInfo]]
 
 
 def _resolve_cnn(config: FeatureConfig, weights: Weights) -> FeatureConfig:
@@ -106,6 +133,30 @@ def _build_siglip(request: EncoderRequest) -> TextImageEncoder:
     )
 
 
+def _describe_cnn(cache: Path) -> list[ModelInfo]:
+    """The backbones (their Keras ImageNet weights live in Keras' own cache, not listed here)."""
+    return [ModelInfo(b.name, "cnn", (IMAGE,), b.dim, b.input_size, b.preprocess) for b in REGISTRY.values()]
+
+
+def _describe_siglip(cache: Path) -> list[ModelInfo]:
+    """The SigLIP presets, from what is known of them before a download, and whether their files
+    are complete in ``cache`` (``cache/keras-hub/PRESET/``)."""
+    return [
+        ModelInfo(
+            p.name,
+            "siglip",
+            (IMAGE, TEXT),
+            p.dim,
+            p.image_size,
+            "siglip",
+            architecture=p.architecture,
+            download_bytes=p.download_bytes,
+            cached=preset_source(p.name, cache).complete(),
+        )
+        for p in PRESETS.values()
+    ]
+
+
 ENCODERS: dict[str, EncoderKind] = {
     "cnn": EncoderKind(
         name="cnn",
@@ -114,6 +165,7 @@ ENCODERS: dict[str, EncoderKind] = {
         knows=lambda model: ALIASES.get(model.lower(), model.lower()) in REGISTRY,
         resolve=_resolve_cnn,
         build=_build_cnn,
+        describe=_describe_cnn,
     ),
     "siglip": EncoderKind(
         name="siglip",
@@ -122,6 +174,7 @@ ENCODERS: dict[str, EncoderKind] = {
         knows=lambda model: model.lower() in PRESETS or is_preset_folder(model),
         resolve=_resolve_siglip,
         build=_build_siglip,
+        describe=_describe_siglip,
     ),
 }
 """The encoder families, by the name the index records (``FeatureConfig.encoder``)."""
@@ -145,6 +198,11 @@ def resolve_config(config: FeatureConfig, weights: Weights) -> FeatureConfig:
     """
     kind = kind_of(config.model)
     return kind.resolve(config, weights).replace(encoder=kind.name, modalities=kind.modalities)
+
+
+def describe_models(cache: Path) -> list[ModelInfo]:
+    """Every model of every family, as ``cbir models`` lists them (``cache``: the model cache)."""
+    return [info for kind in ENCODERS.values() for info in kind.describe(cache)]
 
 
 def open_encoder(request: EncoderRequest) -> Encoder:

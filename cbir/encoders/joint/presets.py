@@ -33,11 +33,23 @@ FILES = (CONFIG, WEIGHTS, VOCABULARY)
 
 @dataclass(frozen=True)
 class Preset:
-    """A built-in model: the name ``--model`` takes and the Keras Hub preset it stands for."""
+    """A built-in model: the name ``--model`` takes, the Keras Hub preset it stands for, and what
+    ``cbir models`` says of it before it is downloaded: its ``architecture``, embedding ``dim``,
+    input ``image_size`` and ``params`` (Keras Hub's preset metadata,
+    ``keras_hub/src/models/siglip/siglip_presets.py``)."""
 
     name: str
     preset: str
-    about: str
+    architecture: str
+    dim: int
+    image_size: int
+    params: int
+
+    @property
+    def download_bytes(self) -> int:
+        """About what the first use downloads: float32 weights, 4 bytes a parameter (the size
+        published for siglip-large's ``model.weights.h5``, 2.61 GB, agrees)."""
+        return 4 * self.params
 
     @property
     def handle(self) -> str:
@@ -53,10 +65,10 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("siglip-base", "siglip_base_patch16_224", "SigLIP ViT-B/16, 224 px (203 M parameters)"),
-        Preset("siglip-base-384", "siglip_base_patch16_384", "SigLIP ViT-B/16, 384 px (203 M parameters)"),
-        Preset("siglip-large", "siglip_large_patch16_256", "SigLIP ViT-L/16, 256 px (652 M parameters)"),
-        Preset("siglip-so400m", "siglip_so400m_patch14_224", "SigLIP So400m/14, 224 px (877 M parameters)"),
+        Preset("siglip-base", "siglip_base_patch16_224", "ViT-B/16", 768, 224, 203_156_230),
+        Preset("siglip-base-384", "siglip_base_patch16_384", "ViT-B/16", 768, 384, 203_448_450),
+        Preset("siglip-large", "siglip_large_patch16_256", "ViT-L/16", 1024, 256, 652_151_106),
+        Preset("siglip-so400m", "siglip_so400m_patch14_224", "So400m/14", 1152, 224, 877_360_578),
     )
 }
 """The built-in joint models, by the name ``--model`` takes."""

@@ -448,3 +448,33 @@ def test_the_built_in_presets_are_keras_hubs_by_handle_and_parameters():
     for preset in PRESETS.values():
         known = backbone_presets[preset.preset]
         assert (preset.handle, preset.params) == (known["kaggle_handle"], known["metadata"]["params"])
+
+
+def test_offline_a_fresh_cbir_index_prints_only_the_one_line(tmp_path):
+    """The user's first ``cbir index --model siglip-base`` without internet, in a fresh process:
+    the download imports Keras Hub, hence TensorFlow, whose start-up chatter stays off the terminal,
+    so stderr is the one line (no network needed: every connection goes to a closed local port)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(data / "a.png")
+    closed = "http://127.0.0.1:9"
+    env = {
+        **os.environ,
+        "HTTPS_PROXY": closed,
+        "HTTP_PROXY": closed,
+        "https_proxy": closed,
+        "http_proxy": closed,
+    }
+    env.pop("NO_PROXY", None), env.pop("no_proxy", None)
+    cache = tmp_path / "cache"
+    argv = ["index", data, "--model", "siglip-base", "--index", tmp_path / "index", "--model-cache", cache]
+    done = subprocess.run(
+        [sys.executable, "-m", "cbir", *map(str, argv)], capture_output=True, text=True, env=env, timeout=300
+    )
+    folder = cache / "keras-hub" / "siglip_base_patch16_224"
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "cbir: error: cannot download the weights of siglip-base (Keras Hub preset siglip_base_patch16_224): "
+        "put config.json, model.weights.h5, assets/tokenizer/vocabulary.spm from "
+        f"https://www.kaggle.com/models/keras/siglip/keras/siglip_base_patch16_224 in {folder}/"
+    ]

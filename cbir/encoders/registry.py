@@ -126,7 +126,7 @@ def _build_siglip(request: EncoderRequest) -> TextImageEncoder:
     return TextImageEncoder(
         request.config,
         request.weights,
-        preset_source(request.config.model, root),
+        preset_source(request.config.model, root, request.load_tensorflow),
         request.runtime,
         ModelCache(root),
         request.load_tensorflow,

@@ -16,7 +16,8 @@ import logging
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -82,12 +83,15 @@ def is_preset_folder(model: str) -> bool:
 @dataclass(frozen=True)
 class PresetSource:
     """The files of one joint model: ``folder`` (complete once :meth:`ensure` returned), its ``label``
-    (file-name safe, for the model cache) and, for a built-in model, the ``preset`` to fetch."""
+    (file-name safe, for the model cache) and, for a built-in model, the ``preset`` to fetch;
+    ``load_tensorflow`` runs before a download (Keras Hub imports TensorFlow: the command line's
+    quiets its start-up, as before any other model is built)."""
 
     model: str
     folder: Path
     label: str
     preset: Preset | None = None
+    load_tensorflow: Callable[[], None] = field(default=lambda: None, repr=False, compare=False)
 
     def complete(self) -> bool:
         return all((self.folder / name).is_file() for name in FILES)
@@ -100,6 +104,7 @@ class PresetSource:
         if self.preset is None:
             missing = [name for name in FILES if not (self.folder / name).is_file()]
             raise ModelError(f"the preset folder {self.folder} lacks {', '.join(missing)}")
+        self.load_tensorflow()
         download(self.preset, self.folder)
         return self.folder
 
@@ -143,12 +148,15 @@ class PresetSource:
         return f"preset:{self.folder.name}:{h.hexdigest()[:16]}"
 
 
-def preset_source(model: str, cache_root: Path) -> PresetSource:
+def preset_source(
+    model: str, cache_root: Path, load_tensorflow: Callable[[], None] = lambda: None
+) -> PresetSource:
     """The source of ``model``: a built-in name (files in ``cache_root/keras-hub/PRESET``) or a
     preset folder; ModelError when it is neither."""
     preset = PRESETS.get(model.lower())
     if preset is not None:
-        return PresetSource(preset.name, cache_root / "keras-hub" / preset.preset, preset.name, preset)
+        folder = cache_root / "keras-hub" / preset.preset
+        return PresetSource(preset.name, folder, preset.name, preset, load_tensorflow)
     if not is_preset_folder(model):
         raise ModelError(f"{model} is neither a SigLIP model ({', '.join(PRESETS)}) nor a preset folder")
     folder = Path(os.path.abspath(model))

@@ -27,6 +27,10 @@ from cbir.encoders.weights import file_digest
 
 log = logging.getLogger(__name__)
 
+INSTALL_KERAS_HUB = "pip install 'cbir[text]' && pip install --no-deps keras-hub==0.32.0"
+"""How to install what a joint model needs: keras-hub without its dependencies (its tensorflow-text
+would pin TensorFlow's version; the rest is the ``text`` extra: docs/decisions.md)."""
+
 CONFIG, WEIGHTS, VOCABULARY = "config.json", "model.weights.h5", "assets/tokenizer/vocabulary.spm"
 FILES = (CONFIG, WEIGHTS, VOCABULARY)
 """The files of a preset folder that cbir reads (Keras Hub's names)."""
@@ -178,10 +182,7 @@ def download(preset: Preset, folder: Path) -> None:
     try:
         from keras_hub.src.utils.preset_utils import get_file
     except ImportError as exc:
-        raise ModelError(
-            f"--model {preset.name} needs keras-hub to download its weights (pip install 'cbir[text]'), "
-            f"or {', '.join(FILES)} from {preset.page} in {folder}/"
-        ) from exc
+        raise ModelError(f"--model {preset.name} needs keras-hub: {INSTALL_KERAS_HUB}") from exc
     log.info("downloading %s (Keras Hub preset %s) into %s", preset.name, preset.preset, folder)
     fetched: dict[str, str] = {}
     for name in FILES:

@@ -21,7 +21,7 @@ import numpy as np
 from cbir.core.errors import ModelError
 from cbir.core.types import KerasModel
 from cbir.encoders.convert import MIN_COSINE, check_batches, lowest_cosine
-from cbir.encoders.joint.presets import VOCABULARY, PresetSource
+from cbir.encoders.joint.presets import INSTALL_KERAS_HUB, VOCABULARY, PresetSource
 from cbir.encoders.litert_net import NAME, SUFFIX, LiteRTNetwork, litert_available
 from cbir.encoders.model_cache import FORMAT, Cached, CacheSlot, ModelCache, cache_slot
 
@@ -62,9 +62,7 @@ class KerasTowers:
         try:
             from keras_hub.models import SigLIPBackbone
         except ImportError as exc:
-            raise ModelError(
-                f"building {source.model} needs keras-hub (pip install 'cbir[text]'): {exc}"
-            ) from exc
+            raise ModelError(f"building {source.model} needs keras-hub ({exc}): {INSTALL_KERAS_HUB}") from exc
         try:
             with contextlib.redirect_stdout(io.StringIO()):
                 return cls(SigLIPBackbone.from_preset(str(folder)))

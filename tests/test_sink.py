@@ -94,7 +94,9 @@ def test_a_stop_in_the_middle_keeps_what_the_workers_wrote(tmp_path, monkeypatch
         sync(root, store, stopping)
     written = set(stopping.written)
     assert len(written) == 7  # four outcomes handed over, three more rows written ahead of them
-    assert set(store.open().paths) == written  # all of them held, whether the indexer heard of them
+    # not published (a worker may still write into their version), but kept: the next run holds
+    # all of them, whether the indexer heard of them, and publishes them with its own
+    assert len(store.open()) == 0
     resumed = sync(root, store, PixelEmbedder(RESOLVED))
     assert resumed.embedded == 10 - len(written) and resumed.total == 10
     assert (resumed.known_bad, resumed.skipped) == (1, [])  # broken.jpg was handed over before the stop
@@ -114,6 +116,7 @@ def test_the_ray_worker_writes_its_batch_and_returns_no_vectors(tmp_path):
     root = photos(tmp_path / "data", 3)
     store = milvus_store(tmp_path / "m.db", root)
     sync(root, store, PixelEmbedder(RESOLVED))  # the collection, then one file changes
+    before = store.open().feats.tolist()
     save_image(root / "img01.jpg", seed=7, width=64)
     with store.writer(RESOLVED, dtype="float32", rebuild=False, whitening=None, weights_path=None) as w:
         w.set_skipped([])
@@ -135,10 +138,14 @@ def test_the_ray_worker_writes_its_batch_and_returns_no_vectors(tmp_path):
     out = actor(pickle.loads(pickle.dumps(sink)))(batch)
     assert "vector" not in out and list(out["fatal"]) == ["", ""]
     assert out["error"][0] and not out["error"][1]
+    assert store.open().feats.tolist() == before  # the worker's row waits for a commit to publish it
+    with store.writer(RESOLVED, dtype="float32", rebuild=False, whitening=None, weights_path=None) as w:
+        w.commit()  # a run after a crash: it holds the newest row of each path and publishes it
     index = store.open()
+    assert len(index) == 3
     row = index.paths.index("img01.jpg")
     want = PixelEmbedder(RESOLVED).vector(root / "img01.jpg")
     np.testing.assert_allclose(index.feats[row], want, atol=1e-6)
-    nowhere = MilvusSink("http://127.0.0.1:9", sink.collection)
+    nowhere = MilvusSink("http://127.0.0.1:9", sink.collection, sink.born)
     fatal = actor(nowhere)(batch)["fatal"]
     assert "Milvus" in fatal[0] and "\n" not in fatal[0]

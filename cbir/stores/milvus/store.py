@@ -45,8 +45,10 @@ class MilvusStore:
         self._client: MilvusClient | None = None
 
     @classmethod
-    def from_uri(cls, uri: str, root: str | os.PathLike[str]) -> MilvusStore:
-        return cls(parse_milvus_uri(uri), root)
+    def from_uri(
+        cls, uri: str, root: str | os.PathLike[str], clock: Callable[[], float] = time.time
+    ) -> MilvusStore:
+        return cls(parse_milvus_uri(uri), root, clock)
 
     @property
     def location(self) -> str:

@@ -71,6 +71,7 @@ from cbir.service.settings import FeatureChoice, resolve_settings
 from cbir.stores.base import Store
 from cbir.stores.folder.store import FolderStore
 from cbir.stores.milvus import reader as milvus_reader  # noqa: E402
+from cbir.stores.milvus.client import LIVE  # noqa: E402
 from cbir.stores.milvus.store import MilvusStore  # noqa: E402
 
 K = 10
@@ -193,6 +194,38 @@ def bench_stores(args: argparse.Namespace, tmp: Path, server: str | None) -> Non
             f"{name:<16}{rate:>14,.0f}{finish:>10.1f}{m['p50']:>9.2f}{m['p95']:>9.2f}{m['recall']:>11.3f}{ratio:>12}"
         )
     print("x folder: insert rate / p50 latency, as ratios of the folder store's in this run")
+    versions = [(name, store) for name, store in stores if isinstance(store, MilvusStore)]
+    if versions:
+        bench_version_filter(versions, feats, queries)
+
+
+def bench_version_filter(
+    stores: list[tuple[str, MilvusStore]], feats: np.ndarray, queries: np.ndarray
+) -> None:
+    """Each Milvus store's single-query p50 with its reader's version filter (and the horizon check
+    after each search) against the same reader without either, queries alternating between the two,
+    after a commit that re-wrote 10% of the rows (so a tenth of the rows are dead ones to skip)."""
+    print(f"\nversion filter: p50 of {len(queries)} single queries, after 10% of the rows were re-written")
+    print(f"{'store':<16}{'rows':>9}{'dead':>8}{'filtered ms':>13}{'plain ms':>10}{'x plain':>9}")
+    for name, store in stores:
+        again = np.arange(0, len(feats), 10)
+        with store.writer(CONFIG, dtype="float32", rebuild=False, whitening=None, weights_path=None) as w:
+            w.put([Entry(flat_name(int(i)), 1, 2) for i in again], np.ascontiguousarray(feats[again]))
+            w.commit()
+        versioned, plain = store.open(), store.open()
+        plain.number, plain.mine = None, ""  # every row, no horizon check: how reads were before versions
+        searchers = {"filtered": versioned.searcher(), "plain": plain.searcher()}
+        for searcher in searchers.values():
+            searcher.search(queries[:1], K)  # warm up
+        times: dict[str, list[float]] = {"filtered": [], "plain": []}
+        for q in queries:
+            for kind, searcher in searchers.items():
+                t = time.perf_counter()
+                searcher.search(q[None], K)
+                times[kind].append(time.perf_counter() - t)
+        dead = sum(1 for _ in store.collection().rows(f"dies < {LIVE}", ["path"]))
+        f, p = (1e3 * float(np.median(times[k])) for k in ("filtered", "plain"))
+        print(f"{name:<16}{len(versioned):>9,}{dead:>8,}{f:>13.2f}{p:>10.2f}{f / p:>9.2f}")
 
 
 @dataclass

@@ -412,6 +412,13 @@ class MilvusCollection:
             props.get(KEY_FORMAT) == FORMAT,
         )
 
+    def horizon(self) -> int | None:
+        """The collection's horizon (one call: a reader asks after each read); None when the
+        collection is not a versioned one of cbir's any more (dropped, made again, migrated)."""
+        with milvus_errors(f"reading the collection {self.name}"):
+            props = self.client.describe_collection(self.name).get("properties") or {}
+        return _int_property(props, KEY_HORIZON) if props.get(KEY_FORMAT) == FORMAT else None
+
     def exists(self) -> bool:
         with milvus_errors(f"reading the collection {self.name}"):
             return bool(self.client.has_collection(self.name))

@@ -43,7 +43,6 @@ from cbir.search.filters import ResultFilter, allowed_k, folder_prefix, moments
 from cbir.stores.milvus.client import (
     EF_SEARCH,
     MilvusCollection,
-    Record,
     both,
     folder_of,
     literal,
@@ -114,13 +113,13 @@ class MilvusIndex(IndexedFiles):
         index.check_kept()
         return index
 
-    def check_kept(self, record: Record | None = None) -> None:
+    def check_kept(self) -> None:
         """Raise (one line) when rows of this reader's version may have been deleted since it opened:
-        the collection's horizon passed its version, or the collection is gone."""
+        the collection's horizon passed its version (or it is no longer a versioned collection)."""
         if self.number is None:
             return
-        record = record or self.collection.record()
-        if record is None or not record.versioned or record.horizon > self.number:
+        horizon = self.collection.horizon()
+        if horizon is None or horizon > self.number:
             raise IndexFolderError(COLLECTED.format(self.location))
 
     def labels(self) -> list[Labels | None]:

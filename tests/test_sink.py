@@ -149,3 +149,30 @@ def test_the_ray_worker_writes_its_batch_and_returns_no_vectors(tmp_path):
     nowhere = MilvusSink("http://127.0.0.1:9", sink.collection, sink.born)
     fatal = actor(nowhere)(batch)["fatal"]
     assert "Milvus" in fatal[0] and "\n" not in fatal[0]
+
+
+def test_checkpoints_during_the_workers_run_publish_nothing_until_they_end(tmp_path):
+    """A worker may write into the sink's version until it returns: readers opened between the
+    run's checkpoints all see the version published when the sink was handed out (the changed file
+    dropped, nothing a worker wrote); the commit after the last worker publishes every row at once."""
+    root = photos(tmp_path / "data", 6)
+    store = milvus_store(tmp_path / "m.db", root)
+    sync(root, store, PixelEmbedder(RESOLVED))
+    save_image(root / "img01.jpg", seed=99, width=80)  # re-embedded by a worker
+    save_image(root / "img06.jpg", seed=60)  # new
+    seen: list[tuple[object, list[str]]] = []
+
+    class Watched(DirectPixelEmbedder):
+        def _hand_over(self, outcome):  # a reader between the checkpoints (checkpoint_every=1)
+            index = store.open()
+            seen.append((index.version, list(index.paths)))
+            return super()._hand_over(outcome)
+
+    report = sync(root, store, Watched(RESOLVED, ahead=1))
+    assert report.embedded == 2 and len(seen) == 2 and seen[0] == seen[1]
+    assert seen[0][1] == ["img02.jpg", "img04.jpg", "img05.jpg", "sub/img00.jpg", "sub/img03.jpg"]
+    after = store.open()
+    assert after.version != seen[0][0] and "img06.jpg" in after.paths and "img01.jpg" in after.paths
+    plain = FolderStore(root, tmp_path / "plain")
+    sync(root, plain, PixelEmbedder(RESOLVED))
+    same_rows(plain.open(), after)

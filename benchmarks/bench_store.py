@@ -64,6 +64,7 @@ from cbir.encoders.base import (
 from cbir.encoders.features import FeatureConfig  # noqa: E402
 from cbir.indexing.indexer import IndexOptions, update_index  # noqa: E402
 from cbir.indexing.ray_runner import RayEmbedder, RaySource  # noqa: E402
+from cbir.search.base import Searcher  # noqa: E402
 from cbir.search.exact import top_k  # noqa: E402
 from cbir.search.filters import ResultFilter  # noqa: E402
 from cbir.service.query import SearchRequest, search_index  # noqa: E402
@@ -71,6 +72,7 @@ from cbir.service.settings import FeatureChoice, resolve_settings
 from cbir.stores.base import Store
 from cbir.stores.folder.store import FolderStore
 from cbir.stores.milvus import reader as milvus_reader  # noqa: E402
+from cbir.stores.milvus.client import LIVE  # noqa: E402
 from cbir.stores.milvus.store import MilvusStore  # noqa: E402
 
 K = 10
@@ -193,6 +195,52 @@ def bench_stores(args: argparse.Namespace, tmp: Path, server: str | None) -> Non
             f"{name:<16}{rate:>14,.0f}{finish:>10.1f}{m['p50']:>9.2f}{m['p95']:>9.2f}{m['recall']:>11.3f}{ratio:>12}"
         )
     print("x folder: insert rate / p50 latency, as ratios of the folder store's in this run")
+    versions = [(name, store) for name, store in stores if isinstance(store, MilvusStore)]
+    if versions:
+        bench_version_filter(versions, feats, queries)
+
+
+def bench_version_filter(
+    stores: list[tuple[str, MilvusStore]], feats: np.ndarray, queries: np.ndarray
+) -> None:
+    """Each Milvus store's single-query p50 with its reader's version filter (and the horizon check
+    after each search) against the same collection read without either (how reads were before
+    versions), queries alternating between the two; then, after a commit that re-wrote 10% of the
+    rows (a tenth of the rows are now dead ones the filter skips), with the filter again. The plain
+    reader is measured only before the re-write: with dead rows it would meet two rows of a path."""
+    print(f"\nversion filter: p50 of {len(queries)} single queries (ms)")
+    print(
+        f"{'store':<16}{'rows':>9}{'plain':>9}{'filtered':>10}{'x plain':>9}"
+        f"{'dead':>8}{'filtered':>10}{'x plain':>9}"
+    )
+    for name, store in stores:
+        versioned, plain = store.open(), store.open()
+        plain.number, plain.mine = None, ""  # every row, no horizon check
+        first = alternating({"filtered": versioned.searcher(), "plain": plain.searcher()}, queries)
+        again = np.arange(0, len(feats), 10)
+        with store.writer(CONFIG, dtype="float32", rebuild=False, whitening=None, weights_path=None) as w:
+            w.put([Entry(flat_name(int(i)), 1, 2) for i in again], np.ascontiguousarray(feats[again]))
+            w.commit()
+            w.finish("hnsw")
+        after = alternating({"filtered": store.open().searcher()}, queries)
+        dead = sum(1 for _ in store.collection().rows(f"dies < {LIVE}", ["path"]))
+        f, p, a = first["filtered"], first["plain"], after["filtered"]
+        print(
+            f"{name:<16}{len(versioned):>9,}{p:>9.2f}{f:>10.2f}{f / p:>9.2f}{dead:>8,}{a:>10.2f}{a / p:>9.2f}"
+        )
+
+
+def alternating(searchers: dict[str, Searcher], queries: np.ndarray) -> dict[str, float]:
+    """The p50 (ms) of single queries through each searcher, one query through each in turn."""
+    for searcher in searchers.values():
+        searcher.search(queries[:1], K)  # warm up
+    times: dict[str, list[float]] = {kind: [] for kind in searchers}
+    for q in queries:
+        for kind, searcher in searchers.items():
+            t = time.perf_counter()
+            searcher.search(q[None], K)
+            times[kind].append(time.perf_counter() - t)
+    return {kind: 1e3 * float(np.median(t)) for kind, t in times.items()}
 
 
 @dataclass

@@ -91,7 +91,8 @@ def store_of(request, tmp_path) -> Callable[[Path], Store]:
 
 
 def hook_milvus_writes(monkeypatch, check: Callable[[], None]) -> None:
-    """Run ``check`` before each delete, each batch written, each commit stamp and each flush."""
+    """Run ``check`` before each delete, each batch written (new rows and retired ones), each
+    commit stamp, each collection of dead rows and each flush."""
     from cbir.stores.milvus import client, writer
 
     def before(owner: object, name: str) -> None:
@@ -103,8 +104,9 @@ def hook_milvus_writes(monkeypatch, check: Callable[[], None]) -> None:
 
         monkeypatch.setattr(owner, name, hooked)
 
-    before(client.MilvusCollection, "delete")
+    before(client.MilvusCollection, "delete_where")
     before(client.MilvusCollection, "set_commit")
+    before(client.MilvusCollection, "set_properties")
     before(writer, "upsert")
     before(writer.MilvusWriter, "finish")
 

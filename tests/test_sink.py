@@ -94,7 +94,9 @@ def test_a_stop_in_the_middle_keeps_what_the_workers_wrote(tmp_path, monkeypatch
         sync(root, store, stopping)
     written = set(stopping.written)
     assert len(written) == 7  # four outcomes handed over, three more rows written ahead of them
-    assert set(store.open().paths) == written  # all of them held, whether the indexer heard of them
+    # not published (a worker may still write into their version), but kept: the next run holds
+    # all of them, whether the indexer heard of them, and publishes them with its own
+    assert len(store.open()) == 0
     resumed = sync(root, store, PixelEmbedder(RESOLVED))
     assert resumed.embedded == 10 - len(written) and resumed.total == 10
     assert (resumed.known_bad, resumed.skipped) == (1, [])  # broken.jpg was handed over before the stop
@@ -114,6 +116,7 @@ def test_the_ray_worker_writes_its_batch_and_returns_no_vectors(tmp_path):
     root = photos(tmp_path / "data", 3)
     store = milvus_store(tmp_path / "m.db", root)
     sync(root, store, PixelEmbedder(RESOLVED))  # the collection, then one file changes
+    before = store.open().feats.tolist()
     save_image(root / "img01.jpg", seed=7, width=64)
     with store.writer(RESOLVED, dtype="float32", rebuild=False, whitening=None, weights_path=None) as w:
         w.set_skipped([])
@@ -135,10 +138,41 @@ def test_the_ray_worker_writes_its_batch_and_returns_no_vectors(tmp_path):
     out = actor(pickle.loads(pickle.dumps(sink)))(batch)
     assert "vector" not in out and list(out["fatal"]) == ["", ""]
     assert out["error"][0] and not out["error"][1]
+    assert store.open().feats.tolist() == before  # the worker's row waits for a commit to publish it
+    with store.writer(RESOLVED, dtype="float32", rebuild=False, whitening=None, weights_path=None) as w:
+        w.commit()  # a run after a crash: it holds the newest row of each path and publishes it
     index = store.open()
+    assert len(index) == 3
     row = index.paths.index("img01.jpg")
     want = PixelEmbedder(RESOLVED).vector(root / "img01.jpg")
     np.testing.assert_allclose(index.feats[row], want, atol=1e-6)
-    nowhere = MilvusSink("http://127.0.0.1:9", sink.collection)
+    nowhere = MilvusSink("http://127.0.0.1:9", sink.collection, sink.born)
     fatal = actor(nowhere)(batch)["fatal"]
     assert "Milvus" in fatal[0] and "\n" not in fatal[0]
+
+
+def test_checkpoints_during_the_workers_run_publish_nothing_until_they_end(tmp_path):
+    """A worker may write into the sink's version until it returns: readers opened between the
+    run's checkpoints all see the version published when the sink was handed out (the changed file
+    dropped, nothing a worker wrote); the commit after the last worker publishes every row at once."""
+    root = photos(tmp_path / "data", 6)
+    store = milvus_store(tmp_path / "m.db", root)
+    sync(root, store, PixelEmbedder(RESOLVED))
+    save_image(root / "img01.jpg", seed=99, width=80)  # re-embedded by a worker
+    save_image(root / "img06.jpg", seed=60)  # new
+    seen: list[tuple[object, list[str]]] = []
+
+    class Watched(DirectPixelEmbedder):
+        def _hand_over(self, outcome):  # a reader between the checkpoints (checkpoint_every=1)
+            index = store.open()
+            seen.append((index.version, list(index.paths)))
+            return super()._hand_over(outcome)
+
+    report = sync(root, store, Watched(RESOLVED, ahead=1))
+    assert report.embedded == 2 and len(seen) == 2 and seen[0] == seen[1]
+    assert seen[0][1] == ["img02.jpg", "img04.jpg", "img05.jpg", "sub/img00.jpg", "sub/img03.jpg"]
+    after = store.open()
+    assert after.version != seen[0][0] and "img06.jpg" in after.paths and "img01.jpg" in after.paths
+    plain = FolderStore(root, tmp_path / "plain")
+    sync(root, plain, PixelEmbedder(RESOLVED))
+    same_rows(plain.open(), after)

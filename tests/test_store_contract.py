@@ -239,9 +239,16 @@ def test_a_reader_keeps_its_version_and_notices_a_new_one(tmp_path, make_store):
     sync(root, store, emb)
     old = store.open()
     assert old.is_current() and old.refresh() is old
+    first = emb.vector(root / "img001.jpg")
     photos(root, 3, start=20)
+    save_image(root / "img001.jpg", seed=99, quality=92)  # re-embedded by the next commit
+    os.utime(root / "img001.jpg", ns=(1, 1))
     sync(root, store, emb)
     assert len(old) == 6 and not old.is_current()
+    row = old.row_named("img001.jpg")  # the old reader reads its own version's vector, and finds it
+    assert row is not None
+    np.testing.assert_allclose(old.searcher().vectors(np.array([row]))[0], first, atol=1e-6)
+    assert old.searcher().search(first[None], 1)[0][0, 0] == row
     rows, _ = old.searcher().search(old.feats[:2], 6)
     assert rows.max() < 6  # only rows of its own version
     assert len(old.refresh()) == 9

@@ -425,6 +425,7 @@ def _embed(
             pending = len(vecs) + len(adopted)
             if pending >= options.checkpoint_every or time.monotonic() - last >= options.checkpoint_seconds:
                 checkpoint()
+        store.end_sink()  # every result is in, so every worker has returned: its rows may be published
     except BaseException as exc:
         try:
             checkpoint()  # keep the finished work, whatever stopped the run

@@ -98,6 +98,9 @@ class ShardView:
     def adopt(self, entries: Sequence[Entry]) -> None:
         self.inner.adopt(entries)
 
+    def end_sink(self) -> None:
+        self.inner.end_sink()
+
     def set_taken(self, taken: Mapping[str, str]) -> None:
         self.inner.set_taken(taken)
 

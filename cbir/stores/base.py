@@ -77,6 +77,12 @@ class IndexWriter(Protocol):
         """Hold rows a sink wrote (part of the version at the next commit, which stamps them)."""
         ...
 
+    def end_sink(self) -> None:
+        """Every worker given a sink has returned: no row is written through it any more, so the
+        next commit may publish its rows (a store whose sink rows wait for this keeps them
+        unpublished until then; called only after a run's workers all finished)."""
+        ...
+
     def set_taken(self, taken: Mapping[str, str]) -> None:
         """Record the capture time of held rows, by path (no vector changes)."""
         ...

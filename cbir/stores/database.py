@@ -141,6 +141,9 @@ class DatabaseWriter:
         self._held.update({e.path: e for e in entries})
         self._adopted = self._adopted or bool(entries)
 
+    def end_sink(self) -> None:
+        """Nothing here: a store whose sink rows wait for the workers' end overrides it."""
+
     def set_taken(self, taken: Mapping[str, str]) -> None:
         self._taken.update({p: t for p, t in taken.items() if p in self._held})
 

@@ -245,6 +245,9 @@ class FolderWriter:
     def adopt(self, entries: Sequence[Entry]) -> None:
         raise ValueError("the folder store hands out no sink; its rows come through put")
 
+    def end_sink(self) -> None:
+        """Nothing: the folder store hands out no sink."""
+
     def set_taken(self, taken: Mapping[str, str]) -> None:
         if self._denied is not None:
             return  # informational: not worth failing a read-only index that is otherwise up to date

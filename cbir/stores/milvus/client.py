@@ -1,12 +1,19 @@
 """Talking to Milvus (the milvus extra, ``pymilvus.MilvusClient``): URIs, connecting, errors, and
 one collection as the Milvus store keeps it (:class:`MilvusCollection`).
 
-One collection holds one dataset indexed with one set of features. Its fields: ``path`` (the file
-relative to the dataset root; the primary key), ``vector`` (HNSW, inner product), ``size`` and
+One collection holds one dataset indexed with one set of features, in versions: each commit is a
+version number, and a row is a file as one range of versions saw it. Its fields: ``key`` (the primary
+key: the path and the version the row was written in, :func:`row_key`), ``path`` (the file relative
+to the dataset root), ``born`` and ``dies`` (the row belongs to versions ``born <= V < dies``;
+``dies`` is :data:`LIVE` while the row is current), ``vector`` (HNSW, inner product), ``size`` and
 ``mtime_ns`` (what the file was embedded at), ``folder`` and ``taken`` (for the filters), ``status``
-(0 indexed, 1 failed, 2 failed for a reason that may pass) and ``reason``. The feature settings,
-the weights file and a commit stamp live in the collection's properties (Milvus Lite keeps no
-description), checked on every open. The store is :mod:`cbir.stores.milvus.store`, its writer
+(0 indexed, 1 failed, 2 failed for a reason that may pass) and ``reason``. A reader of version V
+adds :func:`visible` to every expression. The feature settings, the weights file, the commit stamp,
+the committed version, the times of recent commits and the collection horizon (rows that died at or
+before it are deleted) live in the collection's properties (Milvus Lite keeps no description),
+checked on every open. Collections of the first format (:data:`OLD_FORMAT`, keyed by path, no
+versions) are read as they are and moved to this one by the next writer
+(:mod:`cbir.stores.milvus.migrate`). The store is :mod:`cbir.stores.milvus.store`, its writer
 :mod:`cbir.stores.milvus.writer`, its reader and searcher :mod:`cbir.stores.milvus.reader`.
 
 The labels of ``cbir index --labels`` live in a second collection beside it, ``COLLECTION_labels``
@@ -40,7 +47,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,10 +66,15 @@ engine_log = logging.getLogger("cbir.stores.milvus.engine")
 TOKEN_ENV = "CBIR_MILVUS_TOKEN"
 """The environment variable holding the token (``user:password`` or an API key) of a Milvus server."""
 
-FORMAT = "cbir-milvus-1"
+FORMAT = "cbir-milvus-2"
+OLD_FORMAT = "cbir-milvus-1"  # keyed by path, no versions: read as is, migrated by the next writer
 KEY_FORMAT, KEY_SETTINGS = "cbir.format", "cbir.settings"
 KEY_WEIGHTS, KEY_COMMIT = "cbir.weights", "cbir.commit"
 KEY_READ_TS = "cbir.read_ts"
+KEY_VERSION, KEY_TIMES, KEY_HORIZON = "cbir.version", "cbir.commit_times", "cbir.horizon"
+KEY_COMPLETE = "cbir.complete"  # on a migration's new collection once every row is copied
+LIVE = 2**62  # ``dies`` of a current row: later than any version
+MIGRATING, RETIRED = "_cbir_migrating", "_cbir_format1"  # suffixes of a migration's two collections
 HNSW = {"M": 32, "efConstruction": 80}  # the folder store's HNSW build parameters (cbir.stores.folder.ann)
 EF_SEARCH = 256
 MAX_PATH = 16_384  # bytes: a 4096-byte POSIX path with every byte escaped as \xNN
@@ -125,6 +137,26 @@ def name_literal(name: str) -> str:
 def path_in(paths: Iterable[str]) -> str:
     """The expression true for the rows of ``paths`` (names in memory)."""
     return f"path in [{', '.join(map(name_literal, paths))}]"
+
+
+def visible(version: int) -> str:
+    """The expression true for the rows of version ``version``."""
+    return f"born <= {int(version)} and dies > {int(version)}"
+
+
+def both(*parts: str) -> str:
+    """The conjunction of the non-empty expressions ``parts``."""
+    return " and ".join(f"({p})" for p in parts if p)
+
+
+def row_key(path: str, born: int) -> str:
+    """A row's primary key: the stored form of ``path`` (no ``#`` is special in it) and its version."""
+    return f"{to_key(path)}#{int(born)}"
+
+
+def key_in(keys: Iterable[str]) -> str:
+    """The expression true for the rows of the primary keys ``keys``."""
+    return f"key in [{', '.join(map(literal, keys))}]"
 
 
 def stored_reason(reason: str) -> str:
@@ -267,13 +299,21 @@ def new_commit_stamp() -> str:
 @dataclass(frozen=True)
 class Record:
     """What a collection says about itself (its properties): settings, weights file, commit stamp,
-    and the server timestamp its readers read at (``read_ts``, 0: none, see :func:`read_at`)."""
+    the server timestamp its readers read at (``read_ts``, 0: none, see :func:`read_at`), the
+    committed version, when each recent version was committed (``times``: version -> seconds, those
+    whose dead rows are not yet deleted) and the ``horizon`` (rows with ``dies <= horizon`` are
+    deleted: readers of versions before it cannot read whole); ``versioned`` False for a collection
+    of :data:`OLD_FORMAT`."""
 
     config: FeatureConfig
     dim: int
     weights_path: str | None
     commit: str
     read_ts: int = 0
+    version: int = 0
+    times: dict[int, float] = field(default_factory=dict)
+    horizon: int = 0
+    versioned: bool = True
 
     def properties(self) -> dict[str, str]:
         return {
@@ -282,7 +322,29 @@ class Record:
             KEY_WEIGHTS: self.weights_path or "",
             KEY_COMMIT: self.commit,
             KEY_READ_TS: str(self.read_ts),
+            KEY_VERSION: str(self.version),
+            KEY_TIMES: times_text(self.times),
+            KEY_HORIZON: str(self.horizon),
         }
+
+
+def times_text(times: dict[int, float]) -> str:
+    return json.dumps({str(v): t for v, t in sorted(times.items())})
+
+
+def _int_property(props: dict[str, str], key: str) -> int:
+    try:
+        return max(0, int(props.get(key) or 0))
+    except ValueError:
+        return 0
+
+
+def _times(props: dict[str, str]) -> dict[int, float]:
+    try:
+        doc = json.loads(props.get(KEY_TIMES) or "{}")
+        return {int(v): float(t) for v, t in doc.items()}
+    except (ValueError, TypeError, AttributeError):
+        return {}  # damaged: dead rows wait for later commits' times
 
 
 # A read must see every row committed before it. A server's default, "Bounded", lets a query miss
@@ -328,7 +390,7 @@ class MilvusCollection:
             if not self.client.has_collection(self.name):
                 return None
             props = self.client.describe_collection(self.name).get("properties") or {}
-        if props.get(KEY_FORMAT) != FORMAT:
+        if props.get(KEY_FORMAT) not in (FORMAT, OLD_FORMAT):
             raise StoreError(f"the collection {self.where} was not made by cbir; name another one in --store")
         try:
             doc: JSONDict = json.loads(props[KEY_SETTINGS])
@@ -338,18 +400,44 @@ class MilvusCollection:
             raise IndexFolderError(
                 f"the collection {self.where} has damaged settings ({exc}); rebuild with --rebuild"
             ) from None
-        try:
-            read_ts = max(0, int(props.get(KEY_READ_TS) or 0))
-        except ValueError:
-            read_ts = 0  # not one cbir wrote: read "Strong"
-        return Record(config, dim, props.get(KEY_WEIGHTS) or None, props.get(KEY_COMMIT, ""), read_ts)
+        return Record(
+            config,
+            dim,
+            props.get(KEY_WEIGHTS) or None,
+            props.get(KEY_COMMIT, ""),
+            _int_property(props, KEY_READ_TS),  # 0 (none, or not one cbir wrote): read "Strong"
+            _int_property(props, KEY_VERSION),
+            _times(props),
+            _int_property(props, KEY_HORIZON),
+            props.get(KEY_FORMAT) == FORMAT,
+        )
+
+    def horizon(self) -> int | None:
+        """The collection's horizon (one call: a reader asks after each read); None when the
+        collection is not a versioned one of cbir's any more (dropped, made again, migrated)."""
+        with milvus_errors(f"reading the collection {self.name}"):
+            props = self.client.describe_collection(self.name).get("properties") or {}
+        return _int_property(props, KEY_HORIZON) if props.get(KEY_FORMAT) == FORMAT else None
+
+    def exists(self) -> bool:
+        with milvus_errors(f"reading the collection {self.name}"):
+            return bool(self.client.has_collection(self.name))
+
+    def complete(self) -> bool:
+        """Whether a migration's new collection holds every row (:data:`KEY_COMPLETE`)."""
+        with milvus_errors(f"reading the collection {self.name}"):
+            props = self.client.describe_collection(self.name).get("properties") or {}
+        return props.get(KEY_COMPLETE) == "1"
 
     def create(self, record: Record) -> None:
         """A new, empty collection for ``record`` (another process may have made it meanwhile)."""
         from pymilvus import DataType, MilvusClient
 
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("path", DataType.VARCHAR, is_primary=True, max_length=MAX_PATH)
+        schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=MAX_PATH + 24)
+        schema.add_field("path", DataType.VARCHAR, max_length=MAX_PATH)
+        schema.add_field("born", DataType.INT64)
+        schema.add_field("dies", DataType.INT64)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=record.dim)
         schema.add_field("size", DataType.INT64)
         schema.add_field("mtime_ns", DataType.INT64)
@@ -375,12 +463,42 @@ class MilvusCollection:
         with milvus_errors(f"dropping the collection {self.name}"):
             self.client.drop_collection(self.name)
 
-    def set_commit(self, stamp: str, read_ts: int) -> None:
-        """Stamp a new commit, and the server timestamp its readers read at (one call: both or neither)."""
+    def set_commit(self, stamp: str, read_ts: int, version: int, times: dict[int, float]) -> None:
+        """Publish version ``version``: its stamp, the server timestamp its readers read at and the
+        commit times (one call: all or none)."""
+        self.set_properties(
+            {
+                KEY_COMMIT: stamp,
+                KEY_READ_TS: str(read_ts),
+                KEY_VERSION: str(version),
+                KEY_TIMES: times_text(times),
+            }
+        )
+
+    def set_properties(self, properties: dict[str, str]) -> None:
         with milvus_errors(f"committing to the collection {self.name}"):
-            self.client.alter_collection_properties(
-                self.name, properties={KEY_COMMIT: stamp, KEY_READ_TS: str(read_ts)}
-            )
+            self.client.alter_collection_properties(self.name, properties=properties)
+
+    def rename(self, new_name: str) -> None:
+        with milvus_errors(f"renaming the collection {self.name}"):
+            self.client.rename_collection(self.name, new_name)
+
+    def delete_where(self, where: str) -> None:
+        """Delete every row matching the expression ``where``."""
+        with milvus_errors(f"deleting from the collection {self.name}"):
+            self.client.delete(self.name, filter=where)
+
+    def by_key(self, keys: Sequence[str], fields: list[str]) -> Iterator[JSONDict]:
+        """The rows of the primary keys ``keys`` that exist, with ``fields`` (read "Strong")."""
+        for start in range(0, len(keys), IDS_PER_CALL):
+            with milvus_errors(f"reading the collection {self.name}"):
+                got = self.client.query(
+                    self.name,
+                    filter=key_in(keys[start : start + IDS_PER_CALL]),
+                    output_fields=_with_path(fields),
+                    **read_at(0),
+                )
+            yield from _named(got)
 
     def ensure_loaded(self) -> None:
         """A reopened collection must be loaded before it is searched or queried (a restarted server
@@ -400,14 +518,15 @@ class MilvusCollection:
         form are left out)."""
         return rows_of(self.client, self.name, where, fields, batch, ts)
 
-    def get(self, paths: Sequence[str], fields: list[str], ts: int = 0) -> Iterator[JSONDict]:
-        """The rows of ``paths`` (any status) that exist, with ``fields``, read at ``ts``; ``path`` in
-        memory form."""
-        return get_rows(self.client, self.name, paths, fields, ts)
+    def get(self, paths: Sequence[str], fields: list[str], ts: int = 0, also: str = "") -> Iterator[JSONDict]:
+        """The rows of ``paths`` (any status) that exist and match ``also``, with ``fields``, read at
+        ``ts``; ``path`` in memory form."""
+        return get_rows(self.client, self.name, paths, fields, ts, also)
 
-    def delete(self, paths: Sequence[str]) -> None:
-        """Delete the rows of ``paths``."""
-        delete_rows(self.client, self.name, paths)
+    def delete_keys(self, keys: Sequence[str]) -> None:
+        """Delete the rows of the primary keys ``keys``."""
+        for start in range(0, len(keys), IDS_PER_CALL):
+            self.delete_where(key_in(keys[start : start + IDS_PER_CALL]))
 
 
 LABELS_SUFFIX = "_labels"
@@ -506,15 +625,15 @@ def rows_of(
 
 
 def get_rows(
-    client: MilvusClient, name: str, paths: Sequence[str], fields: list[str], ts: int = 0
+    client: MilvusClient, name: str, paths: Sequence[str], fields: list[str], ts: int = 0, also: str = ""
 ) -> Iterator[JSONDict]:
-    """The rows of ``paths`` (names in memory) that exist, with ``fields``, read at ``ts``
-    (:func:`read_at`); ``path`` in memory form."""
+    """The rows of ``paths`` (names in memory) that exist and match ``also``, with ``fields``, read
+    at ``ts`` (:func:`read_at`); ``path`` in memory form."""
     for start in range(0, len(paths), IDS_PER_CALL):
         with milvus_errors(f"reading the collection {name}"):
             got = client.query(
                 name,
-                filter=path_in(paths[start : start + IDS_PER_CALL]),
+                filter=both(path_in(paths[start : start + IDS_PER_CALL]), also),
                 output_fields=_with_path(fields),
                 **read_at(ts),
             )

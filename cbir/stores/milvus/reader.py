@@ -1,11 +1,16 @@
 """Reading the Milvus store: :class:`MilvusIndex` (one committed version's rows) and
 :class:`MilvusSearcher` (HNSW search in Milvus, answered in the reader's row numbers).
 
-The reader lists the indexed rows (path, stat, capture time; no vectors) when it opens, sorted by
-path: that list is its version, and its rows never change meanwhile. Milvus has no multi-row
-transactions, so a search may meet rows committed after the reader opened: they are left out (and
-more candidates fetched), so results only name rows of the reader's version. Vectors are read on
-demand (``vectors(rows)``), or all at once for an exact scan (``feats``).
+A reader opens the collection's committed version V and filters every read on it (``born <= V <
+dies``, :func:`~cbir.stores.milvus.client.visible`): its row list (path, stat, capture time; no
+vectors, sorted by path), its vectors (on demand, ``vectors(rows)``, or all at once for an exact
+scan, ``feats``), its failures and every search. Rows written or retired by later commits are not
+in V, so a reader never mixes vectors of two commits however long the writer runs beside it. After
+each read it checks the collection's horizon: once V's dead rows are deleted (a grace period after
+a newer commit, :mod:`cbir.stores.milvus.writer`), it fails with one line instead of answering from
+part of V. Labels are not versioned (the labels collection is keyed by path): a reader may meet the
+labels of a file changed since V. A collection of the first format has no versions: its readers
+see each row as it is when read (the weaker guarantee), until a writer migrates it.
 
 Every read of a reader is made at its commit's server timestamp (``read_ts``,
 :func:`~cbir.stores.milvus.client.read_at`): it sees every row of that commit, and waits for the
@@ -14,7 +19,7 @@ server's time tick only while the commit is younger than one tick; without one, 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +27,7 @@ import numpy as np
 from cbir.core.errors import IndexFolderError
 from cbir.core.labels import Labels, labels_from_text
 from cbir.core.records import Entry, Skipped
+from cbir.core.types import JSONDict
 from cbir.encoders.features import FeatureConfig
 from cbir.search.base import (
     Searcher,
@@ -37,6 +43,7 @@ from cbir.search.filters import ResultFilter, allowed_k, folder_prefix, moments
 from cbir.stores.milvus.client import (
     EF_SEARCH,
     MilvusCollection,
+    both,
     folder_of,
     literal,
     milvus_errors,
@@ -44,12 +51,17 @@ from cbir.stores.milvus.client import (
     path_in,
     path_of,
     read_at,
+    visible,
 )
 from cbir.stores.milvus.writer import FIELDS, OK, failure_of, row_entry
 from cbir.stores.rows import IndexedFiles, check_same_settings
 
 MAX_TOPK = 16_384  # Milvus' largest search limit
 CHANGED = "the collection {} changed while it was read; run the command again"
+COLLECTED = (
+    "the version of the collection {} this reader opened was cleared after newer commits; "
+    "run the command again"
+)
 
 
 class MilvusIndex(IndexedFiles):
@@ -64,9 +76,12 @@ class MilvusIndex(IndexedFiles):
         commit: str,
         entries: list[Entry],
         read_ts: int = 0,
+        number: int | None = None,
     ) -> None:
         self.collection, self.root, self._config = collection, root, config
         self.dim, self.commit, self.read_ts = dim, commit, read_ts
+        self.number = number  # the version read (None: a collection of the first format)
+        self.mine = "" if number is None else visible(number)  # the expression of this version's rows
         self.entries = entries
         self.paths = [e.path for e in entries]
         self._by_path: dict[str, int] | None = None
@@ -86,12 +101,26 @@ class MilvusIndex(IndexedFiles):
                 f"no index in {collection.where}; build one with: cbir index {root} --store URI"
             )
         collection.ensure_loaded()
-        fields = ["path", "size", "mtime_ns", "taken"]
-        rows = collection.rows(f"status == {OK}", fields, ts=record.read_ts)
-        entries = sorted((row_entry(r) for r in rows), key=lambda e: e.path)
-        index = cls(collection, root, record.config, record.dim, record.commit, entries, record.read_ts)
+        number = record.version if record.versioned else None
+        mine = "" if number is None else visible(number)
+        fields = ["path", "size", "mtime_ns", "taken", *(["born"] if record.versioned else [])]
+        rows = collection.rows(both(f"status == {OK}", mine), fields, ts=record.read_ts)
+        entries = sorted((row_entry(r) for r in newest(rows)), key=lambda e: e.path)
+        index = cls(
+            collection, root, record.config, record.dim, record.commit, entries, record.read_ts, number
+        )
         index.labeller = collection.labels().classifier()
+        index.check_kept()
         return index
+
+    def check_kept(self) -> None:
+        """Raise (one line) when rows of this reader's version may have been deleted since it opened:
+        the collection's horizon passed its version (or it is no longer a versioned collection)."""
+        if self.number is None:
+            return
+        horizon = self.collection.horizon()
+        if horizon is None or horizon > self.number:
+            raise IndexFolderError(COLLECTED.format(self.location))
 
     def labels(self) -> list[Labels | None]:
         """Each row's labels (None: not labelled), read from the labels collection on first use."""
@@ -127,8 +156,9 @@ class MilvusIndex(IndexedFiles):
     def skipped(self) -> list[Skipped]:
         """The failures the collection remembers (its rows of status 1 and 2), read on first use."""
         if self._skipped is None:
-            rows = self.collection.rows(f"status > {OK}", FIELDS)
+            rows = self.collection.rows(both(f"status > {OK}", self.mine), FIELDS, ts=self.read_ts)
             self._skipped = sorted((failure_of(r) for r in rows), key=lambda s: s.path)
+            self.check_kept()
         return self._skipped
 
     def check_compatible(self, config: FeatureConfig) -> None:
@@ -147,10 +177,13 @@ class MilvusIndex(IndexedFiles):
             out = np.zeros((len(self.paths), self.dim), dtype=np.float32)
             seen = np.zeros(len(self.paths), dtype=bool)
             lookup = self._lookup()
-            for row in self.collection.rows(f"status == {OK}", ["path", "vector"], ts=self.read_ts):
+            for row in self.collection.rows(
+                both(f"status == {OK}", self.mine), ["path", "vector"], ts=self.read_ts
+            ):
                 i = lookup.get(str(row["path"]))
                 if i is not None:
                     out[i], seen[i] = row["vector"], True
+            self.check_kept()
             if not seen.all():
                 raise IndexFolderError(CHANGED.format(self.location))
             self._feats = out
@@ -163,11 +196,13 @@ class MilvusIndex(IndexedFiles):
             return np.asarray(self._feats[rows])
         out = np.zeros((len(rows), self.dim), dtype=np.float32)
         ids = [self.paths[r] for r in rows]
+        fields = ["vector", "status", *(["born"] if self.number is not None else [])]
         got = {
             str(r["path"]): r["vector"]
-            for r in self.collection.get(ids, ["vector", "status"], self.read_ts)
+            for r in newest(self.collection.get(ids, fields, self.read_ts, self.mine))
             if r["status"] == OK
         }
+        self.check_kept()
         for i, path in enumerate(ids):
             if path not in got:
                 raise IndexFolderError(CHANGED.format(self.location))
@@ -279,11 +314,12 @@ class MilvusSearcher:
                 name,
                 data=q.tolist(),
                 limit=limit,
-                filter=f"status == {OK}" + (f" and {self.expr}" if self.expr else ""),
+                filter=both(f"status == {OK}", self.index.mine, self.expr),
                 output_fields=["path"],
                 search_params={"metric_type": "IP", "params": {"ef": max(self.ef, limit)}},
                 **read_at(self.index.read_ts),
             )
+        self.index.check_kept()
         lookup = self.index._lookup()
         out = []
         for qi, found in enumerate(hits):
@@ -293,10 +329,23 @@ class MilvusSearcher:
                 path = path_of(hit["entity"])
                 row = None if path is None else lookup.get(path)
                 if row is not None and row not in banned:
+                    banned.add(row)  # once: a path has one row in a version (a second is a stray)
                     pairs.append((-float(hit["distance"]), row))
             pairs.sort()
             out.append(([r for _, r in pairs], [-s for s, _ in pairs]))
         return out
+
+
+def newest(rows: Iterable[JSONDict]) -> list[JSONDict]:
+    """One row per path, the one of the highest ``born`` (a version holds one row per path; a
+    stray second one is a worker's write a crash left unadopted)."""
+    out: dict[str, JSONDict] = {}
+    for row in rows:
+        path = str(row["path"])
+        old = out.get(path)
+        if old is None or int(row.get("born", 0)) > int(old.get("born", 0)):
+            out[path] = row
+    return list(out.values())
 
 
 MAX_LISTED = 4096  # folders or files named in one expression; a filter naming more stays a mask

@@ -9,6 +9,8 @@ and a whitening would have to travel with it to every machine that embeds querie
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,15 +35,20 @@ if TYPE_CHECKING:
 class MilvusStore:
     """A :class:`~cbir.stores.base.Store` in one Milvus collection."""
 
-    def __init__(self, address: MilvusAddress, root: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, address: MilvusAddress, root: str | os.PathLike[str], clock: Callable[[], float] = time.time
+    ) -> None:
         self.address = address
         self.root = Path(root)
+        self.clock = clock  # the writer's commit times (when dead rows may be deleted)
         self.name = address.collection or default_collection(self.root)
         self._client: MilvusClient | None = None
 
     @classmethod
-    def from_uri(cls, uri: str, root: str | os.PathLike[str]) -> MilvusStore:
-        return cls(parse_milvus_uri(uri), root)
+    def from_uri(
+        cls, uri: str, root: str | os.PathLike[str], clock: Callable[[], float] = time.time
+    ) -> MilvusStore:
+        return cls(parse_milvus_uri(uri), root, clock)
 
     @property
     def location(self) -> str:
@@ -88,7 +95,12 @@ class MilvusStore:
         if whitening is not None:
             raise StoreError("the Milvus store cannot hold a whitening; index without --whiten-on")
         return MilvusWriter(
-            self.collection(), config, rebuild=rebuild, weights_path=weights_path, address=self.address
+            self.collection(),
+            config,
+            rebuild=rebuild,
+            weights_path=weights_path,
+            address=self.address,
+            clock=self.clock,
         )
 
     def open(self) -> MilvusIndex:

@@ -138,9 +138,11 @@ class Node:
 
 
 class RayCluster:
-    """A head and a second node on 127.0.0.1 (see the module docstring)."""
+    """A head and a second node on 127.0.0.1 (see the module docstring); ``head_cpus`` and
+    ``second=False`` make the one-node cluster the benchmark compares with."""
 
-    def __init__(self) -> None:
+    def __init__(self, head_cpus: int = 1, second: bool = True) -> None:
+        self.head_cpus, self.with_second = head_cpus, second
         self.base = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # short: Ray's socket paths
         self.port, self.client_port = free_ports(2)
         self.taken = {self.port, self.client_port}
@@ -157,7 +159,12 @@ class RayCluster:
 
     def start(self) -> None:
         """Start both nodes and return once the GCS lists both alive; RuntimeError otherwise."""
-        common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0", "--disable-usage-stats"]
+        common = [
+            "--node-ip-address=127.0.0.1",
+            f"--num-cpus={self.head_cpus}",
+            "--num-gpus=0",
+            "--disable-usage-stats",
+        ]
         self.head = Node(
             [
                 "--head",
@@ -172,7 +179,8 @@ class RayCluster:
             self.env,
         )
         self.wait_for(1)
-        self.add_second()
+        if self.with_second:
+            self.add_second()
 
     def add_second(self) -> None:
         """Start the second node (again, after :meth:`kill_second`) and wait until it is alive."""

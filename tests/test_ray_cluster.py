@@ -40,9 +40,9 @@ def index_args(data: Path, store: str, weights: Path, *more: object) -> list[str
     return [sys.executable, "-m", "cbir", *map(str, args)]
 
 
-def start(cmd: Sequence[str], cwd: Path, cluster: object | None) -> subprocess.Popen[str]:
+def start(cmd: Sequence[str], cwd: Path, cluster: object) -> subprocess.Popen[str]:
     """``cmd`` started with this tree's cbir and, to join ``cluster``, its token."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), **(cluster.auth if cluster is not None else {}))  # type: ignore[attr-defined]
+    env = dict(os.environ, PYTHONPATH=str(REPO), **cluster.auth)  # type: ignore[attr-defined]
     return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -63,6 +63,23 @@ def one_line(err: str, *words: str) -> None:
         assert word in lines[0], err
 
 
+def plain_index(data: Path, weights: Path, store: object) -> int:
+    """A plain (non-Ray) run of the same settings into ``store``, in this process (its model is
+    built once a session: the CLI's own path is what the ``--ray`` runs exercise); its total."""
+    from cbir.encoders.base import RuntimeOptions
+    from cbir.indexing.indexer import IndexOptions, update_index
+    from cbir.service.settings import FeatureChoice, resolve_settings
+
+    settings = resolve_settings(
+        data,
+        features=FeatureChoice(model="mobilenetv2", size=64),
+        weights=str(weights),
+        runtime=RuntimeOptions(runtime="keras"),
+    )
+    options = IndexOptions(progress=False, checkpoint_every=EVERY)
+    return update_index(data, settings, options=options, store=store).total  # type: ignore[arg-type]
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, mobilenetv2_weights) -> tuple[Path, dict[str, np.ndarray]]:
     """IMAGES small images in four folders and their rows from a clean local (non-Ray) build."""
@@ -72,14 +89,9 @@ def dataset(tmp_path_factory, mobilenetv2_weights) -> tuple[Path, dict[str, np.n
     data = base / "data"
     for i in range(IMAGES):
         save_image(data / f"f{i % 4}" / f"img{i:03d}.png", seed=i, width=48, height=40)
-    clean = base / "clean"
-    cmd = index_args(data, "", mobilenetv2_weights)
-    cmd[cmd.index("--store") : cmd.index("--store") + 2] = ["--index", str(clean)]
-    code, out, err = finished(start(cmd, base, None))
-    assert code == 0, err
-    rows = rows_of(FolderStore(data, clean).open())
-    assert len(rows) == IMAGES
-    return data, rows
+    clean = FolderStore(data, base / "clean")
+    assert plain_index(data, mobilenetv2_weights, clean) == IMAGES
+    return data, rows_of(clean.open())
 
 
 def same_as_clean(got: dict[str, np.ndarray], clean: dict[str, np.ndarray]) -> None:
@@ -143,10 +155,10 @@ def test_two_nodes_into_the_server_a_node_killed_then_the_server_killed(
         assert code in (0, 2), err
         if code == 2:
             one_line(err, "a Ray worker failed", "(its Ray node died)")
-            plain = index_args(data, uris["node_killed"], mobilenetv2_weights, "--json")
-            code, out, err = finished(start(plain, data.parent, None))  # the re-run: what is left
-            assert code == 0, err
-        assert f'"total": {IMAGES}' in out
+            resumed = MilvusStore.from_uri(uris["node_killed"], data)
+            assert plain_index(data, mobilenetv2_weights, resumed) == IMAGES  # the re-run: the rest
+        else:
+            assert f'"total": {IMAGES}' in out
         ray_cluster.add_second()
 
         # 2. the server killed while the workers write (or the driver commits what they wrote)
@@ -163,10 +175,7 @@ def test_two_nodes_into_the_server_a_node_killed_then_the_server_killed(
             milvus_server.start()
 
     # 3. that index completed by a plain run (the Ray path's rows are what is checked)
-    plain = index_args(data, uris["server_killed"], mobilenetv2_weights, "--json")
-    code, out, err = finished(start(plain, data.parent, None))
-    assert code == 0, err
-    assert f'"total": {IMAGES}' in out
+    assert plain_index(data, mobilenetv2_weights, MilvusStore.from_uri(uris["server_killed"], data)) == IMAGES
     for name, uri in uris.items():
         same_as_clean(rows_of(MilvusStore.from_uri(uri, data).open()), clean)
         assert row_count(milvus_server, name) == IMAGES  # no duplicate rows

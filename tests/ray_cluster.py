@@ -212,7 +212,7 @@ class RayCluster:
 
     def alive(self) -> list[dict[str, object]]:
         """The nodes the GCS knows alive: ``{"id", "resources"}`` each."""
-        return self.answer(self.helper("0", "30"), "the Ray cluster's nodes")
+        return self.answer(self.helper("-1", "30"), "the Ray cluster's nodes")
 
     def answer(self, proc: subprocess.Popen[str], what: str) -> list[dict[str, object]]:
         out, err = proc.communicate(timeout=START_TIMEOUT + 30)
@@ -229,7 +229,7 @@ class RayCluster:
         return next(str(n["id"]) for n in self.alive() if resource in n["resources"])  # type: ignore[operator]
 
     def wait_for(self, nodes: int) -> None:
-        """Return once ``nodes`` nodes are alive (the GCS polled by a helper process while the
+        """Return once exactly ``nodes`` nodes are alive (the GCS polled by a helper process while the
         nodes' processes are watched); RuntimeError with the nodes' output if one exits first."""
         poller = self.helper(str(nodes), str(START_TIMEOUT))
         try:
@@ -249,9 +249,12 @@ class RayCluster:
                 poller.communicate()
 
     def kill_second(self) -> None:
-        """``kill -9`` of the second node; returns once its processes are gone."""
+        """``kill -9`` of the second node; returns once its processes are gone and the GCS has
+        noticed (the head alone alive: a node started next is then told apart from this one)."""
         if self.second is not None:
             self.second.kill()
+            self.second = None
+            self.wait_for(1)
 
     def stop(self) -> None:
         """Both nodes killed (only this cluster's processes), their temp dirs removed."""
@@ -262,8 +265,9 @@ class RayCluster:
 
 
 def poll(address: str, wanted: int, timeout: float) -> list[dict[str, object]]:
-    """The alive nodes of the cluster at ``address`` once there are ``wanted`` (polled every 0.25 s
-    up to ``timeout``: the GCS may not be up yet)."""
+    """The alive nodes of the cluster at ``address`` once there are exactly ``wanted`` (any number
+    if negative), polled every 0.25 s up to ``timeout``: the GCS may not be up yet, and a killed
+    node is alive to it until its health checks fail."""
     from ray._raylet import GcsClient
 
     deadline = time.monotonic() + timeout
@@ -275,12 +279,12 @@ def poll(address: str, wanted: int, timeout: float) -> list[dict[str, object]]:
                 for node_id, info in infos.items()
                 if info.state == 0  # ALIVE
             ]
-            if len(found) >= wanted:
+            if wanted < 0 or len(found) == wanted:
                 return found
         except Exception:  # the GCS is not up yet: Ray raises RpcError, ConnectionError...
             pass
         if time.monotonic() > deadline:
-            raise SystemExit(f"fewer than {wanted} alive Ray nodes after {timeout:.0f} s")
+            raise SystemExit(f"not {wanted} alive Ray nodes after {timeout:.0f} s")
         time.sleep(0.25)  # the pause between two polls (a poll with a deadline, not a synchronisation)
 
 

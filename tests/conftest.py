@@ -206,3 +206,21 @@ def milvus_server(tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real two-node Ray cluster on 127.0.0.1 (``ray start --head`` and ``ray start --address``, one
+    CPU and a resource of its own each), started once per session and always stopped (only its own
+    processes); skipped with the reason where Ray cannot start."""
+    from ray_cluster import RayCluster, why_not
+
+    reason = why_not()
+    if reason is not None:
+        pytest.skip(reason)
+    cluster = RayCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

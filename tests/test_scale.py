@@ -119,6 +119,16 @@ def test_a_ray_workers_failure_is_one_line():
     assert worker_error(dual) is ours
     other = worker_error(FakeRayError(MemoryError("\nout of memory\nmore")))
     assert str(other) == "a Ray worker failed: MemoryError: out of memory"
+    # Ray Data chains an empty marker under Ray's error of an actor lost with its node
+    lost = RuntimeError(
+        "The actor died unexpectedly before finishing this task.\n\tpid: 1\n"
+        "The actor died because its node has died. Node Id: 81"
+    )
+    lost.__cause__ = type("SystemException", (Exception,), {})()
+    assert str(worker_error(lost)) == (
+        "a Ray worker failed: RuntimeError: The actor died unexpectedly before finishing this task."
+        " (its Ray node died)"
+    )
 
 
 @pytest.fixture

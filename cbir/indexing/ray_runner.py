@@ -137,8 +137,11 @@ def worker_error(exc: BaseException) -> CbirError:
     for err in reversed(chain):  # the worker's own, not Ray's wrapper (which may subclass it)
         if isinstance(err, CbirError) and "\n" not in str(err).strip():
             return err
-    root = chain[-1]
-    return CbirError(f"a Ray worker failed: {type(root).__name__}: {first_line(root)}")
+    # the deepest that says something: Ray Data chains an empty marker (SystemException) under
+    # Ray's own error (an actor lost with its node)
+    root = next((err for err in reversed(chain) if str(err).strip()), chain[-1])
+    lost = " (its Ray node died)" if "its node has died" in str(root) else ""
+    return CbirError(f"a Ray worker failed: {type(root).__name__}: {first_line(root)}{lost}")
 
 
 def _failure(error: object, transient: object) -> BadImageError | None:
@@ -276,7 +279,11 @@ class RaySource(SourceFeatures):
         warnings.filterwarnings("ignore", message=r".*deprecated and will be removed in Ray")
         if not ray.is_initialized():
             self._start()
-        adopt_library_logs()  # Ray installs its own handlers on import and in ray.init
+        import ray.data  # before the handlers are taken back: importing it installs Ray Data's own
+
+        # Ray installs its own handlers on import and in ray.init, Ray Data on import; left there, a
+        # failed run's traceback (a worker node lost) reached the terminal before cbir's one line
+        adopt_library_logs()
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False

@@ -121,8 +121,10 @@ def test_a_ray_workers_failure_is_one_line():
     assert str(other) == "a Ray worker failed: MemoryError: out of memory"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def local_ray():
+    """One local Ray for the tests of this module (a start takes seconds); each test's actors end
+    with its run."""
     ray = pytest.importorskip("ray", reason="the ray extra is not installed")
     for attempt in range(2):  # a local start can time out on 2 loaded cores: once more, as cbir does
         try:

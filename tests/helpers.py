@@ -83,6 +83,23 @@ def cli(
     )
 
 
+def together(*commands: Sequence[object], **kwargs: Any) -> list[subprocess.CompletedProcess[str]]:
+    """``subprocess.run(command, capture_output=True, text=True, **kwargs)`` of each command, all at
+    once: for independent processes that share no writable state (each start loads its libraries
+    for seconds, and a test machine has more than one core); the results in the commands' order."""
+    started = [
+        subprocess.Popen(
+            [str(a) for a in c], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+        )
+        for c in commands
+    ]
+    results = []
+    for proc in started:
+        out, err = proc.communicate(timeout=600)
+        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return results
+
+
 def cbir_cli(*args, cwd: Path) -> subprocess.CompletedProcess:
     return cli(*args, cwd=cwd, script=None)
 

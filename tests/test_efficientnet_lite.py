@@ -50,6 +50,19 @@ def lite0(cache: ModelCache, runtime: str, **kwargs: object) -> Embedder:
     return Embedder(config, weights, workers=1, runtime=runtime, model_cache=cache, **kwargs)
 
 
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> tuple[ModelCache, Embedder]:
+    """Lite0 converted to LiteRT once, into a fresh cache of this module: the conversion test checks
+    it; the other tests read copies of that cache (the conversion takes seconds)."""
+    cache = ModelCache(tmp_path_factory.mktemp("lite0") / "cache")
+    return cache, lite0(cache, "litert")
+
+
+def copy_of(cache: ModelCache, dest) -> ModelCache:
+    shutil.copytree(cache.root, dest)
+    return ModelCache(dest)
+
+
 def test_the_registry_offers_the_three_variants_with_the_reference_sizes():
     names = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
     sizes = {name: REGISTRY[name].input_size for name in names}
@@ -96,12 +109,12 @@ def test_a_checkpoint_of_another_variant_does_not_fit():
 
 
 @pytest.mark.slow
-def test_imagenet_predictions_on_real_photos(tmp_path):
+def test_imagenet_predictions_on_real_photos(tmp_path, converted):
     """Elephants and buses of Corel-1k are recognised as what they are, in Keras and in LiteRT, and
     the probabilities come from the same pass as the features."""
     photos = [require(COREL_IMAGES / f"{n}.jpg") for n in (500, 520, 300, 310)]
     expected = [{AFRICAN_ELEPHANT, TUSKER, INDIAN_ELEPHANT}] * 2 + [{TROLLEYBUS, SCHOOL_BUS}] * 2
-    cache = ModelCache(tmp_path / "cache")
+    cache = copy_of(converted[0], tmp_path / "cache")  # LiteRT: the module's conversion
     found = {}
     for runtime in ("keras", "litert"):
         embedder = lite0(cache, runtime)
@@ -118,11 +131,10 @@ def test_imagenet_predictions_on_real_photos(tmp_path):
 
 
 @pytest.mark.slow
-def test_litert_conversion_is_checked_and_cached(tmp_path):
-    cache = ModelCache(tmp_path / "cache")
-    converted = lite0(cache, "litert")
+def test_litert_conversion_is_checked_and_cached(converted):
+    cache, converted = converted  # converted in a fresh cache
     assert converted.network.name == "litert"
-    (model,) = (tmp_path / "cache").glob("litert-efficientnet-lite0-*.tflite")
+    (model,) = cache.root.glob("litert-efficientnet-lite0-*.tflite")
     record = json.loads(model.with_suffix(".json").read_text())
     assert record["cosine_to_keras"] >= 0.9999 and record["network"]["model"] == "efficientnet-lite0"
     again = lite0(cache, "auto", load_tensorflow=no_tensorflow)  # from the cache: no TensorFlow
@@ -132,12 +144,15 @@ def test_litert_conversion_is_checked_and_cached(tmp_path):
 
 
 @pytest.mark.slow
-def test_index_and_query_from_the_command_line(tmp_path):
+def test_index_and_query_from_the_command_line(tmp_path, converted, monkeypatch):
     installed("efficientnet-lite0")
     data = tmp_path / "photos"
     for i in range(5):
         save_image(data / f"img{i}.jpg", seed=i, width=160, height=120, quality=92)
+    # the commands' model cache (CBIR_MODEL_CACHE) holds the module's conversion: none is repeated
+    monkeypatch.setenv("CBIR_MODEL_CACHE", str(copy_of(converted[0], tmp_path / "models").root))
     ok(cbir_cli("index", data, "--model", "efficientnet-lite0", cwd=tmp_path))
+    assert len(list((tmp_path / "models").glob("*.tflite"))) == 1  # found there, not converted again
     manifest = json.loads((data / ".cbir" / "manifest.json").read_text())
     assert manifest["config"]["model"] == "efficientnet-lite0"
     query = shutil.copy(data / "img3.jpg", tmp_path / "query.jpg")  # not indexed: embedded by the model

@@ -10,7 +10,7 @@ import sys
 import warnings
 
 import pytest
-from helpers import REPO, logging_restored
+from helpers import REPO, logging_restored, together
 
 from cbir.core.quiet import adopt_library_logs, route_logs
 
@@ -81,10 +81,9 @@ tf.get_logger().error("ERROR-FROM-tensorflow")
 logging.getLogger("cbir.test").warning("cbir's own")
 """
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    quiet = subprocess.run([sys.executable, "-c", script, "0"], capture_output=True, text=True, env=env)
+    quiet, loud = together([sys.executable, "-c", script, "0"], [sys.executable, "-c", script, "1"], env=env)
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stderr == "cbir: WARNING: cbir's own\n" and quiet.stdout == ""
-    loud = subprocess.run([sys.executable, "-c", script, "1"], capture_output=True, text=True, env=env)
     for library in ("pymilvus", "milvus_lite", "ray", "uvicorn", "python_multipart", "tensorflow"):
         assert f"cbir: ERROR: [{library}] ERROR-FROM-" in loud.stderr
 

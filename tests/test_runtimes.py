@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -41,12 +42,30 @@ def weights(mobilenet_weights) -> Weights:
     return Weights.from_file(mobilenet_weights)
 
 
+@dataclass
+class FirstConversion:
+    """MobileNet 0.25 at 64x64 in a fresh cache: first in Keras (``keras_made_cache``: whether that
+    created the cache folder), then in LiteRT, converted there (seconds: done once per module)."""
+
+    cache: ModelCache
+    reference: Embedder
+    keras_made_cache: bool
+    converted: Embedder
+
+
 @pytest.fixture(scope="module")
-def converted(mobilenet_weights, tmp_path_factory) -> ModelCache:
-    """A cache holding MobileNet 0.25 at 64x64, converted once for the tests that only read it."""
-    cache = ModelCache(tmp_path_factory.mktemp("converted"))
-    embedder(Weights.from_file(mobilenet_weights), cache, "litert")
-    return cache
+def first_conversion(mobilenet_weights, tmp_path_factory) -> FirstConversion:
+    weights = Weights.from_file(mobilenet_weights)
+    cache = ModelCache(tmp_path_factory.mktemp("converted") / "cache")
+    reference = embedder(weights, cache, "keras")
+    made = cache.root.exists()
+    return FirstConversion(cache, reference, made, embedder(weights, cache, "litert"))
+
+
+@pytest.fixture
+def converted(first_conversion) -> ModelCache:
+    """The cache holding that conversion, for the tests that only read it (or copy it first)."""
+    return first_conversion.cache
 
 
 def copy_of(cache: ModelCache, dest) -> ModelCache:
@@ -60,15 +79,14 @@ def images() -> list[np.ndarray]:
 
 
 @pytest.mark.slow
-def test_litert_gives_keras_features_and_is_cached(tmp_path, weights, images, caplog):
-    cache = ModelCache(tmp_path / "cache")
-    reference = embedder(weights, cache, "keras")
-    assert reference.network.name == "keras" and not (tmp_path / "cache").exists()
-    converted = embedder(weights, cache, "litert")
+def test_litert_gives_keras_features_and_is_cached(first_conversion, weights, images, caplog):
+    first = first_conversion
+    cache, reference, converted = first.cache, first.reference, first.converted
+    assert reference.network.name == "keras" and not first.keras_made_cache
     assert converted.network.name == "litert" and converted.dim == reference.dim == 256
     expected = reference.embed_arrays(images)
     assert lowest_cosine(converted.embed_arrays(images), expected) >= 0.9999
-    models = list((tmp_path / "cache").glob("*.tflite"))
+    models = list(cache.root.glob("*.tflite"))
     assert len(models) == 1
     record = json.loads(models[0].with_suffix(".json").read_text())
     assert record["network"]["weights"] == weights.identity and record["cosine_to_keras"] >= 0.9999

@@ -96,6 +96,51 @@ def test_shard_options_on_the_command_line(tmp_path):
     one_line_error(cli("index", data, "--shard", "0/2", "--ray", cwd=tmp_path, script=None), "--ray")
 
 
+@pytest.mark.slow
+def test_cli_index_with_ray_into_milvus_then_query(tmp_path, mobilenetv2_weights):
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    data = folder(tmp_path / "data", 6)
+    store = f"milvus:{tmp_path / 'm.db'}"
+    model = ("--model", "mobilenetv2", "--size", "64", "--weights", mobilenetv2_weights)
+    run = ok(
+        cli(
+            "index",
+            data,
+            "--store",
+            store,
+            "--ray",
+            *model,
+            "--runtime",
+            "keras",
+            "--json",
+            cwd=tmp_path,
+            script=None,
+        )
+    )
+    assert '"added": 6' in run.stdout and "broken.jpg" in run.stdout
+    found = ok(
+        cli(
+            "query",
+            data,
+            "--like",
+            "img01.jpg",
+            "--store",
+            store,
+            "--json",
+            "-k",
+            "3",
+            cwd=tmp_path,
+            script=None,
+        )
+    )
+    assert found.stdout.count('"path"') == 3 and "img01.jpg" not in found.stdout.split('"matches"')[1]
+    # weights a worker cannot read: the worker's own one-line error, not Ray's traceback
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"not hdf5")
+    bad = ("--model", "xception", "--size", "71", "--weights", junk, "--index", tmp_path / "i")
+    one_line_error(cli("index", data, "--ray", *bad, cwd=tmp_path, script=None), "weights file", "junk.h5")
+
+
 class FakeRayError(Exception):
     """Shaped like Ray's task errors: a traceback as its text, the worker's exception as ``cause``."""
 
@@ -131,8 +176,10 @@ def test_a_ray_workers_failure_is_one_line():
     )
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def local_ray():
+    """One local Ray for the tests below (a start takes seconds; each test's actors end with its run).
+    The command-line test above runs first, with no Ray in this process, as a user's command does."""
     ray = pytest.importorskip("ray", reason="the ray extra is not installed")
     for attempt in range(2):  # a local start can time out on 2 loaded cores: once more, as cbir does
         try:
@@ -222,48 +269,3 @@ def test_a_ray_run_stopped_midway_is_completed_by_a_plain_run(
     plain = FolderStore(root, tmp_path / "plain")
     update_index(root, settings, options=options, store=plain)
     same_rows(plain.open(), store.open(), atol=1e-5)
-
-
-@pytest.mark.slow
-def test_cli_index_with_ray_into_milvus_then_query(tmp_path, mobilenetv2_weights):
-    pytest.importorskip("ray", reason="the ray extra is not installed")
-    data = folder(tmp_path / "data", 6)
-    store = f"milvus:{tmp_path / 'm.db'}"
-    model = ("--model", "mobilenetv2", "--size", "64", "--weights", mobilenetv2_weights)
-    run = ok(
-        cli(
-            "index",
-            data,
-            "--store",
-            store,
-            "--ray",
-            *model,
-            "--runtime",
-            "keras",
-            "--json",
-            cwd=tmp_path,
-            script=None,
-        )
-    )
-    assert '"added": 6' in run.stdout and "broken.jpg" in run.stdout
-    found = ok(
-        cli(
-            "query",
-            data,
-            "--like",
-            "img01.jpg",
-            "--store",
-            store,
-            "--json",
-            "-k",
-            "3",
-            cwd=tmp_path,
-            script=None,
-        )
-    )
-    assert found.stdout.count('"path"') == 3 and "img01.jpg" not in found.stdout.split('"matches"')[1]
-    # weights a worker cannot read: the worker's own one-line error, not Ray's traceback
-    junk = tmp_path / "junk.h5"
-    junk.write_bytes(b"not hdf5")
-    bad = ("--model", "xception", "--size", "71", "--weights", junk, "--index", tmp_path / "i")
-    one_line_error(cli("index", data, "--ray", *bad, cwd=tmp_path, script=None), "weights file", "junk.h5")

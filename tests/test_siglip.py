@@ -184,9 +184,9 @@ def train_tiny_siglip(folder: Path) -> Path:
     return save_preset(backbone, vocabulary.getvalue(), folder)
 
 
-EPOCHS, BATCHES, BATCH = 5, 200, 32
-"""1000 steps of 32 different seen pairs (of 51): with the added colours and shapes, 600 steps left
-the unseen pairs at P@5 0.72-0.84 over three seeds, 1000 steps 0.92-1.0 over six."""
+EPOCHS, BATCHES, BATCH = 5, 200, 48
+"""1000 steps of 48 different seen pairs (of 51). With the added colours and shapes, the unseen
+pairs' P@5 over seeds: 600 steps of 32 pairs 0.72-0.84, 1000 of 32 0.92-1.0, this 0.96-1.0."""
 
 
 @pytest.fixture(scope="module")
@@ -255,8 +255,10 @@ def test_a_trained_joint_model_finds_unseen_pairs_by_words_through_the_cli(train
     results = text_index(index, settings, captions, SearchRequest(k=5))
     found = [[m.path for m in r.matches] for r in results]
     shown = [[Path(p).parent.name + "/" + Path(p).name for p in paths] for paths in [paths] + found]
-    # the command and the service agree (as sets: one query alone or six in a batch may swap near ties)
-    assert sorted(shown[0]) == sorted(shown[1]) and len(shown[0]) == 5
+    # the command and the service find the same pairs: which of a pair's six near-identical pictures
+    # comes fifth may differ (the command re-ranks by default, the service's request does not)
+    folders = [sorted(name.split("/")[0] for name in names) for names in shown[:2]]
+    assert len(shown[0]) == 5 and folders[0] == folders[1]
     pairs = [precision_at_5(paths, *pair) for paths, pair in zip(found[1:], sorted(HELD_OUT))]
     colours = [precision_at_5(paths, pair[0]) for paths, pair in zip(found[1:], sorted(HELD_OUT))]
     print("held-out captions, P@5 of the pair / of the colour:", dict(zip(captions[1:], zip(pairs, colours))))

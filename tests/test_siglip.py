@@ -6,11 +6,12 @@ trained with a contrastive (InfoNCE) loss on generated pictures of coloured shap
 and written as a Keras Hub preset folder with its SentencePiece vocabulary. From there everything is
 the product's path: ``cbir index DATA --model DIR`` (both towers converted to LiteRT and cached),
 ``cbir query DATA --text ...`` (the tokenizer and the cached text tower: no TensorFlow), the service's
-word search. Five colour-shape pairs are never shown in training and are queried by their captions;
-the issue's target (P@5 >= 0.9 on them) is NOT reached by this tiny model: it measured 0.68 for the
-pair (chance 0.05) and 0.92 for the colour, and the test asserts ten times chance (0.5).
-The download of a built-in preset is tested up to
-the network (Kaggle's ``model_download``, the one call mocked), and its offline message.
+word search. Five colour-shape pairs are never shown in training and are queried by their captions
+among pictures of every pair (distractors sharing the colour or the shape included): the test asserts
+the issue's target, P@5 >= 0.9 for the pair (chance 0.05). The training pictures add colours and
+shapes that are never queried, so that the towers learn colour and shape apart. The download of a
+built-in preset is tested up to the network (Kaggle's ``model_download``, the one call mocked), and
+its offline message.
 """
 
 from __future__ import annotations
@@ -37,6 +38,18 @@ COLOURS = {
     "purple": (150, 50, 190),
 }
 SHAPES = ("circle", "square", "triangle", "cross")
+TRAINING_COLOURS = {
+    "orange": (240, 140, 30),
+    "pink": (240, 130, 180),
+    "brown": (120, 70, 30),
+    "black": (25, 25, 25),
+    "cyan": (40, 200, 210),
+}
+TRAINING_SHAPES = ("diamond", "ring", "star")
+"""Colours and shapes of the training pictures only (never queried, never in the indexed set), shown
+with every colour and shape: each queried shape is seen in eight colours less its held-out ones, each
+queried colour on seven shapes, so the towers learn colour and shape apart (without them the unseen
+pairs' P@5 swung from 0.36 to 0.68 with the seed)."""
 BACKGROUNDS = ("plain", "stripes")
 HELD_OUT = {
     ("green", "triangle"),
@@ -49,6 +62,7 @@ HELD_OUT = {
 SIDE, LENGTH = 32, 8
 RADIUS = (13.0, 16.0)
 """Large shapes: the 8 px patches of the tiny ViT see their edges (10-14 measured 0.52)."""
+PAINT = {**COLOURS, **TRAINING_COLOURS}
 
 
 def draw(rng: np.random.Generator, colour: str, shape: str, background: str) -> np.ndarray:
@@ -68,9 +82,15 @@ def draw(rng: np.random.Generator, colour: str, shape: str, background: str) -> 
         mask = (dx <= r * 0.85) & (dy <= r * 0.85)
     elif shape == "cross":
         mask = ((dx <= r * 0.3) & (dy <= r)) | ((dy <= r * 0.3) & (dx <= r))
+    elif shape == "diamond":
+        mask = dx + dy <= r
+    elif shape == "ring":
+        mask = (dx**2 + dy**2 <= r * r) & (dx**2 + dy**2 >= (0.55 * r) ** 2)
+    elif shape == "star":
+        mask = np.hypot(dx, dy) <= r * (0.6 + 0.4 * np.cos(5 * np.arctan2(yy - cy, xx - cx)))
     else:
         mask = (yy >= cy - r) & (yy <= cy + r) & (dx <= (yy - (cy - r)) / 2)
-    img[mask] = np.array(COLOURS[colour]) + rng.normal(0, 10, 3)
+    img[mask] = np.array(PAINT[colour]) + rng.normal(0, 10, 3)
     img += rng.normal(0, 6, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
 
@@ -88,10 +108,11 @@ def train_tiny_siglip(folder: Path) -> Path:
     from cbir.encoders.joint.tokenizer import Tokenizer
     from cbir.encoders.joint.towers import preprocess_images, save_preset
 
-    seen = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in HELD_OUT]
+    shapes = SHAPES + TRAINING_SHAPES
+    seen = [(c, s) for c in PAINT for s in shapes if (c, s) not in HELD_OUT]
     vocabulary = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter([caption(c, s, b) for c in COLOURS for s in SHAPES for b in BACKGROUNDS]),
+        sentence_iterator=iter([caption(c, s, b) for c in PAINT for s in shapes for b in BACKGROUNDS]),
         model_writer=vocabulary,
         vocab_size=64,
         hard_vocab_limit=False,
@@ -111,8 +132,8 @@ def train_tiny_siglip(folder: Path) -> Path:
 
     rng = np.random.default_rng(1)
     images, texts = [], []
-    for _ in range(200):  # each batch: every seen pair once (no false negatives in the loss)
-        for j in rng.permutation(len(seen)):
+    for _ in range(BATCHES):  # each batch: BATCH different seen pairs (no false negatives in the loss)
+        for j in rng.permutation(len(seen))[:BATCH]:
             background = BACKGROUNDS[rng.integers(2)]
             images.append(draw(rng, *seen[j], background))
             # Stripes are named half the time, so "a red circle" means any background: a caption
@@ -157,14 +178,15 @@ def train_tiny_siglip(folder: Path) -> Path:
         optimizer.apply_gradients(zip(grads, backbone.trainable_variables))
         return loss
 
-    batch = len(seen)
     for _ in range(EPOCHS):
-        for i in range(0, len(x), batch):
-            step(x[i : i + batch], ids[i : i + batch])
+        for i in range(0, len(x), BATCH):
+            step(x[i : i + BATCH], ids[i : i + BATCH])
     return save_preset(backbone, vocabulary.getvalue(), folder)
 
 
-EPOCHS = 3
+EPOCHS, BATCHES, BATCH = 5, 200, 48
+"""1000 steps of 48 different seen pairs (of 51). With the added colours and shapes, the unseen
+pairs' P@5 over seeds: 600 steps of 32 pairs 0.72-0.84, 1000 of 32 0.92-1.0, this 0.96-1.0."""
 
 
 @pytest.fixture(scope="module")
@@ -233,12 +255,14 @@ def test_a_trained_joint_model_finds_unseen_pairs_by_words_through_the_cli(train
     results = text_index(index, settings, captions, SearchRequest(k=5))
     found = [[m.path for m in r.matches] for r in results]
     shown = [[Path(p).parent.name + "/" + Path(p).name for p in paths] for paths in [paths] + found]
-    # the command and the service agree (as sets: one query alone or six in a batch may swap near ties)
-    assert sorted(shown[0]) == sorted(shown[1]) and len(shown[0]) == 5
+    # the command and the service find the same pairs: which of a pair's six near-identical pictures
+    # comes fifth may differ (the command re-ranks by default, the service's request does not)
+    folders = [sorted(name.split("/")[0] for name in names) for names in shown[:2]]
+    assert len(shown[0]) == 5 and folders[0] == folders[1]
     pairs = [precision_at_5(paths, *pair) for paths, pair in zip(found[1:], sorted(HELD_OUT))]
     colours = [precision_at_5(paths, pair[0]) for paths, pair in zip(found[1:], sorted(HELD_OUT))]
     print("held-out captions, P@5 of the pair / of the colour:", dict(zip(captions[1:], zip(pairs, colours))))
-    assert np.mean(pairs) >= 0.5  # ten times chance (6 of 120 images show each pair); measured 0.68
+    assert np.mean(pairs) >= 0.9  # the issue's target (chance 0.05: 6 of 120 images show each pair)
 
     # words blended into "more like this" (rclip's --text-weight), through the command line: a red
     # circle's neighbours are red circles; with most of the weight on "green", green pictures lead

@@ -53,6 +53,10 @@ class PortableSource(EncoderSource, Protocol):
         """This source without what stays in this process (a built model, open clients)."""
         ...
 
+    def declared_dim(self) -> int | None:
+        """The vectors' dimension when it is known without building the model (None: unknown)."""
+        ...
+
 
 def _embedder(source: PortableSource) -> Encoder:
     """A fresh encoder of ``source`` in this process (each actor builds its own)."""
@@ -173,7 +177,10 @@ class RayEmbedder:
 
     @property
     def dim(self) -> int:
-        """The vector dimension, asked of one worker (the driver never builds the model)."""
+        """The vector dimension: the one the source declares (backbone, width, whitening), else asked
+        of one worker, which builds the model for it (the driver never builds one)."""
+        if self._dim is None:
+            self._dim = self.source.declared_dim()
         if self._dim is None:
             import ray
 

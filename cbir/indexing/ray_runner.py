@@ -188,10 +188,10 @@ class RayEmbedder:
 
     @property
     def dim(self) -> int:
-        """The vector dimension: the one the source declares (backbone, width, whitening), else asked
-        of one worker, which builds the model for it (the driver never builds one)."""
-        if self._dim is None:
-            self._dim = self.source.declared_dim()
+        """The vector dimension, asked of one worker (the driver never builds the model). Not yet
+        ``source.declared_dim()``: with it, an actor whose model cannot be built (a bad weights file)
+        is the first to fail, and that run's stdout is not empty (tests/test_scale.py, see
+        docs/decisions.md, branch i26f)."""
         if self._dim is None:
             import ray
 

@@ -26,6 +26,7 @@ from cbir.encoders.registry import (
     EncoderKind,
     EncoderRequest,
     ModelInfo,
+    declared_dim,
     kind_of,
     open_encoder,
     resolve_config,
@@ -154,3 +155,26 @@ class _Fixed:
     def embedder(self) -> PixelEmbedder:
         self.asked += 1
         return self.given
+
+
+WIDTHS = [("mobilenet", 0.25), ("mobilenetv2", 0.35), ("mobilenetv2", 1.3)]
+
+
+@pytest.mark.parametrize(("model", "width"), WIDTHS)
+def test_a_cnn_declares_the_dimension_its_built_model_has(model, width):
+    """A Ray driver takes the declared dimension instead of building a model for it: it must be the
+    built model's, MobileNet's width rules included."""
+    from cbir.encoders.keras_net import build_keras_model
+
+    config = resolve_config(FeatureConfig(model=model, width_multiplier=width), Weights.random())
+    built = int(build_keras_model(config, Weights.random()).outputs[0].shape[-1])
+    assert declared_dim(config) == built
+
+
+def test_whitening_declares_its_dimension_and_an_undeclaring_family_none(colour_family):
+    from cbir.encoders.whiten import learn_whitening
+
+    config = resolve_config(FeatureConfig(model="mobilenetv2"), Weights.random())
+    whitening = learn_whitening(np.random.default_rng(0).normal(size=(40, 1280)).astype(np.float32), 16)
+    assert declared_dim(config) == 1280 and declared_dim(config, whitening) == whitening.dim == 16
+    assert declared_dim(resolve_config(FeatureConfig(model="colour-clip"), Weights.random())) is None

@@ -217,11 +217,20 @@ def test_a_collection_of_the_first_format_is_read_then_migrated_without_embeddin
     monkeypatch.undo()
     client, name = store.collection().client, store.name
     assert not client.has_collection(name) and client.has_collection(name + milvus_client.RETIRED)
+    # a reader between the renames reads the old collection as it is, not "no index"
+    aside = store.open()
+    assert aside.number is None and aside.commit == "old-commit" and list(aside.paths) == list(old.paths)
+    np.testing.assert_allclose(aside.feats, old.feats, atol=1e-6)
+    assert [s.path for s in aside.skipped()] == ["broken.jpg"] and store.committed() is not None
+    assert aside.searcher().search(old.feats[:1], 1)[0][0][0] == 0  # Milvus searches the old collection
+    assert aside.refresh() is aside and client.has_collection(name + milvus_client.RETIRED)  # no write
     report = sync(root, store)  # finishes the swap, then indexes as usual
     assert (report.embedded, report.unchanged, report.known_bad) == (0, 7, 1)
     assert sorted(client.list_collections()) == [name]
     new = store.open()
     assert new.number is not None and list(new.paths) == list(old.paths)
+    moved = aside.refresh()  # the old collection is gone: the reader moves to the new one
+    assert moved is not aside and moved.number == new.number and moved.collection.name == name
     np.testing.assert_allclose(new.feats, old.feats, atol=1e-6)
     assert [s.path for s in new.skipped()] == ["broken.jpg"]
     changed(root, ["img01.jpg"], seed=90)

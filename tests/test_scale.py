@@ -174,6 +174,12 @@ def test_a_ray_workers_failure_is_one_line():
         "a Ray worker failed: RuntimeError: The actor died unexpectedly before finishing this task."
         " (its Ray node died)"
     )
+    # an actor whose __init__ failed: Ray quotes the worker's traceback, cbir's own error last
+    init = RuntimeError(
+        "The actor died because of an error raised in its creation task, ray::MapWorker.__init__()\n"
+        "Traceback:\n  ...\n\x1b[36mcbir.core.errors.ModelError: cannot read weights file /w/junk.h5\x1b[39m"
+    )
+    assert str(worker_error(init)) == "cannot read weights file /w/junk.h5"
 
 
 @pytest.fixture(scope="module")

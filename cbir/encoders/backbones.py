@@ -71,6 +71,21 @@ class Backbone:
     classes: int = 0
     builder: Builder = keras_application
 
+    def features(self, width_multiplier: float | None = None) -> int:
+        """The channels of the trunk's last feature map (the pooled vector's dimension) at MobileNet's
+        ``width_multiplier``, by Keras' own rules: MobileNet scales its last block (``int(1024 *
+        alpha)``), MobileNetV2 only widens it above 1 (rounded to a multiple of 8); known without
+        building the model."""
+        if width_multiplier is None or self.constructor not in ("MobileNet", "MobileNetV2"):
+            return self.dim
+        if self.constructor == "MobileNet":
+            return int(self.dim * width_multiplier)
+        if width_multiplier <= 1.0:
+            return self.dim
+        wide = self.dim * width_multiplier
+        rounded = max(8, int(wide + 4) // 8 * 8)
+        return rounded + 8 if rounded < 0.9 * wide else rounded
+
     def build(self, keras_weights: str | None, width_multiplier: float | None = None) -> KerasModel:
         """Build the convolutional trunk with a free input size (a ``keras.Model``, hence untyped:
         Keras is imported lazily).

@@ -65,7 +65,9 @@ class ModelInfo:
 @dataclass(frozen=True)
 class EncoderKind:
     """One encoder family: its ``models``, what it ``resolve``s a config into, how it ``build``s,
-    and what ``cbir models`` says of each model (``describe``, given the model cache folder)."""
+    what ``cbir models`` says of each model (``describe``, given the model cache folder) and the
+    ``dim`` of a resolved config's vectors when it is known without building the model (None: only
+    the built model knows)."""
 
     name: str
     modalities: tuple[str, ...]
@@ -74,6 +76,7 @@ class EncoderKind:
     resolve: Callable[[FeatureConfig, Weights], FeatureConfig]
     build: Callable[[EncoderRequest], Encoder]
     describe: Callable[[Path], list[ModelInfo]]
+    dim: Callable[[FeatureConfig], int | None] = lambda config: None
 
 
 def _resolve_cnn(config: FeatureConfig, weights: Weights) -> FeatureConfig:
@@ -100,6 +103,11 @@ def _build_cnn(request: EncoderRequest) -> Embedder:
         bulk=options.bulk,
         load_tensorflow=request.load_tensorflow,
     )
+
+
+def _dim_cnn(config: FeatureConfig) -> int:
+    """The backbone's feature channels at the config's width: every pooling keeps the channels."""
+    return get_backbone(config.model).features(config.width_multiplier)
 
 
 def _resolve_siglip(config: FeatureConfig, weights: Weights) -> FeatureConfig:
@@ -131,6 +139,13 @@ def _build_siglip(request: EncoderRequest) -> TextImageEncoder:
         ModelCache(root),
         request.load_tensorflow,
     )
+
+
+def _dim_siglip(config: FeatureConfig) -> int | None:
+    """The preset's width, read from its config file when the model cache holds it (else None:
+    nothing is downloaded to learn it)."""
+    source = preset_source(config.model, default_cache_dir(None))
+    return source.dim if source.complete() else None
 
 
 def _describe_cnn(cache: Path) -> list[ModelInfo]:
@@ -166,6 +181,7 @@ ENCODERS: dict[str, EncoderKind] = {
         resolve=_resolve_cnn,
         build=_build_cnn,
         describe=_describe_cnn,
+        dim=_dim_cnn,
     ),
     "siglip": EncoderKind(
         name="siglip",
@@ -175,6 +191,7 @@ ENCODERS: dict[str, EncoderKind] = {
         resolve=_resolve_siglip,
         build=_build_siglip,
         describe=_describe_siglip,
+        dim=_dim_siglip,
     ),
 }
 """The encoder families, by the name the index records (``FeatureConfig.encoder``)."""
@@ -203,6 +220,16 @@ def resolve_config(config: FeatureConfig, weights: Weights) -> FeatureConfig:
 def describe_models(cache: Path) -> list[ModelInfo]:
     """Every model of every family, as ``cbir models`` lists them (``cache``: the model cache)."""
     return [info for kind in ENCODERS.values() for info in kind.describe(cache)]
+
+
+def declared_dim(config: FeatureConfig, whitening: Whitening | None = None) -> int | None:
+    """The dimension of the vectors of a resolved ``config`` (and its ``whitening``) as the family
+    declares it, without building the model (a Ray driver learns it so, not from an extra worker);
+    None where only the built model knows."""
+    if whitening is not None:
+        return whitening.dim
+    kind = ENCODERS.get(config.encoder)
+    return None if kind is None else kind.dim(config)
 
 
 def open_encoder(request: EncoderRequest) -> Encoder:

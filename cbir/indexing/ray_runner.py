@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,10 @@ class PortableSource(EncoderSource, Protocol):
 
     def portable(self) -> PortableSource:
         """This source without what stays in this process (a built model, open clients)."""
+        ...
+
+    def declared_dim(self) -> int | None:
+        """The vectors' dimension when it is known without building the model (None: unknown)."""
         ...
 
 
@@ -126,6 +131,12 @@ def _dim_of(source: PortableSource) -> int:
     return _embedder(source).dim
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+OWN_ERROR = re.compile(r"^cbir\.core\.errors\.\w+: (.+)$", re.M)
+"""The last line of a worker's traceback that a cbir error ended (Ray quotes an actor's failed
+``__init__`` as text inside its ``ActorDiedError``)."""
+
+
 def worker_error(exc: BaseException) -> CbirError:
     """A Ray worker's failure in one line: the cbir error it raised (a missing weights file, an
     unreachable store), else the first line of its root cause; Ray's own message is a traceback."""
@@ -137,6 +148,10 @@ def worker_error(exc: BaseException) -> CbirError:
     for err in reversed(chain):  # the worker's own, not Ray's wrapper (which may subclass it)
         if isinstance(err, CbirError) and "\n" not in str(err).strip():
             return err
+    for err in reversed(chain):  # an actor that failed to start: its error reaches us as text only
+        own = OWN_ERROR.search(ANSI.sub("", str(err)))
+        if own:
+            return CbirError(own.group(1).strip())
     # the deepest that says something: Ray Data chains an empty marker (SystemException) under
     # Ray's own error (an actor lost with its node)
     root = next((err for err in reversed(chain) if str(err).strip()), chain[-1])
@@ -173,7 +188,10 @@ class RayEmbedder:
 
     @property
     def dim(self) -> int:
-        """The vector dimension, asked of one worker (the driver never builds the model)."""
+        """The vector dimension, asked of one worker (the driver never builds the model). Not yet
+        ``source.declared_dim()``: with it, an actor whose model cannot be built (a bad weights file)
+        is the first to fail, and that run's stdout is not empty (tests/test_scale.py, see
+        docs/decisions.md, branch i26f)."""
         if self._dim is None:
             import ray
 

@@ -24,7 +24,7 @@ from cbir.encoders.base import Encoder, RuntimeOptions
 from cbir.encoders.classifier import ClassifierSource, default_classifier
 from cbir.encoders.features import FEATURE_SETTINGS, ORIGINAL, FeatureConfig
 from cbir.encoders.network import import_tensorflow
-from cbir.encoders.registry import EncoderRequest, open_encoder, resolve_config
+from cbir.encoders.registry import EncoderRequest, declared_dim, open_encoder, resolve_config
 from cbir.encoders.weights import Weights
 from cbir.encoders.whiten import Whitening, learn_from_folder, load_for_index
 from cbir.stores.base import Store
@@ -130,6 +130,11 @@ class Settings:
             )
             self._built.append(open_encoder(request))
         return self._built[0]
+
+    def declared_dim(self) -> int | None:
+        """The vectors' dimension as the config and whitening declare it, without building the
+        model (None: only the built model knows)."""
+        return declared_dim(self.config, self.whitening)
 
     def portable(self) -> Settings:
         """These settings without what stays in this process (a built model, the store's client, the

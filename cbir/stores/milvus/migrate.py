@@ -6,9 +6,10 @@ The rows are copied, vectors and all, into a new collection ``NAME_cbir_migratin
 marked complete only after its last row is written. Then the two are swapped by renames: the old
 one to ``NAME_cbir_format1``, the new one to ``NAME``, and only then is the old one dropped. A crash
 at any point loses nothing: before the mark, the old collection is untouched and the next writer
-starts the copy again (dropping the partial one); between the renames (a moment: readers then find no index
-and say so in one line), the next writer finishes the swap (:func:`recovered`). Readers of the old
-format read it as before (no versions: the weaker guarantee) until the swap.
+starts the copy again (dropping the partial one); between the renames the next writer finishes the
+swap (:func:`recovered`). Readers of the old format read it as before (no versions: the weaker
+guarantee) until the swap, and between the renames too: they read the old collection under its
+aside name (:func:`readable`; a reader writes nothing, so it never finishes the swap itself).
 """
 
 from __future__ import annotations
@@ -48,6 +49,17 @@ def recovered(collection: MilvusCollection) -> None:
         old.drop()
     else:
         old.rename(collection.name)
+
+
+def readable(collection: MilvusCollection) -> tuple[MilvusCollection, Record | None]:
+    """The collection a reader reads and its record: ``collection``, or, while a crash has left a
+    swap half done (``NAME`` missing, the old one renamed aside), the old one, whole and as it was."""
+    record = collection.record()
+    if record is not None:
+        return collection, record
+    old = _named(collection, RETIRED)
+    aside = old.record()
+    return (old, aside) if aside is not None and not aside.versioned else (collection, None)
 
 
 def migrate(collection: MilvusCollection) -> Record | None:

@@ -53,6 +53,7 @@ from cbir.stores.milvus.client import (
     read_at,
     visible,
 )
+from cbir.stores.milvus.migrate import readable
 from cbir.stores.milvus.writer import FIELDS, OK, failure_of, row_entry
 from cbir.stores.rows import IndexedFiles, check_same_settings
 
@@ -79,6 +80,9 @@ class MilvusIndex(IndexedFiles):
         number: int | None = None,
     ) -> None:
         self.collection, self.root, self._config = collection, root, config
+        self.home = (
+            collection  # the collection named by the store (``collection`` may be the old one of a migration)
+        )
         self.dim, self.commit, self.read_ts = dim, commit, read_ts
         self.number = number  # the version read (None: a collection of the first format)
         self.mine = "" if number is None else visible(number)  # the expression of this version's rows
@@ -95,7 +99,8 @@ class MilvusIndex(IndexedFiles):
 
     @classmethod
     def read(cls, collection: MilvusCollection, root: Path) -> MilvusIndex:
-        record = collection.record()
+        home = collection
+        collection, record = readable(home)  # the old one while a migration's swap is half done
         if record is None:
             raise IndexFolderError(
                 f"no index in {collection.where}; build one with: cbir index {root} --store URI"
@@ -109,7 +114,8 @@ class MilvusIndex(IndexedFiles):
         index = cls(
             collection, root, record.config, record.dim, record.commit, entries, record.read_ts, number
         )
-        index.labeller = collection.labels().classifier()
+        index.home = home
+        index.labeller = home.labels().classifier()
         index.check_kept()
         return index
 
@@ -127,7 +133,7 @@ class MilvusIndex(IndexedFiles):
         if self._labels is None:
             by_path: dict[str, Labels] = {}
             if self.labeller is not None:
-                labels = self.collection.labels()
+                labels = self.home.labels()
                 labels.ensure_loaded()
                 for row in labels.rows(self.read_ts):
                     try:
@@ -223,7 +229,7 @@ class MilvusIndex(IndexedFiles):
         """This reader while its commit is the collection's (the collection loaded again first if a
         restarted server has not yet: a long-lived reader outlives the server's memory), else a new one."""
         if not self.is_current():
-            return MilvusIndex.read(self.collection, self.root)
+            return MilvusIndex.read(self.home, self.root)
         self.collection.ensure_loaded()
         return self
 

@@ -25,6 +25,7 @@ from cbir.stores.milvus.client import (
     default_collection,
     parse_milvus_uri,
 )
+from cbir.stores.milvus.migrate import readable
 from cbir.stores.milvus.reader import MilvusIndex
 from cbir.stores.milvus.writer import MilvusWriter
 
@@ -76,7 +77,7 @@ class MilvusStore:
         return MilvusCollection(self._client, self.name, self.location)
 
     def committed(self) -> Manifest | None:
-        record = self.collection().record()
+        _, record = readable(self.collection())
         if record is None:
             return None
         return Manifest(config=record.config, dim=record.dim, weights_path=record.weights_path)

@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -38,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "tests"))  # the tests' helpers that start Ray and the Milvus server
 
-from machine import SHARED, describe  # noqa: E402
+from machine import SHARED, describe, version  # noqa: E402
 from milvus_server import MilvusServer  # noqa: E402
 from milvus_server import why_not as no_server  # noqa: E402
 from ray_cluster import RayCluster  # noqa: E402
@@ -46,13 +45,6 @@ from ray_cluster import why_not as no_ray  # noqa: E402
 
 WEIGHTS = SHARED / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
 COREL = SHARED / "datasets" / "corel1k" / "images"
-
-
-def version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def index(data: Path, where: list[str], ray: RayCluster | None, cwd: Path) -> tuple[float, int]:

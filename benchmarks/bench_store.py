@@ -40,7 +40,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from importlib import metadata
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -52,7 +51,7 @@ import contextlib  # noqa: E402
 
 import numpy as np  # noqa: E402
 from bench_search import Space  # noqa: E402
-from machine import SHARED, describe  # noqa: E402
+from machine import SHARED, describe, version  # noqa: E402
 from milvus_server import MilvusServer, why_not  # noqa: E402
 
 from cbir.core.records import Entry
@@ -79,13 +78,6 @@ K = 10
 CONFIG = FeatureConfig(model="synthetic", weights="none", size=224)
 WEIGHTS = SHARED / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
 COREL = SHARED / "datasets" / "corel1k" / "images"
-
-
-def version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def flat_name(i: int) -> str:

@@ -10,6 +10,16 @@ from pathlib import Path
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
+def version(package: str) -> str:
+    """The installed version of ``package`` (its distribution name), or ``not installed``."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def describe() -> str:
     """One line per fact: CPU, cores, memory, Python and library versions."""
     cpu = platform.processor() or platform.machine()

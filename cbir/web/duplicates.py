@@ -42,6 +42,7 @@ from cbir.duplicates.moves import undo_moves
 from cbir.service.duplicates import DuplicateOptions, DuplicateReport, find_duplicates, move_duplicates
 from cbir.stores.base import IndexReader
 from cbir.web.collection import Collection
+from cbir.web.worker import OnRequest
 
 log = logging.getLogger(__name__)
 
@@ -122,24 +123,19 @@ class DuplicateReview:
         self._keys: tuple[Hashable, str] | None = None
         self._moves: list[JSONDict] = []  # this server's moves, newest last
         self._move_lock = threading.Lock()
-        self._wanted = threading.Event()
-        self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="cbir-duplicates", daemon=True)
+        self._worker = OnRequest("cbir-duplicates", self._tick)
 
     def start(self) -> DuplicateReview:
-        self._thread.start()
+        self._worker.start()
         self.request()
         return self
 
     def stop(self) -> None:
-        self._stopping = True
-        self._wanted.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
+        self._worker.stop()
 
     def request(self) -> None:
         """Make the groups of the newest committed version (after an indexing run, say)."""
-        self._wanted.set()
+        self._worker.request()
 
     def version_of(self, index: IndexReader) -> str:
         """:func:`content_version` of ``index``, computed once per committed version."""
@@ -191,18 +187,14 @@ class DuplicateReview:
                 lambda: any(v != version and t is None for v, t in self._done), timeout
             )
 
-    def _loop(self) -> None:
-        while True:
-            self._wanted.wait()
-            if self._stopping:
-                return
-            self._wanted.clear()
-            if self.busy():
-                continue  # the indexer's end asks again
-            try:
-                self.run_once()
-            except Exception as exc:  # never end the thread: the next request tries again
-                log.error("near-duplicate groups: %s", exc, exc_info=True)
+    def _tick(self) -> None:
+        """One request on the worker thread: the groups, unless an indexing run is under way."""
+        if self.busy():
+            return  # the indexer's end asks again
+        try:
+            self.run_once()
+        except Exception as exc:  # never end the thread: the next request tries again
+            log.error("near-duplicate groups: %s", exc, exc_info=True)
 
     def run_once(self) -> None:
         """Make the missing groups of the current version (on the calling thread)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -24,6 +23,7 @@ from cbir.encoders.base import Encoder, Result, SourceFeatures
 from cbir.indexing.indexer import IndexOptions, IndexReport, update_index
 from cbir.service.settings import Settings, classifier_for
 from cbir.web.activity import Activity
+from cbir.web.worker import OnRequest
 
 log = logging.getLogger(__name__)
 
@@ -150,30 +150,18 @@ class Updater:
         self.activity = activity  # the terminal's lines (cbir serve), None: silent
         self._source = _Source(settings, model, self.progress, activity)
         self._on_done = on_done
-        self._wanted = threading.Event()
-        self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="cbir-indexer", daemon=True)
+        self._worker = OnRequest("cbir-indexer", self.run_once)
 
     def start(self) -> Updater:
-        self._thread.start()
+        self._worker.start()
         return self
 
     def request(self) -> None:
         """Ask for a run (several requests while one runs make one more run)."""
-        self._wanted.set()
+        self._worker.request()
 
     def stop(self) -> None:
-        self._stopping = True
-        self._wanted.set()
-        self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        while True:
-            self._wanted.wait()
-            if self._stopping:
-                return
-            self._wanted.clear()
-            self.run_once()
+        self._worker.stop()
 
     def run_once(self) -> IndexReport | None:
         """One indexer run now (on the calling thread); errors, unexpected ones too, are recorded and
